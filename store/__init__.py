@@ -1,0 +1,48 @@
+"""The store: mlscope's ClickHouse tables behind one small interface, embedded (chdb) or server.
+
+    store = open_store("embedded:///tmp/data")   # or clickhouse://host:9000/mlscope
+    store.insert("span_rows", columns)           # writers: physical tables
+    store.execute("SELECT count() FROM spans")   # readers: the deduplicating views
+"""
+
+from __future__ import annotations
+
+from .base import Store, sql_string
+from .errors import SchemaError, StoreError, StoreUnavailable
+from .model import METRIC_COLUMNS, SPAN_COLUMNS, Column, Columns, QueryResult, empty_columns, row_count
+from .url import BadStoreUrl, EmbeddedUrl, default_store_url, parse_store_url
+
+
+def open_store(url: str, migrate: bool = True) -> Store:
+    """Opens the store at `url` and brings its schema up to date."""
+    target = parse_store_url(url)
+    if isinstance(target, EmbeddedUrl):
+        from .embedded import EmbeddedStore
+
+        store: Store = EmbeddedStore(target.directory)
+    else:
+        from .server import ServerStore
+
+        store = ServerStore(target.host, target.port, target.database, target.user, target.password)
+    if migrate:
+        store.migrate()
+    return store
+
+
+__all__ = [
+    "BadStoreUrl",
+    "Column",
+    "Columns",
+    "METRIC_COLUMNS",
+    "QueryResult",
+    "SPAN_COLUMNS",
+    "SchemaError",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "default_store_url",
+    "empty_columns",
+    "open_store",
+    "row_count",
+    "sql_string",
+]

@@ -1,0 +1,123 @@
+"""The one small interface both store backends implement, and what they share.
+
+A backend only knows how to run one SQL statement and insert columns; the schema, its
+migrations and literal quoting live here so that both backends behave the same.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import SchemaError, StoreError
+from .model import TABLE_COLUMNS, Columns, QueryResult
+
+Settings = Mapping[str, int | float | str]
+
+
+@dataclass(frozen=True)
+class SchemaFile:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def schema_files() -> tuple[SchemaFile, ...]:
+    """The schema's .sql files in version order (their names start with the version number)."""
+    folder = importlib.resources.files("mlscope.store") / "schema"
+    files = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        version = int(entry.name.split("_", 1)[0])
+        files.append(SchemaFile(version, entry.name, split_statements(entry.read_text())))
+    return tuple(files)
+
+
+def split_statements(sql_text: str) -> tuple[str, ...]:
+    """Splits a schema file on ';' at line ends, dropping comment-only chunks."""
+    chunks = re.split(r";\s*(?:\n|$)", sql_text)
+    statements = []
+    for chunk in chunks:
+        body = "\n".join(line for line in chunk.splitlines() if not line.strip().startswith("--"))
+        if body.strip():
+            statements.append(body.strip())
+    return tuple(statements)
+
+
+def sql_string(value: str) -> str:
+    """A ClickHouse string literal for `value` (backslash and quote escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def setting_literal(value: int | float | str) -> str:
+    return sql_string(value) if isinstance(value, str) else str(value)
+
+
+class Store(ABC):
+    """A ClickHouse database holding mlscope's tables.
+
+    Thread-safe: the collector inserts from a worker thread while the query API reads.
+    """
+
+    url: str
+    database: str
+
+    @abstractmethod
+    def execute(self, sql: str, settings: Settings | None = None) -> QueryResult:
+        """Runs one statement; raises StoreUnavailable when the store cannot be reached and
+        StoreError (with ClickHouse's code) when the engine refuses it."""
+
+    @abstractmethod
+    def insert(self, table: str, columns: Columns) -> None:
+        """Inserts rows into a physical table (`span_rows`, `metric_points`) in one block, so
+        that a batch is stored whole or not at all."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def server_version(self) -> tuple[int, ...]:
+        text = self.execute("SELECT version()").rows[0][0]
+        return tuple(int(part) for part in str(text).split(".") if part.isdigit())
+
+    def ping(self) -> None:
+        self.execute("SELECT 1")
+
+    def migrate(self) -> list[str]:
+        """Applies the schema files not yet recorded; returns the names applied. Idempotent:
+        every statement is IF NOT EXISTS, so a concurrent or interrupted migration is harmless."""
+        self.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version UInt64, name String, applied_ns UInt64) ENGINE = MergeTree ORDER BY version"
+        )
+        applied_versions = {row[0] for row in self.execute("SELECT version FROM schema_migrations").rows}
+        applied = []
+        for schema_file in schema_files():
+            if schema_file.version in applied_versions:
+                continue
+            for index, statement in enumerate(schema_file.statements, start=1):
+                try:
+                    self.execute(statement)
+                except StoreError as exc:
+                    raise SchemaError(
+                        f"{schema_file.name}, statement {index}: {exc}", code=exc.code
+                    ) from exc
+            self.insert(
+                "schema_migrations",
+                {"version": [schema_file.version], "name": [schema_file.name], "applied_ns": [time.time_ns()]},
+            )
+            applied.append(schema_file.name)
+        return applied
+
+
+def check_columns(table: str, columns: Columns) -> list[str]:
+    """The insert column list for `table`, after checking `columns` has exactly its columns."""
+    expected = [name for name, _ in TABLE_COLUMNS[table]]
+    if list(columns) != expected:
+        raise StoreError(f"insert into {table}: columns {list(columns)} != {expected}")
+    return expected
+

@@ -1,0 +1,89 @@
+"""The embedded backend: the ClickHouse engine in-process (chdb), data in a directory on disk.
+
+One process owns a data directory at a time (the engine locks it); `mlscope serve` is that
+process, and other tools reach the data through its HTTP API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+
+import pyarrow as pa
+
+from .base import Settings, Store, check_columns, setting_literal
+from .errors import StoreError, StoreUnavailable
+from .model import TABLE_COLUMNS, Column, Columns, QueryResult
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "UInt64": pa.uint64(),
+    "Float64": pa.float64(),
+    "Array(String)": pa.list_(pa.string()),
+    "Array(UInt64)": pa.list_(pa.uint64()),
+    "Array(Float64)": pa.list_(pa.float64()),
+}
+_ERROR_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def _arrow_schema(table: str) -> pa.Schema:
+    return pa.schema([(name, _ARROW_TYPES[ch_type]) for name, ch_type in TABLE_COLUMNS[table]])
+
+
+_SCHEMAS = {table: _arrow_schema(table) for table in TABLE_COLUMNS}
+
+
+def _store_error(exc: Exception) -> StoreError:
+    match = _ERROR_CODE.search(str(exc))
+    return StoreError(str(exc).strip(), code=int(match.group(1)) if match else None)
+
+
+class EmbeddedStore(Store):
+    def __init__(self, directory: str, database: str = "mlscope") -> None:
+        from chdb import session  # imported here: loading the engine takes ~1 s
+
+        self.url = f"embedded://{directory}"
+        self.database = database
+        os.makedirs(directory, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._session = session.Session(directory)
+        except Exception as exc:  # chdb raises RuntimeError for a locked or unreadable directory
+            raise StoreUnavailable(
+                f"cannot open embedded store {directory}: {exc} "
+                "(is another mlscope process using this directory?)"
+            ) from exc
+        self._run(f"CREATE DATABASE IF NOT EXISTS {database}")
+        self._run(f"USE {database}")
+        # 64-bit integers as JSON numbers, not the quoted strings ClickHouse writes by default.
+        self._run("SET output_format_json_quote_64bit_integers = 0")
+
+    def _run(self, sql: str, fmt: str = "CSV"):
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt)
+            except Exception as exc:
+                raise _store_error(exc) from exc
+
+    def execute(self, sql: str, settings: Settings | None = None) -> QueryResult:
+        if settings:
+            sql = f"{sql} SETTINGS " + ", ".join(f"{k} = {setting_literal(v)}" for k, v in settings.items())
+        text = self._run(sql, "JSONCompact").bytes()
+        if not text.strip():
+            return QueryResult(columns=(), rows=[])
+        payload = json.loads(text)
+        columns = tuple(Column(meta["name"], meta["type"]) for meta in payload["meta"])
+        return QueryResult(columns=columns, rows=[tuple(row) for row in payload["data"]])
+
+    def insert(self, table: str, columns: Columns) -> None:
+        names = check_columns(table, columns)
+        arrow_table = pa.Table.from_pydict(columns, schema=_SCHEMAS[table])  # noqa: F841 (read by chdb)
+        # chdb's Python() table function finds `arrow_table` in this frame's locals.
+        self._run(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM Python(arrow_table)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+

@@ -1,0 +1,107 @@
+"""The server backend: a ClickHouse server or cluster over the native protocol (clickhouse-driver)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import threading
+import uuid
+from typing import Any
+
+from clickhouse_driver import Client, errors
+
+from .base import Settings, Store, check_columns
+from .errors import StoreError, StoreUnavailable
+from .model import Column, Columns, QueryResult
+
+CONNECT_TIMEOUT_S = 3
+SEND_RECEIVE_TIMEOUT_S = 60
+
+# Failures that mean "the server is not there now" rather than "the server refused this".
+_UNAVAILABLE = (errors.NetworkError, errors.SocketTimeoutError, EOFError, ConnectionError, OSError)
+
+
+def _plain(value: Any) -> Any:
+    """clickhouse-driver's Python types -> the plain JSON-able values both backends return."""
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal,)):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+class ServerStore(Store):
+    def __init__(self, host: str, port: int, database: str, user: str = "default", password: str = "") -> None:
+        self.url = f"clickhouse://{user}@{host}:{port}/{database}"
+        self.database = database
+        self._connect_args = dict(
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            send_receive_timeout=SEND_RECEIVE_TIMEOUT_S,
+        )
+        # One connection per thread: a native-protocol connection carries one query at a time.
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._clients_lock = threading.Lock()
+        bootstrap = Client(database="default", **self._connect_args)
+        try:
+            self._call(bootstrap, lambda: bootstrap.execute(f"CREATE DATABASE IF NOT EXISTS {database}"))
+        finally:
+            bootstrap.disconnect()
+
+    def _client(self) -> Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = Client(database=self.database, **self._connect_args)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    @staticmethod
+    def _call(client: Client, action):
+        try:
+            return action()
+        except errors.ServerException as exc:
+            # 18.x appends the server's stack trace to the message; the first line is the reason.
+            raise StoreError(exc.message.split(". Stack trace:")[0].strip(), code=exc.code) from exc
+        except _UNAVAILABLE as exc:
+            client.disconnect()
+            raise StoreUnavailable(f"clickhouse server unreachable: {exc}") from exc
+        except errors.Error as exc:
+            raise StoreError(str(exc), code=getattr(exc, "code", None)) from exc
+
+    def execute(self, sql: str, settings: Settings | None = None) -> QueryResult:
+        client = self._client()
+        rows, column_types = self._call(
+            client, lambda: client.execute(sql, with_column_types=True, settings=dict(settings or {}))
+        )
+        columns = tuple(Column(name, ch_type) for name, ch_type in column_types)
+        return QueryResult(columns=columns, rows=[tuple(_plain(v) for v in row) for row in rows])
+
+    def insert(self, table: str, columns: Columns) -> None:
+        names = check_columns(table, columns)
+        client = self._client()
+        self._call(
+            client,
+            lambda: client.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES", list(columns.values()), columnar=True
+            ),
+        )
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for client in self._clients:
+                client.disconnect()
+            self._clients.clear()
+
+
