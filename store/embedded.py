@@ -53,7 +53,7 @@ class EmbeddedStore(Store):
         except Exception as exc:  # chdb raises RuntimeError for a locked or unreadable directory
             raise StoreUnavailable(
                 f"cannot open embedded store {directory}: {exc} "
-                "(is another mlscope process using this directory?)"
+                "(one process owns an embedded store at a time: is mlscope serve running on it?)"
             ) from exc
         self._run(f"CREATE DATABASE IF NOT EXISTS {database}")
         self._run(f"USE {database}")
