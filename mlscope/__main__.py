@@ -1,0 +1,5 @@
+import sys
+
+from mlscope.cli import main
+
+sys.exit(main())

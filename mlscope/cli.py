@@ -1,0 +1,240 @@
+"""The `mlscope` command line: parses argv, hands the work to the components, reports mistakes
+in one line with exit code 2 (CONTRACT.md lists the commands)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from mlscope.levels import UnknownLevel
+from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
+from mlscope.store.url import default_data_dir
+
+DEFAULT_HTTP_PORT = 8765
+DEFAULT_OTLP_HTTP_PORT = 4318
+DEFAULT_OTLP_GRPC_PORT = 4317
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: reported in one line, exit code 2."""
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+async def _serve(
+    store: Store,
+    host: str,
+    port: int | None,
+    otlp_http_port: int | None,
+    otlp_grpc_port: int | None,
+    spool_dir: str,
+    on_ready: Callable[[dict[str, int]], None] | None = None,
+) -> None:
+    """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
+    given) until SIGINT/SIGTERM, printing each bound port as `name: port`."""
+    from mlscope.collector import Collector, CollectorConfig
+    from mlscope.query import create_query_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    bound: dict[str, int] = {}
+    collector = None
+    runner = None
+    try:
+        if otlp_http_port is not None:
+            collector = Collector(
+                store,
+                CollectorConfig(
+                    host=host,
+                    http_port=otlp_http_port,
+                    grpc_port=-1 if otlp_grpc_port is None else otlp_grpc_port,
+                    spool_dir=spool_dir,
+                ),
+            )
+            await collector.start()
+            bound["otlp-http"] = collector.http_port
+            if otlp_grpc_port is not None:
+                bound["otlp-grpc"] = collector.grpc_port
+        if port is not None:
+            app = create_query_app(store, collector.status if collector else None)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound["http"] = runner.addresses[0][1]
+        for name, value in bound.items():
+            print(f"{name}: {value}", flush=True)
+        if on_ready:
+            on_ready(bound)
+        await stop.wait()
+    finally:
+        if runner:
+            await runner.cleanup()
+        if collector:
+            await collector.stop()
+
+
+def _open(args: argparse.Namespace) -> Store:
+    return open_store(args.store or default_store_url())
+
+
+def _spool_dir(args: argparse.Namespace) -> str:
+    return args.spool_dir or os.path.join(default_data_dir(), "spool")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    store = _open(args)
+    try:
+        asyncio.run(
+            _serve(store, args.host, args.port, args.otlp_http_port, args.otlp_grpc_port, _spool_dir(args))
+        )
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    args.port = None
+    return cmd_serve(args)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    args.otlp_http_port = args.otlp_grpc_port = None
+    args.spool_dir = None
+    return cmd_serve(args)
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serves on the embedded store, runs the traced demo pipeline in a second process (a real
+    OTLP client), waits until its trace is stored and prints the timeline's URL."""
+    store = _open(args)
+    ready: dict[str, int] = {}
+
+    def run_pipeline(bound: dict[str, int]) -> None:
+        ready.update(bound)
+        asyncio.get_running_loop().create_task(_run_demo_pipeline(store, args.host, bound, args.exit))
+
+    try:
+        asyncio.run(_serve(store, args.host, args.port, 0, None, _spool_dir(args), on_ready=run_pipeline))
+    finally:
+        store.close()
+    return 0 if ready else 1
+
+
+async def _run_demo_pipeline(store: Store, host: str, bound: dict[str, int], exit_after: bool) -> None:
+    from mlscope.store import sql_string
+
+    endpoint = f"http://{host}:{bound['otlp-http']}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlscope.demo", "--endpoint", endpoint, stdout=subprocess.PIPE
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        print(f"mlscope: the demo pipeline failed with exit code {process.returncode}", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    trace_id = output.decode().strip().splitlines()[-1]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = await asyncio.to_thread(
+            store.execute, f"SELECT count() FROM spans WHERE trace_id = {sql_string(trace_id)}"
+        )
+        if found.rows[0][0] > 0:
+            break
+        await asyncio.sleep(0.1)
+    print(f"trace: {trace_id} ({found.rows[0][0]} spans)", flush=True)
+    print(f"timeline: http://{host}:{bound['http']}/traces/{trace_id}", flush=True)
+    if exit_after:
+        os.kill(os.getpid(), signal.SIGTERM)
+    else:
+        print("serving; press Ctrl-C to stop", flush=True)
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help="store URL (default: MLSCOPE_STORE, else embedded under MLSCOPE_DATA)")
+
+
+def _add_collector(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--otlp-http-port", type=_port, default=DEFAULT_OTLP_HTTP_PORT)
+    parser.add_argument("--otlp-grpc-port", type=_port, default=DEFAULT_OTLP_GRPC_PORT)
+    parser.add_argument("--spool-dir", help="write-ahead spool for when the store is down (default: <data dir>/spool)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlscope", description="Evaluate and introspect ML pipelines end to end.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="collector, query API and viewer in one process")
+    _add_store(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    _add_collector(serve)
+    serve.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT, help="query API and viewer port")
+    serve.set_defaults(handler=cmd_serve)
+
+    collector = commands.add_parser("collector", help="the OTLP collector alone")
+    _add_store(collector)
+    collector.add_argument("--host", default="127.0.0.1")
+    _add_collector(collector)
+    collector.set_defaults(handler=cmd_collector)
+
+    query = commands.add_parser("query", help="the query API and viewer alone")
+    _add_store(query)
+    query.add_argument("--host", default="127.0.0.1")
+    query.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT)
+    query.set_defaults(handler=cmd_query)
+
+    demo = commands.add_parser("demo", help="serve, trace a small real pipeline, print its timeline URL")
+    _add_store(demo)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT)
+    demo.add_argument("--spool-dir", help=argparse.SUPPRESS)
+    demo.add_argument("--exit", action="store_true", help="stop once the trace is stored instead of serving")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, BadStoreUrl, UnknownLevel) as exc:
+        print(f"mlscope: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"mlscope: store error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a port already in use
+        print(f"mlscope: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
