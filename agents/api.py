@@ -6,23 +6,36 @@
     model = agent.trace_model(model, name="resnet18")   # each call -> a "predict" model span
     agent.shutdown()                                     # flushes to the collector
 
-Levels above the agent's level cost one integer comparison and no span.
+Levels above the agent's level cost one integer comparison and no span. At layer level and
+deeper, a traced torch.nn.Module's calls also record their module calls and (library) profiler
+ops, written as spans under the model span after each call (agents/torch_capture.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
+import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS, parse_level
+
+from .spans import SpanWriter
+
+if TYPE_CHECKING:
+    from .torch_capture import TorchCapture
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4318"
 AttributeValue = str | bool | int | float
@@ -61,32 +74,87 @@ class Agent:
         with self._tracer.start_as_current_span(name, attributes={LEVEL_ATTRIBUTE: level, **(attributes or {})}) as current:
             yield current
 
-    def trace_model(self, model: Any, name: str, framework: str = "pytorch", version: str = "") -> Any:
-        """Wraps a callable model so each call is a `predict` model-level span."""
-        agent = self
+    def trace_model(
+        self,
+        model: Any,
+        name: str,
+        framework: str = "pytorch",
+        version: str = "",
+        *,
+        shapes: bool = False,
+        nested_ops: bool = False,
+    ) -> Any:
+        """Wraps a callable model so each call is a `predict` model-level span.
+
+        For a torch.nn.Module and an agent at layer level or deeper, each call also gets one
+        span per module call (nested as the modules nest) and, at library level, one span per
+        torch.profiler op placed under the layer that ran it (see agents/torch_capture.py).
+        `shapes` adds tensor shapes to layer spans; `nested_ops` adds the ops that ops call,
+        nested under them (by default only the ops that layers call directly)."""
         attributes: dict[str, AttributeValue] = {
+            LEVEL_ATTRIBUTE: "model",
             "mlscope.model.name": name,
             "mlscope.framework.name": framework,
         }
         if version:
             attributes["mlscope.model.version"] = version
+        capture = None
+        if self.enabled("layer") and _is_torch_module(model) and isinstance(self._tracer, SdkTracer):
+            from .torch_capture import CaptureOptions, TorchCapture
 
-        class _Traced:
-            def __call__(self, *args: Any, **kwargs: Any) -> Any:
-                with agent.span("predict", level="model", attributes=attributes) as current:
-                    if current is not None:
-                        current.set_attribute("mlscope.batch_size", _batch_size(args))
-                    return model(*args, **kwargs)
-
-            def __getattr__(self, attribute: str) -> Any:
-                return getattr(model, attribute)
-
-        return _Traced()
+            options = CaptureOptions(ops=self.enabled("library"), nested_ops=nested_ops, shapes=shapes)
+            capture = TorchCapture(model, root_name=name, options=options)
+        return _TracedModel(self, model, attributes, capture)
 
     def shutdown(self) -> None:
         """Exports every finished span, then stops the exporter."""
         self._provider.force_flush()
         self._provider.shutdown()
+
+
+class _TracedModel:
+    """A model whose calls are `predict` spans; attribute access goes to the model."""
+
+    def __init__(
+        self, agent: Agent, model: Any, attributes: Mapping[str, AttributeValue], capture: TorchCapture | None
+    ) -> None:
+        self._agent = agent
+        self._model = model
+        self._attributes = attributes
+        self._capture = capture
+        self._model_name = attributes["mlscope.model.name"]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        agent = self._agent
+        if not agent.enabled("model"):
+            return self._model(*args, **kwargs)
+        # Hooks and profiler go on before the model span starts, and the span ends at the
+        # model's return, not after their teardown: the span times the model, not the tracing.
+        recording = self._capture.start() if self._capture is not None else None
+        predict = agent._tracer.start_span("predict", attributes=self._attributes)
+        predict.set_attribute("mlscope.batch_size", _batch_size(args))
+        try:
+            with trace.use_span(predict, end_on_exit=False, record_exception=True, set_status_on_exception=True):
+                return self._model(*args, **kwargs)
+        finally:
+            end_ns = time.time_ns()
+            if recording is not None:
+                try:
+                    writer = SpanWriter(agent._tracer, predict.get_span_context())
+                    predict.set_attributes(self._capture.finish(recording, writer))
+                except Exception:  # a tracing bug must neither fail nor mask the model call
+                    log.exception("mlscope: layer/library spans of a %s call not written", self._model_name)
+                end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
+            predict.end(end_time=end_ns)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._model, attribute)
+
+
+def _is_torch_module(model: Any) -> bool:
+    """True for a torch.nn.Module, without importing torch for agents that never see one."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def _batch_size(args: tuple[Any, ...]) -> int:

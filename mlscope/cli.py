@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
@@ -41,8 +46,7 @@ async def _serve(
 ) -> None:
     """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
     given) until SIGINT/SIGTERM, printing each bound port as `name: port`."""
-    from mlscope.collector import Collector, CollectorConfig
-    from mlscope.query import create_query_app
+    from mlscope.collector import NO_GRPC, Collector, CollectorConfig
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -59,7 +63,7 @@ async def _serve(
                 CollectorConfig(
                     host=host,
                     http_port=otlp_http_port,
-                    grpc_port=-1 if otlp_grpc_port is None else otlp_grpc_port,
+                    grpc_port=NO_GRPC if otlp_grpc_port is None else otlp_grpc_port,
                     spool_dir=spool_dir,
                 ),
             )
@@ -68,6 +72,8 @@ async def _serve(
             if otlp_grpc_port is not None:
                 bound["otlp-grpc"] = collector.grpc_port
         if port is not None:
+            from mlscope.query import create_query_app
+
             app = create_query_app(store, collector.status if collector else None)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -114,6 +120,74 @@ def cmd_query(args: argparse.Namespace) -> int:
     args.otlp_http_port = args.otlp_grpc_port = None
     args.spool_dir = None
     return cmd_serve(args)
+
+
+# --- sql ---------------------------------------------------------------------------------------
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Runs a read-only query through the same guard and limits as /api/sql: against a running
+    query service (--url; the way to reach an embedded store that `serve` owns) or a store."""
+    if args.url:
+        answer = _sql_over_http(args.url, args.query)
+    else:
+        from mlscope.query import BadRequest, TraceReader
+
+        store = _open(args)
+        try:
+            result = TraceReader(store).run_sql(args.query)
+        except BadRequest as exc:
+            raise UsageError(str(exc)) from exc
+        finally:
+            store.close()
+        answer = {
+            "columns": [{"name": name, "type": ch_type} for name, ch_type in result.columns],
+            "rows": result.rows,
+            "truncated": result.truncated,
+        }
+    sys.stdout.write(render_rows(answer, args.format))
+    if answer.get("truncated"):
+        print("mlscope: the result was truncated at the row limit", file=sys.stderr)
+    return 0
+
+
+def _sql_over_http(base_url: str, query: str) -> dict:
+    request = urllib.request.Request(
+        base_url.rstrip("/") + "/api/sql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            reason = json.loads(error.read())["error"]
+        except (ValueError, KeyError):
+            reason = f"HTTP {error.code}"
+        raise UsageError(reason) from error
+    except urllib.error.URLError as error:
+        raise UsageError(f"cannot reach {base_url}: {error.reason}") from error
+
+
+def render_rows(answer: dict, output_format: str) -> str:
+    """A query answer ({"columns", "rows"}) as an aligned table, CSV or JSON text."""
+    names = [column["name"] for column in answer["columns"]]
+    rows = answer["rows"]
+    if output_format == "json":
+        return json.dumps({"columns": answer["columns"], "rows": rows}) + "\n"
+    cells = [[value if isinstance(value, str) else json.dumps(value) for value in row] for row in rows]
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(cells)
+        return buffer.getvalue()
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)]
+    lines = ["  ".join(name.ljust(width) for name, width in zip(names, widths))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 # --- demo ------------------------------------------------------------------------------------
@@ -210,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--host", default="127.0.0.1")
     query.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT)
     query.set_defaults(handler=cmd_query)
+
+    sql = commands.add_parser("sql", help="run a read-only SQL query over the traces")
+    _add_store(sql)
+    sql.add_argument("--url", help="a running query service (http://host:port) instead of opening the store")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument("query", help='e.g. "SELECT name, count() FROM spans GROUP BY name"')
+    sql.set_defaults(handler=cmd_sql)
 
     demo = commands.add_parser("demo", help="serve, trace a small real pipeline, print its timeline URL")
     _add_store(demo)

@@ -1,0 +1,293 @@
+"""Layer and library levels for PyTorch: record while the model runs, build spans after.
+
+Hot path (during the model call), and nothing else:
+- layer: two process-wide module hooks (registered for the call, removed after it) that append
+  `(module, perf_counter_ns(), kind, shapes-or-None)` to a list. Global hooks, not per-module
+  ones: registering two hooks per call costs ~µs where registering two per module costs ~0.3 ms on
+  ResNet-18; the module object itself is the key, so there is no lookup and no formatting. The
+  post hook is `always_call`, so a forward that raises still records its exit, as RAISE.
+- library: torch.profiler (kineto) with CPU activity, CUDA too when available, no shapes.
+
+After the call, off the hot path: pair the hook records into the module call tree, read the
+profiler's events, place each op under the innermost layer (or op) containing it
+(agents/timeline.py) and write the spans (agents/spans.py).
+
+Clocks: hook times are perf_counter_ns, mapped to the wall clock by one (time_ns, perf_counter_ns)
+pair taken at the start of the call (timeline.Clock). Kineto's event times are already wall-clock
+ns (it converts its TSC readings to CLOCK_REALTIME, the clock of time.time_ns), so ops need no
+offset; that both land on one clock is checked by the share of ops inside a layer span, which is
+reported on every predict span (`mlscope.library.ops_inside_layers`) and tested (>= 99%).
+
+One capture runs at a time per process: the profiler and the global hooks are process-wide. A
+traced call that finds another capture running (another thread, a traced model inside a traced
+model) or a torch.profiler the user started gets its model span only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.hooks import RemovableHandle
+
+from opentelemetry.trace import SpanContext
+
+from mlscope.levels import LEVEL_ATTRIBUTE
+
+from .spans import SpanWriter
+from .timeline import ENTER, RAISE, RETURN, CallEvent, Clock, Interval, pair_calls, place_ops
+
+log = logging.getLogger(__name__)
+
+LAYER_PATH = "mlscope.layer.path"
+LAYER_TYPE = "mlscope.layer.type"
+LAYER_INPUT_SHAPES = "mlscope.layer.input_shapes"
+LAYER_OUTPUT_SHAPES = "mlscope.layer.output_shapes"
+OPS_INSIDE_LAYERS = "mlscope.library.ops_inside_layers"
+RAISED = "forward raised"
+
+_CAPTURE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """What one traced model records below its model span."""
+
+    layers: bool = True
+    ops: bool = False
+    nested_ops: bool = False
+    """Also the ops that ops call (aten::conv2d -> aten::convolution -> aten::mkldnn_convolution
+    -> aten::empty ...), nested under them: ~6x the op spans on ResNet-18 (426 against 70 a
+    call), ~+1.2 ms a call to write. Off by default; on, it shows which kernel path ran."""
+    shapes: bool = False
+    """Input and output tensor shapes on layer spans (a few µs per module call)."""
+
+
+@dataclass(frozen=True)
+class _Module:
+    name: str
+    attributes: Mapping[str, str]
+
+
+class Recording:
+    """The state of one call being recorded; only the hooks touch it while the model runs."""
+
+    __slots__ = ("events", "clock", "handles", "profiler", "end_perf_ns")
+
+    def __init__(self) -> None:
+        self.events: list[CallEvent] = []
+        self.handles: list[RemovableHandle] = []
+        self.profiler: profile | None = None
+        self.clock = Clock.now()
+        self.end_perf_ns = 0
+
+    def stop(self) -> None:
+        """Ends the hot path: stamps the end, removes the hooks, stops the profiler. Idempotent."""
+        if self.end_perf_ns:
+            return
+        self.end_perf_ns = time.perf_counter_ns()
+        for handle in self.handles:
+            handle.remove()
+        if self.profiler is not None:
+            self.profiler.stop()
+
+    @property
+    def end_wall_ns(self) -> int:
+        return self.clock.wall(self.end_perf_ns)
+
+
+class TorchCapture:
+    """Records the layer and library levels of one torch model's calls and writes them as spans."""
+
+    def __init__(self, model: nn.Module, root_name: str, options: CaptureOptions) -> None:
+        self.options = options
+        self._modules = {module: _describe(path, module, root_name) for path, module in model.named_modules()}
+        self._warned = False
+
+    def start(self) -> Recording | None:
+        """Starts recording a call on this thread, or returns None if another capture runs."""
+        if not _CAPTURE_LOCK.acquire(blocking=False):
+            return None
+        recording = Recording()
+        try:
+            if self.options.ops:
+                recording.profiler = self._start_profiler()
+            if self.options.layers:
+                pre, post = _hooks(recording.events, threading.get_ident(), self.options.shapes)
+                recording.handles += [
+                    register_module_forward_pre_hook(pre),
+                    register_module_forward_hook(post, always_call=True),
+                ]
+        except BaseException:
+            recording.stop()
+            _CAPTURE_LOCK.release()
+            raise
+        return recording
+
+    def finish(self, recording: Recording, writer: SpanWriter) -> dict[str, float]:
+        """Stops `recording` (if the caller has not), ends the capture, and writes its spans
+        under `writer.parent`; returns attributes for that parent (the model span). Call it
+        exactly once for each recording `start` returned."""
+        try:
+            recording.stop()
+        finally:
+            _CAPTURE_LOCK.release()
+        if not writer.recording:
+            return {}
+        layers = self._write_layers(recording, writer)
+        if recording.profiler is None:
+            return {}
+        inside = self._write_ops(_read_ops(recording.profiler), layers, writer)
+        return {OPS_INSIDE_LAYERS: inside}
+
+    def _start_profiler(self) -> profile | None:
+        """A started profiler, or None (logged once) when it cannot run: the call then goes on
+        with its layers only, never fails because of tracing."""
+        # The C++ flag, not torch.profiler's Python one: it also covers the legacy profiler.
+        if torch._C._autograd._profiler_enabled():
+            self._warn_once("torch.profiler is already running: no library level while it does")
+            return None
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        profiler = profile(activities=activities)
+        try:
+            profiler.start()
+        except Exception:
+            log.exception("torch.profiler did not start: no library level for this call")
+            return None
+        return profiler
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            log.warning(message)
+            self._warned = True
+
+    def _write_layers(self, recording: Recording, writer: SpanWriter) -> list[tuple[Interval, SpanContext]]:
+        """Writes one span per module call; returns each call's wall interval and span context."""
+        clock = recording.clock
+        calls = pair_calls(recording.events, recording.end_perf_ns)
+        contexts = [writer.new_context() for _ in calls]
+        written = []
+        for call, context in zip(calls, contexts):
+            module = self._modules.get(call.key) or _describe_foreign(call.key)
+            attributes = module.attributes
+            if self.options.shapes:
+                attributes = {**attributes, **_shape_attributes(call.enter_payload, call.exit_payload)}
+            interval = (clock.wall(call.start_ns), clock.wall(call.end_ns))
+            parent = contexts[call.parent] if call.parent >= 0 else writer.parent
+            writer.write(module.name, context, parent, *interval, attributes, RAISED if call.failed else None)
+            written.append((interval, context))
+        return written
+
+    def _write_ops(
+        self, ops: tuple[list[str], list[Interval]], layers: list[tuple[Interval, SpanContext]], writer: SpanWriter
+    ) -> float:
+        """Writes the op spans; returns the share of ops inside a layer span."""
+        names, intervals = ops
+        placement = place_ops([interval for interval, _ in layers], intervals)
+        keep = [self.options.nested_ops or parent < 0 for parent in placement.op_parent]
+        contexts = [writer.new_context() if kept else None for kept in keep]
+        for op, (name, (start, end)) in enumerate(zip(names, intervals)):
+            if not keep[op]:
+                continue
+            layer, parent_op = placement.layer_parent[op], placement.op_parent[op]
+            parent = layers[layer][1] if layer >= 0 else contexts[parent_op] if parent_op >= 0 else writer.parent
+            writer.write(name, contexts[op], parent, start, end, _OP_ATTRIBUTES)
+        return placement.fraction_inside
+
+
+_OP_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library"}
+
+
+def _describe(path: str, module: nn.Module, root_name: str) -> _Module:
+    kind = type(module).__name__
+    attributes = {LEVEL_ATTRIBUTE: "layer", LAYER_PATH: path, LAYER_TYPE: kind}
+    return _Module(path or root_name or kind, attributes)
+
+
+def _describe_foreign(module: nn.Module) -> _Module:
+    """A module called during the model call that is not in the model's tree (built inside a
+    forward, or another model called from a hook): named by its type, path "?"."""
+    kind = type(module).__name__
+    return _Module(kind, {LEVEL_ATTRIBUTE: "layer", LAYER_PATH: "?", LAYER_TYPE: kind})
+
+
+def _hooks(
+    events: list[CallEvent], thread: int, shapes: bool
+) -> tuple[Callable[[nn.Module, Any], None], Callable[[nn.Module, Any, Any], None]]:
+    """The pre/post forward hooks of one recording. They run on every module call of every
+    thread while registered, so they do the least possible: compare the thread, append a tuple.
+    torch calls an always_call hook with output None when forward raised; only then (or when a
+    forward returns None) is the exception state looked at."""
+    append = events.append
+    clock = time.perf_counter_ns
+    current_thread = threading.get_ident
+    exception = sys.exc_info
+
+    def ended_without_output() -> int:
+        return RAISE if exception()[1] is not None else RETURN
+
+    if not shapes:
+
+        def pre(module: nn.Module, args: Any) -> None:
+            if current_thread() == thread:
+                append((module, clock(), ENTER, None))
+
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            if current_thread() == thread:
+                append((module, clock(), RETURN if output is not None else ended_without_output(), None))
+
+        return pre, post
+
+    def pre_with_shapes(module: nn.Module, args: Any) -> None:
+        if current_thread() == thread:
+            append((module, clock(), ENTER, _shapes(args)))
+
+    def post_with_shapes(module: nn.Module, args: Any, output: Any) -> None:
+        if current_thread() == thread:
+            append((module, clock(), RETURN if output is not None else ended_without_output(), _shapes(output)))
+
+    return pre_with_shapes, post_with_shapes
+
+
+def _shapes(value: Any) -> list[torch.Size]:
+    """The shapes of the tensors in a forward's arguments or output (torch.Size is an immutable
+    tuple: keeping it holds no tensor alive)."""
+    if isinstance(value, torch.Tensor):
+        return [value.shape]
+    if isinstance(value, (tuple, list)):
+        return [item.shape for item in value if isinstance(item, torch.Tensor)]
+    return []
+
+
+def _shape_attributes(
+    inputs: list[torch.Size] | None, outputs: list[torch.Size] | None
+) -> dict[str, tuple[str, ...]]:
+    attributes = {}
+    for key, shapes in ((LAYER_INPUT_SHAPES, inputs), (LAYER_OUTPUT_SHAPES, outputs)):
+        if shapes is not None:
+            attributes[key] = tuple("x".join(map(str, shape)) for shape in shapes)
+    return attributes
+
+
+def _read_ops(profiler: profile) -> tuple[list[str], list[Interval]]:
+    """Names and wall-clock intervals of the profiler's host-side events. Device-side events
+    (CUDA kernels, memcpys) run asynchronously and are not placed by time; they are left out."""
+    names: list[str] = []
+    intervals: list[Interval] = []
+    cpu = torch.autograd.DeviceType.CPU
+    for event in profiler.profiler.kineto_results.events():
+        if event.device_type() == cpu:
+            names.append(event.name())
+            intervals.append((event.start_ns(), event.end_ns()))
+    return names, intervals

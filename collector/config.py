@@ -1,0 +1,32 @@
+"""The collector's settings, one frozen value shared by its parts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mlscope.store.url import default_data_dir
+
+NO_GRPC = -1
+
+
+def _default_spool_dir() -> str:
+    return os.path.join(default_data_dir(), "spool")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 4318  # 0 picks a free port
+    grpc_port: int = 4317  # 0 picks a free port; NO_GRPC (-1) runs no gRPC server
+    spool_dir: str = field(default_factory=_default_spool_dir)
+    max_body_bytes: int = 16 * 2**20  # per request, after decompression (HTTP and gRPC)
+    max_spool_bytes: int = 1 * 2**30
+    flush_rows: int = 20_000  # flush as soon as this many rows are pending ...
+    flush_interval_s: float = 0.02  # ... or this long after the first one arrived
+    # Beyond this many decoded rows awaiting the store (~1-2 KB of Python objects each), new
+    # requests are answered 429 / RESOURCE_EXHAUSTED.
+    max_pending_rows: int = 200_000
+    replay_interval_s: float = 1.0  # how often the spool is retried while it holds files
+    overloaded_retry_after_s: float = 1.0  # Retry-After of a 429
+    unavailable_retry_after_s: float = 5.0  # Retry-After of a 503 (store down and spool full)

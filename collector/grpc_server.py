@@ -1,0 +1,54 @@
+"""OTLP/gRPC: TraceService/Export and MetricsService/Export on a grpc.aio server that shares the
+event loop, and so the pipeline, with the HTTP side."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.rpc.error_details_pb2 import RetryInfo
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+from .otlp import METRICS, TRACES, Signal
+from .pipeline import Batch, IngestPipeline, Overloaded, Refused
+
+# OTLP exporters read the retry delay from this trailer (a serialized google.rpc.RetryInfo).
+_RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
+
+
+async def _export(pipeline: IngestPipeline, signal: Signal, request: Message, context: grpc.aio.ServicerContext) -> Message:
+    decoded = signal.decode(request)
+    try:
+        await pipeline.submit(Batch(signal.name, decoded, request.SerializeToString()))
+    except Refused as exc:
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, Overloaded) else grpc.StatusCode.UNAVAILABLE
+        retry_info = RetryInfo(retry_delay=Duration(seconds=math.ceil(exc.retry_after_s)))
+        await context.abort(code, str(exc), trailing_metadata=((_RETRY_INFO_KEY, retry_info.SerializeToString()),))
+    return signal.response(decoded)
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 (gRPC name)
+        return await _export(self._pipeline, TRACES, request, context)
+
+
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 (gRPC name)
+        return await _export(self._pipeline, METRICS, request, context)
+
+
+def create_grpc_server(pipeline: IngestPipeline, max_message_bytes: int) -> grpc.aio.Server:
+    """An unstarted server; the caller adds the port (add_insecure_port returns the bound one)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(pipeline), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(pipeline), server)
+    return server

@@ -1,0 +1,11 @@
+"""The errors the query service answers with; the HTTP layer maps each family to one status."""
+
+from __future__ import annotations
+
+
+class BadRequest(ValueError):
+    """The request itself is wrong (a malformed id, an unknown level, a refused query): 400."""
+
+
+class NotFound(LookupError):
+    """The request names something the store does not hold: 404."""

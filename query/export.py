@@ -1,0 +1,158 @@
+"""A timeline in other tools' formats. Pure: no I/O.
+
+- `jaeger`: the JSON that Jaeger's query API returns and Jaeger UI opens ("JSON File" upload).
+- `perfetto`: Chrome trace-event JSON, which ui.perfetto.dev and chrome://tracing open: one
+  complete ("X") event per span, a process per service, times in microseconds from the trace
+  start. The importer nests events on a thread by time, so each service's spans are spread over
+  as few threads ("lanes") as keep every thread's events properly nested: parallel children
+  get lanes of their own instead of being cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .timeline import Span, Timeline, TimelineSpan
+
+_NS_PER_US = 1000
+
+
+def _us(ns: int) -> int:
+    return ns // _NS_PER_US
+
+
+# --- Jaeger -----------------------------------------------------------------------------------
+
+
+def _jaeger_tags(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": key, "type": "string", "value": str(value)} for key, value in attributes.items()]
+
+
+def _jaeger_span(trace_id: str, item: TimelineSpan, process_id: str) -> dict[str, Any]:
+    span = item.span
+    tags = {
+        **span.attributes,
+        "mlscope.level": span.level,
+        "span.kind": span.kind,
+        "otel.scope.name": span.scope_name,
+        "otel.status_code": span.status_code,
+    }
+    if span.status_message:
+        tags["otel.status_description"] = span.status_message
+    jaeger_tags = _jaeger_tags(tags)
+    if span.status_code == "error":
+        jaeger_tags.append({"key": "error", "type": "bool", "value": True})
+    references = (
+        [{"refType": "CHILD_OF", "traceID": trace_id, "spanID": span.parent_span_id}] if span.parent_span_id else []
+    )
+    return {
+        "traceID": trace_id,
+        "spanID": span.span_id,
+        "operationName": span.name,
+        "references": references,
+        "startTime": _us(span.start_ns),
+        "duration": _us(span.duration_ns),
+        "tags": jaeger_tags,
+        "logs": [
+            {"timestamp": _us(event.time_ns), "fields": _jaeger_tags({"event": event.name, **event.attributes})}
+            for event in span.events
+        ],
+        "processID": process_id,
+        "warnings": None,
+    }
+
+
+def _process_key(span: Span) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return (span.service, tuple(sorted(span.resource.items())))
+
+
+def to_jaeger(timeline: Timeline) -> dict[str, Any]:
+    processes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+    for item in timeline.spans:
+        processes.setdefault(_process_key(item.span), f"p{len(processes) + 1}")
+    spans = [_jaeger_span(timeline.trace_id, item, processes[_process_key(item.span)]) for item in timeline.spans]
+    return {
+        "data": [
+            {
+                "traceID": timeline.trace_id,
+                "spans": spans,
+                "processes": {
+                    process_id: {"serviceName": service, "tags": _jaeger_tags(dict(resource))}
+                    for (service, resource), process_id in processes.items()
+                },
+                "warnings": list(timeline.warnings) or None,
+            }
+        ],
+        "total": 0,
+        "limit": 0,
+        "offset": 0,
+        "errors": None,
+    }
+
+
+# --- Perfetto / Chrome trace events -----------------------------------------------------------
+
+
+def _nests(lane: list[Span], span: Span) -> bool:
+    """Whether `span` can go on a lane whose still-open spans are `lane` (oldest first); spans
+    that ended before it starts are closed on the way."""
+    while lane and lane[-1].end_ns <= span.start_ns:
+        lane.pop()
+    return not lane or lane[-1].end_ns >= span.end_ns
+
+
+def assign_lanes(spans: Sequence[Span]) -> dict[str, int]:
+    """span id -> lane (0, 1, ...), such that the spans of a lane nest: each one lies within
+    the one before it or after it ends. Greedy by start time, longest first: a child lands in
+    its parent's lane unless a sibling still runs there."""
+    open_spans: list[list[Span]] = []  # per lane, the stack of spans still open
+    lanes: dict[str, int] = {}
+    for span in sorted(spans, key=lambda s: (s.start_ns, -s.end_ns, s.span_id)):
+        lane = next((index for index, stack in enumerate(open_spans) if _nests(stack, span)), len(open_spans))
+        if lane == len(open_spans):
+            open_spans.append([])
+        open_spans[lane].append(span)
+        lanes[span.span_id] = lane
+    return lanes
+
+
+def _metadata(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
+    return {"ph": "M", "name": kind, "pid": pid, "tid": tid, "args": {"name": name}}
+
+
+def to_perfetto(timeline: Timeline) -> dict[str, Any]:
+    origin = min((item.span.start_ns for item in timeline.spans), default=0)
+    services: dict[str, list[Span]] = {}
+    for item in timeline.spans:
+        services.setdefault(item.span.service, []).append(item.span)
+    events: list[dict[str, Any]] = []
+    pids: dict[str, int] = {}
+    lanes: dict[str, int] = {}
+    for pid, (service, spans) in enumerate(services.items(), start=1):
+        pids[service] = pid
+        lanes.update(assign_lanes(spans))
+        events.append(_metadata("process_name", pid, 0, service or "(no service)"))
+        for lane in sorted({lanes[span.span_id] for span in spans}):
+            events.append(_metadata("thread_name", pid, lane + 1, f"lane {lane + 1}"))
+    for item in timeline.spans:
+        span = item.span
+        events.append({
+            "name": span.name,
+            "cat": span.level,
+            "ph": "X",
+            "ts": (span.start_ns - origin) / _NS_PER_US,
+            "dur": span.duration_ns / _NS_PER_US,
+            "pid": pids[span.service],
+            "tid": lanes[span.span_id] + 1,
+            "args": {"span_id": span.span_id, "parent_span_id": span.parent_span_id, "self_ns": item.self_ns,
+                     **span.attributes},
+        })
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {"trace_id": timeline.trace_id, "start_ns": origin, "warnings": list(timeline.warnings)},
+    }
+
+
+EXPORTERS: dict[str, Callable[[Timeline], dict[str, Any]]] = {"jaeger": to_jaeger, "perfetto": to_perfetto}

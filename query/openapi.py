@@ -1,0 +1,129 @@
+"""The OpenAPI 3 description of the query API, served at /openapi.json.
+
+Written by hand as data: the routes are few, and a test checks that this document and the
+app's route table name the same paths and methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlscope.levels import LEVELS
+
+from .export import EXPORTERS
+from .listing import MAX_LIMIT, NUMBER_FILTERS, TEXT_FILTERS
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = _json(_ref("Error"), "error")
+_INTEGER = {"type": "integer", "format": "int64", "minimum": 0}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_TRACE_ID = {
+    "name": "trace_id", "in": "path", "required": True,
+    "description": "32 hex digits (upper case accepted)",
+    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"},
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "TraceSummary": {
+        "type": "object",
+        "properties": {
+            "trace_id": {"type": "string"}, "root_name": {"type": "string"}, "service": {"type": "string"},
+            "start_ns": _INTEGER, "end_ns": _INTEGER, "duration_ns": _INTEGER, "span_count": _INTEGER,
+            "model": {"type": "string"}, "framework": {"type": "string"},
+        },
+    },
+    "Span": {
+        "type": "object",
+        "properties": {
+            "span_id": {"type": "string"}, "parent_span_id": {"type": "string", "description": "'' for a root"},
+            "name": {"type": "string"}, "kind": {"type": "string"}, "service": {"type": "string"},
+            "level": {"type": "string", "enum": list(LEVELS)},
+            "start_ns": _INTEGER, "end_ns": _INTEGER, "duration_ns": _INTEGER,
+            "self_ns": {**_INTEGER, "description": "duration minus the union of the children's intervals"},
+            "depth": {"type": "integer", "minimum": 0},
+            "attributes": _STRING_MAP, "resource": _STRING_MAP,
+            "events": {"type": "array", "items": {"type": "object", "properties": {
+                "time_ns": _INTEGER, "name": {"type": "string"}, "attributes": {"type": "object"}}}},
+            "links": {"type": "array", "items": {"type": "object"}},
+            "status": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+            "scope": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+        },
+    },
+    "Timeline": {
+        "type": "object",
+        "properties": {
+            "trace_id": {"type": "string"},
+            "spans": {"type": "array", "items": _ref("Span"), "description": "pre-order; siblings by start time"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "SqlRequest": {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}},
+    "SqlResult": {
+        "type": "object",
+        "properties": {
+            "columns": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "type": {"type": "string"}}}},
+            "rows": {"type": "array", "items": {"type": "array", "items": {}}},
+            "truncated": {"type": "boolean", "description": "more rows than the limit: the rest were cut"},
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    list_params = [
+        *(_query(name, {"type": "string"}, f"exact {name}") for name in TEXT_FILTERS),
+        *(_query(name, _INTEGER, "nanoseconds") for name in NUMBER_FILTERS),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}, "at most"),
+    ]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "mlscope query API", "version": "1"},
+        "paths": {
+            "/healthz": {"get": {"summary": "the process is up",
+                                 "responses": {"200": _json({"type": "object"}, "ok")}}},
+            "/readyz": {"get": {
+                "summary": "the store answers (and the collector's status, when one runs here)",
+                "responses": {"200": _json({"type": "object"}, "ready"), "503": _ERROR}}},
+            "/openapi.json": {"get": {"summary": "this document",
+                                      "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
+            "/api/traces": {"get": {
+                "summary": "traces, newest first", "parameters": list_params,
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "traces": {"type": "array", "items": _ref("TraceSummary")}}}, "trace summaries"),
+                    "400": _ERROR}}},
+            "/api/traces/{trace_id}": {"get": {
+                "summary": "one trace's timeline",
+                "parameters": [
+                    _TRACE_ID,
+                    _query("levels", {"type": "string"}, f"comma-separated subset of {', '.join(LEVELS)}"),
+                    _query("raw", {"type": "string", "enum": ["0", "1", "true", "false"]},
+                           "1: stored rows, no adjusters, no tree"),
+                ],
+                "responses": {"200": _json(_ref("Timeline"), "the timeline"), "400": _ERROR, "404": _ERROR}}},
+            "/api/traces/{trace_id}/export": {"get": {
+                "summary": "one trace in Jaeger UI JSON or Chrome/Perfetto trace-event JSON",
+                "parameters": [_TRACE_ID, _query("format", {"type": "string", "enum": sorted(EXPORTERS)}, "")],
+                "responses": {"200": _json({"type": "object"}, "the exported trace"), "400": _ERROR, "404": _ERROR}}},
+            "/api/sql": {"post": {
+                "summary": "one read-only SQL statement, run under limits",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SqlRequest")}}},
+                "responses": {"200": _json(_ref("SqlResult"), "the result"), "400": _ERROR, "503": _ERROR}}},
+        },
+        "components": {"schemas": SCHEMAS},
+    }

@@ -1,0 +1,102 @@
+"""The query service's only door to the store: three reads, each one statement.
+
+Blocking (the store's calls are); the HTTP layer runs them in worker threads. Every read goes
+through the deduplicating views or merges `trace_index`, never the physical tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mlscope.store import SPAN_COLUMNS, Store, StoreError, StoreUnavailable, sql_string
+
+from .errors import BadRequest
+from .listing import TraceFilter, trace_list_sql, trace_summary
+from .sqlguard import check_query
+from .timeline import Span, span_from_row
+
+_SPAN_COLUMN_NAMES = tuple(name for name, _ in SPAN_COLUMNS)
+
+
+class QueryFailed(BadRequest):
+    """ClickHouse refused or failed a user's SQL (syntax, unknown column, a limit hit...)."""
+
+
+@dataclass(frozen=True)
+class SqlLimits:
+    """Server-side limits on a user's SQL; `max_rows` also caps the rows returned."""
+
+    max_rows: int = 10_000
+    max_execution_time_s: int = 10
+    max_memory_bytes: int = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class SqlAnswer:
+    columns: tuple[tuple[str, str], ...]  # (name, ClickHouse type)
+    rows: list[list[Any]]
+    truncated: bool
+
+
+def limit_settings(limits: SqlLimits) -> dict[str, int | str]:
+    """The settings sent with a user's query. One row more than returned tells whether the
+    result was cut; 'break' stops reading at the limit instead of failing. readonly=1 goes last:
+    once it is set, the server refuses to change any further setting of the query."""
+    return {
+        "max_execution_time": limits.max_execution_time_s,
+        "max_result_rows": limits.max_rows + 1,
+        "result_overflow_mode": "break",
+        "max_memory_usage": limits.max_memory_bytes,
+        "readonly": 1,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """Values as JSON can carry them: NaN and infinities become null (as the embedded engine's
+    JSON output already does), so both backends answer the same."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    return value
+
+
+class TraceReader:
+    def __init__(self, store: Store, sql_limits: SqlLimits = SqlLimits()) -> None:
+        self._store = store
+        self._sql_limits = sql_limits
+
+    def list_traces(self, trace_filter: TraceFilter) -> list[dict[str, Any]]:
+        """Trace summaries, newest first; an empty list when nothing matches."""
+        return [trace_summary(row) for row in self._store.execute(trace_list_sql(trace_filter)).rows]
+
+    def trace_spans(self, trace_id: str) -> list[Span]:
+        """Every span of `trace_id` (lowercase hex) by start time, then span id; an empty list
+        for a trace the store does not hold."""
+        result = self._store.execute(
+            f"SELECT {', '.join(_SPAN_COLUMN_NAMES)} FROM spans "
+            f"WHERE trace_id = {sql_string(trace_id)} ORDER BY start_ns, span_id"
+        )
+        return [span_from_row(dict(zip(_SPAN_COLUMN_NAMES, row))) for row in result.rows]
+
+    def run_sql(self, query: str) -> SqlAnswer:
+        """Runs a user's query once the guard lets it through (RefusedQuery otherwise), under
+        the limits; QueryFailed when ClickHouse rejects it, StoreUnavailable passes through."""
+        statement = check_query(query)
+        limits = self._sql_limits
+        try:
+            result = self._store.execute(statement, limit_settings(limits))
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise QueryFailed(f"the query failed: {exc}") from exc
+        rows = [[_json_value(value) for value in row] for row in result.rows[: limits.max_rows]]
+        return SqlAnswer(
+            columns=tuple((column.name, column.type) for column in result.columns),
+            rows=rows,
+            truncated=len(result.rows) > limits.max_rows,
+        )

@@ -1,0 +1,267 @@
+"""Layer and library levels on real torch models: the module tree as spans, ops under layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+import torch
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+from mlscope.agents import Agent
+from mlscope.agents.resnet import BasicBlock, resnet18
+from mlscope.agents.torch_capture import TorchCapture
+
+# One forward of ResNet-18 calls every module once, and each BasicBlock's `relu` twice.
+RESNET18_MODULE_CALLS = len(list(resnet18().named_modules())) + 8
+
+
+def agent_at(level: str, provider: TracerProvider | None = None) -> tuple[Agent, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = provider or TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Agent(provider, level), exporter
+
+
+def at_level(spans: Sequence[ReadableSpan], level: str) -> list[ReadableSpan]:
+    return [span for span in spans if span.attributes["mlscope.level"] == level]
+
+
+def no_global_hooks() -> bool:
+    return not torch_module._global_forward_pre_hooks and not torch_module._global_forward_hooks
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    return resnet18()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def library_spans(resnet: nn.Module, images: torch.Tensor) -> list[ReadableSpan]:
+    agent, exporter = agent_at("library")
+    model = agent.trace_model(resnet, name="resnet18", nested_ops=True)
+    with torch.inference_mode():
+        model(images)
+    return list(exporter.get_finished_spans())
+
+
+class Failing(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("broken layer")
+
+
+class Guarded(nn.Module):
+    """Calls a failing module and recovers, as fallback code paths in real models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = Failing()
+        self.fallback = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.failing(x)
+        except RuntimeError:
+            return self.fallback(x)
+
+
+def test_layer_spans_reproduce_the_module_tree(resnet: nn.Module, images: torch.Tensor) -> None:
+    agent, exporter = agent_at("layer")
+    model = agent.trace_model(resnet, name="resnet18")
+    with torch.inference_mode():
+        expected = resnet(images)
+        assert torch.equal(model(images), expected)
+    spans = exporter.get_finished_spans()
+    (predict,) = at_level(spans, "model")
+    layers = at_level(spans, "layer")
+    assert len(layers) == RESNET18_MODULE_CALLS and not at_level(spans, "library")
+    by_id = {span.context.span_id: span for span in spans}
+    for layer in layers:
+        path = layer.attributes["mlscope.layer.path"]
+        parent = by_id[layer.parent.span_id]
+        if path == "":
+            assert parent is predict and layer.name == "resnet18"
+        else:
+            assert layer.name == path
+            assert parent.attributes["mlscope.layer.path"] == path.rpartition(".")[0]
+        assert layer.context.trace_id == predict.context.trace_id
+        assert parent.start_time <= layer.start_time <= layer.end_time <= parent.end_time
+        assert layer.status.is_ok
+    types = {layer.attributes["mlscope.layer.path"]: layer.attributes["mlscope.layer.type"] for layer in layers}
+    assert types["layer1.0.conv1"] == "Conv2d" and types["layer2.0"] == "BasicBlock"
+    assert types["layer2.0.downsample"] == "Sequential" and types["fc"] == "Linear"
+    relus = [layer for layer in layers if layer.name == "layer3.1.relu"]
+    assert len(relus) == 2 and relus[0].end_time <= relus[1].start_time
+
+
+def test_model_level_installs_no_hooks_and_writes_no_layers() -> None:
+    agent, exporter = agent_at("model")
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert no_global_hooks() and not self.linear._forward_hooks and not self.linear._forward_pre_hooks
+            assert not torch.autograd.profiler._is_profiler_enabled
+            return self.linear(x)
+
+    model = agent.trace_model(Probe(), name="probe")
+    model(torch.zeros(3, 4))
+    assert [span.name for span in exporter.get_finished_spans()] == ["predict"]
+
+
+def test_library_ops_lie_inside_layer_spans(library_spans: list[ReadableSpan]) -> None:
+    (predict,) = at_level(library_spans, "model")
+    assert len(at_level(library_spans, "layer")) == RESNET18_MODULE_CALLS
+    ops = at_level(library_spans, "library")
+    by_id = {span.context.span_id: span for span in library_spans}
+    inside = 0
+    for op in ops:
+        ancestor = by_id[op.parent.span_id]
+        while ancestor.attributes["mlscope.level"] == "library":
+            assert ancestor.start_time <= op.start_time and op.end_time <= ancestor.end_time
+            ancestor = by_id[ancestor.parent.span_id]
+        if ancestor.attributes["mlscope.level"] == "layer":
+            assert ancestor.start_time <= op.start_time and op.end_time <= ancestor.end_time
+            inside += 1
+    assert len(ops) > 2 * RESNET18_MODULE_CALLS
+    assert inside / len(ops) >= 0.99
+    assert predict.attributes["mlscope.library.ops_inside_layers"] == pytest.approx(inside / len(ops))
+
+
+def test_ops_land_in_the_layers_that_call_them(library_spans: list[ReadableSpan]) -> None:
+    by_id = {span.context.span_id: span for span in library_spans}
+    layer_of = {}
+    for op in at_level(library_spans, "library"):
+        parent = by_id[op.parent.span_id]
+        if parent.attributes["mlscope.level"] == "layer":
+            layer_of.setdefault(parent.attributes["mlscope.layer.type"], set()).add(op.name)
+    assert "aten::conv2d" in layer_of["Conv2d"] and "aten::batch_norm" in layer_of["BatchNorm2d"]
+    assert "aten::relu_" in layer_of["ReLU"] and "aten::linear" in layer_of["Linear"]
+    assert "aten::add" in layer_of["BasicBlock"]  # the shortcut sum is the block's own op
+    nested = [op for op in at_level(library_spans, "library") if op.name == "aten::convolution"]
+    assert nested and all(by_id[op.parent.span_id].name == "aten::conv2d" for op in nested)
+
+
+def test_by_default_only_the_ops_layers_call(resnet: nn.Module, images: torch.Tensor) -> None:
+    agent, exporter = agent_at("library")
+    model = agent.trace_model(resnet, name="resnet18")
+    with torch.inference_mode():
+        model(images)
+    spans = exporter.get_finished_spans()
+    by_id = {span.context.span_id: span for span in spans}
+    ops = at_level(spans, "library")
+    assert ops and all(by_id[op.parent.span_id].attributes["mlscope.level"] != "library" for op in ops)
+    assert sum(op.name == "aten::conv2d" for op in ops) == 20
+    assert not any(op.name == "aten::convolution" for op in ops)
+
+
+def test_an_exception_ends_every_span_and_removes_the_hooks() -> None:
+    agent, exporter = agent_at("library")
+    model = agent.trace_model(nn.Sequential(nn.ReLU(), Failing()), name="broken")
+    with pytest.raises(RuntimeError, match="broken layer"):
+        model(torch.zeros(2))
+    assert no_global_hooks() and not torch.autograd.profiler._is_profiler_enabled
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) >= {"predict", "broken", "0", "1", "aten::relu"}
+    assert spans["predict"].status.status_code.name == "ERROR"
+    assert spans["predict"].events[0].name == "exception"
+    for name in ("broken", "1"):
+        assert spans[name].status.status_code.name == "ERROR"
+        assert spans[name].end_time <= spans["predict"].end_time
+    assert spans["0"].status.is_ok
+
+    exporter.clear()  # the next call starts clean: same spans as a first call, nothing carried over
+    working = agent.trace_model(nn.Sequential(nn.ReLU(), nn.ReLU()), name="working")
+    working(torch.zeros(2))
+    assert sorted(span.name for span in at_level(exporter.get_finished_spans(), "layer")) == ["0", "1", "working"]
+
+
+def test_an_exception_caught_inside_the_model_closes_the_raising_layer() -> None:
+    agent, exporter = agent_at("layer")
+    model = agent.trace_model(Guarded(), name="guarded")
+    model(torch.ones(2))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["failing"].status.status_code.name == "ERROR"
+    assert spans["failing"].end_time <= spans["fallback"].start_time
+    assert spans["fallback"].parent.span_id == spans["guarded"].context.span_id
+    assert spans["fallback"].status.is_ok
+    assert spans["guarded"].status.is_ok and spans["predict"].status.is_ok
+
+
+def test_a_failure_to_write_spans_leaves_the_call_and_the_next_capture_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent, exporter = agent_at("layer")
+    model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TorchCapture, "_write_layers", broken)
+        assert torch.equal(model(torch.ones(2)), torch.ones(2))
+    (predict,) = exporter.get_finished_spans()
+    assert predict.name == "predict" and predict.status.is_ok
+    model(torch.ones(2))
+    assert len(at_level(exporter.get_finished_spans(), "layer")) == 2
+
+
+def test_shapes_on_layer_spans_when_asked() -> None:
+    agent, exporter = agent_at("layer")
+    model = agent.trace_model(BasicBlock(4, 8, stride=2), name="block", shapes=True)
+    model(torch.zeros(2, 4, 6, 6))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["block"].attributes["mlscope.layer.input_shapes"] == ("2x4x6x6",)
+    assert spans["block"].attributes["mlscope.layer.output_shapes"] == ("2x8x3x3",)
+    assert spans["conv1"].attributes["mlscope.layer.output_shapes"] == ("2x8x3x3",)
+
+
+def test_a_running_profiler_leaves_the_layers(images: torch.Tensor) -> None:
+    agent, exporter = agent_at("library")
+    model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
+    with torch.profiler.profile():
+        model(images)
+    spans = exporter.get_finished_spans()
+    assert len(at_level(spans, "layer")) == 2 and not at_level(spans, "library")
+
+
+def test_a_traced_model_inside_a_traced_model_is_recorded_once() -> None:
+    agent, exporter = agent_at("layer")
+    inner = agent.trace_model(nn.ReLU(), name="inner")
+    outer = agent.trace_model(nn.Sequential(nn.Identity()), name="outer")
+    outer.register_forward_hook(lambda module, args, output: inner(output))
+    outer(torch.zeros(2))
+    spans = exporter.get_finished_spans()
+    outer_predict, inner_predict = sorted(at_level(spans, "model"), key=lambda span: span.start_time)
+    assert inner_predict.parent.span_id == outer_predict.context.span_id
+    layers = {span.name: span for span in at_level(spans, "layer")}
+    assert sorted(layers) == ["0", "ReLU", "outer"]  # the inner model's module, by the outer capture
+    assert layers["ReLU"].attributes["mlscope.layer.path"] == "?"
+    assert layers["ReLU"].parent.span_id == outer_predict.context.span_id
+
+
+def test_an_unsampled_call_writes_nothing_below_it() -> None:
+    agent, exporter = agent_at("library", TracerProvider(sampler=ALWAYS_OFF))
+    model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
+    model(torch.zeros(2))
+    assert exporter.get_finished_spans() == ()
+    assert no_global_hooks()
+
+
+@pytest.fixture(autouse=True)
+def hooks_never_leak() -> Iterator[None]:
+    yield
+    assert no_global_hooks() and not torch.autograd.profiler._is_profiler_enabled

@@ -1,0 +1,67 @@
+"""The write-ahead spool on its own, and its replay when a collector starts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector_testing import StartCollector, span_ids, span_request
+from mlscope.collector.spool import Spool, SpoolFull
+from mlscope.store import Store
+
+
+def test_a_spool_file_reads_back_as_one_merged_request(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=2**20)
+    first, second = span_request(2), span_request(3)
+
+    written = spool.write("traces", [first.SerializeToString(), second.SerializeToString()])
+
+    assert spool.files() == [written]
+    assert (written.signal, spool.bytes) == ("traces", written.size)
+    merged = ExportTraceServiceRequest.FromString(spool.read(written))
+    assert span_ids(merged) == span_ids(first) + span_ids(second)
+    spool.remove(written)
+    assert (spool.files(), spool.bytes) == ([], 0)
+
+
+def test_the_spool_is_bounded_and_counts_what_it_finds_on_start(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=100)
+    spool.write("metrics", [b"x" * 60])
+    with pytest.raises(SpoolFull):
+        spool.write("traces", [b"y" * 41])
+    (tmp_path / "crashed-mid-write.traces.pb.tmp").write_bytes(b"partial")
+
+    reopened = Spool(str(tmp_path), max_bytes=100)
+
+    assert reopened.bytes == 60
+    assert [spooled.signal for spooled in reopened.files()] == ["metrics"]
+    assert not (tmp_path / "crashed-mid-write.traces.pb.tmp").exists()
+
+
+def test_unreadable_files_are_set_aside(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), max_bytes=100)
+    written = spool.write("traces", [b"\xff\xff"])
+
+    spool.quarantine(written, "not protobuf")
+
+    assert (spool.files(), spool.bytes) == ([], 0)
+    assert (tmp_path / f"{written.path.name}.corrupt").exists()
+
+
+async def test_a_starting_collector_replays_the_spool(start_collector: StartCollector, store: Store, tmp_path: Path) -> None:
+    requests = [span_request(4), span_request(6)]
+    spool = Spool(str(tmp_path / "spool"), max_bytes=2**20)
+    spool.write("traces", [requests[0].SerializeToString()])
+    spool.write("traces", [requests[1].SerializeToString()])
+    garbage = spool.write("traces", [b"\xff\xff\xff"])
+
+    collector = await start_collector()
+    while collector.status()["spooled_bytes"]:
+        await asyncio.sleep(0.02)
+
+    rows = (await asyncio.to_thread(store.execute, "SELECT span_id FROM spans")).rows
+    assert sorted(row[0] for row in rows) == sorted(span_ids(requests[0]) + span_ids(requests[1]))
+    assert Path(f"{garbage.path}.corrupt").exists()

@@ -1,0 +1,271 @@
+"""The HTTP API against a real server, over both store backends (embedded chdb and
+clickhouse-server 18.16) from the same rows."""
+
+from __future__ import annotations
+
+import aiohttp
+import clickhouse_local_server
+import pytest
+
+from mlscope.query import SqlLimits, TraceReader, create_query_app
+from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, is_refused_function
+from mlscope.store import Store, StoreUnavailable, open_store
+from mlscope.ui import PAGES
+from query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
+from trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row
+
+LATER = "0000000000000000000000000000beef"
+ORPHANS = "00000000000000000000000000000bad"
+OTHER = [
+    row("00000000000000e1", "", "serve-request", 200, 205, trace_id=LATER, service="web",
+        attributes={"mlscope.model.name": "bert"}),
+    row("00000000000000e2", "00000000000000e1", "tokenize", 201, 202, "model", trace_id=LATER, service="web"),
+]
+STRAY = [row("00000000000000f1", "00000000000000ff", "stray", 300, 301, "layer", trace_id=ORPHANS)]
+
+
+@pytest.fixture
+async def api(served: Served) -> Served:
+    insert(served.store, KNOWN + OTHER + STRAY)
+    return served
+
+
+async def test_health_and_readiness(api: Served) -> None:
+    assert await api.get("/healthz") == (200, {"status": "ok"})
+    assert await api.get("/readyz") == (200, {"status": "ready", "store": api.store.url, "collector": COLLECTOR_STATUS})
+
+
+async def test_openapi_documents_exactly_the_api_routes(api: Served) -> None:
+    status, document = await api.get("/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    app = create_query_app(api.store)
+    viewer = {*PAGES, "/static/{name}"}
+    served_routes = {(route.method, route.resource.canonical) for route in app.router.routes()
+                     if route.method != "HEAD" and route.resource.canonical not in viewer}
+    assert documented == served_routes
+    assert ("POST", "/api/sql") in documented
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+async def test_traces_newest_first_with_their_summary(api: Served) -> None:
+    status, body = await api.get("/api/traces")
+    assert status == 200
+    assert [t["trace_id"] for t in body["traces"]] == [ORPHANS, LATER, TRACE]
+    known = body["traces"][2]
+    assert known == {"trace_id": TRACE, "root_name": "pipeline", "service": "svc", "start_ns": T0,
+                     "end_ns": T0 + 100 * MS, "duration_ns": 100 * MS, "span_count": 5,
+                     "model": "resnet18", "framework": "pytorch"}
+    # A trace without a root span is still listed, named by nothing, its service from any span.
+    assert (body["traces"][0]["root_name"], body["traces"][0]["service"]) == ("", "svc")
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("service=web", [LATER]),
+        ("model=resnet18", [TRACE]),
+        ("framework=pytorch", [TRACE]),
+        ("model=nothing", []),
+        (f"min_duration_ns={10 * MS}", [TRACE]),
+        (f"since_ns={T0 + 200 * MS}", [ORPHANS, LATER]),
+        (f"until_ns={T0 + 200 * MS}", [TRACE]),
+        (f"since_ns={T0}&until_ns={T0 + 201 * MS}&service=web", [LATER]),
+        ("limit=1", [ORPHANS]),
+        ("service=x'%20OR%201=1%20--", []),
+    ],
+)
+async def test_trace_filters(api: Served, query: str, expected: list[str]) -> None:
+    status, body = await api.get(f"/api/traces?{query}")
+    assert (status, [t["trace_id"] for t in body["traces"]]) == (200, expected)
+
+
+async def test_bad_listing_parameter_is_a_400(api: Served) -> None:
+    assert await api.get("/api/traces?limit=lots") == (400, {"error": "limit must be an integer, not 'lots'"})
+
+
+# --- one trace --------------------------------------------------------------------------------
+
+
+async def test_trace_tree_order_depth_and_self_time(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}")
+    assert status == 200
+    assert (body["trace_id"], body["warnings"]) == (TRACE, [])
+    assert [(s["name"], s["depth"], s["self_ns"] / MS) for s in body["spans"]] == KNOWN_SHAPE
+    root = body["spans"][0]
+    assert (root["parent_span_id"], root["start_ns"], root["attributes"]["mlscope.model.name"]) == ("", T0, "resnet18")
+
+
+async def test_trace_id_in_upper_case_is_normalized(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE.upper()}")
+    assert (status, body["trace_id"], len(body["spans"])) == (200, TRACE, 5)
+
+
+async def test_orphan_warning(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{ORPHANS}")
+    assert status == 200
+    assert [(s["name"], s["depth"]) for s in body["spans"]] == [("stray", 0)]
+    assert body["warnings"] == ["span 00000000000000f1: parent 00000000000000ff not in trace"]
+
+
+async def test_levels_filter(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}?levels=application,layer")
+    assert status == 200
+    assert [(s["name"], s["depth"]) for s in body["spans"]] == [
+        ("pipeline", 0), ("conv1", 1), ("relu", 1), ("postprocess", 1)]
+
+
+async def test_raw_returns_stored_rows(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}?raw=1")
+    assert status == 200
+    assert [(s["name"], s["depth"]) for s in body["spans"]] == [
+        ("pipeline", 0), ("predict", 0), ("conv1", 0), ("relu", 0), ("postprocess", 0)]
+
+
+@pytest.mark.parametrize(
+    "path, status, error",
+    [
+        ("/api/traces/0000000000000000000000000000cafe", 404, "trace 0000000000000000000000000000cafe not found"),
+        ("/api/traces/xyz", 400, "trace id must be 32 hex digits, not 'xyz'"),
+        (f"/api/traces/{TRACE}0", 400, f"trace id must be 32 hex digits, not '{TRACE}0'"),
+        (f"/api/traces/{TRACE}?levels=model,kernel", 400,
+         "unknown level 'kernel': expected one of application, model, layer, library, hardware"),
+        (f"/api/traces/{TRACE}?raw=yes", 400, "raw must be 0 or 1, not 'yes'"),
+        (f"/api/traces/{TRACE}/export?format=zipkin", 400, "format must be one of jaeger, perfetto, not 'zipkin'"),
+        (f"/api/traces/{TRACE}/export", 400, "format must be one of jaeger, perfetto, not ''"),
+        ("/api/traces/0000000000000000000000000000cafe/export?format=jaeger", 404,
+         "trace 0000000000000000000000000000cafe not found"),
+        ("/api/nothing", 404, "Not Found"),
+    ],
+)
+async def test_errors_are_json_with_a_status(api: Served, path: str, status: int, error: str) -> None:
+    assert await api.get(path) == (status, {"error": error})
+
+
+@pytest.mark.parametrize("fmt, key", [("jaeger", "data"), ("perfetto", "traceEvents")])
+async def test_exports(api: Served, fmt: str, key: str) -> None:
+    async with api.session.get(f"/api/traces/{TRACE}/export?format={fmt}") as response:
+        assert response.status == 200
+        assert response.headers["Content-Disposition"] == f'attachment; filename="trace-{TRACE}.{fmt}.json"'
+        body = await response.json()
+    assert key in body
+
+
+# --- SQL --------------------------------------------------------------------------------------
+
+
+async def test_sql_counts_the_inserted_spans(api: Served) -> None:
+    status, body = await api.sql(f"SELECT count() AS n FROM spans WHERE trace_id = '{TRACE}'")
+    assert (status, body) == (200, {"columns": [{"name": "n", "type": "UInt64"}], "rows": [[5]], "truncated": False})
+
+
+async def test_sql_reads_attributes_by_key(api: Served) -> None:
+    status, body = await api.sql(
+        "SELECT name, attr_values[indexOf(attr_keys, 'mlscope.model.name')] AS model FROM spans "
+        "WHERE has(attr_keys, 'mlscope.model.name') ORDER BY name")
+    assert (status, body["rows"]) == (200, [["pipeline", "resnet18"], ["serve-request", "bert"]])
+
+
+async def test_sql_result_is_cut_at_the_limit(api: Served) -> None:
+    status, body = await api.sql(f"SELECT arrayJoin(range({SQL_MAX_ROWS * 3})) AS n")
+    assert (status, len(body["rows"]), body["truncated"]) == (200, SQL_MAX_ROWS, True)
+    status, body = await api.sql(f"SELECT arrayJoin(range({SQL_MAX_ROWS})) AS n")
+    assert (status, len(body["rows"]), body["truncated"]) == (200, SQL_MAX_ROWS, False)
+
+
+def test_embedded_sql_limits_hold_after_a_trailing_comment(tmp_path) -> None:
+    # Only the embedded backend appends its SETTINGS clause to the statement's text (the server
+    # backend sends settings beside the query): a trailing comment must not swallow it, or the
+    # limits and readonly would silently be off.
+    store = open_store(f"embedded://{tmp_path / 'store'}")
+    try:
+        answer = TraceReader(store, SqlLimits(max_rows=7)).run_sql(
+            "SELECT getSetting('readonly') AS ro, getSetting('max_result_rows') AS r -- c"
+        )
+    finally:
+        store.close()
+    assert answer.rows == [[1, 8]]
+
+
+async def test_sql_non_finite_floats_are_null(api: Served) -> None:
+    assert (await api.sql("SELECT 0 / 0 AS a, 1 / 0 AS b"))[1]["rows"] == [[None, None]]
+
+
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        ("INSERT INTO span_rows (trace_id) VALUES ('x')", "not INSERT"),
+        ("DROP TABLE spans", "not DROP"),
+        ("SELECT 1; DROP TABLE span_rows", "only one statement is allowed"),
+        ("SELECT * FROM file('/etc/hostname', 'LineAsString')", "function file() is not allowed"),
+        ("SELECT * FROM url('http://127.0.0.1:1/', 'CSV', 'x String')", "function url() is not allowed"),
+        ("SELECT * FROM spans SETTINGS readonly = 0", "SETTINGS is not allowed"),
+        ("SELECT * FROM system.tables", "system database is not readable"),
+    ],
+)
+async def test_sql_refuses_and_changes_nothing(api: Served, query: str, reason: str) -> None:
+    tables_before = api.store.execute("SHOW TABLES").rows
+    status, body = await api.sql(query)
+    assert status == 400 and reason in body["error"], body
+    assert api.store.execute("SELECT count() FROM span_rows").rows == [(len(KNOWN + OTHER + STRAY),)]
+    assert api.store.execute("SHOW TABLES").rows == tables_before
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b"{not json", "the body must be JSON"),
+        (b'{"sql": "SELECT 1"}', 'the body must be {"query": "<SQL>"}'),
+        (b'{"query": 1}', 'the body must be {"query": "<SQL>"}'),
+        (b'["SELECT 1"]', 'the body must be {"query": "<SQL>"}'),
+    ],
+)
+async def test_sql_bad_bodies(api: Served, body: bytes, error: str) -> None:
+    async with api.session.post("/api/sql", data=body, headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 400
+        assert error in (await response.json())["error"]
+
+
+async def test_sql_body_size_and_method(api: Served) -> None:
+    async with api.session.post("/api/sql", json={"query": "SELECT 1 -- " + "x" * 2**20}) as response:
+        assert (response.status, await response.json()) == (413, {"error": "Request Entity Too Large"})
+    assert await api.get("/api/sql") == (405, {"error": "Method Not Allowed"})
+
+
+async def test_sql_failing_query_is_a_400_with_the_engine_reason(api: Served) -> None:
+    status, body = await api.sql("SELECT no_such_column FROM spans")
+    assert status == 400
+    assert body["error"].startswith("the query failed:") and "no_such_column" in body["error"]
+
+
+async def test_every_table_function_of_the_engine_is_classified(store: Store) -> None:
+    # A new engine version adds table functions: each must be known harmless or refused.
+    names = [name for (name,) in store.execute("SELECT name FROM system.table_functions").rows]
+    assert names
+    assert [n for n in names if n.lower() not in SAFE_TABLE_FUNCTIONS and not is_refused_function(n)] == []
+
+
+# --- a store that is down ---------------------------------------------------------------------
+
+
+async def test_store_down_is_503(tmp_path) -> None:
+    # A real server that goes away under an opened store (a second one: the shared server stays up).
+    server = clickhouse_local_server.start(str(tmp_path / "ch"))
+    store = open_store(server.url)
+    server.stop()
+    runner, base_url = await serve(create_query_app(store))
+    try:
+        async with aiohttp.ClientSession(base_url) as session:
+            async with session.get("/readyz") as response:
+                assert response.status == 503
+                body = await response.json()
+                assert (body["status"], body["store"]) == ("unavailable", store.url)
+                assert body["error"].startswith("store unavailable: clickhouse server unreachable")
+            async with session.get("/api/traces") as response:
+                assert response.status == 503
+                assert (await response.json())["error"].startswith("clickhouse server unreachable")
+    finally:
+        await runner.cleanup()
+        store.close()
