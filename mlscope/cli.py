@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from mlscope.levels import UnknownLevel
+from mlscope.levels import UnknownLevel, parse_level
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 from mlscope.store.url import default_data_dir
 
@@ -201,7 +201,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def run_pipeline(bound: dict[str, int]) -> None:
         ready.update(bound)
-        asyncio.get_running_loop().create_task(_run_demo_pipeline(store, args.host, bound, args.exit))
+        asyncio.get_running_loop().create_task(
+            _run_demo_pipeline(store, args.host, bound, args.level, args.exit)
+        )
 
     try:
         asyncio.run(_serve(store, args.host, args.port, 0, None, _spool_dir(args), on_ready=run_pipeline))
@@ -210,12 +212,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
-async def _run_demo_pipeline(store: Store, host: str, bound: dict[str, int], exit_after: bool) -> None:
+async def _run_demo_pipeline(store: Store, host: str, bound: dict[str, int], level: str, exit_after: bool) -> None:
     from mlscope.store import sql_string
 
     endpoint = f"http://{host}:{bound['otlp-http']}"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mlscope.demo", "--endpoint", endpoint, stdout=subprocess.PIPE
+        sys.executable, "-m", "mlscope.demo", "--endpoint", endpoint, "--level", level, stdout=subprocess.PIPE
     )
     output, _ = await process.communicate()
     if process.returncode != 0:
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT)
     demo.add_argument("--spool-dir", help=argparse.SUPPRESS)
+    demo.add_argument("--level", type=parse_level, default="library", help="how deep to trace (default: library)")
     demo.add_argument("--exit", action="store_true", help="stop once the trace is stored instead of serving")
     demo.set_defaults(handler=cmd_demo)
     return parser

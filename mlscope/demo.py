@@ -1,7 +1,7 @@
 """The demo pipeline: a small image classifier built in code (seeded weights, nothing
-downloaded), run over a few batches and traced at application and model level.
+downloaded), run over a few batches and traced from the application down to library level (aten ops).
 
-Run as `python -m mlscope.demo --endpoint URL`; prints the trace id of its run.
+Run as `python -m mlscope.demo --endpoint URL [--level L]`; prints the trace id of its run.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mlscope.agents import start_agent
+from mlscope.levels import LEVELS
 
 SEED = 0
 IMAGE_SIZE = 64
@@ -35,9 +36,9 @@ def build_model() -> nn.Module:
     ).eval()
 
 
-def run_pipeline(endpoint: str | None, batches: int = 3, batch_size: int = 4) -> str:
-    """Runs the traced pipeline; returns its trace id (32 lowercase hex)."""
-    agent = start_agent(service="mlscope-demo", endpoint=endpoint, level="model")
+def run_pipeline(endpoint: str | None, level: str = "library", batches: int = 3, batch_size: int = 4) -> str:
+    """Runs the traced pipeline at `level`; returns its trace id (32 lowercase hex)."""
+    agent = start_agent(service="mlscope-demo", endpoint=endpoint, level=level)
     try:
         with agent.span("demo-pipeline") as root:
             with agent.span("load-model", level="model", attributes={"mlscope.model.name": "democnn"}):
@@ -60,8 +61,9 @@ def run_pipeline(endpoint: str | None, batches: int = 3, batch_size: int = 4) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run mlscope's traced demo pipeline.")
     parser.add_argument("--endpoint", default=None, help="collector OTLP/HTTP base URL")
+    parser.add_argument("--level", default="library", choices=LEVELS[:4])
     args = parser.parse_args()
-    print(run_pipeline(args.endpoint), flush=True)
+    print(run_pipeline(args.endpoint, args.level), flush=True)
 
 
 if __name__ == "__main__":

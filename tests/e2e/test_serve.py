@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from mlscope.store import open_store
+
 from served_process import REPO, Served, start_mlscope
 
 
@@ -80,15 +82,27 @@ def test_curl_with_a_hand_written_otlp_json_body(served: Served) -> None:
 
 
 def test_demo_traces_a_real_pipeline_and_prints_its_timeline(tmp_path) -> None:
-    process, ports = start_mlscope(
-        ["demo", "--store", f"embedded://{tmp_path / 'store'}", "--port", "0", "--exit"], tmp_path, ("http",))
-    output, errors = process.communicate(timeout=120)
+    store_dir = tmp_path / "store"
+    process, ports = start_mlscope(["demo", "--store", f"embedded://{store_dir}", "--port", "0", "--exit"],
+                                   tmp_path, ("http",))
+    output, errors = process.communicate(timeout=180)
     assert process.returncode == 0, errors
     lines = dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
     assert lines["timeline"].startswith(f"http://127.0.0.1:{ports['http']}/traces/")
-    spans = int(lines["trace"].split("(")[1].split()[0])
-    # demo-pipeline, load-model, and per batch: batch, preprocess, predict, postprocess.
-    assert spans == 2 + 3 * 4
+    trace_id = lines["trace"].split()[0]
+    store = open_store(f"embedded://{store_dir}")
+    try:
+        per_level = dict(store.execute(
+            f"SELECT level, count() FROM spans WHERE trace_id = '{trace_id}' GROUP BY level").rows)
+    finally:
+        store.close()
+    assert lines["trace"] == f"{trace_id} ({sum(per_level.values())} spans)"
+    # demo-pipeline and 3 x batch; load-model and 3 x (preprocess, predict, postprocess);
+    # per predict, the model and its 10 modules; and the aten ops the layers call.
+    assert per_level["application"] == 4
+    assert per_level["model"] == 10
+    assert per_level["layer"] == 3 * 11
+    assert per_level["library"] >= 3 * 10
 
 
 @pytest.mark.parametrize(
