@@ -21,8 +21,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-from mlscope.store import Store, StoreError
+from mlscope.store import Store, StoreError, StoreUnavailable
 from mlscope.store.model import Columns, empty_columns, extend_columns
 
 from .config import CollectorConfig
@@ -30,6 +31,9 @@ from .otlp import METRIC_TABLE, SIGNALS, SPAN_TABLE, Decoded, Encoding, Malforme
 from .spool import Spool, SpoolFile, SpoolFull
 
 log = logging.getLogger(__name__)
+
+# A reachable store that refuses the same spool file this many replays in a row will not take it.
+MAX_REFUSALS = 3
 
 
 class Refused(Exception):
@@ -78,6 +82,7 @@ class IngestPipeline:
         self._flush_now = asyncio.Event()
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-store")
         self._tasks: list[asyncio.Task[None]] = []
+        self._refusals: dict[Path, int] = {}  # spool file -> consecutive refusals by a reachable store
 
     async def start(self) -> None:
         self._tasks = [
@@ -203,13 +208,27 @@ class IngestPipeline:
     async def replay_spool(self) -> None:
         """Inserts spooled files oldest first, deleting each once stored; stops at the first
         store failure (the next pass retries). With an empty spool after a failure, a ping
-        decides when inserts may go to the store again."""
+        decides when inserts may go to the store again. A file that a reachable store refuses
+        `MAX_REFUSALS` times in a row is set aside, so that it cannot block the files behind it."""
         spooled_files = await asyncio.to_thread(self._spool.files)
         try:
             if not spooled_files and not self._store_ok:
                 await self._in_store_thread(self._store.ping)
             for spooled in spooled_files:
-                await self._in_store_thread(self._replay_file, spooled)
+                try:
+                    await self._in_store_thread(self._replay_file, spooled)
+                except StoreUnavailable:
+                    raise
+                except StoreError as exc:
+                    await self._in_store_thread(self._store.ping)  # unavailable -> the outer except
+                    refusals = self._refusals.get(spooled.path, 0) + 1
+                    if refusals < MAX_REFUSALS:
+                        self._refusals[spooled.path] = refusals
+                        raise
+                    self._refusals.pop(spooled.path, None)
+                    self._spool.quarantine(spooled, f"refused {refusals} times: {exc}", suffix=".rejected")
+                    continue
+                self._refusals.pop(spooled.path, None)
                 self._store_ok = True
         except StoreError as exc:
             self._store_ok = False

@@ -100,9 +100,10 @@ class Spool:
         with self._lock:
             self._bytes -= spooled.size
 
-    def quarantine(self, spooled: SpoolFile, reason: str) -> None:
-        """Moves an unreadable file aside (kept for inspection, no longer replayed or counted)."""
-        target = spooled.path.with_name(spooled.path.name + ".corrupt")
+    def quarantine(self, spooled: SpoolFile, reason: str, suffix: str = ".corrupt") -> None:
+        """Moves a file that cannot be replayed aside (kept for inspection, no longer replayed or
+        counted): `.corrupt` when unreadable, `.rejected` when the store keeps refusing it."""
+        target = spooled.path.with_name(spooled.path.name + suffix)
         spooled.path.rename(target)
         with self._lock:
             self._bytes -= spooled.size

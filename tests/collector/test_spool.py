@@ -65,3 +65,19 @@ async def test_a_starting_collector_replays_the_spool(start_collector: StartColl
     rows = (await asyncio.to_thread(store.execute, "SELECT span_id FROM spans")).rows
     assert sorted(row[0] for row in rows) == sorted(span_ids(requests[0]) + span_ids(requests[1]))
     assert Path(f"{garbage.path}.corrupt").exists()
+
+
+async def test_a_file_the_store_keeps_refusing_is_set_aside(start_collector: StartCollector, store: Store, tmp_path: Path) -> None:
+    # A reachable store that refuses an insert (here: a column the rows carry is gone) must not
+    # let one spool file block the replay of everything behind it forever.
+    spool = Spool(str(tmp_path / "spool"), max_bytes=2**20)
+    refused = spool.write("traces", [span_request(3).SerializeToString()])
+    await asyncio.to_thread(store.execute, "ALTER TABLE span_rows DROP COLUMN links_json")
+
+    collector = await start_collector(replay_interval_s=0.05)
+    async with asyncio.timeout(10):
+        while collector.status()["spooled_bytes"]:
+            await asyncio.sleep(0.02)
+
+    assert Path(f"{refused.path}.rejected").exists()
+    assert (await asyncio.to_thread(store.execute, "SELECT count() FROM span_rows")).rows == [(0,)]
