@@ -9,18 +9,25 @@
 Levels above the agent's level cost one integer comparison and no span. At layer level and
 deeper, a traced torch.nn.Module's calls also record their module calls and (library) profiler
 ops, written as spans under the model span after each call (agents/torch_capture.py).
+
+`trace_model` and `mlscope run`'s automatic instrumentation (agents/bootstrap.py) share one code
+path: `Agent.model_spec` describes a model once, `Agent.call_model` traces each call of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -30,9 +37,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS, parse_level
 
+from . import propagation
+from .resource import stack_attributes
 from .spans import SpanWriter
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+    from .hardware import HardwareSampler
+    from .onnx_capture import TracedOnnxSession
     from .torch_capture import TorchCapture
 
 log = logging.getLogger(__name__)
@@ -50,29 +63,91 @@ def default_level() -> str:
     return parse_level(os.environ.get("MLSCOPE_LEVEL") or "model")
 
 
+_IN_MODEL_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("mlscope_in_model_call", default=False)
+
+
+in_model_call: Callable[[], bool] = _IN_MODEL_CALL.get
+"""True while a traced model call runs in this context: a model called from inside another one
+is part of it, which is how automatic instrumentation tells top-level calls apart. The bound
+method itself, not a function calling it: it runs on every torch module call when patched."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How calls of one model are traced: the model span's name and attributes, and the capture
+    of the deeper levels (None at model level or for non-torch models)."""
+
+    span_name: str
+    attributes: Mapping[str, AttributeValue]
+    capture: TorchCapture | None
+    on_end: Callable[[SpanContext, int, int], None] | None = None
+    """Called with each model span's context, start and end once it has ended (ONNX Runtime's
+    profiler hands its node events over later, for many calls at once)."""
+
+
 class Agent:
     """Owns one TracerProvider exporting to one collector; spans deeper than `level` are skipped."""
 
-    def __init__(self, provider: TracerProvider, level: str) -> None:
+    def __init__(self, provider: TracerProvider, level: str, sampler: HardwareSampler | None = None) -> None:
         self._provider = provider
         self._tracer = provider.get_tracer("mlscope.agents")
         self.level = parse_level(level)
         self._max_rank = LEVELS.index(self.level)
+        # At hardware level: samples taken at each model span's ends give its mlscope.hw.* figures.
+        self._sampler = sampler if self.enabled("hardware") else None
+        self._onnx_sessions: weakref.WeakSet[TracedOnnxSession] = weakref.WeakSet()
 
     def enabled(self, level: str) -> bool:
         return LEVELS.index(level) <= self._max_rank
 
     @contextlib.contextmanager
     def span(
-        self, name: str, level: str = "application", attributes: Mapping[str, AttributeValue] | None = None
+        self,
+        name: str,
+        level: str = "application",
+        attributes: Mapping[str, AttributeValue] | None = None,
+        *,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        context: otel_context.Context | None = None,
     ) -> Iterator[trace.Span | None]:
         """A span for a pipeline stage (or None when `level` is not traced); exceptions are
-        recorded on the span and re-raised."""
+        recorded on the span and re-raised. `context` gives a remote parent (see
+        span_from_headers); by default the parent is the current span."""
         if not self.enabled(level):
             yield None
             return
-        with self._tracer.start_as_current_span(name, attributes={LEVEL_ATTRIBUTE: level, **(attributes or {})}) as current:
+        with self._tracer.start_as_current_span(
+            name, context=context, kind=kind, attributes={LEVEL_ATTRIBUTE: level, **(attributes or {})}
+        ) as current:
             yield current
+
+    def start_span(
+        self,
+        name: str,
+        level: str = "application",
+        attributes: Mapping[str, AttributeValue] | None = None,
+        context: otel_context.Context | None = None,
+    ) -> trace.Span:
+        """A span the caller ends, for lifetimes no `with` block encloses (a whole process)."""
+        return self._tracer.start_span(name, context=context, attributes={LEVEL_ATTRIBUTE: level, **(attributes or {})})
+
+    def inject_headers(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+        """Adds the current span's W3C trace context (`traceparent`, `tracestate`) to outgoing
+        HTTP request headers, so the server's spans join this trace; returns `headers`."""
+        return propagation.inject_headers(headers)
+
+    def span_from_headers(
+        self,
+        name: str,
+        headers: Mapping[str, str],
+        level: str = "application",
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> contextlib.AbstractContextManager[trace.Span | None]:
+        """A server span for a request, the child of the client span named by its headers (a
+        root when they carry no trace context)."""
+        return self.span(
+            name, level, attributes, kind=trace.SpanKind.SERVER, context=propagation.extract_headers(headers)
+        )
 
     def trace_model(
         self,
@@ -91,61 +166,132 @@ class Agent:
         torch.profiler op placed under the layer that ran it (see agents/torch_capture.py).
         `shapes` adds tensor shapes to layer spans; `nested_ops` adds the ops that ops call,
         nested under them (by default only the ops that layers call directly)."""
-        attributes: dict[str, AttributeValue] = {
+        spec = self.model_spec(model, name, framework, version, shapes=shapes, nested_ops=nested_ops)
+        return _TracedModel(self, model, spec)
+
+    def model_spec(
+        self,
+        model: Any,
+        name: str,
+        framework: str = "pytorch",
+        version: str = "",
+        *,
+        span_name: str = "predict",
+        attributes: Mapping[str, AttributeValue] | None = None,
+        shapes: bool = False,
+        nested_ops: bool = False,
+    ) -> ModelSpec:
+        """Describes `model` once for `call_model` (see trace_model for the arguments);
+        `attributes` are added to every model span. Building a torch capture walks the module
+        tree, so callers keep the spec for the model's lifetime rather than per call."""
+        model_attributes: dict[str, AttributeValue] = {
             LEVEL_ATTRIBUTE: "model",
             "mlscope.model.name": name,
             "mlscope.framework.name": framework,
+            **(attributes or {}),
         }
         if version:
-            attributes["mlscope.model.version"] = version
+            model_attributes["mlscope.model.version"] = version
         capture = None
         if self.enabled("layer") and _is_torch_module(model) and isinstance(self._tracer, SdkTracer):
             from .torch_capture import CaptureOptions, TorchCapture
 
             options = CaptureOptions(ops=self.enabled("library"), nested_ops=nested_ops, shapes=shapes)
             capture = TorchCapture(model, root_name=name, options=options)
-        return _TracedModel(self, model, attributes, capture)
+        return ModelSpec(span_name, model_attributes, capture)
+
+    def call_model(
+        self, spec: ModelSpec, call: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], batch_size: int
+    ) -> Any:
+        """Calls `call(*args, **kwargs)` as one model span described by `spec`, with the deeper
+        levels its capture records; returns what the call returns, raises what it raises."""
+        if not self.enabled("model"):
+            return call(*args, **kwargs)
+        capture = spec.capture
+        # Hooks and profiler go on before the model span starts, and the span ends at the
+        # model's return, not after their teardown: the span times the model, not the tracing.
+        recording = capture.start() if capture is not None else None
+        if self._sampler is not None:
+            self._sampler.sample_now()
+        model_span = self._tracer.start_span(spec.span_name, attributes=spec.attributes)
+        model_span.set_attribute("mlscope.batch_size", batch_size)
+        inside = _IN_MODEL_CALL.set(True)
+        try:
+            with trace.use_span(model_span, end_on_exit=False, record_exception=True, set_status_on_exception=True):
+                return call(*args, **kwargs)
+        finally:
+            _IN_MODEL_CALL.reset(inside)
+            end_ns = time.time_ns()
+            if recording is not None:
+                try:
+                    writer = SpanWriter(self._tracer, model_span.get_span_context())
+                    model_span.set_attributes(capture.finish(recording, writer))
+                except Exception:  # a tracing bug must neither fail nor mask the model call
+                    log.exception("mlscope: layer/library spans of a %s call not written", spec.attributes["mlscope.model.name"])
+                end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
+            if self._sampler is not None:
+                model_span.set_attributes(self._sampler.span_attributes(model_span.start_time, end_ns))
+            model_span.end(end_time=end_ns)
+            if spec.on_end is not None:
+                spec.on_end(model_span.get_span_context(), model_span.start_time, end_ns)
+
+    def onnx_session(
+        self,
+        model: str | bytes | os.PathLike[str],
+        providers: list[str] | None = None,
+        *,
+        name: str | None = None,
+        version: str = "",
+        options: Any = None,
+    ) -> TracedOnnxSession:
+        """Creates an onnxruntime.InferenceSession whose `run` calls are model spans; at layer
+        level and deeper it is created with ORT's profiler on, which gives node (layer) and
+        kernel (library) spans. `options` (SessionOptions) are changed to turn profiling on."""
+        from .onnx_capture import create_session
+
+        session, profile_dir = create_session(model, self.enabled("layer"), providers, options)
+        default_name = os.path.splitext(os.path.basename(model))[0] if isinstance(model, (str, os.PathLike)) else "onnx-model"
+        return self.trace_onnx_session(session, name or default_name, version, _profile_dir=profile_dir)
+
+    def trace_onnx_session(self, session: Any, name: str, version: str = "", *, _profile_dir: Any = None) -> TracedOnnxSession:
+        """Wraps an existing InferenceSession so its `run` calls are model spans. ORT's profiler
+        can only be switched on when a session is created: node and kernel spans need a session
+        created with SessionOptions.enable_profiling (see onnx_session)."""
+        from .onnx_capture import TracedOnnxSession
+
+        traced = TracedOnnxSession(self, session, name, version, profile_dir=_profile_dir)
+        self._onnx_sessions.add(traced)
+        return traced
+
+    def resource_attributes(self) -> dict[str, Any]:
+        """The Resource every span of this agent carries (service, process, HW/SW stack)."""
+        return dict(self._provider.resource.attributes)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Exports every finished span now; False when `timeout_millis` ran out first."""
+        return self._provider.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        """Exports every finished span, then stops the exporter."""
+        """Writes the spans ONNX Runtime's profilers still hold, stops the hardware sampler
+        (exporting its last samples), exports every finished span, then stops the exporter."""
+        for session in list(self._onnx_sessions):
+            session.end_profiling()
+        if self._sampler is not None:
+            self._sampler.stop()
         self._provider.force_flush()
         self._provider.shutdown()
 
 
 class _TracedModel:
-    """A model whose calls are `predict` spans; attribute access goes to the model."""
+    """A model whose calls are model spans; attribute access goes to the model."""
 
-    def __init__(
-        self, agent: Agent, model: Any, attributes: Mapping[str, AttributeValue], capture: TorchCapture | None
-    ) -> None:
+    def __init__(self, agent: Agent, model: Any, spec: ModelSpec) -> None:
         self._agent = agent
         self._model = model
-        self._attributes = attributes
-        self._capture = capture
-        self._model_name = attributes["mlscope.model.name"]
+        self._spec = spec
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        agent = self._agent
-        if not agent.enabled("model"):
-            return self._model(*args, **kwargs)
-        # Hooks and profiler go on before the model span starts, and the span ends at the
-        # model's return, not after their teardown: the span times the model, not the tracing.
-        recording = self._capture.start() if self._capture is not None else None
-        predict = agent._tracer.start_span("predict", attributes=self._attributes)
-        predict.set_attribute("mlscope.batch_size", _batch_size(args))
-        try:
-            with trace.use_span(predict, end_on_exit=False, record_exception=True, set_status_on_exception=True):
-                return self._model(*args, **kwargs)
-        finally:
-            end_ns = time.time_ns()
-            if recording is not None:
-                try:
-                    writer = SpanWriter(agent._tracer, predict.get_span_context())
-                    predict.set_attributes(self._capture.finish(recording, writer))
-                except Exception:  # a tracing bug must neither fail nor mask the model call
-                    log.exception("mlscope: layer/library spans of a %s call not written", self._model_name)
-                end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
-            predict.end(end_time=end_ns)
+        return self._agent.call_model(self._spec, self._model, args, kwargs, batch_size(args))
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self._model, attribute)
@@ -157,7 +303,8 @@ def _is_torch_module(model: Any) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-def _batch_size(args: tuple[Any, ...]) -> int:
+def batch_size(args: tuple[Any, ...]) -> int:
+    """The leading dimension of the first argument (a tensor or array), 0 when it has none."""
     shape = getattr(args[0], "shape", None) if args else None
     return int(shape[0]) if shape else 0
 
@@ -165,8 +312,19 @@ def _batch_size(args: tuple[Any, ...]) -> int:
 def start_agent(
     service: str, endpoint: str | None = None, level: str | None = None, resource: Mapping[str, AttributeValue] | None = None
 ) -> Agent:
-    """Starts an agent exporting to `endpoint` (an OTLP/HTTP base URL) at `level`."""
+    """Starts an agent exporting to `endpoint` (an OTLP/HTTP base URL) at `level`. Its Resource
+    describes the HW/SW stack (agents/resource.py); `resource` adds to or overrides it."""
     base = (endpoint or default_endpoint()).rstrip("/")
-    provider = TracerProvider(resource=Resource.create({"service.name": service, **(resource or {})}))
+    attributes = {**stack_attributes(), "service.name": service, **(resource or {})}
+    provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces")))
-    return Agent(provider, level or default_level())
+    level = level or default_level()
+    sampler = None
+    if parse_level(level) == LEVELS[-1]:  # hardware
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        from .hardware import HardwareSampler
+
+        sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
+        sampler.start()
+    return Agent(provider, level, sampler)

@@ -10,7 +10,8 @@ Hot path (during the model call), and nothing else:
 
 After the call, off the hot path: pair the hook records into the module call tree, read the
 profiler's events, place each op under the innermost layer (or op) containing it
-(agents/timeline.py) and write the spans (agents/spans.py).
+(agents/timeline.py) and write the spans (agents/spans.py). Device kernels (on a GPU) go under
+the op that launched them, found by kineto's correlation id (`link_device_events`).
 
 Clocks: hook times are perf_counter_ns, mapped to the wall clock by one (time_ns, perf_counter_ns)
 pair taken at the start of the call (timeline.Clock). Kineto's event times are already wall-clock
@@ -29,7 +30,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +112,11 @@ class TorchCapture:
 
     def __init__(self, model: nn.Module, root_name: str, options: CaptureOptions) -> None:
         self.options = options
-        self._modules = {module: _describe(path, module, root_name) for path, module in model.named_modules()}
+        # Weak keys: automatic instrumentation keeps a capture per model for the model's
+        # lifetime (agents/bootstrap.py); strong keys would keep every model alive forever.
+        self._modules: weakref.WeakKeyDictionary[nn.Module, _Module] = weakref.WeakKeyDictionary(
+            {module: _describe(path, module, root_name) for path, module in model.named_modules()}
+        )
         self._warned = False
 
     def start(self) -> Recording | None:
@@ -190,10 +196,11 @@ class TorchCapture:
         return written
 
     def _write_ops(
-        self, ops: tuple[list[str], list[Interval]], layers: list[tuple[Interval, SpanContext]], writer: SpanWriter
+        self, ops: ProfiledOps, layers: list[tuple[Interval, SpanContext]], writer: SpanWriter
     ) -> float:
-        """Writes the op spans; returns the share of ops inside a layer span."""
-        names, intervals = ops
+        """Writes the op spans, then the device kernels under the op that launched them;
+        returns the share of ops inside a layer span."""
+        names, intervals = ops.names, ops.intervals
         placement = place_ops([interval for interval, _ in layers], intervals)
         keep = [self.options.nested_ops or parent < 0 for parent in placement.op_parent]
         contexts = [writer.new_context() if kept else None for kept in keep]
@@ -203,10 +210,20 @@ class TorchCapture:
             layer, parent_op = placement.layer_parent[op], placement.op_parent[op]
             parent = layers[layer][1] if layer >= 0 else contexts[parent_op] if parent_op >= 0 else writer.parent
             writer.write(name, contexts[op], parent, start, end, _OP_ATTRIBUTES)
+        for name, (start, end), launcher in zip(
+            ops.device_names, ops.device_intervals, link_device_events(ops.correlation_ids, ops.device_links)
+        ):
+            # Under the launching op, or its nearest ancestor that got a span (nested ops are
+            # off by default); a kernel runs later than its launch, so it is placed by id, not time.
+            while launcher >= 0 and contexts[launcher] is None:
+                launcher = placement.op_parent[launcher]
+            parent = contexts[launcher] if launcher >= 0 else writer.parent
+            writer.write(name, writer.new_context(), parent, start, end, _DEVICE_ATTRIBUTES)
         return placement.fraction_inside
 
 
 _OP_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library"}
+_DEVICE_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library", "mlscope.library.device": "cuda"}
 
 
 def _describe(path: str, module: nn.Module, root_name: str) -> _Module:
@@ -280,14 +297,39 @@ def _shape_attributes(
     return attributes
 
 
-def _read_ops(profiler: profile) -> tuple[list[str], list[Interval]]:
-    """Names and wall-clock intervals of the profiler's host-side events. Device-side events
-    (CUDA kernels, memcpys) run asynchronously and are not placed by time; they are left out."""
-    names: list[str] = []
-    intervals: list[Interval] = []
+@dataclass(frozen=True)
+class ProfiledOps:
+    """The profiler's host-side ops (with kineto's correlation id each) and device-side events
+    (CUDA kernels, memcpys), each device event with the correlation id of the op that launched it."""
+
+    names: list[str]
+    intervals: list[Interval]
+    correlation_ids: list[int]
+    device_names: list[str]
+    device_intervals: list[Interval]
+    device_links: list[int]
+
+
+def link_device_events(correlation_ids: Sequence[int], device_links: Sequence[int]) -> list[int]:
+    """For each device event, the index of the host op whose correlation id it links to, or -1.
+    Kineto links a kernel to the op that launched it by id: time cannot, the kernel runs
+    asynchronously after its launch, often after the launching layer has returned."""
+    index = {correlation: op for op, correlation in enumerate(correlation_ids) if correlation > 0}
+    return [index.get(link, -1) if link > 0 else -1 for link in device_links]
+
+
+def _read_ops(profiler: profile) -> ProfiledOps:
+    """Names and wall-clock intervals of the profiler's host-side and device-side events."""
+    ops = ProfiledOps([], [], [], [], [], [])
     cpu = torch.autograd.DeviceType.CPU
     for event in profiler.profiler.kineto_results.events():
+        interval = (event.start_ns(), event.end_ns())
         if event.device_type() == cpu:
-            names.append(event.name())
-            intervals.append((event.start_ns(), event.end_ns()))
-    return names, intervals
+            ops.names.append(event.name())
+            ops.intervals.append(interval)
+            ops.correlation_ids.append(event.correlation_id())
+        else:
+            ops.device_names.append(event.name())
+            ops.device_intervals.append(interval)
+            ops.device_links.append(event.linked_correlation_id())
+    return ops

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -190,6 +191,196 @@ def render_rows(answer: dict, output_format: str) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
+# --- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Runs COMMAND with mlscope's bootstrap in its Python processes (agents/bootstrap.py);
+    exits with its exit code (128 + N when signal N ended it, as shells report it)."""
+    import tempfile
+
+    from mlscope.agents.bootstrap import run_environment
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("run: no command given, e.g. mlscope run --level model -- python app.py")
+    with tempfile.TemporaryDirectory(prefix="mlscope-run-") as scratch:
+        trace_file = os.path.join(scratch, "trace-id")
+        env = run_environment(os.environ, args.level, args.endpoint, args.service, trace_file)
+        try:
+            child = subprocess.Popen(command, env=env)
+        except OSError as exc:
+            raise UsageError(f"run: cannot start {command[0]!r}: {exc.strerror or exc}") from exc
+        # ^C reaches the child from the terminal itself (same process group): waiting for it
+        # to finish its own shutdown, not dying first, is what lets it flush its spans.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+        try:
+            code = child.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+        if os.path.exists(trace_file):
+            with open(trace_file, encoding="utf-8") as report:
+                print(f"mlscope: trace {report.read().strip()}", file=sys.stderr)
+    return 128 - code if code < 0 else code
+
+
+# --- evaluate and report ------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluates manifests and sends every result to the collector (never the store); prints a
+    table and, with --figure, writes the latency figure. Bad input fails before anything is sent."""
+    from mlscope.evaluation import DeliveryFailed, EvaluationAgent, Plan, PredictorError, check_plan, evaluate, this_system
+    from mlscope.evaluation.report import table, write_figure
+    from mlscope.manifests import AssetCache, AssetError, ManifestError, load_manifest
+
+    try:
+        manifests = tuple(load_manifest(path) for path in args.manifests)
+        plan = Plan(
+            manifests=manifests,
+            frameworks=tuple(args.framework or dict.fromkeys(m.framework.name for m in manifests)),
+            batch_sizes=tuple(args.batch_size), scenarios=tuple(args.scenario), level=args.level,
+            repetitions=args.repetitions, warmup=args.warmup, accuracy=args.accuracy,
+            execution_provider=args.execution_provider, server_qps=args.server_qps, server_bound_ms=args.server_bound_ms,
+        )
+        check_plan(plan)
+        system = this_system()
+        sender = EvaluationAgent(args.endpoint, plan.level, system)
+        try:
+            results = evaluate(plan, sender.agent, AssetCache(), system,
+                               progress=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
+        finally:
+            sender.close()
+    except (ManifestError, PredictorError, AssetError) as exc:
+        raise UsageError(str(exc)) from exc
+    except DeliveryFailed as exc:
+        print(f"mlscope: {exc}", file=sys.stderr)
+        return 1
+    rows = [vars(result) for result in results]
+    sys.stdout.write(render_rows(table(rows), "table"))
+    print(f"mlscope: {len(rows)} results sent to {sender.endpoint}; run {results[0].run_id}", file=sys.stderr)
+    if args.figure:
+        write_figure(rows, Path(args.figure))
+        print(f"mlscope: figure written to {args.figure}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Reads a model's evaluations from a query service; prints them and writes the figures."""
+    from urllib.parse import urlencode
+
+    from mlscope.evaluation.report import table, write_figure
+
+    url = f"{args.url.rstrip('/')}/api/evaluations?{urlencode({'model': args.model})}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            rows = json.loads(response.read())["evaluations"]
+    except urllib.error.URLError as error:
+        raise UsageError(f"cannot read evaluations from {args.url}: {getattr(error, 'reason', error)}") from error
+    if not rows:
+        raise UsageError(f"no evaluations of model {args.model!r} at {args.url}")
+    sys.stdout.write(render_rows(table(rows), "table"))
+    if args.out:
+        try:
+            write_figure(rows, Path(args.out), args.baseline)
+        except ValueError as exc:  # a baseline with no results
+            raise UsageError(str(exc)) from exc
+        print(f"mlscope: figure written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _names(load_choices: Callable[[], Sequence[str]]) -> Callable[[str], list[str]]:
+    """An argparse type for a comma-separated list drawn from `load_choices()`, called only when
+    the option is given: the evaluation modules cost ~0.5 s to import, which no other command pays."""
+
+    def parse(text: str) -> list[str]:
+        choices = load_choices()
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def _frameworks() -> Sequence[str]:
+    from mlscope.evaluation import PREDICTORS
+
+    return tuple(PREDICTORS)
+
+
+def _scenarios() -> Sequence[str]:
+    from mlscope.evaluation import SCENARIOS
+
+    return SCENARIOS
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+    return values
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="evaluate model manifests across frameworks and batch sizes")
+    evaluate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a manifest file, or a built-in's name")
+    evaluate.add_argument("--framework", type=_names(_frameworks),
+                          help="comma-separated of pytorch, torchscript, onnxruntime; the first is the divergence "
+                               "reference (default: the manifest's framework)")
+    evaluate.add_argument("--batch-size", type=_positive_ints, default=[1], help="comma-separated (default: 1)")
+    evaluate.add_argument("--scenario", type=_names(_scenarios), default=["single-stream"],
+                          help="comma-separated of single-stream, offline, server (default: single-stream)")
+    evaluate.add_argument("--level", type=parse_level, default="model", help="how deep to trace (default: model)")
+    evaluate.add_argument("--repetitions", type=_count(1), default=20, help="timed queries per scenario (default: 20)")
+    evaluate.add_argument("--warmup", type=_count(0), default=2, help="untimed queries first (default: 2)")
+    evaluate.add_argument("--accuracy", action="store_true", help="top-1/top-5 over the manifest's labelled dataset")
+    evaluate.add_argument("--execution-provider", default="cpu",
+                          help="cpu, cuda or tensorrt (ONNX Runtime; PyTorch: cpu or cuda); an error names the ones here")
+    evaluate.add_argument("--server-qps", type=_positive_float, help="server scenario rate (default: half of capacity)")
+    evaluate.add_argument("--server-bound-ms", type=_positive_float,
+                          help="server scenario p99 bound (default: 4 median service times)")
+    evaluate.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
+    evaluate.add_argument("--figure", help="write the latency-per-batch figure here (.png or .svg)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    report = commands.add_parser("report", help="a model's evaluations as a table and figures")
+    report.add_argument("--model", required=True)
+    report.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}", help="the query service")
+    report.add_argument("--baseline", help="a system (fingerprint or host name): adds latency normalized to it")
+    report.add_argument("--out", help="write the figure here (.png or .svg)")
+    report.set_defaults(handler=cmd_report)
+
+
 # --- demo ------------------------------------------------------------------------------------
 
 
@@ -293,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("query", help='e.g. "SELECT name, count() FROM spans GROUP BY name"')
     sql.set_defaults(handler=cmd_sql)
+
+    run = commands.add_parser("run", help="trace an unmodified program: mlscope run [options] -- COMMAND [ARGS...]")
+    run.add_argument("--level", type=parse_level, help="how deep to trace (default: MLSCOPE_LEVEL, else model)")
+    run.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
+    run.add_argument("--service", help="service name (default: OTEL_SERVICE_NAME, else the program's name)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    run.set_defaults(handler=cmd_run)
+
+    _add_evaluate(commands)
 
     demo = commands.add_parser("demo", help="serve, trace a small real pipeline, print its timeline URL")
     _add_store(demo)

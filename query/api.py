@@ -22,6 +22,7 @@ from mlscope.ui import add_viewer
 
 from .errors import BadRequest, NotFound
 from .export import EXPORTERS
+from .evaluations import parse_evaluation_filter
 from .listing import parse_trace_filter
 from .openapi import openapi_document
 from .reader import SqlLimits, TraceReader
@@ -44,6 +45,7 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/traces/{trace_id}", get_trace),
         web.get("/api/traces/{trace_id}/export", export_trace),
         web.post("/api/sql", run_sql),
+        web.get("/api/evaluations", list_evaluations),
     ]
 
 
@@ -198,3 +200,9 @@ async def run_sql(request: web.Request) -> web.Response:
         "rows": answer.rows,
         "truncated": answer.truncated,
     })
+
+
+async def list_evaluations(request: web.Request) -> web.Response:
+    evaluation_filter = parse_evaluation_filter(request.query)
+    rows = await asyncio.to_thread(request.app[READER].evaluations, evaluation_filter)
+    return _json_response({"evaluations": rows})

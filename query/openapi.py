@@ -10,6 +10,8 @@ from typing import Any
 
 from mlscope.levels import LEVELS
 
+from .evaluations import NUMBER_FILTERS as EVALUATION_NUMBER_FILTERS
+from .evaluations import TEXT_FILTERS as EVALUATION_TEXT_FILTERS
 from .export import EXPORTERS
 from .listing import MAX_LIMIT, NUMBER_FILTERS, TEXT_FILTERS
 
@@ -71,6 +73,20 @@ SCHEMAS: dict[str, Any] = {
             "warnings": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "Evaluation": {
+        "type": "object",
+        "description": "one row of the `evaluations` table (docs/manifests.md lists the columns); "
+                       "a value that was not measured is null",
+        "additionalProperties": True,
+        "properties": {
+            "trace_id": {"type": "string"}, "span_id": {"type": "string"}, "model": {"type": "string"},
+            "framework": {"type": "string"}, "batch_size": _INTEGER, "scenario": {"type": "string"},
+            "system": {"type": "string", "description": "fingerprint of the HW/SW stack"},
+            "latency_p50_ns": _INTEGER, "latency_p90_ns": _INTEGER, "latency_p99_ns": _INTEGER,
+            "throughput": {"type": "number", "nullable": True, "description": "samples per second"},
+            "accuracy_top1": {"type": "number", "nullable": True},
+        },
+    },
     "SqlRequest": {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}},
     "SqlResult": {
         "type": "object",
@@ -120,6 +136,16 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "one trace in Jaeger UI JSON or Chrome/Perfetto trace-event JSON",
                 "parameters": [_TRACE_ID, _query("format", {"type": "string", "enum": sorted(EXPORTERS)}, "")],
                 "responses": {"200": _json({"type": "object"}, "the exported trace"), "400": _ERROR, "404": _ERROR}}},
+            "/api/evaluations": {"get": {
+                "summary": "evaluation results, by model, framework, batch size and scenario",
+                "parameters": [
+                    *(_query(name, {"type": "string"}, f"exact {name}") for name in EVALUATION_TEXT_FILTERS),
+                    *(_query(name, _INTEGER, f"exact {name}") for name in EVALUATION_NUMBER_FILTERS),
+                ],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "evaluations": {"type": "array", "items": _ref("Evaluation")}}}, "evaluation rows"),
+                    "400": _ERROR}}},
             "/api/sql": {"post": {
                 "summary": "one read-only SQL statement, run under limits",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SqlRequest")}}},

@@ -1,4 +1,4 @@
-"""The query service's only door to the store: three reads, each one statement.
+"""The query service's only door to the store: four reads, each one statement.
 
 Blocking (the store's calls are); the HTTP layer runs them in worker threads. Every read goes
 through the deduplicating views or merges `trace_index`, never the physical tables.
@@ -13,6 +13,7 @@ from typing import Any
 from mlscope.store import SPAN_COLUMNS, Store, StoreError, StoreUnavailable, sql_string
 
 from .errors import BadRequest
+from .evaluations import EvaluationFilter, evaluations_sql
 from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
 from .timeline import Span, span_from_row
@@ -82,6 +83,13 @@ class TraceReader:
             f"WHERE trace_id = {sql_string(trace_id)} ORDER BY start_ns, span_id"
         )
         return [span_from_row(dict(zip(_SPAN_COLUMN_NAMES, row))) for row in result.rows]
+
+    def evaluations(self, evaluation_filter: EvaluationFilter) -> list[dict[str, Any]]:
+        """Evaluation rows as {column: value} (NaN, a value not measured, as None); an empty list
+        when nothing matches."""
+        result = self._store.execute(evaluations_sql(evaluation_filter))
+        names = [column.name for column in result.columns]
+        return [{name: _json_value(value) for name, value in zip(names, row)} for row in result.rows]
 
     def run_sql(self, query: str) -> SqlAnswer:
         """Runs a user's query once the guard lets it through (RefusedQuery otherwise), under

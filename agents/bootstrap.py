@@ -1,0 +1,384 @@
+"""`mlscope run`: tracing an unmodified Python program from inside its own process.
+
+`mlscope run` starts the program with agents/autoload/ first on PYTHONPATH; Python's `site`
+then imports the `sitecustomize.py` there, which calls `autoload()` here before the program's
+first line. From the environment (`run_environment` writes it) this:
+
+- starts an Agent and opens the process span: application level, named after the script (or
+  `-m` module), the child of TRACEPARENT when the environment has one, and current for the
+  program's main thread, so everything the program traces nests under it. TRACEPARENT is then
+  set to the process span, so Python subprocesses of the program (which inherit the environment
+  and the bootstrap) join the same trace;
+- instruments, at model level and deeper, top-level `torch.nn.Module` calls and every
+  `onnxruntime.InferenceSession.run` as model spans, through `Agent.model_spec`/`call_model`,
+  the code path of `Agent.trace_model`;
+- ends the process span and flushes at exit (atexit, or SIGTERM when the program left SIGTERM at
+  its default), with error status when the program exits non-zero or on an uncaught exception.
+
+Why an import hook rather than importing torch at start-up: importing torch costs ~1-2 s and
+hundreds of MB, and most processes a pipeline starts (shell helpers, data tools) never use it.
+The hook (a meta-path finder) watches only the names `torch` and `onnxruntime`, patches right
+after their top-level module has run, and patches at once when they are already imported.
+
+Limits: `python -I`, `-E` and `-S` skip PYTHONPATH or `site`, so nothing is traced; threads
+started by the program do not inherit the process span (contextvars are per thread in
+Python), so their model spans are roots of their own traces; `raise SystemExit(n)` outside
+`sys.exit` exits without an error status; `os._exit` skips the flush.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import types
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from mlscope.levels import parse_level
+
+from .api import DEFAULT_ENDPOINT, Agent, ModelSpec, batch_size, in_model_call, start_agent
+from .propagation import extract_env, inject_env
+
+log = logging.getLogger(__name__)
+
+AUTOLOAD_DIR = str(Path(__file__).resolve().parent / "autoload")
+LEVEL_ENV, ENDPOINT_ENV, SERVICE_ENV = "MLSCOPE_LEVEL", "MLSCOPE_ENDPOINT", "MLSCOPE_SERVICE"
+TRACE_FILE_ENV = "MLSCOPE_TRACE_FILE"
+"""Where the first bootstrapped process writes its trace id, for `mlscope run` to report."""
+
+PROCESS_ATTRIBUTES = ("process.pid", "process.executable.path", "process.command_line")
+EXIT_CODE = "process.exit.code"
+FLUSH_TIMEOUT_MS = 10_000
+
+
+# --- pure: configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    level: str
+    endpoint: str
+    service: str
+
+
+def run_environment(
+    env: Mapping[str, str],
+    level: str | None = None,
+    endpoint: str | None = None,
+    service: str | None = None,
+    trace_file: str | None = None,
+) -> dict[str, str]:
+    """The environment `mlscope run` gives its command: `env` plus the autoload directory first
+    on PYTHONPATH and the agent's settings (those not given keep what `env` says)."""
+    child = dict(env)
+    child["PYTHONPATH"] = os.pathsep.join(filter(None, [AUTOLOAD_DIR, env.get("PYTHONPATH")]))
+    for key, value in ((LEVEL_ENV, level), (ENDPOINT_ENV, endpoint), (SERVICE_ENV, service), (TRACE_FILE_ENV, trace_file)):
+        if value:
+            child[key] = value
+    return child
+
+
+def run_config(env: Mapping[str, str], argv: Sequence[str]) -> RunConfig:
+    """The agent's settings in a bootstrapped process; the service defaults to OTEL_SERVICE_NAME,
+    else the program's name."""
+    return RunConfig(
+        level=parse_level(env.get(LEVEL_ENV) or "model"),
+        endpoint=env.get(ENDPOINT_ENV) or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT,
+        service=env.get(SERVICE_ENV) or env.get("OTEL_SERVICE_NAME") or program_name(argv),
+    )
+
+
+_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+
+
+def program_name(argv: Sequence[str]) -> str:
+    """What a Python process runs, from its original argv (`sys.orig_argv`): a script's file
+    name, a `-m` module's name, `python -c`, or `python` for the REPL/stdin."""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, "python")
+        if arg.startswith("-m") and len(arg) > 2:
+            return arg[2:]
+        if arg == "-c" or (arg[:1] == "-" and arg[1:2] != "-" and arg.endswith("c")):  # also -uc, -Bc
+            return "python -c"
+        if arg in _OPTIONS_WITH_VALUE:
+            next(args, None)
+        elif arg == "-" or not arg.startswith("-"):
+            return Path(arg).name if arg != "-" else "python"
+    return "python"
+
+
+# --- instrumentation ----------------------------------------------------------------------------
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Runs a callback once a watched top-level module has been executed. It finds nothing
+    itself: it asks the other finders, and wraps the found loader's `exec_module` for that one
+    module only (the loader object stays the module's loader)."""
+
+    def __init__(self, callbacks: Mapping[str, Callable[[types.ModuleType], None]]) -> None:
+        self._callbacks = callbacks
+        self._finding: set[str] = set()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        callback = self._callbacks.get(fullname)
+        if callback is None or fullname in self._finding:
+            return None
+        self._finding.add(fullname)  # importlib.util.find_spec comes back here: step aside
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding.discard(fullname)
+        loader = getattr(spec, "loader", None)
+        # A per-module loader object only: patching a shared or class-level loader
+        # (builtins, frozen modules) would run the callback for other modules too.
+        if not isinstance(loader, importlib.machinery.SourceFileLoader):
+            log.debug("mlscope: %s is loaded by %r: not instrumented", fullname, loader)
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_patch(module: types.ModuleType) -> None:
+            try:
+                exec_module(module)
+            finally:
+                vars(loader).pop("exec_module", None)
+            try:
+                callback(module)
+            except Exception:  # instrumentation must never break the program's import
+                log.exception("mlscope: %s imported but not instrumented", fullname)
+
+        loader.exec_module = exec_then_patch
+        return spec
+
+
+class AutoInstrumentor:
+    """Top-level torch module calls and ONNX Runtime session runs as model spans of `agent`.
+
+    `instrument()` and `uninstrument()` are idempotent and mirror each other: after
+    `uninstrument()` the patched methods are the originals again and no import hook is left."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._finder: _PostImportFinder | None = None
+        self._patches: list[tuple[type, str, Any, Any]] = []  # (owner, name, original, patched)
+        self._specs: weakref.WeakKeyDictionary[Any, ModelSpec] = weakref.WeakKeyDictionary()
+
+    @property
+    def instrumented(self) -> bool:
+        return self._finder is not None
+
+    def instrument(self) -> None:
+        if self.instrumented or not self._agent.enabled("model"):
+            return
+        callbacks = {"torch": self._patch_torch, "onnxruntime": self._patch_onnxruntime}
+        self._finder = _PostImportFinder(callbacks)
+        sys.meta_path.insert(0, self._finder)
+        for name, patch in callbacks.items():
+            if name in sys.modules:
+                patch(sys.modules[name])
+
+    def uninstrument(self) -> None:
+        if self._finder is None:
+            return
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)
+        self._finder = None
+        for owner, name, original, patched in reversed(self._patches):
+            if owner.__dict__.get(name) is patched:
+                setattr(owner, name, original)
+            else:  # patched again over us: restoring would drop that patch too
+                log.debug("mlscope: %s.%s was re-patched by someone else; left as is", owner.__name__, name)
+        self._patches.clear()
+        self._specs = weakref.WeakKeyDictionary()
+
+    def _patch(self, owner: type, name: str, wrap: Callable[[Any], Any]) -> None:
+        original = owner.__dict__[name]
+        patched = functools.wraps(original)(wrap(original))
+        setattr(owner, name, patched)
+        self._patches.append((owner, name, original, patched))
+
+    def _patch_torch(self, torch: types.ModuleType) -> None:
+        agent, specs = self._agent, self._specs
+        framework_version = str(torch.__version__)
+
+        def spec_of(module: Any) -> ModelSpec:
+            spec = specs.get(module)
+            if spec is None:
+                spec = specs[module] = agent.model_spec(
+                    module, type(module).__name__, "pytorch", span_name="forward",
+                    attributes={"mlscope.framework.version": framework_version},
+                )
+            return spec
+
+        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+            # Runs on every module call of the program, nested ones included: those cost one
+            # context-variable read on top of torch's own call.
+            def traced_call(module: Any, *args: Any, **kwargs: Any) -> Any:
+                if in_model_call():
+                    return original(module, *args, **kwargs)
+                return agent.call_model(spec_of(module), functools.partial(original, module), args, kwargs,
+                                        batch_size(args))
+
+            return traced_call
+
+        self._patch(torch.nn.Module, "__call__", wrap)
+
+    def _patch_onnxruntime(self, onnxruntime: types.ModuleType) -> None:
+        agent, specs = self._agent, self._specs
+        framework_version = str(onnxruntime.__version__)
+
+        def spec_of(session: Any) -> ModelSpec:
+            spec = specs.get(session)
+            if spec is None:
+                providers = session.get_providers()
+                attributes = {"mlscope.framework.version": framework_version}
+                if providers:
+                    attributes["mlscope.execution_provider"] = providers[0]
+                spec = specs[session] = agent.model_spec(
+                    session, _onnx_model_name(session), "onnxruntime", span_name="run", attributes=attributes
+                )
+            return spec
+
+        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+            def traced_run(session: Any, *args: Any, **kwargs: Any) -> Any:
+                if in_model_call():
+                    return original(session, *args, **kwargs)
+                feed = args[1] if len(args) > 1 else kwargs.get("input_feed") or {}
+                first_input = tuple(feed.values())[:1] if isinstance(feed, Mapping) else ()
+                return agent.call_model(spec_of(session), functools.partial(original, session), args, kwargs,
+                                        batch_size(first_input))
+
+            return traced_run
+
+        # The class users instantiate defines `run` on its base; patch where it is defined.
+        session_class = onnxruntime.InferenceSession
+        owner = next(cls for cls in session_class.__mro__ if "run" in cls.__dict__)
+        self._patch(owner, "run", wrap)
+
+
+def _onnx_model_name(session: Any) -> str:
+    path = getattr(session, "_model_path", None)  # None when the session was built from bytes
+    return Path(path).stem if isinstance(path, str) and path else "onnx-model"
+
+
+# --- the process span -------------------------------------------------------------------------
+
+
+class ProcessSpan:
+    """The span of this whole process: started now, current in this thread, ended once by
+    `end()` (at exit, on SIGTERM, or by the caller)."""
+
+    def __init__(self, agent: Agent, name: str, attributes: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self._agent = agent
+        self.span = agent.start_span(name, "application", attributes, context=extract_env(env))
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._exit_code: int | None = None
+        self._ended = False
+
+    @property
+    def trace_id(self) -> str:
+        return format(self.span.get_span_context().trace_id, "032x")
+
+    def record_exit(self, code: Any) -> None:
+        """Remembers the code a `sys.exit(code)` call is exiting with (None and 0 mean success;
+        another non-int, like a message, means 1, as Python itself decides)."""
+        self._exit_code = 0 if code is None else code if isinstance(code, int) else 1
+
+    def record_exception(self, error: BaseException) -> None:
+        self.span.record_exception(error)
+        self._exit_code = 1
+
+    def end(self, reason: str | None = None) -> None:
+        """Ends the span (error status for `reason` or a non-zero exit code) and flushes."""
+        if self._ended:
+            return
+        self._ended = True
+        code = self._exit_code or 0
+        self.span.set_attribute(EXIT_CODE, code)
+        if reason or code:
+            self.span.set_status(Status(StatusCode.ERROR, reason or f"exit code {code}"))
+        self.span.end()
+        otel_context.detach(self._token)
+        self._agent.force_flush(FLUSH_TIMEOUT_MS)
+
+
+def _watch_exit(process: ProcessSpan) -> None:
+    """Hooks that tell the process span how the program ends. They wrap what is there and
+    stay for the life of the process (ending it is the only time they matter)."""
+    previous_excepthook, previous_exit = sys.excepthook, sys.exit
+
+    def excepthook(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+        process.record_exception(error)
+        previous_excepthook(kind, error, traceback)
+
+    def exit_recording_code(code: Any = None) -> None:
+        process.record_exit(code)
+        previous_exit(code)
+
+    sys.excepthook = excepthook
+    sys.exit = exit_recording_code
+    atexit.register(process.end)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def on_sigterm(signum: int, frame: Any) -> None:
+            process.end("terminated by SIGTERM")
+            # Then die of the signal as the program would have: the exit status stays honest.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _report_trace(path: str, trace_id: str) -> None:
+    """The first process of a run writes its trace id for `mlscope run`; its subprocesses, in
+    the same trace, find the file there and leave it."""
+    try:
+        with open(path, "x", encoding="utf-8") as report:
+            report.write(trace_id)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.debug("mlscope: trace id not reported to %s: %s", path, exc)
+
+
+# --- the entry point --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    agent: Agent
+    process: ProcessSpan
+    instrumentor: AutoInstrumentor
+
+
+def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
+    """Starts tracing this process (see the module docstring); called by sitecustomize."""
+    env = os.environ if env is None else env
+    config = run_config(env, sys.orig_argv)
+    agent = start_agent(service=config.service, endpoint=config.endpoint, level=config.level)
+    resource = agent.resource_attributes()
+    attributes = {key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource}
+    process = ProcessSpan(agent, program_name(sys.orig_argv), attributes, env)
+    # Subprocesses inherit os.environ: from here on they are children of this process span.
+    inject_env(os.environ, trace.set_span_in_context(process.span))
+    _watch_exit(process)
+    if env.get(TRACE_FILE_ENV):
+        _report_trace(env[TRACE_FILE_ENV], process.trace_id)
+    instrumentor = AutoInstrumentor(agent)
+    instrumentor.instrument()
+    return Bootstrapped(agent, process, instrumentor)
+

@@ -1,0 +1,23 @@
+"""Evaluations: predictors for PyTorch, TorchScript and ONNX Runtime behind one API, the
+MLPerf-style scenarios, and the runner that sends each result to the collector as an
+`mlscope.evaluation` span (stored as a row of the `evaluations` table); reports and figures.
+
+    plan = Plan(manifests=(load_manifest("resnet18"),), frameworks=("pytorch", "onnxruntime"), batch_sizes=(1, 8))
+    check_plan(plan)                          # bad input fails here, before anything is sent
+    sender = EvaluationAgent(endpoint, plan.level, this_system())
+    results = evaluate(plan, sender.agent, AssetCache())
+    sender.close()                            # DeliveryFailed if the collector refused spans
+"""
+
+from __future__ import annotations
+
+from .predictors import EXECUTION_PROVIDERS, PREDICTORS, Predictor, PredictorError, create_predictor
+from .results import EvaluationResult
+from .runner import DeliveryFailed, EvaluationAgent, Plan, check_plan, evaluate
+from .scenarios import SCENARIOS
+from .system import System, this_system
+
+__all__ = [
+    "DeliveryFailed", "EXECUTION_PROVIDERS", "EvaluationAgent", "EvaluationResult", "PREDICTORS", "Plan", "Predictor",
+    "PredictorError", "SCENARIOS", "System", "check_plan", "create_predictor", "evaluate", "this_system",
+]

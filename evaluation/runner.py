@@ -1,0 +1,250 @@
+"""Runs an evaluation plan: manifests x frameworks x batch sizes x scenarios, each configuration
+traced and its results sent as an `mlscope.evaluation` span. Nothing here opens the store: what
+reaches the collector is durable there, and the `evaluations` table is derived from the spans.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from mlscope.agents import Agent, default_endpoint
+from mlscope.manifests import AssetCache, Manifest, check_framework, preprocessed_dataset
+from mlscope.manifests.datasets import load_dataset
+
+from . import scenarios
+from .predictors import PREDICTORS, Predictor, check_runs_in, create_predictor
+from .results import SPAN_NAME, EvaluationResult
+from .stats import Divergence, divergence, summarize, top_k_accuracy
+from .system import System, this_system
+
+DIVERGENCE_SAMPLES = 32
+QUERY_POOL = 4  # distinct preprocessed batches the timed queries cycle through
+SERVER_LOAD = 0.5  # default server rate: this fraction of what one worker can serve
+SERVER_BOUND_FACTOR = 4  # default p99 bound: this many median service times
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifests: tuple[Manifest, ...]
+    frameworks: tuple[str, ...]  # the first is the reference for divergence
+    batch_sizes: tuple[int, ...]
+    scenarios: tuple[str, ...] = ("single-stream",)
+    level: str = "model"
+    repetitions: int = 20  # timed queries per configuration and scenario
+    warmup: int = 2
+    accuracy: bool = False
+    execution_provider: str = "cpu"
+    server_qps: float | None = None
+    server_bound_ms: float | None = None
+    seed: int = 0
+
+
+def check_plan(plan: Plan) -> None:
+    """Everything that can be found wrong before anything runs or is sent (ManifestError,
+    PredictorError), so a bad input leaves no trace behind."""
+    for manifest in plan.manifests:
+        check_framework(manifest)
+        for framework in plan.frameworks:
+            check_runs_in(manifest, framework)
+    for framework in plan.frameworks:
+        PREDICTORS[framework].resolve_provider(plan.execution_provider)
+
+
+class DeliveryFailed(Exception):
+    """The collector did not accept every span: results may be missing from the store."""
+
+
+class _CountingExporter(SpanExporter):
+    """Passes spans on and counts those whose export failed (after the exporter's own retries);
+    the SDK's batch processor only logs such failures, and lost results must fail the command."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self.lost = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self._exporter.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            self.lost += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+class EvaluationAgent:
+    """An Agent exporting to the collector whose `close` fails when spans were lost."""
+
+    def __init__(self, endpoint: str | None, level: str, system: System) -> None:
+        self.endpoint = (endpoint or default_endpoint()).rstrip("/")
+        self._exporter = _CountingExporter(OTLPSpanExporter(endpoint=f"{self.endpoint}/v1/traces"))
+        provider = TracerProvider(resource=Resource.create({"service.name": "mlscope-evaluate", "host.name": system.name}))
+        provider.add_span_processor(BatchSpanProcessor(self._exporter))
+        self.agent = Agent(provider, level)
+
+    def close(self) -> None:
+        self.agent.shutdown()
+        if self._exporter.lost:
+            raise DeliveryFailed(f"the collector at {self.endpoint} did not accept {self._exporter.lost} spans")
+
+
+Progress = Callable[[str], None]
+
+
+def evaluate(plan: Plan, agent: Agent, cache: AssetCache, system: System | None = None,
+             progress: Progress = lambda line: None) -> list[EvaluationResult]:
+    system = system or this_system()
+    run_id = uuid.uuid4().hex
+    total = len(plan.manifests) * len(plan.frameworks) * len(plan.batch_sizes) * len(plan.scenarios)
+    results: list[EvaluationResult] = []
+    with agent.span("mlscope.evaluate", attributes={"mlscope.evaluation.run_id": run_id}):
+        for manifest in plan.manifests:
+            predictors = {framework: create_predictor(framework, manifest, agent, cache, plan.execution_provider)
+                          for framework in plan.frameworks}
+            try:
+                for predictor in predictors.values():
+                    predictor.load()
+                divergences = _divergences(manifest, predictors, plan.batch_sizes[0])
+                raw = load_dataset(manifest.dataset, max_tokens=_max_tokens(manifest))
+                for framework, predictor in predictors.items():
+                    for batch_size in plan.batch_sizes:
+                        base = _Configuration(plan, manifest, predictor, batch_size, run_id, system,
+                                              divergences.get(framework), plan.frameworks[0])
+                        for scenario in plan.scenarios:
+                            progress(f"[{len(results) + 1}/{total}] {manifest.name} {framework} "
+                                     f"batch {batch_size} {scenario}")
+                            results.append(base.run(agent, scenario, raw.inputs))
+            finally:
+                for predictor in predictors.values():
+                    predictor.close()
+    return results
+
+
+def _max_tokens(manifest: Manifest) -> int:
+    return manifest.input.shape[0] if manifest.input.dtype == "int64" else 0
+
+
+def _divergences(manifest: Manifest, predictors: dict[str, Predictor], batch_size: int) -> dict[str, Divergence]:
+    """Each framework's outputs against the first one's, on the first samples of the dataset."""
+    if len(predictors) < 2:
+        return {}
+    inputs, _ = preprocessed_dataset(manifest, replace(manifest.dataset, samples=min(DIVERGENCE_SAMPLES, manifest.dataset.samples)))
+    outputs = {framework: _predict_all(predictor, inputs, batch_size) for framework, predictor in predictors.items()}
+    reference, *others = outputs
+    return {framework: divergence(outputs[reference], outputs[framework]) for framework in others}
+
+
+def _predict_all(predictor: Predictor, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([predictor.predict(inputs[start:start + batch_size])
+                           for start in range(0, len(inputs), batch_size)])
+
+
+_CLOCK = scenarios.Clock(time.perf_counter_ns, lambda ns: time.sleep(ns / 1e9))
+
+
+@dataclass
+class _Configuration:
+    """One manifest x framework x batch size; its scenarios share the warm-up and accuracy."""
+
+    plan: Plan
+    manifest: Manifest
+    predictor: Predictor
+    batch_size: int
+    run_id: str
+    system: System
+    divergence: Divergence | None
+    reference: str
+
+    def __post_init__(self) -> None:
+        self._prepared: list[np.ndarray] | None = None
+        self._service_ns: list[int] = []
+        self._accuracy: tuple[float, float | None, int] | None = None
+
+    def _issue(self, query: int) -> None:
+        """One query: a batch through the model and the manifest's post-processing."""
+        assert self._prepared is not None
+        self.predictor.postprocess(self.predictor.predict(self._prepared[query % len(self._prepared)]))
+
+    def _prepare(self, agent: Agent, samples: Sequence[np.ndarray]) -> None:
+        if self._prepared is not None:
+            return
+        pool = min(QUERY_POOL, max(1, self.plan.repetitions))
+        count = len(samples)
+        self._prepared = [self.predictor.preprocess([samples[(q * self.batch_size + i) % count] for i in range(self.batch_size)])
+                          for q in range(pool)]
+        with agent.span("warmup", attributes={"mlscope.queries": self.plan.warmup}):
+            self._service_ns += scenarios.back_to_back(self._issue, self.plan.warmup, _CLOCK).latencies_ns
+        if self.plan.accuracy:
+            self._accuracy = self._measure_accuracy(agent)
+
+    def _measure_accuracy(self, agent: Agent) -> tuple[float, float | None, int] | None:
+        inputs, labels = preprocessed_dataset(self.manifest)
+        if labels is None:
+            return None
+        with agent.span("accuracy", attributes={"mlscope.samples": len(labels)}):
+            scores = _predict_all(self.predictor, inputs, self.batch_size)
+        top5 = top_k_accuracy(scores, labels, 5) if scores.shape[1] >= 5 else None
+        return top_k_accuracy(scores, labels, 1), top5, len(labels)
+
+    def run(self, agent: Agent, scenario: str, samples: Sequence[np.ndarray]) -> EvaluationResult:
+        attributes = {"mlscope.model.name": self.manifest.name, "mlscope.framework.name": self.predictor.framework,
+                      "mlscope.batch_size": self.batch_size, "mlscope.evaluation.scenario": scenario}
+        with agent.span(SPAN_NAME, attributes=attributes) as span:
+            self._prepare(agent, samples)
+            server_qps, bound_ns = None, 0
+            if scenario == "server":
+                server_qps, bound_ns = self._server_targets()
+                arrivals = scenarios.poisson_arrivals_ns(server_qps, self.plan.repetitions, self.plan.seed)
+                run = scenarios.server(self._issue, arrivals, _CLOCK)
+            else:
+                run = scenarios.back_to_back(self._issue, self.plan.repetitions, _CLOCK)
+                if scenario == "single-stream":
+                    self._service_ns += run.latencies_ns
+            result = self._result(scenario, run, server_qps, bound_ns)
+            if span is not None:
+                span.set_attributes(result.span_attributes())
+            return result
+
+    def _server_targets(self) -> tuple[float, int]:
+        """The plan's rate and bound, else defaults from the median service time seen so far."""
+        if not self._service_ns:
+            self._service_ns += scenarios.back_to_back(self._issue, 1, _CLOCK).latencies_ns
+        service_ns = statistics.median(self._service_ns)
+        qps = self.plan.server_qps or SERVER_LOAD * 1e9 / service_ns
+        bound_ns = int(self.plan.server_bound_ms * 1e6) if self.plan.server_bound_ms else int(SERVER_BOUND_FACTOR * service_ns)
+        return qps, bound_ns
+
+    def _result(self, scenario: str, run: scenarios.Run, server_qps: float | None, bound_ns: int) -> EvaluationResult:
+        summary = summarize(run.latencies_ns)
+        samples = summary.count * self.batch_size
+        top1, top5, accuracy_samples = self._accuracy or (None, None, 0)
+        divergence_of = self.divergence
+        return EvaluationResult(
+            run_id=self.run_id, model=self.manifest.name, model_version=self.manifest.version, task=self.manifest.task,
+            framework=self.predictor.framework, framework_version=self.predictor.framework_version,
+            execution_provider=self.predictor.execution_provider, system=self.system.fingerprint,
+            system_name=self.system.name, system_description=self.system.description, batch_size=self.batch_size,
+            scenario=scenario, level=self.plan.level, queries=summary.count, samples=samples,
+            latency_mean_ns=summary.mean_ns, latency_p50_ns=summary.p50_ns, latency_p90_ns=summary.p90_ns,
+            latency_p99_ns=summary.p99_ns, throughput=samples * 1e9 / max(run.wall_ns, 1),
+            accuracy_top1=top1, accuracy_top5=top5, accuracy_samples=accuracy_samples,
+            server_qps=server_qps, server_bound_ns=bound_ns,
+            server_bound_met=summary.p99_ns <= bound_ns if scenario == "server" else None,
+            divergence_reference=self.reference if divergence_of else "",
+            divergence_samples=divergence_of.samples if divergence_of else 0,
+            divergence_max_abs_diff=divergence_of.max_abs_diff if divergence_of else None,
+            divergence_top1_agreement=divergence_of.top1_agreement if divergence_of else None,
+        )
