@@ -62,7 +62,6 @@ TRACE_FILE_ENV = "MLSCOPE_TRACE_FILE"
 
 PROCESS_ATTRIBUTES = ("process.pid", "process.executable.path", "process.command_line")
 EXIT_CODE = "process.exit.code"
-FLUSH_TIMEOUT_MS = 10_000
 
 
 # --- pure: configuration ----------------------------------------------------------------------
@@ -304,7 +303,8 @@ class ProcessSpan:
         self._exit_code = 1
 
     def end(self, reason: str | None = None) -> None:
-        """Ends the span (error status for `reason` or a non-zero exit code) and flushes."""
+        """Ends the span (error status for `reason` or a non-zero exit code) and shuts the agent
+        down: ORT profilers and the hardware sampler hand over what they hold, all is exported."""
         if self._ended:
             return
         self._ended = True
@@ -314,7 +314,7 @@ class ProcessSpan:
             self.span.set_status(Status(StatusCode.ERROR, reason or f"exit code {code}"))
         self.span.end()
         otel_context.detach(self._token)
-        self._agent.force_flush(FLUSH_TIMEOUT_MS)
+        self._agent.shutdown()
 
 
 def _watch_exit(process: ProcessSpan) -> None:

@@ -199,8 +199,12 @@ class Aggregates:
         return {key: value for key, value in values.items() if value is not None}
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator is not None and denominator else None
+def _utilization(busy: float | None, total: float | None) -> float | None:
+    """busy / total, clamped to [0, 1]: counter differences in floating point can land a hair
+    outside (e.g. -1e-11 on an idle core), which is noise, not a reading."""
+    if busy is None or not total:
+        return None
+    return min(1.0, max(0.0, busy / total))
 
 
 def aggregate(samples: Sequence[Sample], start_ns: int, end_ns: int, package_zones: Sequence[int] = ()) -> Aggregates:
@@ -228,8 +232,8 @@ def aggregate(samples: Sequence[Sample], start_ns: int, end_ns: int, package_zon
         gpu_energy = _increase(times, [sum(g.energy_j for g in s.gpus) for s in samples], start_ns, end_ns)
     return Aggregates(
         samples=len(covering),
-        cpu_utilization=_ratio(busy, total),
-        process_cpu_utilization=_ratio(process, (end_ns - start_ns) / 1e9 * cores) if end_ns > start_ns else None,
+        cpu_utilization=_utilization(busy, total),
+        process_cpu_utilization=_utilization(process, (end_ns - start_ns) / 1e9 * cores) if end_ns > start_ns else None,
         gpu_utilization=gpu_util,
         energy_j=energy,
         gpu_energy_j=gpu_energy,
@@ -281,9 +285,9 @@ def metric_points(samples: Sequence[Sample], previous: Sample | None, zones: Seq
                 for i in range(len(sample.cpu_total_s))
             ]
             add("system.cpu.utilization", "1", GAUGE, {}, at,
-                _ratio(sum(b for b, _ in deltas), sum(t for _, t in deltas)))
+                _utilization(sum(b for b, _ in deltas), sum(t for _, t in deltas)))
             for core, (busy, total) in enumerate(deltas):
-                add("system.cpu.utilization", "1", GAUGE, {"cpu.logical_number": core}, at, _ratio(busy, total))
+                add("system.cpu.utilization", "1", GAUGE, {"cpu.logical_number": core}, at, _utilization(busy, total))
             elapsed = (at - before.time_ns) / 1e9 * len(sample.cpu_total_s)
             add("process.cpu.utilization", "1", GAUGE, {}, at, (sample.process_cpu_s - before.process_cpu_s) / elapsed)
         add("process.memory.usage", "By", UPDOWN, {}, at, sample.rss)

@@ -10,7 +10,6 @@ column appends to locals and shares one resource's key/value lists between its s
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Callable, Iterable

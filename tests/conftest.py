@@ -3,7 +3,6 @@ clickhouse-server started here on a loopback port with a temporary data director
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import uuid

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from agent_testing import agent_at
 
-from mlscope.agents import Agent
 from mlscope.demo import build_model
 from mlscope.levels import UnknownLevel
-
-
-def agent_at(level: str) -> tuple[Agent, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Agent(provider, level), exporter
 
 
 def test_stages_and_model_calls_nest_with_levels() -> None:

@@ -13,16 +13,19 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from agent_testing import agent_at
+from mlscope.agents.bootstrap import (
+    AUTOLOAD_DIR,
+    AutoInstrumentor,
+    _PostImportFinder,
+    program_name,
+    run_config,
+    run_environment,
+)
 from onnx import TensorProto, helper
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from torch import nn
 
-from mlscope.agents import Agent
-from mlscope.agents.bootstrap import (
-    AUTOLOAD_DIR, AutoInstrumentor, _PostImportFinder, program_name, run_config, run_environment,
-)
 from mlscope.levels import UnknownLevel
 
 
@@ -83,12 +86,6 @@ class Outer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x).relu()
 
-
-def agent_at(level: str) -> tuple[Agent, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Agent(provider, level), exporter
 
 
 @pytest.fixture

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
-from mlscope.agents.timeline import ENTER, RAISE, RETURN, Call, Clock, innermost_containers, pair_calls, place_ops
+from mlscope.agents.timeline import (
+    ENTER,
+    RAISE,
+    RETURN,
+    Call,
+    Clock,
+    innermost_containers,
+    pair_calls,
+    place_ops,
+)
 
 
 def test_calls_nest_in_enter_order_with_their_payloads() -> None:

@@ -4,12 +4,11 @@ quiet without a GPU (bench/gpu_check.py checks it on a machine that has one)."""
 from __future__ import annotations
 
 import torch
+from mlscope.agents import Agent
+from mlscope.agents.torch_capture import link_device_events
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from mlscope.agents import Agent
-from mlscope.agents.torch_capture import link_device_events
 
 
 def test_kernels_link_to_their_launching_op_by_correlation_id() -> None:

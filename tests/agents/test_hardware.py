@@ -8,11 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from opentelemetry.sdk.metrics.export import Gauge, MetricExporter, MetricExportResult, MetricsData, Sum
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from mlscope.agents import Agent
 from mlscope.agents.hardware import (
     GpuSample,
@@ -25,6 +20,16 @@ from mlscope.agents.hardware import (
     open_rapl,
     rapl_zones,
 )
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    Sum,
+)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 S = 1_000_000_000
 
@@ -218,3 +223,11 @@ def test_model_spans_carry_hardware_aggregates_at_hardware_level_only(tmp_path: 
     assert attributes["mlscope.hw.memory.peak_rss"] > 10 << 20
     assert "mlscope.hw.gpu.utilization" not in attributes and "mlscope.hw.energy" not in attributes
     assert not any(key.startswith("mlscope.hw.") for key in library.attributes)
+
+
+def test_utilization_is_clamped_to_its_range() -> None:
+    # Counter differences in floating point can come out a hair below zero on an idle machine.
+    samples = [sample(0.0, busy=10.0, total=100.0, process=1.0, rss=1),
+               sample(1.0, busy=10.0 - 1e-11, total=102.0, process=1.0, rss=1)]
+    figures = aggregate(samples, 0, S)
+    assert figures.cpu_utilization == 0.0

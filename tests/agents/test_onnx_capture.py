@@ -11,12 +11,17 @@ from pathlib import Path
 import onnxruntime
 import pytest
 import torch
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from mlscope.agents import Agent
-from mlscope.agents.onnx_capture import DEVICE, FENCE, KERNEL, OrtEvent, group_nodes, parse_profile, run_of
+from agent_testing import agent_at
+from mlscope.agents.onnx_capture import (
+    DEVICE,
+    FENCE,
+    KERNEL,
+    OrtEvent,
+    group_nodes,
+    parse_profile,
+    run_of,
+)
+from opentelemetry.sdk.trace import ReadableSpan
 
 BATCH = 2
 
@@ -38,12 +43,6 @@ def onnx_model() -> bytes:
 def feed() -> dict:
     return {"x": torch.ones(BATCH, 3, 16, 16).numpy()}
 
-
-def agent_at(level: str) -> tuple[Agent, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Agent(provider, level), exporter
 
 
 def test_parse_a_real_profile(onnx_model: bytes, tmp_path: Path) -> None:

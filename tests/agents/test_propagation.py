@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
+from agent_testing import agent_at
+from mlscope.agents import extract_env, extract_headers, inject_env, inject_headers
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from mlscope.agents import Agent, extract_env, extract_headers, inject_env, inject_headers
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 SPAN_ID = 0x00F067AA0BA902B7
 TRACEPARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
 
-
-def agent_at(level: str) -> tuple[Agent, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Agent(provider, level), exporter
 
 
 def test_environment_round_trip_names_the_current_span() -> None:

@@ -7,11 +7,18 @@ import sys
 import types
 
 import pytest
-
 from mlscope.agents import resource
 from mlscope.agents.resource import (
-    CPU_LOGICAL_CORES, CPU_MODEL, GPU_COUNT, GPU_NAME, MEMORY_BYTES, cpu_model, framework_versions, gpu_attributes,
-    host_arch, stack_attributes,
+    CPU_LOGICAL_CORES,
+    CPU_MODEL,
+    GPU_COUNT,
+    GPU_NAME,
+    MEMORY_BYTES,
+    cpu_model,
+    framework_versions,
+    gpu_attributes,
+    host_arch,
+    stack_attributes,
 )
 
 X86_CPUINFO = """processor\t: 0

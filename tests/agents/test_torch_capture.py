@@ -6,26 +6,17 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
+from agent_testing import agent_at
+from mlscope.agents.resnet import BasicBlock, resnet18
+from mlscope.agents.torch_capture import TorchCapture
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from mlscope.agents import Agent
-from mlscope.agents.resnet import BasicBlock, resnet18
-from mlscope.agents.torch_capture import TorchCapture
-
 # One forward of ResNet-18 calls every module once, and each BasicBlock's `relu` twice.
 RESNET18_MODULE_CALLS = len(list(resnet18().named_modules())) + 8
 
-
-def agent_at(level: str, provider: TracerProvider | None = None) -> tuple[Agent, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = provider or TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Agent(provider, level), exporter
 
 
 def at_level(spans: Sequence[ReadableSpan], level: str) -> list[ReadableSpan]:

@@ -9,7 +9,7 @@ import pytest
 
 from mlscope.query import SqlLimits, TraceReader, create_query_app
 from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, is_refused_function
-from mlscope.store import Store, StoreUnavailable, open_store
+from mlscope.store import Store, open_store
 from mlscope.ui import PAGES
 from query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
 from trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row
