@@ -1,5 +1,5 @@
 """The viewer: static pages (static/index.html, app.js, app.css; no build step) served by the
-query app. The same index.html answers every page path (/, /traces/{id}, /sql) so that deep
+query app. The same index.html answers every page path (/, /traces/{id}, /evaluations, /compare, /sql) so that deep
 links work in a new tab; app.js routes on location.pathname and reads the JSON API.
 
 Untrusted strings (span names, attributes) reach the page only as text nodes, and a strict
@@ -12,7 +12,7 @@ import importlib.resources
 
 from aiohttp import web
 
-PAGES = ("/", "/traces/{trace_id}", "/sql")
+PAGES = ("/", "/traces/{trace_id}", "/evaluations", "/compare", "/sql")
 _CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 # Revalidate on every load: a viewer upgraded under a running browser must not mix versions.

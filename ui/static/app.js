@@ -1,4 +1,5 @@
-// mlscope viewer: the trace list, one trace's timeline, and a SQL page, over the JSON API.
+// mlscope viewer: the trace list, one trace's timeline, evaluations, compare, and a SQL page,
+// over the JSON API.
 //
 // Shape (after jaeger-ui): API data -> pure transforms (layoutRows, axisTicks, ...) -> DOM.
 // Every string from the API reaches the page through textContent or a text node, never as
@@ -89,6 +90,138 @@
 
   function levelsParam(shown) {
     return LEVELS.every((level) => shown.has(level)) ? null : LEVELS.filter((level) => shown.has(level)).join(",");
+  }
+
+
+  // --- evaluations and compare: pure transforms --------------------------------------------------
+
+  const EVALUATION_FILTERS = ["model", "framework", "batch_size"];
+  const TRACE_ID = /^[0-9a-f]{32}$/;
+  const EVALUATION_ID = /^[0-9a-f]{16}$/; // an evaluation row's span_id
+  const COMPARE_LEVELS = new Set(["model", "layer"]);
+
+  function formatNumber(value, digits) {
+    if (value === null || value === undefined || Number.isNaN(Number(value))) return "—";
+    return String(Number(Number(value).toPrecision(digits || 4)));
+  }
+
+  function formatRatio(ratio) {
+    return ratio === null ? "—" : `${Number(ratio.toPrecision(3))}×`;
+  }
+
+  // ?model=&framework=&batch_size= -> {model, framework, batch_size} (empty ones left out).
+  function parseEvaluationFilter(search) {
+    const params = new URLSearchParams(search);
+    const filter = {};
+    for (const name of EVALUATION_FILTERS) {
+      const value = (params.get(name) || "").trim();
+      if (value !== "") filter[name] = value;
+    }
+    return filter;
+  }
+
+  // The filter -> "?a=b&..." in a fixed order, or "" when nothing is filtered.
+  function evaluationFilterQuery(filter) {
+    const params = new URLSearchParams();
+    for (const name of EVALUATION_FILTERS) {
+      const value = filter[name] === undefined || filter[name] === null ? "" : String(filter[name]).trim();
+      if (value !== "") params.set(name, value);
+    }
+    const text = params.toString();
+    return text ? `?${text}` : "";
+  }
+
+  const EVALUATION_COLUMNS = [
+    ["model", (e) => e.model], ["version", (e) => e.model_version], ["framework", (e) => e.framework],
+    ["provider", (e) => e.execution_provider], ["batch size", (e) => String(e.batch_size)],
+    ["scenario", (e) => e.scenario], ["level", (e) => e.level],
+    ["p50", (e) => (e.latency_p50_ns === null ? "—" : formatDuration(e.latency_p50_ns))],
+    ["p90", (e) => (e.latency_p90_ns === null ? "—" : formatDuration(e.latency_p90_ns))],
+    ["p99", (e) => (e.latency_p99_ns === null ? "—" : formatDuration(e.latency_p99_ns))],
+    ["throughput", (e) => formatNumber(e.throughput)],
+    ["accuracy", (e) => formatNumber(e.accuracy_top1)],
+    ["system", (e) => e.system_name || e.system],
+  ];
+  const NUMERIC_COLUMNS = new Set(["batch size", "p50", "p90", "p99", "throughput", "accuracy"]);
+
+  // API rows -> table rows: {id, traceId (null when none), cells: [strings]}.
+  function evaluationRows(evaluations) {
+    return evaluations.map((e) => ({
+      id: e.span_id,
+      traceId: TRACE_ID.test(e.trace_id || "") ? e.trace_id : null,
+      cells: EVALUATION_COLUMNS.map(([, cell]) => {
+        const value = cell(e);
+        return value === null || value === undefined ? "" : String(value);
+      }),
+    }));
+  }
+
+  function ratioOf(a, b) {
+    return a > 0 && Number.isFinite(b) ? b / a : null;
+  }
+
+  // "trace" when both ids are trace ids, "evaluation" when both are evaluation ids, else null.
+  function compareKind(a, b) {
+    if (TRACE_ID.test(a || "") && TRACE_ID.test(b || "")) return "trace";
+    if (EVALUATION_ID.test(a || "") && EVALUATION_ID.test(b || "")) return "evaluation";
+    return null;
+  }
+
+  function rootDuration(spans) {
+    const root = spans.find((span) => Number(span.depth) === 0) || spans[0];
+    return root ? Number(root.duration_ns) : null;
+  }
+
+  // Two traces' spans -> total duration per span name at the model and layer levels, in a and in
+  // b, with b/a; the largest absolute difference first (then by name), and both root durations.
+  function compareTraces(spansA, spansB) {
+    const totals = new Map();
+    const add = (spans, side) => {
+      for (const span of spans) {
+        if (!COMPARE_LEVELS.has(span.level)) continue;
+        const key = `${span.level}\u0000${span.name}`;
+        if (!totals.has(key)) totals.set(key, { name: span.name, level: span.level, a: 0, b: 0, countA: 0, countB: 0 });
+        const entry = totals.get(key);
+        entry[side] += Number(span.duration_ns);
+        entry[side === "a" ? "countA" : "countB"] += 1;
+      }
+    };
+    add(spansA, "a");
+    add(spansB, "b");
+    const rows = [...totals.values()].map((entry) => ({
+      ...entry, diff: entry.b - entry.a, ratio: entry.countA && entry.countB ? ratioOf(entry.a, entry.b) : null,
+    }));
+    rows.sort((x, y) => Math.abs(y.diff) - Math.abs(x.diff) || (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+    const rootA = rootDuration(spansA);
+    const rootB = rootDuration(spansB);
+    return { rootA, rootB, rootRatio: rootA === null || rootB === null ? null : ratioOf(rootA, rootB), rows };
+  }
+
+  const COMPARED_METRICS = [
+    ["latency_mean_ns", "mean latency", "ns"], ["latency_p50_ns", "p50 latency", "ns"],
+    ["latency_p90_ns", "p90 latency", "ns"], ["latency_p99_ns", "p99 latency", "ns"],
+    ["throughput", "throughput", ""], ["accuracy_top1", "accuracy top-1", ""],
+    ["accuracy_top5", "accuracy top-5", ""], ["server_qps", "server QPS", ""],
+    ["divergence_max_abs_diff", "divergence max |diff|", ""],
+    ["divergence_top1_agreement", "divergence top-1 agreement", ""],
+  ];
+  const DESCRIBED_FIELDS = [
+    ["model", "model"], ["model_version", "version"], ["framework", "framework"],
+    ["framework_version", "framework version"], ["execution_provider", "provider"], ["batch_size", "batch size"],
+    ["scenario", "scenario"], ["level", "level"], ["system_name", "system"], ["run_id", "run"],
+  ];
+
+  // Two evaluation rows -> {config: [{label, a, b}], metrics: [{label, a, b, ratio}]} as text.
+  function compareEvaluations(a, b) {
+    const text = (value) => (value === null || value === undefined ? "—" : String(value));
+    const config = DESCRIBED_FIELDS.map(([field, label]) => ({ label, a: text(a[field]), b: text(b[field]) }));
+    const metrics = COMPARED_METRICS.map(([field, label, unit]) => {
+      const va = a[field] === null || a[field] === undefined ? null : Number(a[field]);
+      const vb = b[field] === null || b[field] === undefined ? null : Number(b[field]);
+      const show = (v) => (v === null || Number.isNaN(v) ? "—" : unit === "ns" ? formatDuration(v) : formatNumber(v));
+      return { label, a: show(va), b: show(vb), ratio: va === null || vb === null ? null : ratioOf(va, vb) };
+    });
+    return { config, metrics };
   }
 
   // --- DOM helpers ----------------------------------------------------------------------------
@@ -289,6 +422,122 @@
     main.replaceChildren(el("h1", null, "SQL"), query, el("div", { class: "sql-bar" }, run, note), output);
   }
 
+  async function renderEvaluations(main) {
+    document.title = "mlscope: evaluations";
+    const filter = parseEvaluationFilter(location.search);
+    const { evaluations } = await fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`);
+    const inputs = {
+      model: el("input", { type: "text", name: "model", placeholder: "model" }),
+      framework: el("input", { type: "text", name: "framework", placeholder: "framework" }),
+      batch_size: el("input", { type: "number", name: "batch_size", min: "0", placeholder: "batch size" }),
+    };
+    for (const [name, input] of Object.entries(inputs)) input.value = filter[name] || "";
+    const form = el("form", { class: "filters", id: "evaluation-filter" },
+      ...Object.entries(inputs).map(([name, input]) => el("label", null, `${name.replace("_", " ")} `, input)),
+      el("button", { type: "submit" }, "Filter"),
+      el("a", { href: "/evaluations" }, "clear"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const next = {};
+      for (const [name, input] of Object.entries(inputs)) next[name] = input.value;
+      history.pushState(null, "", `/evaluations${evaluationFilterQuery(next)}`);
+      renderEvaluations(main).catch((error) => showError(main, error));
+    });
+
+    const picked = [];
+    const compareLink = el("a", { id: "compare-selected", class: "disabled" }, "Compare 2 selected");
+    const updateCompare = () => {
+      if (picked.length === 2) {
+        compareLink.setAttribute("href", `/compare?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`);
+        compareLink.classList.remove("disabled");
+      } else {
+        compareLink.removeAttribute("href");
+        compareLink.classList.add("disabled");
+      }
+    };
+    const rows = evaluationRows(evaluations).map((row) => {
+      const box = el("input", { type: "checkbox", value: row.id, title: "select for compare" });
+      box.addEventListener("change", () => {
+        if (box.checked) picked.push(row.id);
+        else picked.splice(picked.indexOf(row.id), 1);
+        while (picked.length > 2) {
+          const dropped = picked.shift();
+          for (const other of main.querySelectorAll("table.evaluations input[type=checkbox]")) {
+            if (other.value === dropped) other.checked = false;
+          }
+        }
+        updateCompare();
+      });
+      const cells = row.cells.map((cell, index) => el("td",
+        NUMERIC_COLUMNS.has(EVALUATION_COLUMNS[index][0]) ? { class: "num" } : null, cell));
+      const trace = row.traceId
+        ? el("a", { class: "trace-link", href: `/traces/${encodeURIComponent(row.traceId)}` }, "trace")
+        : el("span", { class: "muted" }, "—");
+      return el("tr", null, el("td", null, box), ...cells, el("td", null, trace));
+    });
+    main.replaceChildren(
+      el("h1", null, "Evaluations"), form,
+      evaluations.length
+        ? el("div", null, el("p", { class: "muted" }, `${evaluations.length} evaluations `, compareLink),
+          table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations"))
+        : el("p", { class: "muted" }, "No evaluations match."));
+  }
+
+  function compareTable(headers, rows, className) {
+    return table(headers, rows.map((cells) => el("tr", null,
+      ...cells.map((cell, index) => el("td", index ? { class: "num" } : null, cell)))), `compare ${className}`);
+  }
+
+  async function renderCompare(main) {
+    document.title = "mlscope: compare";
+    const params = new URLSearchParams(location.search);
+    const a = (params.get("a") || "").trim().toLowerCase();
+    const b = (params.get("b") || "").trim().toLowerCase();
+    const kind = compareKind(a, b);
+    if (kind === null) {
+      throw new Error("compare needs ?a=&b= with two trace ids (32 hex) or two evaluation ids (16 hex)");
+    }
+    if (kind === "trace") {
+      const [traceA, traceB] = await Promise.all(
+        [a, b].map((id) => fetchJson(`/api/traces/${encodeURIComponent(id)}`)));
+      const result = compareTraces(traceA.spans, traceB.spans);
+      const link = (id) => el("a", { href: `/traces/${encodeURIComponent(id)}` }, id);
+      const show = (ns) => (ns === null ? "—" : formatDuration(ns));
+      main.replaceChildren(
+        el("h1", null, "Compare traces"),
+        el("div", { class: "meta" }, el("span", null, "a: ", link(a)), el("span", null, "b: ", link(b))),
+        compareTable(["root", "a", "b", "b/a"],
+          [[`${traceA.spans[0] ? traceA.spans[0].name : "(none)"} / ${traceB.spans[0] ? traceB.spans[0].name : "(none)"}`,
+            show(result.rootA), show(result.rootB), formatRatio(result.rootRatio)]], "roots"),
+        el("h3", null, "Model and layer spans, total duration per name"),
+        result.rows.length
+          ? table(["span", "level", "a", "b", "b/a"], result.rows.map((row) => el("tr", null,
+            el("td", null, row.name), el("td", null, row.level),
+            el("td", { class: "num" }, row.countA ? formatDuration(row.a) : "—"),
+            el("td", { class: "num" }, row.countB ? formatDuration(row.b) : "—"),
+            el("td", { class: "num" }, formatRatio(row.ratio)))), "compare by-name")
+          : el("p", { class: "muted" }, "No model or layer spans in either trace."));
+      return;
+    }
+    const { evaluations } = await fetchJson("/api/evaluations");
+    const find = (id) => {
+      const found = evaluations.find((e) => e.span_id === id);
+      if (!found) throw new Error(`no evaluation ${id}`);
+      return found;
+    };
+    const evalA = find(a);
+    const evalB = find(b);
+    const result = compareEvaluations(evalA, evalB);
+    const traceLink = (e) => (TRACE_ID.test(e.trace_id || "")
+      ? el("a", { href: `/traces/${encodeURIComponent(e.trace_id)}` }, "trace") : null);
+    main.replaceChildren(
+      el("h1", null, "Compare evaluations"),
+      el("div", { class: "meta" }, el("span", null, `a: ${a} `, traceLink(evalA)), el("span", null, `b: ${b} `, traceLink(evalB))),
+      compareTable(["configuration", "a", "b"], result.config.map((row) => [row.label, row.a, row.b]), "config"),
+      el("h3", null, "Metrics"),
+      compareTable(["metric", "a", "b", "b/a"], result.metrics.map((row) => [row.label, row.a, row.b, formatRatio(row.ratio)]), "metrics"));
+  }
+
   function route() {
     const main = document.getElementById("main");
     const path = location.pathname;
@@ -297,10 +546,16 @@
     if (path === "/") page = renderTraceList(main);
     else if (traceMatch) page = renderTrace(main, decodeURIComponent(traceMatch[1]));
     else if (path === "/sql") page = Promise.resolve(renderSql(main));
+    else if (path === "/evaluations" || path === "/evaluations/") page = renderEvaluations(main);
+    else if (path === "/compare" || path === "/compare/") page = renderCompare(main);
     else page = Promise.reject(new Error(`no page at ${path}`));
     page.catch((error) => showError(main, error));
   }
 
-  window.mlscopeViewer = { layoutRows, axisTicks, formatDuration, parseLevels, levelsParam, parseJson };
+  window.mlscopeViewer = {
+    layoutRows, axisTicks, formatDuration, parseLevels, levelsParam, parseJson,
+    parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, compareTraces, compareEvaluations,
+  };
+  window.addEventListener("popstate", route);
   route();
 })();

@@ -1,0 +1,194 @@
+"""The evaluations page and the compare page in a real browser (Debian's Chromium via
+Playwright) over the query app on an embedded store: the evaluations table and its deep-linkable
+filter, trace-vs-trace and evaluation-vs-evaluation compare, and hostile names shown as text.
+
+Evaluation rows are made the way the product makes them: `mlscope.evaluation` spans inserted
+into span_rows, which the materialized view turns into `evaluations` rows."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "query"))
+
+from mlscope.evaluation.results import SPAN_NAME, EvaluationResult  # noqa: E402
+from mlscope.query import create_query_app  # noqa: E402
+from mlscope.store import Store  # noqa: E402
+from query_server import serve  # noqa: E402
+from test_viewer import CHROMIUM, open_page  # noqa: E402
+from trace_fixtures import KNOWN, row  # noqa: E402
+from trace_fixtures import insert as insert_rows  # noqa: E402
+
+SHOTS = Path("/tmp")
+EVIL = "<img src=x onerror=window.__pwned=1>"
+TRACE_A = KNOWN[0]["trace_id"]
+TRACE_B = "0123456789abcdef0123456789abcdef"
+EVAL_TRACE_1, EVAL_TRACE_2 = "e1" * 16, "e2" * 16
+EVAL_1, EVAL_2, EVAL_3 = "e100000000000001", "e200000000000002", "e300000000000003"
+
+# Trace b: the same shape as trace a (KNOWN) with conv1 3x slower, relu halved, and a layer a lacks.
+TRACE_B_ROWS = [
+    row("00000000000000a1", "", "pipeline", 0, 150, "application", trace_id=TRACE_B),
+    row("00000000000000b2", "00000000000000a1", "predict", 10, 140, "model", trace_id=TRACE_B),
+    row("00000000000000c3", "00000000000000b2", "conv1", 20, 110, "layer", trace_id=TRACE_B),
+    row("00000000000000c4", "00000000000000b2", "relu", 110, 125, "layer", trace_id=TRACE_B),
+    row("00000000000000c5", "00000000000000b2", EVIL, 125, 130, "layer", trace_id=TRACE_B),
+]
+
+BASE = EvaluationResult(
+    run_id="r1", model="resnet18", model_version="1.0.0", task="image-classification", framework="onnxruntime",
+    framework_version="1.32.0", execution_provider="CPUExecutionProvider", system="0123456789abcdef",
+    system_name="host", system_description="2 CPUs", batch_size=8, scenario="offline", level="model", queries=20,
+    samples=160, latency_mean_ns=1.5e7, latency_p50_ns=14_000_000, latency_p90_ns=18_000_000,
+    latency_p99_ns=21_000_000, throughput=512.25, accuracy_top1=0.96, accuracy_top5=1.0, accuracy_samples=450,
+    server_qps=None, server_bound_ns=None, server_bound_met=None, divergence_reference="pytorch",
+    divergence_samples=32, divergence_max_abs_diff=3.5e-06, divergence_top1_agreement=1.0,
+)
+
+
+def evaluation_span(span_id: str, trace_id: str, result: EvaluationResult) -> dict[str, Any]:
+    """One `mlscope.evaluation` span as the collector writes it: attribute values as strings."""
+    def text(value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else repr(value) if isinstance(value, float) else str(value)
+    return row(span_id, "", SPAN_NAME, 0, 1000, "application", trace_id=trace_id, service="mlscope-evaluate",
+               attributes={k: text(v) for k, v in result.span_attributes().items()})
+
+
+EVALUATIONS = [
+    evaluation_span(EVAL_1, EVAL_TRACE_1, BASE),
+    evaluation_span(EVAL_2, EVAL_TRACE_1, EvaluationResult(**{
+        **BASE.__dict__, "batch_size": 32, "latency_p50_ns": 28_000_000, "throughput": 1024.5})),
+    evaluation_span(EVAL_3, EVAL_TRACE_2, EvaluationResult(**{
+        **BASE.__dict__, "model": EVIL, "framework": "pytorch", "framework_version": "2.5"})),
+]
+
+pytestmark = [pytest.mark.parametrize("store_url", ["embedded"], indirect=True)]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def base_url(store: Store) -> AsyncIterator[str]:
+    insert_rows(store, [*KNOWN, *TRACE_B_ROWS, *EVALUATIONS])
+    runner, url = await serve(create_query_app(store))
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+async def table_rows(page, selector: str) -> list[list[str]]:
+    rows = page.locator(f"{selector} tbody tr")
+    return [await rows.nth(i).locator("td").all_text_contents() for i in range(await rows.count())]
+
+
+async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/evaluations")
+    await expect(page.locator("table.evaluations tbody tr")).to_have_count(3)
+    # Ordered by model, framework, batch size; the hostile model name is text.
+    rows = await table_rows(page, "table.evaluations")
+    assert [r[1:] for r in rows] == [
+        [EVIL, "1.0.0", "pytorch", "CPUExecutionProvider", "8", "offline", "model", "14 ms", "18 ms", "21 ms",
+         "512.3", "0.96", "host", "trace"],
+        ["resnet18", "1.0.0", "onnxruntime", "CPUExecutionProvider", "8", "offline", "model", "14 ms", "18 ms",
+         "21 ms", "512.3", "0.96", "host", "trace"],
+        ["resnet18", "1.0.0", "onnxruntime", "CPUExecutionProvider", "32", "offline", "model", "28 ms", "18 ms",
+         "21 ms", "1025", "0.96", "host", "trace"],
+    ]
+    assert await page.locator("table.evaluations a.trace-link").nth(0).get_attribute("href") == f"/traces/{EVAL_TRACE_2}"
+    assert await page.locator("main img").count() == 0
+    await page.screenshot(path=str(SHOTS / "mlscope-evaluations.png"), full_page=True)
+
+    # Filtering writes the URL; the URL pasted into a new tab filters the same way.
+    await page.locator("input[name=model]").fill("resnet18")
+    await page.locator("input[name=batch_size]").fill("32")
+    await page.locator("#evaluation-filter button").click()
+    await expect(page.locator("table.evaluations tbody tr")).to_have_count(1)
+    assert page.url == f"{base_url}/evaluations?model=resnet18&batch_size=32"
+    fresh = await open_page(browser, problems)
+    await fresh.goto(f"{base_url}/evaluations?framework=onnxruntime&batch_size=8")
+    await expect(fresh.locator("table.evaluations tbody tr")).to_have_count(1)
+    assert await fresh.locator("input[name=framework]").input_value() == "onnxruntime"
+    assert await fresh.locator("input[name=batch_size]").input_value() == "8"
+    assert (await table_rows(fresh, "table.evaluations"))[0][1:6] == [
+        "resnet18", "1.0.0", "onnxruntime", "CPUExecutionProvider", "8"]
+
+    # Two picked rows link to their compare page.
+    await page.goto(f"{base_url}/evaluations")
+    await expect(page.locator("table.evaluations tbody tr")).to_have_count(3)
+    await page.locator(f"input[value='{EVAL_1}']").check()
+    await page.locator(f"input[value='{EVAL_2}']").check()
+    await page.locator("#compare-selected").click()
+    await page.wait_for_url(f"{base_url}/compare?a={EVAL_1}&b={EVAL_2}")
+    await page.locator("table.metrics").wait_for()
+    metrics = {r[0]: r[1:] for r in await table_rows(page, "table.metrics")}
+    assert metrics["p50 latency"] == ["14 ms", "28 ms", "2×"]
+    assert metrics["throughput"] == ["512.3", "1025", "2×"]
+    assert metrics["server QPS"] == ["—", "—", "—"]
+    config = {r[0]: r[1:] for r in await table_rows(page, "table.config")}
+    assert config["batch size"] == ["8", "32"]
+    assert await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
+async def test_compare_two_traces_per_name_ratio(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/compare?a={TRACE_A}&b={TRACE_B}")
+    await page.locator("table.by-name tbody tr").nth(3).wait_for()
+    assert await table_rows(page, "table.by-name") == [
+        ["conv1", "layer", "30 ms", "90 ms", "3×"],
+        ["predict", "model", "80 ms", "130 ms", "1.63×"],
+        ["relu", "layer", "30 ms", "15 ms", "0.5×"],
+        [EVIL, "layer", "—", "5 ms", "—"],
+    ]
+    root = (await table_rows(page, "table.roots"))[0]
+    assert root[1:] == ["100 ms", "150 ms", "1.5×"]
+    assert await page.locator("main img").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+    await page.screenshot(path=str(SHOTS / "mlscope-compare.png"), full_page=True)
+
+    bad = await open_page(browser, [])
+    await bad.goto(f"{base_url}/compare?a={TRACE_A}&b={EVAL_1}")
+    await expect(bad.locator("main .error")).to_contain_text("two trace ids")
+    assert problems == []
+
+
+async def test_compare_transforms_are_pure(base_url: str, browser: Browser) -> None:
+    page = await open_page(browser, [])
+    await page.goto(f"{base_url}/sql")
+    viewer = "window.mlscopeViewer"
+    assert await page.evaluate(f"{viewer}.evaluationFilterQuery({viewer}.parseEvaluationFilter("
+                               "'?batch_size=4&x=1&model=a%20b&framework='))") == "?model=a+b&batch_size=4"
+    assert await page.evaluate(f"{viewer}.compareKind('{TRACE_A}', '{TRACE_B}')") == "trace"
+    assert await page.evaluate(f"{viewer}.compareKind('{EVAL_1}', '{EVAL_2}')") == "evaluation"
+    assert await page.evaluate(f"{viewer}.compareKind('{EVAL_1}', '{TRACE_B}')") is None
+    spans_a = [{"name": "root", "depth": 0, "level": "application", "duration_ns": 100},
+               {"name": "mm", "depth": 1, "level": "layer", "duration_ns": 10},
+               {"name": "mm", "depth": 1, "level": "layer", "duration_ns": 10},
+               {"name": "lib", "depth": 2, "level": "library", "duration_ns": 5}]
+    spans_b = [{"name": "root", "depth": 0, "level": "application", "duration_ns": 50},
+               {"name": "mm", "depth": 1, "level": "layer", "duration_ns": 5}]
+    result = await page.evaluate("([a, b]) => window.mlscopeViewer.compareTraces(a, b)", [spans_a, spans_b])
+    assert (result["rootA"], result["rootB"], result["rootRatio"]) == (100, 50, 0.5)
+    assert [(r["name"], r["a"], r["b"], r["ratio"]) for r in result["rows"]] == [("mm", 20, 5, 0.25)]
