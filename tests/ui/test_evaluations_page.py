@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "query"))
 
@@ -21,7 +21,7 @@ from mlscope.evaluation.results import SPAN_NAME, EvaluationResult  # noqa: E402
 from mlscope.query import create_query_app  # noqa: E402
 from mlscope.store import Store  # noqa: E402
 from query_server import serve  # noqa: E402
-from test_viewer import CHROMIUM, open_page  # noqa: E402
+from test_viewer import open_page  # noqa: E402
 from trace_fixtures import KNOWN, row  # noqa: E402
 from trace_fixtures import insert as insert_rows  # noqa: E402
 
@@ -69,20 +69,6 @@ EVALUATIONS = [
 ]
 
 pytestmark = [pytest.mark.parametrize("store_url", ["embedded"], indirect=True)]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

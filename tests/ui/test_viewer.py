@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "query"))
 
@@ -20,7 +20,6 @@ from mlscope.ui import SECURITY_HEADERS  # noqa: E402
 from query_server import serve  # noqa: E402
 from trace_fixtures import KNOWN, insert  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = "/tmp/mlscope-viewer.png"
 EVIL = "<img src=x onerror=window.__pwned=1>"
 TRACE = KNOWN[0]["trace_id"]
@@ -39,20 +38,6 @@ async def base_url(store: Store) -> AsyncIterator[str]:
         yield url
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_page(browser: Browser, problems: list[str]) -> Page:
