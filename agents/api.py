@@ -32,8 +32,8 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS, parse_level
 
@@ -253,15 +253,21 @@ class Agent:
         default_name = os.path.splitext(os.path.basename(model))[0] if isinstance(model, (str, os.PathLike)) else "onnx-model"
         return self.trace_onnx_session(session, name or default_name, version, _profile_dir=profile_dir)
 
-    def trace_onnx_session(self, session: Any, name: str, version: str = "", *, _profile_dir: Any = None) -> TracedOnnxSession:
-        """Wraps an existing InferenceSession so its `run` calls are model spans. ORT's profiler
-        can only be switched on when a session is created: node and kernel spans need a session
-        created with SessionOptions.enable_profiling (see onnx_session)."""
+    def trace_onnx_session(self, session: Any, name: str, version: str = "", *, span_name: str = "predict",
+                           _profile_dir: Any = None) -> TracedOnnxSession:
+        """Wraps an existing InferenceSession so its `run` calls are model spans named
+        `span_name`. ORT's profiler can only be switched on when a session is created: node and
+        kernel spans need a session created with SessionOptions.enable_profiling (see onnx_session)."""
         from .onnx_capture import TracedOnnxSession
 
-        traced = TracedOnnxSession(self, session, name, version, profile_dir=_profile_dir)
+        traced = TracedOnnxSession(self, session, name, version, profile_dir=_profile_dir, span_name=span_name)
         self._onnx_sessions.add(traced)
         return traced
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        """Hands every span this agent ends, the deep levels' written spans included, to
+        `processor` as well as to the exporter."""
+        self._provider.add_span_processor(processor)
 
     def resource_attributes(self) -> dict[str, Any]:
         """The Resource every span of this agent carries (service, process, HW/SW stack)."""
@@ -310,14 +316,17 @@ def batch_size(args: tuple[Any, ...]) -> int:
 
 
 def start_agent(
-    service: str, endpoint: str | None = None, level: str | None = None, resource: Mapping[str, AttributeValue] | None = None
+    service: str, endpoint: str | None = None, level: str | None = None, resource: Mapping[str, AttributeValue] | None = None,
+    wrap_exporter: Callable[[SpanExporter], SpanExporter] | None = None,
 ) -> Agent:
     """Starts an agent exporting to `endpoint` (an OTLP/HTTP base URL) at `level`. Its Resource
-    describes the HW/SW stack (agents/resource.py); `resource` adds to or overrides it."""
+    describes the HW/SW stack (agents/resource.py); `resource` adds to or overrides it.
+    `wrap_exporter` may wrap the OTLP span exporter (e.g. to count spans the collector refused)."""
     base = (endpoint or default_endpoint()).rstrip("/")
     attributes = {**stack_attributes(), "service.name": service, **(resource or {})}
     provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces")))
+    exporter: SpanExporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(wrap_exporter(exporter) if wrap_exporter else exporter))
     level = level or default_level()
     sampler = None
     if parse_level(level) == LEVELS[-1]:  # hardware

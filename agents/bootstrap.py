@@ -11,9 +11,12 @@ first line. From the environment (`run_environment` writes it) this:
   and the bootstrap) join the same trace;
 - instruments, at model level and deeper, top-level `torch.nn.Module` calls and every
   `onnxruntime.InferenceSession.run` as model spans, through `Agent.model_spec`/`call_model`,
-  the code path of `Agent.trace_model`;
+  the code path of `Agent.trace_model`; at layer level and deeper, ONNX Runtime sessions are
+  created with ORT's profiler on, for their node and kernel spans (see AutoInstrumentor);
 - ends the process span and flushes at exit (atexit, or SIGTERM when the program left SIGTERM at
-  its default), with error status when the program exits non-zero or on an uncaught exception.
+  its default), with error status when the program exits non-zero or on an uncaught exception;
+- in a pass of `mlscope run --leveled` (MLSCOPE_LEVELED_REPORT set), marks the process span
+  with its pass and appends the tally of its spans to that file at exit (agents/leveled.py).
 
 Why an import hook rather than importing torch at start-up: importing torch costs ~1-2 s and
 hundreds of MB, and most processes a pipeline starts (shell helpers, data tools) never use it.
@@ -33,16 +36,20 @@ import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import threading
 import types
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -53,12 +60,17 @@ from mlscope.levels import parse_level
 from .api import DEFAULT_ENDPOINT, Agent, ModelSpec, batch_size, in_model_call, start_agent
 from .propagation import extract_env, inject_env
 
+if TYPE_CHECKING:
+    from .onnx_capture import TracedOnnxSession
+
 log = logging.getLogger(__name__)
 
 AUTOLOAD_DIR = str(Path(__file__).resolve().parent / "autoload")
 LEVEL_ENV, ENDPOINT_ENV, SERVICE_ENV = "MLSCOPE_LEVEL", "MLSCOPE_ENDPOINT", "MLSCOPE_SERVICE"
 TRACE_FILE_ENV = "MLSCOPE_TRACE_FILE"
 """Where the first bootstrapped process writes its trace id, for `mlscope run` to report."""
+LEVELED_REPORT_ENV = "MLSCOPE_LEVELED_REPORT"
+"""Set by `mlscope run --leveled`: where each process of a pass appends its span tally."""
 
 PROCESS_ATTRIBUTES = ("process.pid", "process.executable.path", "process.command_line")
 EXIT_CODE = "process.exit.code"
@@ -96,9 +108,17 @@ def run_config(env: Mapping[str, str], argv: Sequence[str]) -> RunConfig:
     else the program's name."""
     return RunConfig(
         level=parse_level(env.get(LEVEL_ENV) or "model"),
-        endpoint=env.get(ENDPOINT_ENV) or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT,
-        service=env.get(SERVICE_ENV) or env.get("OTEL_SERVICE_NAME") or program_name(argv),
+        endpoint=configured_endpoint(env),
+        service=configured_service(env, program_name(argv)),
     )
+
+
+def configured_endpoint(env: Mapping[str, str]) -> str:
+    return env.get(ENDPOINT_ENV) or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+def configured_service(env: Mapping[str, str], default: str) -> str:
+    return env.get(SERVICE_ENV) or env.get("OTEL_SERVICE_NAME") or default
 
 
 _OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
@@ -168,6 +188,17 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 class AutoInstrumentor:
     """Top-level torch module calls and ONNX Runtime session runs as model spans of `agent`.
 
+    At layer level and deeper, ONNX Runtime sessions are created with ORT's profiler on, which
+    gives their node (layer) and kernel (library) spans (agents/onnx_capture.py). The profiler
+    can only be switched on in the SessionOptions a session is created with, so
+    `InferenceSession.__init__` is patched: the user's options are extended with profiling only
+    while the session is created (it keeps its own copy) and then restored, so every setting of
+    theirs applies and their object is left as they made it. A session the user profiles
+    themselves is theirs: model spans only, and ORT writes their profile where they asked.
+    Profiled sessions are kept to the end of the process, when their profiles are read (or
+    after their first DEFAULT_PROFILE_RUNS runs); profile files go to a temporary directory
+    that `uninstrument()` removes.
+
     `instrument()` and `uninstrument()` are idempotent and mirror each other: after
     `uninstrument()` the patched methods are the originals again and no import hook is left."""
 
@@ -176,6 +207,13 @@ class AutoInstrumentor:
         self._finder: _PostImportFinder | None = None
         self._patches: list[tuple[type, str, Any, Any]] = []  # (owner, name, original, patched)
         self._specs: weakref.WeakKeyDictionary[Any, ModelSpec] = weakref.WeakKeyDictionary()
+        self._profiled_sessions: list[TracedOnnxSession] = []
+        self._profile_dir: str | None = None
+        self._profile_numbers = itertools.count()
+        # Held while a session is created at layer level and deeper: another thread may be
+        # creating one from the same SessionOptions object, which must not see it extended (or
+        # restored) midway. Creating sessions one at a time is the cost, at profiling levels only.
+        self._session_creation_lock = threading.Lock()
 
     @property
     def instrumented(self) -> bool:
@@ -204,6 +242,12 @@ class AutoInstrumentor:
                 log.debug("mlscope: %s.%s was re-patched by someone else; left as is", owner.__name__, name)
         self._patches.clear()
         self._specs = weakref.WeakKeyDictionary()
+        for session in self._profiled_sessions:
+            session.end_profiling()  # writes their spans (a no-op once the agent's shutdown did)
+        self._profiled_sessions.clear()
+        if self._profile_dir is not None:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
 
     def _patch(self, owner: type, name: str, wrap: Callable[[Any], Any]) -> None:
         original = owner.__dict__[name]
@@ -238,18 +282,16 @@ class AutoInstrumentor:
         self._patch(torch.nn.Module, "__call__", wrap)
 
     def _patch_onnxruntime(self, onnxruntime: types.ModuleType) -> None:
+        from .onnx_capture import session_attributes
+
         agent, specs = self._agent, self._specs
-        framework_version = str(onnxruntime.__version__)
 
         def spec_of(session: Any) -> ModelSpec:
             spec = specs.get(session)
-            if spec is None:
-                providers = session.get_providers()
-                attributes = {"mlscope.framework.version": framework_version}
-                if providers:
-                    attributes["mlscope.execution_provider"] = providers[0]
+            if spec is None:  # a session not profiled by us (profiled ones get theirs when created)
                 spec = specs[session] = agent.model_spec(
-                    session, _onnx_model_name(session), "onnxruntime", span_name="run", attributes=attributes
+                    session, _onnx_model_name(session), "onnxruntime", span_name="run",
+                    attributes=session_attributes(session),
                 )
             return spec
 
@@ -268,6 +310,39 @@ class AutoInstrumentor:
         session_class = onnxruntime.InferenceSession
         owner = next(cls for cls in session_class.__mro__ if "run" in cls.__dict__)
         self._patch(owner, "run", wrap)
+        if agent.enabled("layer"):
+            self._patch(session_class, "__init__", functools.partial(self._profiling_init, onnxruntime))
+
+    def _profiling_init(self, onnxruntime: types.ModuleType, original: Callable[..., None]) -> Callable[..., None]:
+        """`InferenceSession.__init__` creating the session with ORT's profiler on (see the
+        class docstring); `path_or_bytes` and `sess_options` are the names ORT gives them."""
+
+        def profiled_init(session: Any, path_or_bytes: Any, sess_options: Any = None, *args: Any, **kwargs: Any) -> None:
+            with self._session_creation_lock:
+                if sess_options is not None and sess_options.enable_profiling:
+                    log.info("mlscope onnxruntime: the program profiles this session itself: its profile is "
+                             "left to it, and its runs get model spans only")
+                    original(session, path_or_bytes, sess_options, *args, **kwargs)
+                    return
+                options = onnxruntime.SessionOptions() if sess_options is None else sess_options
+                users_prefix = options.profile_file_prefix
+                options.enable_profiling, options.profile_file_prefix = True, self._new_profile_prefix()
+                try:
+                    original(session, path_or_bytes, options, *args, **kwargs)
+                finally:
+                    options.enable_profiling, options.profile_file_prefix = False, users_prefix
+            traced = self._agent.trace_onnx_session(session, _onnx_model_name(session), span_name="run")
+            self._profiled_sessions.append(traced)
+            self._specs[session] = traced.spec
+
+        return profiled_init
+
+    def _new_profile_prefix(self) -> str:
+        if self._profile_dir is None:
+            self._profile_dir = tempfile.mkdtemp(prefix="mlscope-ort-")
+        # ORT names the file <prefix>_<time to the second>.json: a prefix per session keeps two
+        # sessions created within a second apart.
+        return str(Path(self._profile_dir) / f"session-{next(self._profile_numbers)}")
 
 
 def _onnx_model_name(session: Any) -> str:
@@ -280,10 +355,12 @@ def _onnx_model_name(session: Any) -> str:
 
 class ProcessSpan:
     """The span of this whole process: started now, current in this thread, ended once by
-    `end()` (at exit, on SIGTERM, or by the caller)."""
+    `end()` (at exit, on SIGTERM, or by the caller), which then calls `at_end`'s callbacks."""
 
     def __init__(self, agent: Agent, name: str, attributes: Mapping[str, Any], env: Mapping[str, str]) -> None:
         self._agent = agent
+        self.at_end: list[Callable[[], None]] = []
+        """Called once every span of the process has ended and been exported."""
         self.span = agent.start_span(name, "application", attributes, context=extract_env(env))
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
         self._exit_code: int | None = None
@@ -315,6 +392,11 @@ class ProcessSpan:
         self.span.end()
         otel_context.detach(self._token)
         self._agent.shutdown()
+        for callback in self.at_end:
+            try:
+                callback()
+            except Exception:  # at exit: one failing clean-up must not stop the others
+                log.exception("mlscope: clean-up at exit failed")
 
 
 def _watch_exit(process: ProcessSpan) -> None:
@@ -355,6 +437,17 @@ def _report_trace(path: str, trace_id: str) -> None:
         log.debug("mlscope: trace id not reported to %s: %s", path, exc)
 
 
+def _join_leveled_pass(agent: Agent, process: ProcessSpan, report_path: str, level: str) -> None:
+    """This process belongs to a pass of `mlscope run --leveled`: its process span names the
+    pass, and at exit the tally of its spans is appended to the pass's report."""
+    from .leveled import PASS, SpanTally, append_report
+
+    process.span.set_attribute(PASS, level)
+    tally = SpanTally()
+    agent.add_span_processor(tally)
+    process.at_end.append(lambda: append_report(report_path, tally.summary(level)))
+
+
 # --- the entry point --------------------------------------------------------------------------
 
 
@@ -373,6 +466,8 @@ def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
     resource = agent.resource_attributes()
     attributes = {key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource}
     process = ProcessSpan(agent, program_name(sys.orig_argv), attributes, env)
+    if env.get(LEVELED_REPORT_ENV):
+        _join_leveled_pass(agent, process, env[LEVELED_REPORT_ENV], config.level)
     # Subprocesses inherit os.environ: from here on they are children of this process span.
     inject_env(os.environ, trace.set_span_in_context(process.span))
     _watch_exit(process)
@@ -380,5 +475,6 @@ def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
         _report_trace(env[TRACE_FILE_ENV], process.trace_id)
     instrumentor = AutoInstrumentor(agent)
     instrumentor.instrument()
+    process.at_end.append(instrumentor.uninstrument)  # removes ORT's profile directory
     return Bootstrapped(agent, process, instrumentor)
 

@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanContext
 
 from mlscope.levels import LEVEL_ATTRIBUTE
 
-from .api import batch_size
+from .api import ModelSpec, batch_size
 from .spans import SpanWriter
 from .timeline import Interval, place_ops
 
@@ -160,7 +160,11 @@ class OrtCapture:
         if not self.active:
             return
         self.active = False
-        path = Path(self._session.end_profiling())
+        profile = self._session.end_profiling()
+        if not profile:  # profiling went off behind our back: set_providers() re-created the session
+            log.info("mlscope onnxruntime: the session's profiler was off at the end: no node spans")
+            return
+        path = Path(profile)
         try:
             events = json.loads(path.read_text())
         finally:
@@ -204,23 +208,31 @@ class OrtCapture:
             writer.write(name, writer.new_context(), parent, kernel.start_ns, kernel.end_ns, attributes)
 
 
+def session_attributes(session: Any) -> dict[str, str]:
+    """The model-span attributes of an InferenceSession: ORT's version and the session's
+    preferred execution provider (kernel spans name the provider that ran each kernel)."""
+    import onnxruntime
+
+    attributes = {FRAMEWORK_VERSION: onnxruntime.__version__}
+    providers = session.get_providers()
+    if providers:
+        attributes[EXECUTION_PROVIDER] = providers[0]
+    return attributes
+
+
 class TracedOnnxSession:
-    """An InferenceSession whose `run` calls are `predict` spans (through the agent's
+    """An InferenceSession whose `run` calls are model spans (`span_name`, through the agent's
     `call_model`, as every traced model); other attributes go to the session. Made by
     `Agent.onnx_session` or `Agent.trace_onnx_session`."""
 
     def __init__(self, agent: Any, session: Any, name: str, version: str = "",
-                 profile_runs: int = DEFAULT_PROFILE_RUNS, profile_dir: tempfile.TemporaryDirectory | None = None) -> None:
-        import onnxruntime
-
+                 profile_runs: int = DEFAULT_PROFILE_RUNS, profile_dir: tempfile.TemporaryDirectory | None = None,
+                 span_name: str = "predict") -> None:
         self._agent = agent
         self._session = session
         self._profile_dir = profile_dir  # where ORT writes the profile; removed with this object
-        providers = session.get_providers()
-        attributes = {FRAMEWORK_VERSION: onnxruntime.__version__}
-        if providers:
-            attributes[EXECUTION_PROVIDER] = providers[0]  # the preferred one; kernels name their own
-        spec = agent.model_spec(session, name, "onnxruntime", version, attributes=attributes)
+        spec = agent.model_spec(session, name, "onnxruntime", version, span_name=span_name,
+                                attributes=session_attributes(session))
         self._capture: OrtCapture | None = None
         if agent.enabled("layer"):
             if session.get_session_options().enable_profiling:
@@ -231,6 +243,12 @@ class TracedOnnxSession:
                 log.info("mlscope onnxruntime: session %s was created without profiling: model spans only "
                          "(create it with agent.onnx_session for node and kernel spans)", name)
         self._spec = spec
+
+    @property
+    def spec(self) -> ModelSpec:
+        """How this session's runs are traced, for callers that run the session themselves
+        (`mlscope run`'s patched `InferenceSession.run`)."""
+        return self._spec
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None) -> Any:
         first_input = tuple(input_feed.values())[:1]

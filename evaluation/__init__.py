@@ -4,8 +4,8 @@ MLPerf-style scenarios, and the runner that sends each result to the collector a
 
     plan = Plan(manifests=(load_manifest("resnet18"),), frameworks=("pytorch", "onnxruntime"), batch_sizes=(1, 8))
     check_plan(plan)                          # bad input fails here, before anything is sent
-    sender = EvaluationAgent(endpoint, plan.level, this_system())
-    results = evaluate(plan, sender.agent, AssetCache())
+    sender = EvaluationAgent(endpoint, this_system())
+    results = evaluate(plan, sender.agent_at, AssetCache())
     sender.close()                            # DeliveryFailed if the collector refused spans
 """
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from .predictors import EXECUTION_PROVIDERS, PREDICTORS, Predictor, PredictorError, create_predictor
 from .results import EvaluationResult
-from .runner import DeliveryFailed, EvaluationAgent, Plan, check_plan, evaluate
+from .runner import DeliveryFailed, EvaluationAgent, Origin, Plan, check_plan, check_plan_frameworks, evaluate
 from .scenarios import SCENARIOS
 from .system import System, this_system
 
 __all__ = [
-    "DeliveryFailed", "EXECUTION_PROVIDERS", "EvaluationAgent", "EvaluationResult", "PREDICTORS", "Plan", "Predictor",
-    "PredictorError", "SCENARIOS", "System", "check_plan", "create_predictor", "evaluate", "this_system",
+    "DeliveryFailed", "EXECUTION_PROVIDERS", "EvaluationAgent", "EvaluationResult", "Origin", "PREDICTORS", "Plan", "Predictor",
+    "PredictorError", "SCENARIOS", "System", "check_plan", "check_plan_frameworks", "create_predictor", "evaluate", "this_system",
 ]

@@ -12,16 +12,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlscope.levels import LEVELS
+
 Row = Mapping[str, Any]
 FIGURE_SCENARIO = "single-stream"
 
 _TABLE: tuple[tuple[str, str, Any], ...] = (
-    # (header, column, format); a None or NaN value prints as "-".
+    # (header, column, format); a None, NaN or empty value prints as "-".
     ("model", "model", str),
     ("framework", "framework", str),
     ("provider", "execution_provider", str),
     ("batch", "batch_size", str),
     ("scenario", "scenario", str),
+    ("level", "level", str),
     ("p50 ms", "latency_p50_ns", lambda ns: f"{ns / 1e6:.2f}"),
     ("p90 ms", "latency_p90_ns", lambda ns: f"{ns / 1e6:.2f}"),
     ("p99 ms", "latency_p99_ns", lambda ns: f"{ns / 1e6:.2f}"),
@@ -32,11 +35,13 @@ _TABLE: tuple[tuple[str, str, Any], ...] = (
     ("p99<=bound", "server_bound_met", None),
     ("max|diff|", "divergence_max_abs_diff", lambda value: f"{value:.2e}"),
     ("top-1 agree", "divergence_top1_agreement", lambda value: f"{value:.3f}"),
+    ("system", "system_name", str),
+    ("predictor", "predictor", str),
 )
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def _cell(row: Row, column: str, formatter: Any) -> str:
@@ -59,9 +64,18 @@ def _latest(rows: Sequence[Row], *keys: str) -> dict[tuple, Row]:
     return {tuple(row[key] for key in keys): row for row in rows}
 
 
+def _figure_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows the figures compare: single-stream, at the shallowest level traced (the one
+    whose tracing costs least: deeper levels are there to show their own overhead)."""
+    single_stream = [row for row in rows if row["scenario"] == FIGURE_SCENARIO]
+    levels = [row.get("level") or LEVELS[1] for row in single_stream]
+    shallowest = min(levels, key=LEVELS.index, default=None)
+    return [row for row, level in zip(single_stream, levels) if level == shallowest]
+
+
 def latency_by_batch(rows: Sequence[Row]) -> dict[str, dict[int, float]]:
     """Fig. 3's data: framework -> batch size -> median latency (ms) in single-stream."""
-    chosen = _latest([row for row in rows if row["scenario"] == FIGURE_SCENARIO], "framework", "batch_size")
+    chosen = _latest(_figure_rows(rows), "framework", "batch_size")
     series: dict[str, dict[int, float]] = {}
     for (framework, batch_size), row in sorted(chosen.items()):
         series.setdefault(framework, {})[int(batch_size)] = row["latency_p50_ns"] / 1e6
@@ -72,7 +86,7 @@ def normalized_to_baseline(rows: Sequence[Row], baseline: str) -> dict[str, dict
     """Fig. 4's data: system -> "framework/batch" -> latency over the baseline system's (<1 is
     faster). `baseline` is a system fingerprint or host name; configurations the baseline did
     not run are left out."""
-    chosen = _latest([row for row in rows if row["scenario"] == FIGURE_SCENARIO], "system", "framework", "batch_size")
+    chosen = _latest(_figure_rows(rows), "system", "framework", "batch_size")
     systems = {row["system"] for row in chosen.values() if baseline in (row["system"], row["system_name"])}
     if not systems:
         raise ValueError(f"no single-stream results from a system named {baseline!r}")

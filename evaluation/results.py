@@ -46,6 +46,8 @@ class EvaluationResult:
     divergence_samples: int = 0
     divergence_max_abs_diff: float | None = None
     divergence_top1_agreement: float | None = None
+    predictor: str = ""  # the `mlscope predictor` that ran it; "" for a local `mlscope evaluate`
+    job_id: str = ""  # the queued job it answers; "" when local
 
     def span_attributes(self) -> dict[str, str | int | float | bool]:
         return {PREFIX + name: value for name, value in asdict(self).items() if value is not None}

@@ -1,5 +1,5 @@
-"""Runs an evaluation plan: manifests x frameworks x batch sizes x scenarios, each configuration
-traced and its results sent as an `mlscope.evaluation` span. Nothing here opens the store: what
+"""Runs an evaluation plan: manifests x levels x frameworks x batch sizes x scenarios, each
+configuration traced and its results sent as an `mlscope.evaluation` span. Nothing here opens the store: what
 reaches the collector is durable there, and the `evaluations` table is derived from the spans.
 """
 
@@ -9,15 +9,13 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from mlscope.agents import Agent, default_endpoint
+from mlscope.agents import Agent, default_endpoint, start_agent
 from mlscope.manifests import AssetCache, Manifest, check_framework, preprocessed_dataset
 from mlscope.manifests.datasets import load_dataset
 
@@ -39,7 +37,7 @@ class Plan:
     frameworks: tuple[str, ...]  # the first is the reference for divergence
     batch_sizes: tuple[int, ...]
     scenarios: tuple[str, ...] = ("single-stream",)
-    level: str = "model"
+    levels: tuple[str, ...] = ("model",)  # how deep each configuration is traced: a sweep dimension
     repetitions: int = 20  # timed queries per configuration and scenario
     warmup: int = 2
     accuracy: bool = False
@@ -52,12 +50,19 @@ class Plan:
 def check_plan(plan: Plan) -> None:
     """Everything that can be found wrong before anything runs or is sent (ManifestError,
     PredictorError), so a bad input leaves no trace behind."""
+    check_plan_frameworks(plan)
     for manifest in plan.manifests:
         check_framework(manifest)
-        for framework in plan.frameworks:
-            check_runs_in(manifest, framework)
     for framework in plan.frameworks:
         PREDICTORS[framework].resolve_provider(plan.execution_provider)
+
+
+def check_plan_frameworks(plan: Plan) -> None:
+    """What does not depend on the machine: each manifest's model runs in each of the plan's
+    frameworks. The installed framework versions and the providers are checked where it runs."""
+    for manifest in plan.manifests:
+        for framework in plan.frameworks:
+            check_runs_in(manifest, framework)
 
 
 class DeliveryFailed(Exception):
@@ -86,50 +91,82 @@ class _CountingExporter(SpanExporter):
 
 
 class EvaluationAgent:
-    """An Agent exporting to the collector whose `close` fails when spans were lost."""
+    """One Agent per traced level, all exporting to the collector at `endpoint`; `close` fails
+    when any span was lost. A level's agent starts on first use (at hardware level with its
+    hardware sampler)."""
 
-    def __init__(self, endpoint: str | None, level: str, system: System) -> None:
+    def __init__(self, endpoint: str | None, system: System, service: str = "mlscope-evaluate",
+                 resource: dict[str, str] | None = None) -> None:
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
-        self._exporter = _CountingExporter(OTLPSpanExporter(endpoint=f"{self.endpoint}/v1/traces"))
-        provider = TracerProvider(resource=Resource.create({"service.name": "mlscope-evaluate", "host.name": system.name}))
-        provider.add_span_processor(BatchSpanProcessor(self._exporter))
-        self.agent = Agent(provider, level)
+        self._resource = {"host.name": system.name, **(resource or {})}
+        self._service = service
+        self._exporters: list[_CountingExporter] = []
+        self._agents: dict[str, Agent] = {}
+
+    def agent_at(self, level: str) -> Agent:
+        if level not in self._agents:
+            self._agents[level] = start_agent(self._service, self.endpoint, level, self._resource, self._count)
+        return self._agents[level]
+
+    def _count(self, exporter: SpanExporter) -> SpanExporter:
+        counting = _CountingExporter(exporter)
+        self._exporters.append(counting)
+        return counting
 
     def close(self) -> None:
-        self.agent.shutdown()
-        if self._exporter.lost:
-            raise DeliveryFailed(f"the collector at {self.endpoint} did not accept {self._exporter.lost} spans")
+        for agent in self._agents.values():
+            agent.shutdown()
+        lost = sum(exporter.lost for exporter in self._exporters)
+        if lost:
+            raise DeliveryFailed(f"the collector at {self.endpoint} did not accept {lost} spans")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where results come from: one run id for all of them; a predictor's name and job id when
+    the run is a queued job (mlscope predictor), empty for a local `mlscope evaluate`."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    predictor: str = ""
+    job_id: str = ""
 
 
 Progress = Callable[[str], None]
 
 
-def evaluate(plan: Plan, agent: Agent, cache: AssetCache, system: System | None = None,
-             progress: Progress = lambda line: None) -> list[EvaluationResult]:
+def evaluate(plan: Plan, agents: Callable[[str], Agent], cache: AssetCache, system: System | None = None,
+             progress: Progress = lambda line: None, origin: Origin | None = None) -> list[EvaluationResult]:
+    """Runs `plan`, tracing each level's configurations with `agents(level)`; models are loaded
+    once per manifest and level (a level's capture is set up at load)."""
     system = system or this_system()
-    run_id = uuid.uuid4().hex
-    total = len(plan.manifests) * len(plan.frameworks) * len(plan.batch_sizes) * len(plan.scenarios)
+    origin = origin or Origin()
+    total = (len(plan.manifests) * len(plan.levels) * len(plan.frameworks) * len(plan.batch_sizes)
+             * len(plan.scenarios))
     results: list[EvaluationResult] = []
-    with agent.span("mlscope.evaluate", attributes={"mlscope.evaluation.run_id": run_id}):
+    with agents(plan.levels[0]).span("mlscope.evaluate", attributes={"mlscope.evaluation.run_id": origin.run_id}):
         for manifest in plan.manifests:
-            predictors = {framework: create_predictor(framework, manifest, agent, cache, plan.execution_provider)
-                          for framework in plan.frameworks}
-            try:
-                for predictor in predictors.values():
-                    predictor.load()
-                divergences = _divergences(manifest, predictors, plan.batch_sizes[0])
-                raw = load_dataset(manifest.dataset, max_tokens=_max_tokens(manifest))
-                for framework, predictor in predictors.items():
-                    for batch_size in plan.batch_sizes:
-                        base = _Configuration(plan, manifest, predictor, batch_size, run_id, system,
-                                              divergences.get(framework), plan.frameworks[0])
-                        for scenario in plan.scenarios:
-                            progress(f"[{len(results) + 1}/{total}] {manifest.name} {framework} "
-                                     f"batch {batch_size} {scenario}")
-                            results.append(base.run(agent, scenario, raw.inputs))
-            finally:
-                for predictor in predictors.values():
-                    predictor.close()
+            raw = load_dataset(manifest.dataset, max_tokens=_max_tokens(manifest))
+            divergences: dict[str, Divergence] | None = None
+            for level in plan.levels:
+                agent = agents(level)
+                predictors = {framework: create_predictor(framework, manifest, agent, cache, plan.execution_provider)
+                              for framework in plan.frameworks}
+                try:
+                    for predictor in predictors.values():
+                        predictor.load()
+                    if divergences is None:
+                        divergences = _divergences(manifest, predictors, plan.batch_sizes[0])
+                    for framework, predictor in predictors.items():
+                        for batch_size in plan.batch_sizes:
+                            base = _Configuration(plan, manifest, predictor, batch_size, level, origin, system,
+                                                  divergences.get(framework), plan.frameworks[0])
+                            for scenario in plan.scenarios:
+                                progress(f"[{len(results) + 1}/{total}] {manifest.name} {framework} "
+                                         f"batch {batch_size} {scenario} level {level}")
+                                results.append(base.run(agent, scenario, raw.inputs))
+                finally:
+                    for predictor in predictors.values():
+                        predictor.close()
     return results
 
 
@@ -163,7 +200,8 @@ class _Configuration:
     manifest: Manifest
     predictor: Predictor
     batch_size: int
-    run_id: str
+    level: str
+    origin: Origin
     system: System
     divergence: Divergence | None
     reference: str
@@ -233,11 +271,11 @@ class _Configuration:
         top1, top5, accuracy_samples = self._accuracy or (None, None, 0)
         divergence_of = self.divergence
         return EvaluationResult(
-            run_id=self.run_id, model=self.manifest.name, model_version=self.manifest.version, task=self.manifest.task,
+            run_id=self.origin.run_id, model=self.manifest.name, model_version=self.manifest.version, task=self.manifest.task,
             framework=self.predictor.framework, framework_version=self.predictor.framework_version,
             execution_provider=self.predictor.execution_provider, system=self.system.fingerprint,
             system_name=self.system.name, system_description=self.system.description, batch_size=self.batch_size,
-            scenario=scenario, level=self.plan.level, queries=summary.count, samples=samples,
+            scenario=scenario, level=self.level, queries=summary.count, samples=samples,
             latency_mean_ns=summary.mean_ns, latency_p50_ns=summary.p50_ns, latency_p90_ns=summary.p90_ns,
             latency_p99_ns=summary.p99_ns, throughput=samples * 1e9 / max(run.wall_ns, 1),
             accuracy_top1=top1, accuracy_top5=top5, accuracy_samples=accuracy_samples,
@@ -247,4 +285,5 @@ class _Configuration:
             divergence_samples=divergence_of.samples if divergence_of else 0,
             divergence_max_abs_diff=divergence_of.max_abs_diff if divergence_of else None,
             divergence_top1_agreement=divergence_of.top1_agreement if divergence_of else None,
+            predictor=self.origin.predictor, job_id=self.origin.job_id,
         )

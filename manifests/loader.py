@@ -53,13 +53,23 @@ def resolve_manifest(argument: str) -> Path:
 
 
 def load_manifest(argument: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Manifest:
+    return manifest_from_text(*read_manifest(argument, environ))
+
+
+def read_manifest(argument: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(source, text) of a manifest file or built-in, with ${VAR} substituted from `environ`
+    (default: this process's environment): what a remote predictor is sent."""
     path = resolve_manifest(os.fspath(argument))
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(source, "", f"cannot read: {exc}") from exc
-    text = substitute_env(text, os.environ if environ is None else environ, source)
+    return source, substitute_env(text, os.environ if environ is None else environ, source)
+
+
+def manifest_from_text(source: str, text: str) -> Manifest:
+    """Parses and checks a manifest's YAML text (variables already substituted)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

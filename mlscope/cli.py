@@ -13,16 +13,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from mlscope.levels import UnknownLevel, parse_level
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 from mlscope.store.url import default_data_dir
+
+if TYPE_CHECKING:
+    from mlscope.evaluation import Plan
+    from mlscope.manifests import Manifest
 
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_OTLP_HTTP_PORT = 4318
@@ -31,6 +34,10 @@ DEFAULT_OTLP_GRPC_PORT = 4317
 
 class UsageError(Exception):
     """Bad usage or bad input: reported in one line, exit code 2."""
+
+
+class CommandFailed(Exception):
+    """The input was fine but the work could not be done (a service unreachable): one line, exit 1."""
 
 
 # --- serving ---------------------------------------------------------------------------------
@@ -75,7 +82,8 @@ async def _serve(
         if port is not None:
             from mlscope.query import create_query_app
 
-            app = create_query_app(store, collector.status if collector else None)
+            app = create_query_app(store, collector.status if collector else None,
+                                   otlp_http_port=collector.http_port if collector else None)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, host, port)
@@ -153,22 +161,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _sql_over_http(base_url: str, query: str) -> dict:
-    request = urllib.request.Request(
-        base_url.rstrip("/") + "/api/sql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
+    from mlscope.query.client import QueryServiceClient, ServiceError
+
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        try:
-            reason = json.loads(error.read())["error"]
-        except (ValueError, KeyError):
-            reason = f"HTTP {error.code}"
-        raise UsageError(reason) from error
-    except urllib.error.URLError as error:
-        raise UsageError(f"cannot reach {base_url}: {error.reason}") from error
+        return QueryServiceClient(base_url, timeout_s=120).post("/api/sql", {"query": query})
+    except ServiceError as error:
+        raise UsageError(str(error)) from error
 
 
 def render_rows(answer: dict, output_format: str) -> str:
@@ -196,7 +194,8 @@ def render_rows(answer: dict, output_format: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Runs COMMAND with mlscope's bootstrap in its Python processes (agents/bootstrap.py);
-    exits with its exit code (128 + N when signal N ended it, as shells report it)."""
+    exits with its exit code (128 + N when signal N ended it, as shells report it). With
+    --leveled, once per level (agents/leveled.py), exiting with the first failing pass's code."""
     import tempfile
 
     from mlscope.agents.bootstrap import run_environment
@@ -204,81 +203,183 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("run: no command given, e.g. mlscope run --level model -- python app.py")
+    if args.leveled and args.level:
+        raise UsageError("run: --leveled and --level are mutually exclusive (--leveled runs model to hardware)")
     with tempfile.TemporaryDirectory(prefix="mlscope-run-") as scratch:
+        if args.leveled:
+            return _run_leveled(command, args, Path(scratch))
         trace_file = os.path.join(scratch, "trace-id")
-        env = run_environment(os.environ, args.level, args.endpoint, args.service, trace_file)
-        try:
-            child = subprocess.Popen(command, env=env)
-        except OSError as exc:
-            raise UsageError(f"run: cannot start {command[0]!r}: {exc.strerror or exc}") from exc
-        # ^C reaches the child from the terminal itself (same process group): waiting for it
-        # to finish its own shutdown, not dying first, is what lets it flush its spans.
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-        try:
-            code = child.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
+        code = _run_command(command, run_environment(os.environ, args.level, args.endpoint, args.service, trace_file))
         if os.path.exists(trace_file):
             with open(trace_file, encoding="utf-8") as report:
                 print(f"mlscope: trace {report.read().strip()}", file=sys.stderr)
+    return code
+
+
+def _run_command(command: Sequence[str], env: dict[str, str]) -> int:
+    """Runs `command` to its end; its exit code, 128 + N when signal N ended it."""
+    try:
+        child = subprocess.Popen(command, env=env)
+    except OSError as exc:
+        raise UsageError(f"run: cannot start {command[0]!r}: {exc.strerror or exc}") from exc
+    # ^C reaches the child from the terminal itself (same process group): waiting for it
+    # to finish its own shutdown, not dying first, is what lets it flush its spans.
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
     return 128 - code if code < 0 else code
+
+
+def _run_leveled(command: Sequence[str], args: argparse.Namespace, scratch: Path) -> int:
+    """`run --leveled`: the passes' table and the trace on stderr (stdout is the program's)."""
+    from mlscope.agents.leveled import pass_figures, render_table, run_leveled
+
+    def say(line: str) -> None:
+        print(f"mlscope: {line}", file=sys.stderr, flush=True)
+
+    leveled = run_leveled(command, os.environ, args.endpoint, args.service, _run_command, scratch, say)
+    sys.stderr.write(render_table(pass_figures(leveled.summaries)))
+    say(f"trace {leveled.trace_id}")
+    say(f"leveled run {leveled.run_id}")
+    return leveled.exit_code
 
 
 # --- evaluate and report ------------------------------------------------------------------------
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluates manifests and sends every result to the collector (never the store); prints a
-    table and, with --figure, writes the latency figure. Bad input fails before anything is sent."""
-    from mlscope.evaluation import DeliveryFailed, EvaluationAgent, Plan, PredictorError, check_plan, evaluate, this_system
-    from mlscope.evaluation.report import table, write_figure
-    from mlscope.manifests import AssetCache, AssetError, ManifestError, load_manifest
+    """Evaluates manifests here, or with --remote on the predictors that match --where; results
+    go to the collector (never the store). Prints a table and, with --figure, writes the latency
+    figure. Bad input fails before anything is sent or queued."""
+    from mlscope.evaluation import PredictorError
+    from mlscope.evaluation.jobs import JobError
+    from mlscope.manifests import AssetError, ManifestError
 
     try:
-        manifests = tuple(load_manifest(path) for path in args.manifests)
-        plan = Plan(
-            manifests=manifests,
-            frameworks=tuple(args.framework or dict.fromkeys(m.framework.name for m in manifests)),
-            batch_sizes=tuple(args.batch_size), scenarios=tuple(args.scenario), level=args.level,
-            repetitions=args.repetitions, warmup=args.warmup, accuracy=args.accuracy,
-            execution_provider=args.execution_provider, server_qps=args.server_qps, server_bound_ms=args.server_bound_ms,
-        )
-        check_plan(plan)
-        system = this_system()
-        sender = EvaluationAgent(args.endpoint, plan.level, system)
-        try:
-            results = evaluate(plan, sender.agent, AssetCache(), system,
-                               progress=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
-        finally:
-            sender.close()
-    except (ManifestError, PredictorError, AssetError) as exc:
+        return _evaluate_remotely(args) if args.remote else _evaluate_here(args)
+    except (ManifestError, PredictorError, AssetError, JobError) as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _plan(args: argparse.Namespace, manifests: tuple[Manifest, ...]) -> Plan:
+    from mlscope.evaluation import Plan
+
+    return Plan(
+        manifests=manifests,
+        frameworks=tuple(args.framework or dict.fromkeys(m.framework.name for m in manifests)),
+        batch_sizes=tuple(args.batch_size), scenarios=tuple(args.scenario), levels=tuple(args.level),
+        repetitions=args.repetitions, warmup=args.warmup, accuracy=args.accuracy,
+        execution_provider=args.execution_provider, server_qps=args.server_qps, server_bound_ms=args.server_bound_ms,
+    )
+
+
+def _evaluate_here(args: argparse.Namespace) -> int:
+    from mlscope.evaluation import DeliveryFailed, EvaluationAgent, check_plan, evaluate, this_system
+    from mlscope.manifests import AssetCache, load_manifest
+
+    plan = _plan(args, tuple(load_manifest(path) for path in args.manifests))
+    check_plan(plan)
+    system = this_system()
+    sender = EvaluationAgent(args.endpoint, system)
+    try:
+        results = evaluate(plan, sender.agent_at, AssetCache(), system,
+                           progress=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
+        sender.close()
     except DeliveryFailed as exc:
         print(f"mlscope: {exc}", file=sys.stderr)
         return 1
     rows = [vars(result) for result in results]
-    sys.stdout.write(render_rows(table(rows), "table"))
     print(f"mlscope: {len(rows)} results sent to {sender.endpoint}; run {results[0].run_id}", file=sys.stderr)
-    if args.figure:
-        write_figure(rows, Path(args.figure))
-        print(f"mlscope: figure written to {args.figure}", file=sys.stderr)
+    _show_evaluations(rows, args.figure)
+    return 0
+
+
+def _evaluate_remotely(args: argparse.Namespace) -> int:
+    """Queues the plan for every live predictor matching --where, then (unless --no-wait)
+    follows the jobs and prints the results they sent. Exit 1 if a job failed or was lost."""
+    from mlscope.evaluation import check_plan_frameworks
+    from mlscope.evaluation.jobs import JobRequest, ManifestText, parse_where
+    from mlscope.evaluation.remote import submit, wait
+    from mlscope.manifests import manifest_from_text, read_manifest
+    from mlscope.query.client import QueryServiceClient, ServiceError
+
+    texts = tuple(ManifestText(*read_manifest(path)) for path in args.manifests)
+    plan = _plan(args, tuple(manifest_from_text(text.source, text.text) for text in texts))
+    check_plan_frameworks(plan)  # the providers are checked where the jobs run
+    client = QueryServiceClient(args.server)
+    try:
+        queued = submit(client, JobRequest(texts, plan, parse_where(args.where)))
+        for job in queued["jobs"]:
+            print(f"mlscope: job {job['job_id']} queued for {job['predictor']} ({job['system_name']})", file=sys.stderr)
+        print(f"mlscope: run {queued['run_id']}", file=sys.stderr, flush=True)
+        if args.no_wait:
+            return 0
+        jobs = wait(client, queued["run_id"], lambda job: print(
+            f"mlscope: job {job['job_id']} {job['state']}{': ' + job['message'] if job['message'] else ''}",
+            file=sys.stderr, flush=True))
+        rows = client.get("/api/evaluations", {"run_id": queued["run_id"]})["evaluations"]
+    except ServiceError as exc:
+        raise (UsageError if exc.status in (400, 409) else CommandFailed)(str(exc)) from exc
+    if rows:
+        _show_evaluations(rows, args.figure)
+    unfinished = [job for job in jobs if job["state"] != "done"]
+    return 1 if unfinished else 0
+
+
+def _show_evaluations(rows: list[dict], figure: str | None) -> None:
+    from mlscope.evaluation.report import table, write_figure
+
+    sys.stdout.write(render_rows(table(rows), "table"))
+    if figure:
+        write_figure(rows, Path(figure))
+        print(f"mlscope: figure written to {figure}", file=sys.stderr)
+
+
+def cmd_predictor(args: argparse.Namespace) -> int:
+    """Registers with the query service, then runs the jobs queued for this predictor until
+    SIGINT/SIGTERM; each job's results go to the collector."""
+    import logging
+    import threading
+
+    from mlscope.evaluation.jobs import JobError, parse_where
+    from mlscope.evaluation.remote import PredictorProcess, Stopped, stop_on_signals, this_predictor
+    from mlscope.manifests import AssetCache
+    from mlscope.query.client import QueryServiceClient, ServiceError
+
+    try:
+        labels = parse_where(args.label, "label")
+    except JobError as exc:
+        raise UsageError(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO, format="mlscope predictor: %(message)s")
+    identity = this_predictor(args.name, labels)
+    process = PredictorProcess(QueryServiceClient(args.server), identity, args.endpoint, AssetCache(), args.poll)
+    try:
+        endpoint = process.register()
+    except ServiceError as exc:
+        raise CommandFailed(f"cannot register with {args.server}: {exc}") from exc
+    print(f"mlscope: predictor {identity.name} ({identity.predictor_id}) on {identity.system.name}, runs "
+          f"{', '.join(identity.execution_providers)}; results to {endpoint}", file=sys.stderr, flush=True)
+    stop_on_signals()  # the running job is failed, then the predictor exits
+    try:
+        process.serve(threading.Event(), on_job=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
+    except Stopped as stopped:
+        print(f"mlscope: predictor {identity.name} stopped ({stopped})", file=sys.stderr)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Reads a model's evaluations from a query service; prints them and writes the figures."""
-    from urllib.parse import urlencode
-
     from mlscope.evaluation.report import table, write_figure
+    from mlscope.query.client import QueryServiceClient, ServiceError
 
-    url = f"{args.url.rstrip('/')}/api/evaluations?{urlencode({'model': args.model})}"
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            rows = json.loads(response.read())["evaluations"]
-    except urllib.error.URLError as error:
-        raise UsageError(f"cannot read evaluations from {args.url}: {getattr(error, 'reason', error)}") from error
+        rows = QueryServiceClient(args.url).get("/api/evaluations", {"model": args.model})["evaluations"]
+    except ServiceError as error:
+        raise UsageError(f"cannot read evaluations from {args.url}: {error}") from error
     if not rows:
         raise UsageError(f"no evaluations of model {args.model!r} at {args.url}")
     sys.stdout.write(render_rows(table(rows), "table"))
@@ -316,6 +417,18 @@ def _scenarios() -> Sequence[str]:
     from mlscope.evaluation import SCENARIOS
 
     return SCENARIOS
+
+
+def _levels(text: str) -> list[str]:
+    try:
+        levels = [parse_level(part.strip()) for part in text.split(",")]
+    except UnknownLevel as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return list(dict.fromkeys(levels))
+
+
+def _default_server() -> str:
+    return os.environ.get("MLSCOPE_SERVER") or f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -360,7 +473,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=_positive_ints, default=[1], help="comma-separated (default: 1)")
     evaluate.add_argument("--scenario", type=_names(_scenarios), default=["single-stream"],
                           help="comma-separated of single-stream, offline, server (default: single-stream)")
-    evaluate.add_argument("--level", type=parse_level, default="model", help="how deep to trace (default: model)")
+    evaluate.add_argument("--level", type=_levels, default=["model"],
+                          help="comma-separated levels, each a configuration of its own (default: model)")
     evaluate.add_argument("--repetitions", type=_count(1), default=20, help="timed queries per scenario (default: 20)")
     evaluate.add_argument("--warmup", type=_count(0), default=2, help="untimed queries first (default: 2)")
     evaluate.add_argument("--accuracy", action="store_true", help="top-1/top-5 over the manifest's labelled dataset")
@@ -371,7 +485,26 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
                           help="server scenario p99 bound (default: 4 median service times)")
     evaluate.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
     evaluate.add_argument("--figure", help="write the latency-per-batch figure here (.png or .svg)")
+    evaluate.add_argument("--remote", action="store_true",
+                          help="queue the plan for every live predictor matching --where instead of running it here")
+    evaluate.add_argument("--server", default=_default_server(), help=f"with --remote: the query service (default: "
+                          f"MLSCOPE_SERVER, else http://127.0.0.1:{DEFAULT_HTTP_PORT})")
+    evaluate.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                          help="with --remote: predictors whose system (fingerprint or host), name, host or label KEY "
+                               "is VALUE; repeat to require several")
+    evaluate.add_argument("--no-wait", action="store_true", help="with --remote: queue and return")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    predictor = commands.add_parser("predictor", help="run evaluation jobs queued on a query service (evaluate --remote)")
+    predictor.add_argument("--server", default=_default_server(),
+                           help=f"the query service (default: MLSCOPE_SERVER, else http://127.0.0.1:{DEFAULT_HTTP_PORT})")
+    predictor.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: the one beside the query service "
+                                              "when it has one, else OTEL_EXPORTER_OTLP_ENDPOINT or http://127.0.0.1:4318)")
+    predictor.add_argument("--name", help="how jobs and results name this predictor (default: host-pid)")
+    predictor.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                           help="a label --where can select on (e.g. gpu=h200); repeatable")
+    predictor.add_argument("--poll", type=_positive_float, default=1.0, help="seconds between queue reads (default: 1)")
+    predictor.set_defaults(handler=cmd_predictor)
 
     report = commands.add_parser("report", help="a model's evaluations as a table and figures")
     report.add_argument("--model", required=True)
@@ -489,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--level", type=parse_level, help="how deep to trace (default: MLSCOPE_LEVEL, else model)")
     run.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
     run.add_argument("--service", help="service name (default: OTEL_SERVICE_NAME, else the program's name)")
+    run.add_argument("--leveled", action="store_true",
+                     help="run COMMAND once per level (model, layer, library, hardware) in one trace; "
+                          "report each pass's model latency and overhead")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     run.set_defaults(handler=cmd_run)
 
@@ -514,6 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreError as exc:
         print(f"mlscope: store error: {exc}", file=sys.stderr)
+        return 1
+    except CommandFailed as exc:
+        print(f"mlscope: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. a port already in use
         print(f"mlscope: {exc}", file=sys.stderr)

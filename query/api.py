@@ -20,7 +20,8 @@ from mlscope.levels import UnknownLevel
 from mlscope.store import Store, StoreError, StoreUnavailable
 from mlscope.ui import add_viewer
 
-from .errors import BadRequest, NotFound
+from .dispatch import DispatchTiming, Dispatcher, parse_heartbeat, parse_job_filter, parse_state_change
+from .errors import BadRequest, Conflict, NotFound
 from .export import EXPORTERS
 from .evaluations import parse_evaluation_filter
 from .listing import parse_trace_filter
@@ -46,12 +47,19 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/traces/{trace_id}/export", export_trace),
         web.post("/api/sql", run_sql),
         web.get("/api/evaluations", list_evaluations),
+        web.post("/api/predictors", predictor_heartbeat),
+        web.get("/api/predictors", list_predictors),
+        web.post("/api/jobs", submit_jobs),
+        web.get("/api/jobs", list_jobs),
+        web.get("/api/jobs/{job_id}", get_job),
+        web.post("/api/jobs/{job_id}/state", change_job_state),
     ]
 
 
 # Most specific first: the first class an error is an instance of decides its status.
 _ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404),
+    (Conflict, 409),
     (BadRequest, 400),
     (UnknownLevel, 400),
     (StoreUnavailable, 503),
@@ -60,6 +68,8 @@ _ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
 READER = web.AppKey("reader", TraceReader)
 STORE = web.AppKey("store", Store)
 COLLECTOR_STATUS: web.AppKey[CollectorStatus | None] = web.AppKey("collector_status")
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+OTLP_HTTP_PORT: web.AppKey[int | None] = web.AppKey("otlp_http_port")
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 _FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
@@ -68,14 +78,18 @@ _dumps = functools.partial(json.dumps, ensure_ascii=False, allow_nan=False)
 
 
 def create_query_app(
-    store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits()
+    store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
+    dispatch_timing: DispatchTiming = DispatchTiming(), otlp_http_port: int | None = None,
 ) -> web.Application:
     """The query API and the viewer over `store`; `collector_status`, when given, is reported
-    by /readyz (a collector running in the same process)."""
+    by /readyz (a collector running in the same process), and `otlp_http_port` (that collector's
+    port) is told to predictors so that their results reach it."""
     app = web.Application(middlewares=[_errors_as_json], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[READER] = TraceReader(store, sql_limits)
     app[COLLECTOR_STATUS] = collector_status
+    app[DISPATCHER] = Dispatcher(store, dispatch_timing)
+    app[OTLP_HTTP_PORT] = otlp_http_port
     app.add_routes(_routes())
     add_viewer(app)
     return app
@@ -186,11 +200,15 @@ async def export_trace(request: web.Request) -> web.Response:
     return _json_response(exporter(timeline), headers={"Content-Disposition": disposition})
 
 
-async def run_sql(request: web.Request) -> web.Response:
+async def _json_body(request: web.Request) -> Any:
     try:
-        body = await request.json()
+        return await request.json()
     except ValueError as exc:
         raise BadRequest(f"the body must be JSON: {exc}") from exc
+
+
+async def run_sql(request: web.Request) -> web.Response:
+    body = await _json_body(request)
     query = body.get("query") if isinstance(body, dict) else None
     if not isinstance(query, str):
         raise BadRequest('the body must be {"query": "<SQL>"}')
@@ -206,3 +224,46 @@ async def list_evaluations(request: web.Request) -> web.Response:
     evaluation_filter = parse_evaluation_filter(request.query)
     rows = await asyncio.to_thread(request.app[READER].evaluations, evaluation_filter)
     return _json_response({"evaluations": rows})
+
+
+async def predictor_heartbeat(request: web.Request) -> web.Response:
+    heartbeat = parse_heartbeat(await _json_body(request))
+    answer = await asyncio.to_thread(request.app[DISPATCHER].heartbeat, heartbeat)
+    port = request.app[OTLP_HTTP_PORT]
+    return _json_response({**answer, **({"otlp_http_port": port} if port else {})})
+
+
+async def list_predictors(request: web.Request) -> web.Response:
+    predictors = await asyncio.to_thread(request.app[DISPATCHER].predictors)
+    if _flag(request, "alive"):
+        predictors = [predictor for predictor in predictors if predictor["alive"]]
+    return _json_response({"predictors": predictors})
+
+
+async def submit_jobs(request: web.Request) -> web.Response:
+    # Imported here: the evaluation package is only needed by this route (~0.2 s to import).
+    from mlscope.evaluation.jobs import JobError, parse_job_request
+
+    try:
+        job_request = parse_job_request(await _json_body(request))
+    except JobError as exc:
+        raise BadRequest(str(exc)) from exc
+    plan = job_request.plan
+    needs = [f"{framework}/{plan.execution_provider}" for framework in plan.frameworks]
+    answer = await asyncio.to_thread(request.app[DISPATCHER].submit, job_request.to_json(), job_request.where, needs)
+    return _json_response(answer, status=201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = await asyncio.to_thread(request.app[DISPATCHER].jobs, parse_job_filter(request.query))
+    return _json_response({"jobs": jobs})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return _json_response(await asyncio.to_thread(request.app[DISPATCHER].job, request.match_info["job_id"]))
+
+
+async def change_job_state(request: web.Request) -> web.Response:
+    change = parse_state_change(await _json_body(request))
+    job = await asyncio.to_thread(request.app[DISPATCHER].change_state, request.match_info["job_id"], change)
+    return _json_response(job)

@@ -9,3 +9,8 @@ class BadRequest(ValueError):
 
 class NotFound(LookupError):
     """The request names something the store does not hold: 404."""
+
+
+class Conflict(Exception):
+    """The request is well formed but the state does not allow it (a job already finished, no
+    live predictor matches): 409."""

@@ -14,7 +14,7 @@ from mlscope.store import sql_string
 
 from .errors import BadRequest
 
-TEXT_FILTERS = ("model", "framework", "scenario", "system", "run_id")
+TEXT_FILTERS = ("model", "framework", "scenario", "level", "system", "predictor", "run_id", "job_id", "span_id")
 NUMBER_FILTERS = ("batch_size",)
 MAX_ROWS = 10_000
 
@@ -24,8 +24,12 @@ class EvaluationFilter:
     model: str | None = None
     framework: str | None = None
     scenario: str | None = None
+    level: str | None = None
     system: str | None = None
+    predictor: str | None = None
     run_id: str | None = None
+    job_id: str | None = None
+    span_id: str | None = None
     batch_size: int | None = None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from mlscope.levels import LEVELS
 
+from .dispatch import JOB_STATES
 from .evaluations import NUMBER_FILTERS as EVALUATION_NUMBER_FILTERS
 from .evaluations import TEXT_FILTERS as EVALUATION_TEXT_FILTERS
 from .export import EXPORTERS
@@ -32,6 +33,13 @@ _TRACE_ID = {
     "description": "32 hex digits (upper case accepted)",
     "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"},
 }
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -86,6 +94,49 @@ SCHEMAS: dict[str, Any] = {
             "throughput": {"type": "number", "nullable": True, "description": "samples per second"},
             "accuracy_top1": {"type": "number", "nullable": True},
         },
+    },
+    "Heartbeat": {
+        "type": "object",
+        "required": ["predictor_id", "name", "host", "pid", "system", "execution_providers", "started_ns"],
+        "properties": {
+            "predictor_id": {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "new for each process"},
+            "name": {"type": "string"}, "host": {"type": "string"}, "pid": _INTEGER, "started_ns": _INTEGER,
+            "system": {"type": "object", "properties": {
+                "fingerprint": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"}}},
+            "execution_providers": {"type": "array", "items": {"type": "string"},
+                                    "description": "framework/provider pairs, e.g. onnxruntime/cuda"},
+            "labels": _STRING_MAP,
+        },
+    },
+    "Predictor": {
+        "type": "object", "additionalProperties": True,
+        "description": "a predictor's latest heartbeat; alive: heard from recently",
+        "properties": {"predictor_id": {"type": "string"}, "name": {"type": "string"},
+                       "system": {"type": "string"}, "system_name": {"type": "string"},
+                       "labels": _STRING_MAP, "seen_ns": _INTEGER, "alive": {"type": "boolean"}},
+    },
+    "JobRequest": {
+        "type": "object", "required": ["manifests", "plan"],
+        "properties": {
+            "manifests": {"type": "array", "items": {"type": "object", "required": ["text"], "properties": {
+                "source": {"type": "string"}, "text": {"type": "string", "description": "the manifest's YAML"}}}},
+            "plan": {"type": "object", "required": ["frameworks", "batch_sizes"],
+                     "description": "frameworks, batch_sizes, scenarios, levels, repetitions, warmup, accuracy, "
+                                    "execution_provider, server_qps, server_bound_ms, seed"},
+            "where": {**_STRING_MAP, "description": "system, name, host, predictor_id or a label: all must match"},
+        },
+    },
+    "Job": {
+        "type": "object", "additionalProperties": True,
+        "properties": {"job_id": {"type": "string"}, "run_id": {"type": "string"}, "predictor_id": {"type": "string"},
+                       "state": {"type": "string", "enum": [*JOB_STATES, "lost"]}, "message": {"type": "string"},
+                       "results": _INTEGER, "created_ns": _INTEGER, "updated_ns": _INTEGER,
+                       "request": {"type": "string", "description": "the JobRequest as JSON text (one job only)"}},
+    },
+    "StateChange": {
+        "type": "object", "required": ["predictor_id", "state"],
+        "properties": {"predictor_id": {"type": "string"}, "state": {"type": "string", "enum": list(JOB_STATES[1:])},
+                       "message": {"type": "string"}, "results": _INTEGER},
     },
     "SqlRequest": {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}},
     "SqlResult": {
@@ -146,9 +197,39 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json({"type": "object", "properties": {
                         "evaluations": {"type": "array", "items": _ref("Evaluation")}}}, "evaluation rows"),
                     "400": _ERROR}}},
+            "/api/predictors": {
+                "post": {"summary": "a predictor's heartbeat (registers it)",
+                         "requestBody": _body("Heartbeat"),
+                         "responses": {"200": _json({"type": "object", "properties": {
+                             "heartbeat_s": {"type": "number"}, "otlp_http_port": _INTEGER}}, "when to beat again"),
+                             "400": _ERROR}},
+                "get": {"summary": "predictors by their latest heartbeat",
+                        "parameters": [_query("alive", {"type": "string", "enum": ["0", "1"]}, "1: alive ones only")],
+                        "responses": {"200": _json({"type": "object", "properties": {
+                            "predictors": {"type": "array", "items": _ref("Predictor")}}}, "predictors")}}},
+            "/api/jobs": {
+                "post": {"summary": "queue an evaluation for every live predictor that matches `where`",
+                         "requestBody": _body("JobRequest"),
+                         "responses": {"201": _json({"type": "object", "properties": {
+                             "run_id": {"type": "string"}, "jobs": {"type": "array", "items": {"type": "object"}}}},
+                             "the jobs queued"), "400": _ERROR, "409": _ERROR}},
+                "get": {"summary": "jobs, oldest first",
+                        "parameters": [_query("run_id", {"type": "string"}, ""),
+                                       _query("predictor_id", {"type": "string"}, ""),
+                                       _query("state", {"type": "string", "enum": list(JOB_STATES)}, "stored state")],
+                        "responses": {"200": _json({"type": "object", "properties": {
+                            "jobs": {"type": "array", "items": _ref("Job")}}}, "jobs"), "400": _ERROR}}},
+            "/api/jobs/{job_id}": {"get": {
+                "summary": "one job, with its request", "parameters": [_JOB_ID],
+                "responses": {"200": _json(_ref("Job"), "the job"), "400": _ERROR, "404": _ERROR}}},
+            "/api/jobs/{job_id}/state": {"post": {
+                "summary": "its predictor moves a job on: queued -> running -> done | failed",
+                "parameters": [_JOB_ID], "requestBody": _body("StateChange"),
+                "responses": {"200": _json(_ref("Job"), "the job now, with its request"), "400": _ERROR,
+                              "404": _ERROR, "409": _ERROR}}},
             "/api/sql": {"post": {
                 "summary": "one read-only SQL statement, run under limits",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SqlRequest")}}},
+                "requestBody": _body("SqlRequest"),
                 "responses": {"200": _json(_ref("SqlResult"), "the result"), "400": _ERROR, "503": _ERROR}}},
         },
         "components": {"schemas": SCHEMAS},

@@ -89,7 +89,8 @@ class Store(ABC):
 
     def migrate(self) -> list[str]:
         """Applies the schema files not yet recorded; returns the names applied. Idempotent:
-        every statement is IF NOT EXISTS, so a concurrent or interrupted migration is harmless."""
+        every statement is IF NOT EXISTS (or an ADD COLUMN skipped when the column is there), so
+        an interrupted migration is harmless when run again."""
         self.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version UInt64, name String, applied_ns UInt64) ENGINE = MergeTree ORDER BY version"
@@ -97,21 +98,44 @@ class Store(ABC):
         applied_versions = {row[0] for row in self.execute("SELECT version FROM schema_migrations").rows}
         applied = []
         for schema_file in schema_files():
-            if schema_file.version in applied_versions:
-                continue
-            for index, statement in enumerate(schema_file.statements, start=1):
-                try:
-                    self.execute(statement)
-                except StoreError as exc:
-                    raise SchemaError(
-                        f"{schema_file.name}, statement {index}: {exc}", code=exc.code
-                    ) from exc
-            self.insert(
-                "schema_migrations",
-                {"version": [schema_file.version], "name": [schema_file.name], "applied_ns": [time.time_ns()]},
-            )
-            applied.append(schema_file.name)
+            if schema_file.version not in applied_versions:
+                self.apply_schema_file(schema_file)
+                applied.append(schema_file.name)
         return applied
+
+    def apply_schema_file(self, schema_file: SchemaFile) -> None:
+        """Runs one schema file's statements and records its version; safe to run again."""
+        for index, statement in enumerate(schema_file.statements, start=1):
+            if self._has_added_column(statement):
+                continue
+            try:
+                self.execute(statement)
+            except StoreError as exc:
+                raise SchemaError(f"{schema_file.name}, statement {index}: {exc}", code=exc.code) from exc
+        self.insert(
+            "schema_migrations",
+            {"version": [schema_file.version], "name": [schema_file.name], "applied_ns": [time.time_ns()]},
+        )
+
+    def _has_added_column(self, statement: str) -> bool:
+        """Whether `statement` adds a column that the table already has."""
+        added = added_column(statement)
+        if added is None:
+            return False
+        table, column = added
+        return bool(self.execute(
+            "SELECT count() FROM system.columns WHERE database = currentDatabase() "
+            f"AND table = {sql_string(table)} AND name = {sql_string(column)}").rows[0][0])
+
+
+_ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)\s", re.IGNORECASE)
+
+
+def added_column(statement: str) -> tuple[str, str] | None:
+    """(table, column) of an `ALTER TABLE t ADD COLUMN c ...` statement (one column each), else
+    None. ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS, so migrate() checks first."""
+    match = _ADD_COLUMN.match(statement)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def check_columns(table: str, columns: Columns) -> list[str]:

@@ -58,10 +58,42 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("series_hash", "UInt64"),
 )
 
-# The physical tables writers insert into; readers use the deduplicating views `spans`/`metrics`.
+# As in schema/006_dispatch.sql: a predictor's heartbeat and a job's state change.
+PREDICTOR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("predictor_id", "String"),
+    ("name", "String"),
+    ("host", "String"),
+    ("pid", "UInt64"),
+    ("system", "String"),
+    ("system_name", "String"),
+    ("system_description", "String"),
+    ("frameworks", "Array(String)"),
+    ("execution_providers", "Array(String)"),
+    ("label_keys", "Array(String)"),
+    ("label_values", "Array(String)"),
+    ("started_ns", "UInt64"),
+    ("seen_ns", "UInt64"),
+)
+
+JOB_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("job_id", "String"),
+    ("run_id", "String"),
+    ("predictor_id", "String"),
+    ("created_ns", "UInt64"),
+    ("updated_ns", "UInt64"),
+    ("state", "String"),
+    ("message", "String"),
+    ("results", "UInt64"),
+    ("request", "String"),
+)
+
+# The physical tables writers insert into; readers use the deduplicating views (`spans`,
+# `metrics`, `predictors`, `jobs`).
 TABLE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "span_rows": SPAN_COLUMNS,
     "metric_points": METRIC_COLUMNS,
+    "predictor_heartbeats": PREDICTOR_COLUMNS,
+    "job_states": JOB_COLUMNS,
     "schema_migrations": (("version", "UInt64"), ("name", "String"), ("applied_ns", "UInt64")),
 }
 

@@ -4,6 +4,8 @@ automatic instrumentation of torch modules and ONNX Runtime sessions."""
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,13 +94,14 @@ class Outer(nn.Module):
 def instrumented() -> Iterator[tuple[AutoInstrumentor, InMemorySpanExporter]]:
     agent, exporter = agent_at("layer")
     instrumentor = AutoInstrumentor(agent)
-    original_call, original_run = nn.Module.__call__, onnxruntime.InferenceSession.run
+    session_class = onnxruntime.InferenceSession
+    originals = nn.Module.__call__, session_class.run, session_class.__init__
     instrumentor.instrument()
     instrumentor.instrument()  # idempotent: patches once
     yield instrumentor, exporter
     instrumentor.uninstrument()
     instrumentor.uninstrument()
-    assert nn.Module.__call__ is original_call and onnxruntime.InferenceSession.run is original_run
+    assert (nn.Module.__call__, session_class.run, session_class.__init__) == originals
     assert not any(isinstance(finder, _PostImportFinder) for finder in sys.meta_path)
 
 
@@ -118,22 +121,100 @@ def test_top_level_module_calls_are_model_spans_and_nested_ones_are_not(instrume
     assert len(layers) == 4
 
 
-def test_an_onnxruntime_session_run_is_a_model_span(instrumented, tmp_path: Path) -> None:
-    _, exporter = instrumented
+def relu_sigmoid_model() -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_node("Relu", ["x"], ["h"], name="relu"), helper.make_node("Sigmoid", ["h"], ["y"], name="sigmoid")],
+        "relu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
     )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def feed(batch: int = 6) -> dict[str, np.ndarray]:
+    return {"x": -np.ones((batch, 3), dtype=np.float32)}
+
+
+CPU = ["CPUExecutionProvider"]
+
+
+def test_an_onnxruntime_session_run_is_a_model_span(instrumented, tmp_path: Path) -> None:
+    _, exporter = instrumented
     path = tmp_path / "relu.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {"x": -np.ones((6, 3), dtype=np.float32)})
-    assert output.max() == 0
-    (span,) = exporter.get_finished_spans()
+    onnx.save(relu_sigmoid_model(), path)
+    session = onnxruntime.InferenceSession(str(path), providers=CPU)
+    (output,) = session.run(None, feed())
+    assert output.max() == 0.5
+    (span,) = exporter.get_finished_spans()  # node spans come once the profile is read
     assert (span.name, span.attributes["mlscope.model.name"], span.attributes["mlscope.batch_size"]) == ("run", "relu", 6)
     assert span.attributes["mlscope.framework.name"] == "onnxruntime"
     assert span.attributes["mlscope.execution_provider"] == "CPUExecutionProvider"
+
+
+def test_deeper_levels_profile_sessions_with_the_users_options_left_as_they_were() -> None:
+    agent, exporter = agent_at("library")
+    instrumentor = AutoInstrumentor(agent)
+    instrumentor.instrument()
+    try:
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.profile_file_prefix = "users-prefix"
+        session = onnxruntime.InferenceSession(relu_sigmoid_model().SerializeToString(), options, providers=CPU)
+        assert (options.enable_profiling, options.profile_file_prefix) == (False, "users-prefix")
+        used = session.get_session_options()  # the session's own copy: the user's settings, profiling on
+        assert used.enable_profiling and used.graph_optimization_level == options.graph_optimization_level
+        profile_dir = Path(used.profile_file_prefix).parent
+        assert profile_dir.is_dir()
+        session.run(None, feed(2))
+        session.run(None, feed(2))
+        never_run = onnxruntime.InferenceSession(relu_sigmoid_model().SerializeToString(), providers=CPU)
+        assert never_run.get_session_options().enable_profiling
+    finally:
+        instrumentor.uninstrument()  # reads the profiles, then removes their directory
+    assert not profile_dir.exists()
+    spans = exporter.get_finished_spans()
+    runs = {span.context.span_id: span for span in spans if span.name == "run"}
+    nodes = {span.context.span_id: span for span in spans if span.attributes["mlscope.level"] == "layer"}
+    kernels = [span for span in spans if span.attributes["mlscope.level"] == "library"]
+    assert len(runs) == 2 and len(nodes) == 4 and len(kernels) == 4
+    assert sorted(node.name for node in nodes.values()) == ["relu", "relu", "sigmoid", "sigmoid"]
+    assert all(node.parent.span_id in runs for node in nodes.values())
+    for kernel in kernels:
+        node = nodes[kernel.parent.span_id]
+        assert kernel.name == f"CPUExecutionProvider/{node.attributes['mlscope.layer.type']}"
+        assert kernel.attributes["mlscope.library.provider"] == "CPUExecutionProvider"
+
+
+def test_a_session_the_user_profiles_keeps_its_profile(instrumented, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    _, exporter = instrumented
+    options = onnxruntime.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "mine")
+    with caplog.at_level(logging.INFO, "mlscope.agents.bootstrap"):
+        session = onnxruntime.InferenceSession(relu_sigmoid_model().SerializeToString(), options, providers=CPU)
+    assert "profiles this session itself" in caplog.text
+    session.run(None, feed())
+    instrumented[0].uninstrument()  # what happens at exit: their profiler is left running
+    profile = Path(session.end_profiling())
+    assert profile.parent == tmp_path and profile.name.startswith("mine")
+    assert {event["name"] for event in json.loads(profile.read_text())} >= {"relu_kernel_time", "sigmoid_kernel_time"}
+    assert [span.name for span in exporter.get_finished_spans()] == ["run"]
+
+
+def test_model_level_leaves_session_creation_alone() -> None:
+    agent, exporter = agent_at("model")
+    original_init = onnxruntime.InferenceSession.__init__
+    instrumentor = AutoInstrumentor(agent)
+    instrumentor.instrument()
+    try:
+        assert onnxruntime.InferenceSession.__init__ is original_init
+        session = onnxruntime.InferenceSession(relu_sigmoid_model().SerializeToString(), providers=CPU)
+        assert not session.get_session_options().enable_profiling
+        session.run(None, feed())
+    finally:
+        instrumentor.uninstrument()
+    assert [span.name for span in exporter.get_finished_spans()] == ["run"]
 
 
 def test_application_level_patches_nothing() -> None:

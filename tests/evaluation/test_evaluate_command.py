@@ -8,25 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from served_process import REPO, Served, start_mlscope  # noqa: E402
+from served_process import REPO, Served  # tests/e2e, put on sys.path by conftest.py
 
 EXPECTED_ROWS = 2 * 2 * 2  # frameworks x batch sizes x scenarios
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    process, ports = start_mlscope(
-        ["serve", "--store", f"embedded://{tmp_path / 'store'}", "--port", "0", "--otlp-http-port", "0",
-         "--otlp-grpc-port", "0"], tmp_path, ("otlp-http", "http"))
-    yield Served(process, ports)
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def evaluate(served: Served, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 from mlscope.evaluation.results import FIELDS, SPAN_NAME, EvaluationResult
-from mlscope.store import Store, empty_columns
+from mlscope.store import Store, empty_columns, open_store
+from mlscope.store.base import schema_files
 
 RESULT = EvaluationResult(
     run_id="r1", model="resnet18", model_version="1.0.0", task="image-classification", framework="onnxruntime",
@@ -68,3 +69,43 @@ def test_evaluation_spans_become_rows_once(store: Store) -> None:
 def test_table_columns_are_the_result_fields(store: Store) -> None:
     columns = [column.name for column in store.execute("SELECT * FROM evaluations LIMIT 0").columns]
     assert columns == ["trace_id", "span_id", "time_ns", *FIELDS, "day"]
+
+
+def _store_as_of_version_4(store_url: str) -> Store:
+    """A store as the schema left it before 005: 001-004 applied, with 004's original
+    materialized view and view (no predictor/job_id columns)."""
+    store = open_store(store_url, migrate=False)
+    store.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                  "(version UInt64, name String, applied_ns UInt64) ENGINE = MergeTree ORDER BY version")
+    files = {schema_file.version: schema_file for schema_file in schema_files()}
+    for version in (1, 2, 3, 4):
+        for statement in files[version].statements:
+            store.execute(statement)
+        store.insert("schema_migrations", {"version": [version], "name": [files[version].name], "applied_ns": [0]})
+    new_view = next(s for s in files[5].statements if s.startswith("CREATE MATERIALIZED VIEW"))
+    old_view = "\n".join(line for line in new_view.splitlines() if "predictor" not in line and "job_id" not in line)
+    store.execute(old_view)
+    store.execute("CREATE VIEW IF NOT EXISTS evaluations AS SELECT * FROM evaluation_rows FINAL")
+    return store
+
+
+def test_an_older_store_gains_the_origin_columns_and_keeps_its_rows(store_url: str) -> None:
+    store = _store_as_of_version_4(store_url)
+    try:
+        before = empty_columns("span_rows")
+        _span_row(before, "1" * 16, SPAN_NAME, RESULT.span_attributes())
+        store.insert("span_rows", before)
+        assert store.migrate() == ["005_evaluation_origin.sql", "006_dispatch.sql"]
+        after = empty_columns("span_rows")
+        remote = EvaluationResult(**{**RESULT.__dict__, "predictor": "gpu-box", "job_id": "j" * 32})
+        _span_row(after, "2" * 16, SPAN_NAME, remote.span_attributes())
+        store.insert("span_rows", after)
+
+        rows = _select(store)
+        assert [(row["span_id"], row["predictor"], row["job_id"]) for row in rows] == [
+            ("1" * 16, "", ""), ("2" * 16, "gpu-box", "j" * 32)]
+        # Run again as after an interruption: the ADD COLUMNs are skipped, the views recreated.
+        store.apply_schema_file(schema_files()[4])
+        assert len(_select(store)) == 2
+    finally:
+        store.close()

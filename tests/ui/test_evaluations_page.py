@@ -95,11 +95,11 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     rows = await table_rows(page, "table.evaluations")
     assert [r[1:] for r in rows] == [
         [EVIL, "1.0.0", "pytorch", "CPUExecutionProvider", "8", "offline", "model", "14 ms", "18 ms", "21 ms",
-         "512.3", "0.96", "host", "trace"],
+         "512.3", "0.96", "host", "—", "trace"],
         ["resnet18", "1.0.0", "onnxruntime", "CPUExecutionProvider", "8", "offline", "model", "14 ms", "18 ms",
-         "21 ms", "512.3", "0.96", "host", "trace"],
+         "21 ms", "512.3", "0.96", "host", "—", "trace"],
         ["resnet18", "1.0.0", "onnxruntime", "CPUExecutionProvider", "32", "offline", "model", "28 ms", "18 ms",
-         "21 ms", "1025", "0.96", "host", "trace"],
+         "21 ms", "1025", "0.96", "host", "—", "trace"],
     ]
     assert await page.locator("table.evaluations a.trace-link").nth(0).get_attribute("href") == f"/traces/{EVAL_TRACE_2}"
     assert await page.locator("main img").count() == 0

@@ -141,6 +141,7 @@
     ["throughput", (e) => formatNumber(e.throughput)],
     ["accuracy", (e) => formatNumber(e.accuracy_top1)],
     ["system", (e) => e.system_name || e.system],
+    ["predictor", (e) => e.predictor || "—"],
   ];
   const NUMERIC_COLUMNS = new Set(["batch size", "p50", "p90", "p99", "throughput", "accuracy"]);
 
@@ -208,7 +209,8 @@
   const DESCRIBED_FIELDS = [
     ["model", "model"], ["model_version", "version"], ["framework", "framework"],
     ["framework_version", "framework version"], ["execution_provider", "provider"], ["batch_size", "batch size"],
-    ["scenario", "scenario"], ["level", "level"], ["system_name", "system"], ["run_id", "run"],
+    ["scenario", "scenario"], ["level", "level"], ["system_name", "system"], ["predictor", "predictor"],
+    ["run_id", "run"],
   ];
 
   // Two evaluation rows -> {config: [{label, a, b}], metrics: [{label, a, b, ratio}]} as text.
@@ -519,14 +521,12 @@
           : el("p", { class: "muted" }, "No model or layer spans in either trace."));
       return;
     }
-    const { evaluations } = await fetchJson("/api/evaluations");
-    const find = (id) => {
-      const found = evaluations.find((e) => e.span_id === id);
-      if (!found) throw new Error(`no evaluation ${id}`);
-      return found;
+    const find = async (id) => {
+      const { evaluations } = await fetchJson(`/api/evaluations?span_id=${encodeURIComponent(id)}`);
+      if (!evaluations.length) throw new Error(`no evaluation ${id}`);
+      return evaluations[0];
     };
-    const evalA = find(a);
-    const evalB = find(b);
+    const [evalA, evalB] = await Promise.all([find(a), find(b)]);
     const result = compareEvaluations(evalA, evalB);
     const traceLink = (e) => (TRACE_ID.test(e.trace_id || "")
       ? el("a", { href: `/traces/${encodeURIComponent(e.trace_id)}` }, "trace") : null);

@@ -1,0 +1,50 @@
+"""The query service's HTTP API from the other side: JSON in and out over urllib, every failure
+as one ServiceError whose message is the service's own `{"error": ...}` or why it was not
+reached. Used by the CLI (`sql --url`, `report`, `evaluate --remote`) and by predictors."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+
+class ServiceError(Exception):
+    """The service answered an error (`status` is its HTTP status) or could not be reached
+    (`status` is None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class QueryServiceClient:
+    def __init__(self, base_url: str, timeout_s: float = 60) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout_s = timeout_s
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        query = f"?{urlencode(params)}" if params else ""
+        return self._send(urllib.request.Request(f"{self.base_url}{path}{query}"))
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._send(urllib.request.Request(
+            f"{self.base_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}))
+
+    def _send(self, request: urllib.request.Request) -> Any:
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                reason = json.loads(error.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                reason = f"HTTP {error.code}"
+            raise ServiceError(reason, error.code) from error
+        except (urllib.error.URLError, OSError) as error:
+            raise ServiceError(f"cannot reach {self.base_url}: {getattr(error, 'reason', error)}") from error
+        except ValueError as error:  # not JSON: something else answers on that port
+            raise ServiceError(f"{self.base_url} did not answer JSON: {error}") from error

@@ -1,0 +1,320 @@
+"""Predictors across machines: the registry of `mlscope predictor` processes (their heartbeats)
+and the evaluation jobs queued for them (`mlscope evaluate --remote`).
+
+A job is queued for each live predictor that matches the request's `where` and can run its
+frameworks on its execution provider, so one request measures the same plan on every matching
+system (the paper's Fig. 4). Each job belongs to one predictor, which alone moves it on:
+queued -> running -> done | failed. A queued or running job whose predictor stopped
+heartbeating reads as `lost`. State lives in the store (tables `predictor_heartbeats` and
+`job_states`, read through the views `predictors` and `jobs`), so any number of query processes
+can serve predictors.
+
+The functions are pure (parse, match, render, SQL); `Dispatcher` at the bottom does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlscope.store import Columns, Store, sql_string
+
+from .errors import BadRequest, Conflict, NotFound
+
+
+@dataclass(frozen=True)
+class DispatchTiming:
+    heartbeat_s: float = 5.0  # how often predictors are told to heartbeat
+    alive_s: float = 30.0  # a predictor unheard of for longer is gone; its unfinished jobs are lost
+
+
+JOB_STATES = ("queued", "running", "done", "failed")
+UNFINISHED = ("queued", "running")
+# What each state may become, and only by the job's own predictor.
+TRANSITIONS: dict[str, tuple[str, ...]] = {"queued": ("running", "failed"), "running": ("done", "failed")}
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_LABEL_KEY = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
+_PROVIDER = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+")  # framework/provider, e.g. onnxruntime/cuda
+MAX_TEXT = 1024
+MAX_MESSAGE = 4096
+MAX_ROWS = 10_000
+
+
+# --- predictors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    predictor_id: str  # 32 hex digits, new for each predictor process
+    name: str
+    host: str
+    pid: int
+    system: str  # the HW/SW stack's fingerprint
+    system_name: str
+    system_description: str
+    execution_providers: tuple[str, ...]  # "framework/provider" pairs it can run
+    labels: tuple[tuple[str, str], ...]
+    started_ns: int
+
+
+def parse_heartbeat(body: Any) -> Heartbeat:
+    """A predictor's heartbeat as JSON decoded it; BadRequest names the first bad field."""
+    if not isinstance(body, dict):
+        raise BadRequest("a heartbeat must be a JSON object")
+    system = body.get("system")
+    if not isinstance(system, dict):
+        raise BadRequest("system: expected {fingerprint, name, description}")
+    providers = body.get("execution_providers")
+    if not isinstance(providers, list) or not providers or not all(isinstance(p, str) and _PROVIDER.fullmatch(p) for p in providers):
+        raise BadRequest("execution_providers: expected a non-empty list of framework/provider names")
+    labels = body.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(key, str) and _LABEL_KEY.fullmatch(key) and isinstance(value, str) for key, value in labels.items()
+    ):
+        raise BadRequest("labels: expected an object of lower-case keys and string values")
+    return Heartbeat(
+        predictor_id=_id(body.get("predictor_id"), "predictor_id"),
+        name=_text(body.get("name"), "name"),
+        host=_text(body.get("host"), "host"),
+        pid=_natural(body.get("pid"), "pid"),
+        system=_text(system.get("fingerprint"), "system.fingerprint"),
+        system_name=_text(system.get("name"), "system.name"),
+        system_description=_text(system.get("description", ""), "system.description", empty=True),
+        execution_providers=tuple(providers),
+        labels=tuple(sorted(labels.items())),
+        started_ns=_natural(body.get("started_ns"), "started_ns"),
+    )
+
+
+def heartbeat_columns(heartbeat: Heartbeat, seen_ns: int) -> Columns:
+    return {
+        "predictor_id": [heartbeat.predictor_id], "name": [heartbeat.name], "host": [heartbeat.host],
+        "pid": [heartbeat.pid], "system": [heartbeat.system], "system_name": [heartbeat.system_name],
+        "system_description": [heartbeat.system_description],
+        "frameworks": [list(dict.fromkeys(pair.split("/", 1)[0] for pair in heartbeat.execution_providers))],
+        "execution_providers": [list(heartbeat.execution_providers)],
+        "label_keys": [[key for key, _ in heartbeat.labels]], "label_values": [[value for _, value in heartbeat.labels]],
+        "started_ns": [heartbeat.started_ns], "seen_ns": [seen_ns],
+    }
+
+
+PREDICTORS_SQL = f"SELECT * FROM predictors ORDER BY seen_ns DESC LIMIT {MAX_ROWS}"
+
+
+def predictor_json(row: Mapping[str, Any], now_ns: int, timing: DispatchTiming) -> dict[str, Any]:
+    """A `predictors` row as the API shows it: labels as an object, and whether it is alive."""
+    shown = {name: value for name, value in row.items() if name not in ("label_keys", "label_values")}
+    shown["labels"] = dict(zip(row["label_keys"], row["label_values"]))
+    shown["frameworks"], shown["execution_providers"] = list(row["frameworks"]), list(row["execution_providers"])
+    shown["alive"] = is_alive(row["seen_ns"], now_ns, timing)
+    return shown
+
+
+def is_alive(seen_ns: int, now_ns: int, timing: DispatchTiming) -> bool:
+    return now_ns - seen_ns <= timing.alive_s * 1e9
+
+
+def matches(predictor: Mapping[str, Any], where: Sequence[tuple[str, str]], needs: Sequence[str]) -> bool:
+    """Whether a predictor (as `predictor_json` shows it) satisfies every `where` pair and can
+    run every framework/provider pair in `needs`. Keys: `system` (its fingerprint or system
+    name), `name`, `host`, `predictor_id`, else one of its labels."""
+    for key, value in where:
+        if key == "system":
+            found = value in (predictor["system"], predictor["system_name"])
+        elif key in ("name", "host", "predictor_id"):
+            found = predictor[key] == value
+        else:
+            found = predictor["labels"].get(key) == value
+        if not found:
+            return False
+    return all(need in predictor["execution_providers"] for need in needs)
+
+
+def describe_predictors(predictors: Sequence[Mapping[str, Any]]) -> str:
+    """One line of the live predictors, for a refusal that must say what there is."""
+    if not predictors:
+        return "no predictor is alive (start one with: mlscope predictor --server URL)"
+    return "alive: " + "; ".join(
+        f"{p['name']} (system {p['system_name']}/{p['system']}, runs {', '.join(p['execution_providers'])}"
+        + "".join(f", {key}={value}" for key, value in p["labels"].items()) + ")"
+        for p in predictors)
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    run_id: str | None = None
+    predictor_id: str | None = None
+    state: str | None = None
+
+
+def parse_job_filter(params: Mapping[str, str]) -> JobFilter:
+    values = {name: params[name] for name in ("run_id", "predictor_id", "state") if params.get(name)}
+    for name in ("run_id", "predictor_id"):
+        if name in values:
+            _id(values[name], name)
+    if "state" in values and values["state"] not in JOB_STATES:
+        raise BadRequest(f"state must be one of {', '.join(JOB_STATES)}, not {values['state'][:32]!r}")
+    return JobFilter(**values)
+
+
+def jobs_sql(job_filter: JobFilter) -> str:
+    conditions = [f"{name} = {sql_string(value)}" for name in ("run_id", "predictor_id", "state")
+                  if (value := getattr(job_filter, name)) is not None]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT * FROM jobs{where} ORDER BY created_ns, job_id LIMIT {MAX_ROWS}"
+
+
+def job_sql(job_id: str) -> str:
+    return f"SELECT * FROM jobs WHERE job_id = {sql_string(job_id)}"
+
+
+def job_columns(job: Mapping[str, Any]) -> Columns:
+    return {name: [job[name]] for name in (
+        "job_id", "run_id", "predictor_id", "created_ns", "updated_ns", "state", "message", "results", "request")}
+
+
+def job_json(row: Mapping[str, Any], predictor_seen_ns: Mapping[str, int], now_ns: int, timing: DispatchTiming,
+             with_request: bool = False) -> dict[str, Any]:
+    """A `jobs` row as the API shows it: an unfinished job whose predictor is gone is `lost`."""
+    shown = {name: value for name, value in row.items() if name != "request"}
+    seen_ns = predictor_seen_ns.get(row["predictor_id"])
+    if row["state"] in UNFINISHED and (seen_ns is None or not is_alive(seen_ns, now_ns, timing)):
+        shown["state"] = "lost"
+    if with_request:
+        shown["request"] = row["request"]
+    return shown
+
+
+@dataclass(frozen=True)
+class StateChange:
+    predictor_id: str
+    state: str
+    message: str = ""
+    results: int = 0
+
+
+def parse_state_change(body: Any) -> StateChange:
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be {"predictor_id", "state", "message", "results"}')
+    state = body.get("state")
+    if state not in JOB_STATES[1:]:
+        raise BadRequest(f"state must be one of {', '.join(JOB_STATES[1:])}, not {str(state)[:32]!r}")
+    message = body.get("message", "")
+    if not isinstance(message, str):
+        raise BadRequest("message must be a string")
+    return StateChange(_id(body.get("predictor_id"), "predictor_id"), state, message[:MAX_MESSAGE],
+                       _natural(body.get("results", 0), "results"))
+
+
+def check_transition(job: Mapping[str, Any], change: StateChange) -> None:
+    """Conflict unless the job's own predictor moves it along TRANSITIONS."""
+    if job["predictor_id"] != change.predictor_id:
+        raise Conflict(f"job {job['job_id']} belongs to predictor {job['predictor_id']}")
+    if change.state not in TRANSITIONS.get(job["state"], ()):
+        raise Conflict(f"job {job['job_id']} is {job['state']}: it cannot become {change.state}")
+
+
+# --- field checks -----------------------------------------------------------------------------
+
+
+def _id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise BadRequest(f"{field} must be 32 lower-case hex digits")
+    return value
+
+
+def _text(value: Any, field: str, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty) or len(value) > MAX_TEXT:
+        raise BadRequest(f"{field}: expected a {'' if empty else 'non-empty '}string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _natural(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise BadRequest(f"{field}: expected a non-negative integer")
+    return value
+
+
+# --- I/O --------------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """The store side of the registry and the queue. Blocking (the HTTP layer runs it in worker
+    threads); versions are stamped with this process's clock, never a predictor's."""
+
+    def __init__(self, store: Store, timing: DispatchTiming = DispatchTiming(),
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._store = store
+        self.timing = timing
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()  # one state change at a time: check, then write
+
+    def heartbeat(self, heartbeat: Heartbeat) -> dict[str, Any]:
+        self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns()))
+        return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
+
+    def predictors(self) -> list[dict[str, Any]]:
+        now_ns = self._clock_ns()
+        return [predictor_json(row, now_ns, self.timing) for row in self._rows(PREDICTORS_SQL)]
+
+    def submit(self, request_json: dict[str, Any], where: Sequence[tuple[str, str]], needs: Sequence[str]) -> dict[str, Any]:
+        """Queues one job per live predictor matching `where` that runs every pair in `needs`;
+        Conflict (naming the live predictors) when there is none."""
+        alive = [predictor for predictor in self.predictors() if predictor["alive"]]
+        chosen = [predictor for predictor in alive if matches(predictor, where, needs)]
+        if not chosen:
+            wanted = " and ".join([f"{key}={value}" for key, value in where] + [f"runs {', '.join(needs)}"])
+            raise Conflict(f"no live predictor matches {wanted}; {describe_predictors(alive)}")
+        run_id, now_ns = uuid.uuid4().hex, self._clock_ns()
+        jobs = [{"job_id": uuid.uuid4().hex, "run_id": run_id, "predictor_id": predictor["predictor_id"],
+                 "created_ns": now_ns, "updated_ns": now_ns, "state": "queued", "message": "", "results": 0,
+                 "request": json.dumps(request_json, ensure_ascii=False)} for predictor in chosen]
+        columns = {name: [value for job in jobs for value in job_columns(job)[name]] for name in job_columns(jobs[0])}
+        self._store.insert("job_states", columns)
+        return {"run_id": run_id, "jobs": [
+            {"job_id": job["job_id"], "predictor_id": predictor["predictor_id"], "predictor": predictor["name"],
+             "system_name": predictor["system_name"]} for job, predictor in zip(jobs, chosen)]}
+
+    def jobs(self, job_filter: JobFilter) -> list[dict[str, Any]]:
+        seen = self._seen_ns()
+        now_ns = self._clock_ns()
+        return [job_json(row, seen, now_ns, self.timing) for row in self._rows(jobs_sql(job_filter))]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        row = self._job_row(_id(job_id, "job id"))
+        return job_json(row, self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
+
+    def change_state(self, job_id: str, change: StateChange) -> dict[str, Any]:
+        """Moves a job on (Conflict if its state or owner does not allow it); the job as it is
+        now, with its request (what a predictor that starts running it needs)."""
+        with self._lock:
+            row = self._job_row(_id(job_id, "job id"))
+            check_transition(row, change)
+            updated = {**row, "state": change.state, "message": change.message, "results": change.results,
+                       "updated_ns": max(self._clock_ns(), row["updated_ns"] + 1)}
+            self._store.insert("job_states", job_columns(updated))
+        return job_json(updated, self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
+
+    def _job_row(self, job_id: str) -> dict[str, Any]:
+        rows = self._rows(job_sql(job_id))
+        if not rows:
+            raise NotFound(f"job {job_id} not found")
+        return rows[0]
+
+    def _seen_ns(self) -> dict[str, int]:
+        return {row[0]: row[1] for row in self._store.execute("SELECT predictor_id, seen_ns FROM predictors").rows}
+
+    def _rows(self, sql: str) -> list[dict[str, Any]]:
+        result = self._store.execute(sql)
+        names = [column.name for column in result.columns]
+        return [dict(zip(names, row)) for row in result.rows]
