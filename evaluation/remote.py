@@ -111,11 +111,13 @@ class PredictorProcess:
 
     def register(self) -> str:
         """The first heartbeat (ServiceError when the query service cannot be reached or refuses
-        it); returns the collector endpoint results will be sent to."""
+        it); returns the collector endpoint results will be sent to, once it answers
+        (DeliveryFailed when it does not)."""
         answer = self._client.post("/api/predictors", self.identity.heartbeat())
         self._heartbeat_s = float(answer.get("heartbeat_s", self._heartbeat_s))
         if self._endpoint is None:
             self._endpoint = _collector_endpoint(self._client.base_url, answer.get("otlp_http_port"))
+        EvaluationAgent(self._endpoint, self.identity.system).check_collector()
         return self._endpoint
 
     def serve(self, stop: threading.Event, on_job: Callable[[str], None] = lambda line: None) -> None:
@@ -178,7 +180,8 @@ class PredictorProcess:
                                            "mlscope.predictor.id": self.identity.predictor_id})
         try:
             results = evaluate(request.plan, sender.agent_at, self._cache, system, origin=origin,
-                               progress=lambda line: log.info("job %s: %s", job["job_id"], line))
+                               progress=lambda index, total, what: log.info("job %s: [%d/%d] %s", job["job_id"], index + 1,
+                                                                           total, what))
         finally:
             sender.close()
         return len(results)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import statistics
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -103,6 +105,17 @@ class EvaluationAgent:
         self._exporters: list[_CountingExporter] = []
         self._agents: dict[str, Agent] = {}
 
+    def check_collector(self, timeout_s: float = 10) -> None:
+        """DeliveryFailed unless the collector accepts an (empty) OTLP export now: better to say
+        so before a long run than to find every result lost after it."""
+        request = urllib.request.Request(f"{self.endpoint}/v1/traces", data=b"",
+                                         headers={"Content-Type": "application/x-protobuf"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                pass
+        except (urllib.error.URLError, OSError) as exc:
+            raise DeliveryFailed(f"cannot send to the collector at {self.endpoint}: {getattr(exc, 'reason', exc)}") from exc
+
     def agent_at(self, level: str) -> Agent:
         if level not in self._agents:
             self._agents[level] = start_agent(self._service, self.endpoint, level, self._resource, self._count)
@@ -131,11 +144,12 @@ class Origin:
     job_id: str = ""
 
 
-Progress = Callable[[str], None]
+Progress = Callable[[int, int, str], None]
+"""Called before each configuration and scenario: (index from 0, total, what it is)."""
 
 
 def evaluate(plan: Plan, agents: Callable[[str], Agent], cache: AssetCache, system: System | None = None,
-             progress: Progress = lambda line: None, origin: Origin | None = None) -> list[EvaluationResult]:
+             progress: Progress = lambda index, total, what: None, origin: Origin | None = None) -> list[EvaluationResult]:
     """Runs `plan`, tracing each level's configurations with `agents(level)`; models are loaded
     once per manifest and level (a level's capture is set up at load)."""
     system = system or this_system()
@@ -161,8 +175,8 @@ def evaluate(plan: Plan, agents: Callable[[str], Agent], cache: AssetCache, syst
                             base = _Configuration(plan, manifest, predictor, batch_size, level, origin, system,
                                                   divergences.get(framework), plan.frameworks[0])
                             for scenario in plan.scenarios:
-                                progress(f"[{len(results) + 1}/{total}] {manifest.name} {framework} "
-                                         f"batch {batch_size} {scenario} level {level}")
+                                progress(len(results), total, f"{manifest.name} {framework} batch {batch_size} "
+                                                              f"{scenario} level {level}")
                                 results.append(base.run(agent, scenario, raw.inputs))
                 finally:
                     for predictor in predictors.values():

@@ -285,10 +285,16 @@ def _evaluate_here(args: argparse.Namespace) -> int:
     check_plan(plan)
     system = this_system()
     sender = EvaluationAgent(args.endpoint, system)
+    on_terminal = sys.stderr.isatty()
     try:
-        results = evaluate(plan, sender.agent_at, AssetCache(), system,
-                           progress=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
-        sender.close()
+        sender.check_collector()
+        try:
+            results = evaluate(plan, sender.agent_at, AssetCache(), system,
+                               progress=_progress_bar if on_terminal else _progress_lines)
+        finally:
+            if on_terminal:
+                print(file=sys.stderr)  # end the progress bar's line
+            sender.close()  # what was traced goes to the collector, even after a failure
     except DeliveryFailed as exc:
         print(f"mlscope: {exc}", file=sys.stderr)
         return 1
@@ -296,6 +302,16 @@ def _evaluate_here(args: argparse.Namespace) -> int:
     print(f"mlscope: {len(rows)} results sent to {sender.endpoint}; run {results[0].run_id}", file=sys.stderr)
     _show_evaluations(rows, args.figure)
     return 0
+
+
+def _progress_lines(index: int, total: int, what: str) -> None:
+    print(f"mlscope: [{index + 1}/{total}] {what}", file=sys.stderr, flush=True)
+
+
+def _progress_bar(index: int, total: int, what: str, width: int = 24) -> None:
+    """One line redrawn in place on a terminal: [#####-------] 3/8 what is running now."""
+    filled = width * index // total
+    print(f"\r\033[K[{'#' * filled}{'-' * (width - filled)}] {index + 1}/{total} {what}", end="", file=sys.stderr, flush=True)
 
 
 def _evaluate_remotely(args: argparse.Namespace) -> int:
@@ -345,6 +361,7 @@ def cmd_predictor(args: argparse.Namespace) -> int:
     import logging
     import threading
 
+    from mlscope.evaluation import DeliveryFailed
     from mlscope.evaluation.jobs import JobError, parse_where
     from mlscope.evaluation.remote import PredictorProcess, Stopped, stop_on_signals, this_predictor
     from mlscope.manifests import AssetCache
@@ -361,6 +378,8 @@ def cmd_predictor(args: argparse.Namespace) -> int:
         endpoint = process.register()
     except ServiceError as exc:
         raise CommandFailed(f"cannot register with {args.server}: {exc}") from exc
+    except DeliveryFailed as exc:
+        raise CommandFailed(str(exc)) from exc
     print(f"mlscope: predictor {identity.name} ({identity.predictor_id}) on {identity.system.name}, runs "
           f"{', '.join(identity.execution_providers)}; results to {endpoint}", file=sys.stderr, flush=True)
     stop_on_signals()  # the running job is failed, then the predictor exits
