@@ -95,10 +95,13 @@ def test_where_picks_a_predictor_and_a_stopped_predictor_fails_its_job(
     assert "predictor pb stopped" in predictors["pb"].stderr.read()
 
 
-def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
-    for args in (["predictor"], ["evaluate", "digits", "--remote"]):
-        answer = subprocess.run([sys.executable, "-m", "mlscope", *args, "--server", "http://127.0.0.1:9"],
-                                capture_output=True, text=True, timeout=120, cwd=REPO,
-                                env={**os.environ, "MLSCOPE_DATA": str(tmp_path)})
-        assert answer.returncode == 1
-        assert len(answer.stderr.strip().splitlines()) == 1 and "cannot reach http://127.0.0.1:9" in answer.stderr
+@pytest.mark.parametrize(("args", "reason"), [
+    (["predictor", "--server", "http://127.0.0.1:9"], "cannot reach http://127.0.0.1:9"),
+    (["evaluate", "digits", "--remote", "--server", "http://127.0.0.1:9"], "cannot reach http://127.0.0.1:9"),
+    (["evaluate", "digits", "--endpoint", "http://127.0.0.1:9"], "cannot send to the collector at http://127.0.0.1:9"),
+])
+def test_an_unreachable_service_is_one_line_before_any_work(tmp_path: Path, args: list[str], reason: str) -> None:
+    answer = subprocess.run([sys.executable, "-m", "mlscope", *args], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env={**os.environ, "MLSCOPE_DATA": str(tmp_path)})
+    assert answer.returncode == 1
+    assert len(answer.stderr.strip().splitlines()) == 1 and reason in answer.stderr
