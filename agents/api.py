@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -38,6 +37,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS, parse_level
 
 from . import propagation
+from .otlp_exporter import FastOTLPSpanExporter
 from .resource import stack_attributes
 from .spans import SpanWriter
 
@@ -325,7 +325,7 @@ def start_agent(
     base = (endpoint or default_endpoint()).rstrip("/")
     attributes = {**stack_attributes(), "service.name": service, **(resource or {})}
     provider = TracerProvider(resource=Resource.create(attributes))
-    exporter: SpanExporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces")
+    exporter: SpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
     provider.add_span_processor(BatchSpanProcessor(wrap_exporter(exporter) if wrap_exporter else exporter))
     level = level or default_level()
     sampler = None

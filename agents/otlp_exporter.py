@@ -1,0 +1,57 @@
+"""The SDK's OTLP/HTTP span exporter with agents/otlp_encoder.py doing the encoding.
+
+Everything but the encoding is the SDK's: endpoint and environment variables, headers, TLS,
+compression, the HTTP client's retries with backoff on 429/502/503/504 and connection errors
+(honouring Retry-After) within the timeout, the request size limit, the exporter's own metrics
+and shutdown. Its `export` encodes inline, so this overrides `export` with the same steps around
+a different encoder. It leans on the SDK exporter's attributes as of
+opentelemetry-exporter-otlp-proto-http 1.45 (`_client`, `_metrics`, `_max_request_size`,
+`_shutdown`); tests/agents/test_otlp_encoder.py exercises them against a real collector.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
+
+from .otlp_encoder import encode_spans
+
+log = logging.getLogger(__name__)
+
+
+class FastOTLPSpanExporter(OTLPSpanExporter):
+    """OTLPSpanExporter (same constructor) whose requests are encoded by `encode_spans`."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            log.warning("Exporter already shutdown, ignoring batch")
+            return SpanExportResult.FAILURE
+        with self._metrics.export_operation(len(spans)) as result:
+            try:
+                body = encode_spans(spans)
+            except Exception as error:  # a batch that cannot be encoded is dropped, not raised
+                log.exception("mlscope: failed to encode a span batch")
+                result.error = error
+                return SpanExportResult.FAILURE
+            if _is_request_too_large(body, self._max_request_size):
+                log.warning(
+                    "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                    len(body),
+                    self._max_request_size,
+                )
+                result.error = RequestPayloadTooLargeError(
+                    f"Serialized span request size {len(body)} bytes exceeds max_request_size {self._max_request_size} bytes."
+                )
+                return SpanExportResult.FAILURE
+            sent = self._client.export(body)
+            if not sent.success:
+                result.error = sent.error
+                result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code} if sent.status_code is not None else None
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
