@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, expect
 
@@ -178,3 +179,33 @@ async def test_compare_transforms_are_pure(base_url: str, browser: Browser) -> N
     result = await page.evaluate("([a, b]) => window.mlscopeViewer.compareTraces(a, b)", [spans_a, spans_b])
     assert (result["rootA"], result["rootB"], result["rootRatio"]) == (100, 50, 0.5)
     assert [(r["name"], r["a"], r["b"], r["ratio"]) for r in result["rows"]] == [("mm", 20, 5, 0.25)]
+
+
+async def test_predictors_and_their_jobs_are_listed(base_url: str, browser: Browser) -> None:
+    from mlscope.manifests import read_manifest
+
+    source, text = read_manifest("digits")
+    async with aiohttp.ClientSession(base_url) as session:
+        for predictor_id, name, labels in (("a" * 32, "gpu-box", {"gpu": "h200"}), ("b" * 32, EVIL, {})):
+            heartbeat = {"predictor_id": predictor_id, "name": name, "host": "h", "pid": 1, "started_ns": 1,
+                         "system": {"fingerprint": "0123456789abcdef", "name": "host", "description": ""},
+                         "execution_providers": ["pytorch/cpu"], "labels": labels}
+            async with session.post("/api/predictors", json=heartbeat) as response:
+                assert response.status == 200
+        request = {"manifests": [{"source": source, "text": text}], "where": {"gpu": "h200"},
+                   "plan": {"frameworks": ["pytorch"], "batch_sizes": [1]}}
+        async with session.post("/api/jobs", json=request) as response:
+            assert response.status == 201
+            queued = await response.json()
+
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/evaluations")
+    await expect(page.locator("table.predictors tbody tr")).to_have_count(2)
+    predictors = {r[0]: r[1:5] for r in await table_rows(page, "table.predictors")}
+    assert predictors == {"gpu-box": ["host (0123456789abcdef)", "pytorch/cpu", "gpu=h200", "alive"],
+                          EVIL: ["host (0123456789abcdef)", "pytorch/cpu", "—", "alive"]}
+    jobs = await table_rows(page, "table.jobs")
+    assert [r[:6] for r in jobs] == [[queued["jobs"][0]["job_id"][:8], queued["run_id"][:8], "gpu-box", "queued", "0", "—"]]
+    assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
+    assert problems == []

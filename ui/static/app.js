@@ -424,10 +424,45 @@
     main.replaceChildren(el("h1", null, "SQL"), query, el("div", { class: "sql-bar" }, run, note), output);
   }
 
+  // Predictors (mlscope predictor) and their jobs (mlscope evaluate --remote), newest jobs first.
+  // Times come as BigInt nanoseconds (parseJson keeps them exact): Number() is precise enough here.
+  const PREDICTOR_COLUMNS = ["predictor", "system", "runs", "labels", "state", "last heard"];
+  const JOB_COLUMNS = ["job", "run", "predictor", "state", "results", "message", "queued"];
+  const RECENT_JOBS = 20;
+
+  function predictorRows(predictors, nowMs) {
+    return predictors.map((p) => [
+      p.name, `${p.system_name} (${p.system})`, p.execution_providers.join(", "),
+      Object.entries(p.labels).map(([key, value]) => `${key}=${value}`).join(", ") || "—",
+      p.alive ? "alive" : "gone", `${Math.max(0, Math.round(nowMs / 1000 - Number(p.seen_ns) / 1e9))} s ago`]);
+  }
+
+  function jobRows(jobs, predictors) {
+    const names = new Map(predictors.map((p) => [p.predictor_id, p.name]));
+    return jobs.slice(-RECENT_JOBS).reverse().map((job) => [
+      job.job_id.slice(0, 8), job.run_id.slice(0, 8), names.get(job.predictor_id) || job.predictor_id.slice(0, 8),
+      job.state, String(job.results), job.message || "—", new Date(Number(job.created_ns) / 1e6).toISOString()]);
+  }
+
+  function dispatchSections(predictors, jobs) {
+    const rows = (cells) => cells.map((row) => el("tr", null, ...row.map((cell) => el("td", null, cell))));
+    return [
+      el("h2", null, "Predictors"),
+      predictors.length
+        ? table(PREDICTOR_COLUMNS, rows(predictorRows(predictors, Date.now())), "predictors")
+        : el("p", { class: "muted" }, "No predictor has registered (mlscope predictor --server URL)."),
+      el("h2", null, "Jobs"),
+      jobs.length
+        ? table(JOB_COLUMNS, rows(jobRows(jobs, predictors)), "jobs")
+        : el("p", { class: "muted" }, "No job queued yet (mlscope evaluate --remote)."),
+    ];
+  }
+
   async function renderEvaluations(main) {
     document.title = "mlscope: evaluations";
     const filter = parseEvaluationFilter(location.search);
-    const { evaluations } = await fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`);
+    const [{ evaluations }, { predictors }, { jobs }] = await Promise.all([
+      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`), fetchJson("/api/predictors"), fetchJson("/api/jobs")]);
     const inputs = {
       model: el("input", { type: "text", name: "model", placeholder: "model" }),
       framework: el("input", { type: "text", name: "framework", placeholder: "framework" }),
@@ -482,7 +517,8 @@
       evaluations.length
         ? el("div", null, el("p", { class: "muted" }, `${evaluations.length} evaluations `, compareLink),
           table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations"))
-        : el("p", { class: "muted" }, "No evaluations match."));
+        : el("p", { class: "muted" }, "No evaluations match."),
+      ...dispatchSections(predictors, jobs));
   }
 
   function compareTable(headers, rows, className) {
