@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ def cpu_point() -> dict[str, list]:
     return columns
 
 
+def heartbeat() -> dict[str, list]:
+    from mlscope.query.dispatch import heartbeat_columns, parse_heartbeat
+
+    return heartbeat_columns(parse_heartbeat({
+        "predictor_id": "a" * 32, "name": "gpu-box", "host": "h", "pid": 1, "started_ns": 1,
+        "system": {"fingerprint": "0123456789abcdef", "name": "h", "description": ""},
+        "execution_providers": ["pytorch/cpu"], "labels": {"gpu": "h200"}}), time.time_ns())
+
+
 def test_the_doc_has_examples() -> None:
     assert len(EXAMPLES) >= 8
 
@@ -34,6 +44,7 @@ def test_the_doc_has_examples() -> None:
 async def test_doc_example_runs(served: Served, query: str) -> None:
     insert(served.store, KNOWN)
     served.store.insert("metric_points", cpu_point())
+    served.store.insert("predictor_heartbeats", heartbeat())
     status, body = await served.sql(query)
     assert status == 200, body
     assert body["rows"], query
