@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Interval = tuple[int, int]
 """[start_ns, end_ns], both ends inclusive."""
@@ -38,12 +38,12 @@ CallEvent = tuple[Hashable, int, int, Any]
 """(key, time_ns, kind, payload)"""
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """One paired enter/exit. `parent` indexes the enclosing call in the same list (-1 for a
     root). `failed` when it ended by raising, or when no exit was recorded (an exception the
     exit record missed unwound through it; `end_ns` is then when that was noticed). The payloads
-    are whatever the enter and exit records carried (None without an exit)."""
+    are whatever the enter and exit records carried (None without an exit). A NamedTuple, not a
+    frozen dataclass: pairing builds one per module call, ~3x cheaper."""
 
     key: Hashable
     start_ns: int
@@ -90,7 +90,7 @@ def pair_calls(events: Sequence[CallEvent], end_ns: int) -> list[Call]:
         failed[closed] = kind == RAISE
         exit_payloads[closed] = payload
         del stack[depth:]
-    return [Call(*fields) for fields in zip(keys, starts, ends, parents, failed, enter_payloads, exit_payloads)]
+    return list(map(Call, keys, starts, ends, parents, failed, enter_payloads, exit_payloads))
 
 
 def innermost_containers(intervals: Sequence[Interval]) -> list[int]:
@@ -101,18 +101,25 @@ def innermost_containers(intervals: Sequence[Interval]) -> list[int]:
     should win ties (layers before the ops they call) first. Partly overlapping intervals (clock
     skew) never contain each other; the interval then goes to the innermost one that does
     contain it."""
+    return _sweep(intervals)[0]
+
+
+def _sweep(intervals: Sequence[Interval]) -> tuple[list[int], list[int]]:
+    """innermost_containers' parents, and the sweep order: every interval after its container."""
+    # Start order, the longer first among equal starts, input order among equal intervals.
     sort_keys = [(start, -end) for start, end in intervals]
+    order = sorted(range(len(intervals)), key=sort_keys.__getitem__)
     ends = [end for _, end in intervals]
     parents = [-1] * len(intervals)
     open_stack: list[int] = []
-    for index in sorted(range(len(intervals)), key=sort_keys.__getitem__):
+    for index in order:
         end = ends[index]
         while open_stack and ends[open_stack[-1]] < end:
             open_stack.pop()
         if open_stack:
             parents[index] = open_stack[-1]
         open_stack.append(index)
-    return parents
+    return parents, order
 
 
 @dataclass(frozen=True)
@@ -134,19 +141,20 @@ def place_ops(layers: Sequence[Interval], ops: Sequence[Interval]) -> OpPlacemen
     """Places each op under the innermost layer or op interval containing it (a layer wins a tie
     with an op, an op called by another op nests under it). Layers keep the parents their call
     tree gave them; only ops are placed here."""
-    parents = innermost_containers([*layers, *ops])
+    parents, order = _sweep([*layers, *ops])
     first_op = len(layers)
     layer_parent = [-1] * len(ops)
     op_parent = [-1] * len(ops)
-    for op, parent in enumerate(parents[first_op:]):
-        if 0 <= parent < first_op:
-            layer_parent[op] = parent
-        elif parent >= first_op:
-            op_parent[op] = parent - first_op
     inside = [False] * len(ops)
-    for op in range(len(ops)):
-        top = op  # op chains are short (aten::conv2d -> ... -> aten::empty is 4 deep)
-        while op_parent[top] >= 0:
-            top = op_parent[top]
-        inside[op] = layer_parent[top] >= 0
+    for index in order:  # containers first, so an op's parent op already knows if it is inside
+        op = index - first_op
+        if op < 0:
+            continue
+        parent = parents[index]
+        if parent >= first_op:
+            op_parent[op] = parent - first_op
+            inside[op] = inside[parent - first_op]
+        elif parent >= 0:
+            layer_parent[op] = parent
+            inside[op] = True
     return OpPlacement(tuple(layer_parent), tuple(op_parent), tuple(inside))

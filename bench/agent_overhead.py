@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/agent_overhead.py [--rounds 15] [--batch-sizes 1,8]
 
-Variants, run in one process in interleaved rounds (shuffled order each round), medians over
-rounds of the mean call time:
+Variants, run in one process in interleaved rounds (shuffled order each round). "median ms":
+median over rounds of the mean call time; "vs plain": median over rounds of each round's mean
+call time over the same round's plain one (robust to load that comes and goes on the machine):
   plain            model(x)
   mlscope model    predict span only
   mlscope layer    + a span per module call
@@ -125,8 +126,20 @@ def naive_variant(model: nn.Module) -> Variant:
     return Variant("naive OTel hooks", call, spans)
 
 
-def measure(variants: list[Variant], images: torch.Tensor, rounds: int, calls: int) -> dict[str, float]:
-    """Median over rounds of the mean seconds per call; variants interleaved, shuffled per round."""
+@dataclass(frozen=True)
+class Measured:
+    """Per variant name, from interleaved rounds."""
+
+    median_s: dict[str, float]
+    """Median over rounds of the mean seconds per call."""
+    overhead: dict[str, float]
+    """Median over rounds of the round's mean call time over the same round's plain one, - 1."""
+
+
+def measure(variants: list[Variant], images: torch.Tensor, rounds: int, calls: int) -> Measured:
+    """Variants interleaved, order shuffled per round. Each round's overhead is taken against
+    that round's own plain calls: other load on the machine that comes and goes over seconds then
+    shifts a round's variants together instead of whichever rounds it lands in."""
     samples: dict[str, list[float]] = {variant.name: [] for variant in variants}
     rng = random.Random(0)
     for variant in variants:  # warm-up: allocator, oneDNN primitives, kineto's first start
@@ -140,11 +153,19 @@ def measure(variants: list[Variant], images: torch.Tensor, rounds: int, calls: i
             for _ in range(calls):
                 variant.call(images)
             samples[variant.name].append((time.perf_counter_ns() - start) / calls / 1e9)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    plain = samples["plain"]
+    return Measured(
+        {name: statistics.median(values) for name, values in samples.items()},
+        {
+            name: statistics.median(round_s / plain_s - 1 for round_s, plain_s in zip(values, plain))
+            for name, values in samples.items()
+        },
+    )
 
 
 def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
-    """Median µs per phase of one traced call, against the plain forward."""
+    """Median µs per phase of one traced call, its forward against the plain forward run just
+    before it (so load that comes and goes on the machine shifts both)."""
     spans = sink()
     tracer = spans.provider.get_tracer("breakdown")
     captures = {
@@ -152,13 +173,17 @@ def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
         "library": TorchCapture(model, "resnet18", CaptureOptions(ops=True)),
         "library (nested ops)": TorchCapture(model, "resnet18", CaptureOptions(ops=True, nested_ops=True)),
     }
-    phases: dict[str, dict[str, list[int]]] = {name: {} for name in ["plain", *captures]}
+    phases: dict[str, dict[str, list[int]]] = {name: {} for name in captures}
+    plain_forwards: list[int] = []
     clock = time.perf_counter_ns
+    rng = random.Random(0)
     for _ in range(calls):
         start = clock()
         model(images)
-        phases["plain"].setdefault("forward", []).append(clock() - start)
-        for name, capture in captures.items():
+        plain = clock() - start
+        plain_forwards.append(plain)
+        # Shuffled: whatever a call leaves running (kineto's threads) lands on different levels.
+        for name, capture in rng.sample(list(captures.items()), len(captures)):
             predict = tracer.start_span("predict")
             t0 = clock()
             recording = capture.start()
@@ -171,18 +196,19 @@ def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
             capture.finish(recording, SpanWriter(tracer, predict.get_span_context()))
             t4 = clock()
             predict.end()
-            for phase, took in (("start", t1 - t0), ("forward", t2 - t1), ("stop", t3 - t2), ("finish", t4 - t3)):
-                phases[name].setdefault(phase, []).append(took)
-    plain = statistics.median(phases["plain"]["forward"])
-    print(f"\nbatch {images.shape[0]}, where the time goes (median µs over {calls} calls; plain forward {plain / 1e3:.0f}):")
+            took = {"start": t1 - t0, "forward": t2 - t1 - plain, "stop": t3 - t2, "finish": t4 - t3}
+            took["total"] = sum(took.values())
+            for phase, ns in took.items():
+                phases[name].setdefault(phase, []).append(ns)
+    plain_median = statistics.median(plain_forwards)
+    print(f"\nbatch {images.shape[0]}, where the time goes (median µs over {calls} calls; plain forward {plain_median / 1e3:.0f}):")
     print("| level | start | forward - plain | stop | finish | total extra | vs plain |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in captures:
-        median = {phase: statistics.median(values) for phase, values in phases[name].items()}
-        extra = median["start"] + median["forward"] - plain + median["stop"] + median["finish"]
+        median = {phase: statistics.median(values) / 1e3 for phase, values in phases[name].items()}
         print(
-            f"| {name} | {median['start'] / 1e3:.0f} | {(median['forward'] - plain) / 1e3:.0f} | {median['stop'] / 1e3:.0f} "
-            f"| {median['finish'] / 1e3:.0f} | {extra / 1e3:.0f} | {extra / plain:+.1%} |"
+            f"| {name} | {median['start']:.0f} | {median['forward']:.0f} | {median['stop']:.0f} "
+            f"| {median['finish']:.0f} | {median['total']:.0f} | {median['total'] * 1e3 / plain_median:+.1%} |"
         )
 
 
@@ -209,9 +235,8 @@ def main() -> None:
         calls = 4 if batch_size == 1 else 1
         exported_before = {variant.name: variant.sink.spans() for variant in variants if variant.sink}
         with torch.inference_mode():
-            medians = measure(variants, images, args.rounds, calls)
-        plain = medians["plain"]
-        overhead = {name: median / plain - 1 for name, median in medians.items()}
+            measured = measure(variants, images, args.rounds, calls)
+        medians, overhead = measured.median_s, measured.overhead
         calls_made = args.rounds * calls + 3  # with the warm-up calls
         print(f"\nbatch {batch_size}: {calls} call(s) per round")
         print("| variant | median ms | vs plain | overhead / torch.profiler's | overhead / naive's | spans per call |")
@@ -227,7 +252,7 @@ def main() -> None:
                 f"| {spans} |"
             )
     with torch.inference_mode():
-        breakdown(model, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)), calls=40)
+        breakdown(model, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)), calls=80)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,14 @@ def test_ops_go_under_the_innermost_layer_or_op() -> None:
     assert placement.fraction_inside == pytest.approx(0.8)
 
 
+def test_ops_inside_a_layer_through_an_op_listed_after_them() -> None:
+    # Nested ops listed before the op that calls them, as a profiler may list them.
+    placement = place_ops([(10, 50)], [(13, 14), (12, 20), (11, 30), (60, 70), (61, 62)])
+    assert placement.op_parent == (1, 2, -1, -1, 3)
+    assert placement.layer_parent == (-1, -1, 0, -1, -1)
+    assert placement.inside_layer == (True, True, True, False, False)
+
+
 def test_an_op_skewed_across_a_layer_edge_goes_to_the_layer_around_both() -> None:
     placement = place_ops([(0, 100), (10, 50)], [(45, 55)])
     assert placement.layer_parent == (0,)

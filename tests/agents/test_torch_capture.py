@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
 from agent_testing import agent_at
 from mlscope.agents.resnet import BasicBlock, resnet18
-from mlscope.agents.torch_capture import TorchCapture
+from mlscope.agents.timeline import place_ops
+from mlscope.agents.torch_capture import TorchCapture, _ProfilerSession, _read_ops
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from torch import nn
@@ -157,6 +159,9 @@ def test_by_default_only_the_ops_layers_call(resnet: nn.Module, images: torch.Te
     assert ops and all(by_id[op.parent.span_id].attributes["mlscope.level"] != "library" for op in ops)
     assert sum(op.name == "aten::conv2d" for op in ops) == 20
     assert not any(op.name == "aten::convolution" for op in ops)
+    (predict,) = at_level(spans, "model")
+    inside = sum(by_id[op.parent.span_id].attributes["mlscope.level"] == "layer" for op in ops) / len(ops)
+    assert predict.attributes["mlscope.library.ops_inside_layers"] == pytest.approx(inside) and inside >= 0.99
 
 
 def test_an_exception_ends_every_span_and_removes_the_hooks() -> None:
@@ -218,6 +223,61 @@ def test_shapes_on_layer_spans_when_asked() -> None:
     assert spans["block"].attributes["mlscope.layer.input_shapes"] == ("2x4x6x6",)
     assert spans["block"].attributes["mlscope.layer.output_shapes"] == ("2x8x3x3",)
     assert spans["conv1"].attributes["mlscope.layer.output_shapes"] == ("2x8x3x3",)
+
+
+def test_the_session_reads_the_ops_torch_profiler_records(resnet: nn.Module, images: torch.Tensor) -> None:
+    with torch.inference_mode():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as reference:
+            resnet(images)
+        before = time.time_ns()
+        session = _ProfilerSession.start()
+        resnet(images)
+        result = session.stop()
+        after = time.time_ns()
+    expected = sorted(event.name() for event in reference.profiler.kineto_results.events())
+    ops = _read_ops(result, session.device_activity, nested_ops=True)
+    assert len(ops.names) > 2 * RESNET18_MODULE_CALLS and sorted(ops.names) == expected
+    assert all(before <= start <= end <= after for start, end in ops.intervals)
+    assert not session.device_activity and not ops.device_names and not ops.correlation_ids
+
+
+def test_top_level_ops_are_those_no_other_op_contains(resnet: nn.Module, images: torch.Tensor) -> None:
+    session = _ProfilerSession.start()
+    with torch.inference_mode():
+        resnet(images)
+    result = session.stop()
+    every_op = _read_ops(result, device_activity=False, nested_ops=True)
+    outermost = place_ops([], every_op.intervals).op_parent
+    ops = zip(every_op.intervals, every_op.names, outermost)
+    expected = sorted((interval, name) for interval, name, parent in ops if parent < 0)
+    top_level = _read_ops(result, device_activity=False, nested_ops=False)
+    assert sorted(zip(top_level.intervals, top_level.names)) == expected
+    assert sum(name == "aten::conv2d" for name in top_level.names) == 20 and len(expected) < len(every_op.names) / 3
+
+
+def test_with_device_activity_host_ops_carry_their_correlation_ids() -> None:
+    # No GPU here: the device path on host-only results gives the same ops, ids added.
+    session = _ProfilerSession.start()
+    nn.Sequential(nn.Linear(4, 4), nn.ReLU())(torch.ones(2, 4))
+    result = session.stop()
+    host_only = _read_ops(result, device_activity=False, nested_ops=True)
+    with_device = _read_ops(result, device_activity=True, nested_ops=False)
+    assert with_device.names == host_only.names and with_device.intervals == host_only.intervals
+    assert len(set(with_device.correlation_ids)) == len(with_device.names) and min(with_device.correlation_ids) > 0
+    assert not with_device.device_names and not with_device.device_intervals and not with_device.device_links
+
+
+def test_a_failed_device_synchronize_still_ends_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = _ProfilerSession.start()
+    session.device_activity = True  # as on a GPU, whose pending kernel failed
+
+    def failed_kernel() -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", failed_kernel)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        session.stop()
+    assert not torch._C._autograd._profiler_enabled()
 
 
 def test_a_running_profiler_leaves_the_layers(images: torch.Tensor) -> None:
