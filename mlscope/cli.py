@@ -1,5 +1,6 @@
 """The `mlscope` command line: parses argv, hands the work to the components, reports mistakes
-in one line with exit code 2 (CONTRACT.md lists the commands)."""
+in one line with exit code 2 (CONTRACT.md lists the commands). Serving, SQL, `run` and the demo
+are here; the evaluation commands (evaluate, predictor, report) are in cli_evaluate.py."""
 
 from __future__ import annotations
 
@@ -15,17 +16,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from mlscope.levels import UnknownLevel, parse_level
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 from mlscope.store.url import default_data_dir
-
-if TYPE_CHECKING:
-    from mlscope.evaluation import Plan
-    from mlscope.manifests import Manifest
 
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_OTLP_HTTP_PORT = 4318
@@ -248,291 +244,6 @@ def _run_leveled(command: Sequence[str], args: argparse.Namespace, scratch: Path
     return leveled.exit_code
 
 
-# --- evaluate and report ------------------------------------------------------------------------
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluates manifests here, or with --remote on the predictors that match --where; results
-    go to the collector (never the store). Prints a table and, with --figure, writes the latency
-    figure. Bad input fails before anything is sent or queued."""
-    from mlscope.evaluation import PredictorError
-    from mlscope.evaluation.jobs import JobError
-    from mlscope.manifests import AssetError, ManifestError
-
-    try:
-        return _evaluate_remotely(args) if args.remote else _evaluate_here(args)
-    except (ManifestError, PredictorError, AssetError, JobError) as exc:
-        raise UsageError(str(exc)) from exc
-
-
-def _plan(args: argparse.Namespace, manifests: tuple[Manifest, ...]) -> Plan:
-    from mlscope.evaluation import Plan
-
-    return Plan(
-        manifests=manifests,
-        frameworks=tuple(args.framework or dict.fromkeys(m.framework.name for m in manifests)),
-        batch_sizes=tuple(args.batch_size), scenarios=tuple(args.scenario), levels=tuple(args.level),
-        repetitions=args.repetitions, warmup=args.warmup, accuracy=args.accuracy,
-        execution_provider=args.execution_provider, server_qps=args.server_qps, server_bound_ms=args.server_bound_ms,
-    )
-
-
-def _evaluate_here(args: argparse.Namespace) -> int:
-    from mlscope.evaluation import DeliveryFailed, EvaluationAgent, check_plan, evaluate, this_system
-    from mlscope.manifests import AssetCache, load_manifest
-
-    plan = _plan(args, tuple(load_manifest(path) for path in args.manifests))
-    check_plan(plan)
-    system = this_system()
-    sender = EvaluationAgent(args.endpoint, system)
-    on_terminal = sys.stderr.isatty()
-    try:
-        sender.check_collector()
-        try:
-            results = evaluate(plan, sender.agent_at, AssetCache(), system,
-                               progress=_progress_bar if on_terminal else _progress_lines)
-        finally:
-            if on_terminal:
-                print(file=sys.stderr)  # end the progress bar's line
-            sender.close()  # what was traced goes to the collector, even after a failure
-    except DeliveryFailed as exc:
-        print(f"mlscope: {exc}", file=sys.stderr)
-        return 1
-    rows = [vars(result) for result in results]
-    print(f"mlscope: {len(rows)} results sent to {sender.endpoint}; run {results[0].run_id}", file=sys.stderr)
-    _show_evaluations(rows, args.figure)
-    return 0
-
-
-def _progress_lines(index: int, total: int, what: str) -> None:
-    print(f"mlscope: [{index + 1}/{total}] {what}", file=sys.stderr, flush=True)
-
-
-def _progress_bar(index: int, total: int, what: str, width: int = 24) -> None:
-    """One line redrawn in place on a terminal: [#####-------] 3/8 what is running now."""
-    filled = width * index // total
-    print(f"\r\033[K[{'#' * filled}{'-' * (width - filled)}] {index + 1}/{total} {what}", end="", file=sys.stderr, flush=True)
-
-
-def _evaluate_remotely(args: argparse.Namespace) -> int:
-    """Queues the plan for every live predictor matching --where, then (unless --no-wait)
-    follows the jobs and prints the results they sent. Exit 1 if a job failed or was lost."""
-    from mlscope.evaluation import check_plan_frameworks
-    from mlscope.evaluation.jobs import JobRequest, ManifestText, parse_where
-    from mlscope.evaluation.remote import submit, wait
-    from mlscope.manifests import manifest_from_text, read_manifest
-    from mlscope.query.client import QueryServiceClient, ServiceError
-
-    texts = tuple(ManifestText(*read_manifest(path)) for path in args.manifests)
-    plan = _plan(args, tuple(manifest_from_text(text.source, text.text) for text in texts))
-    check_plan_frameworks(plan)  # the providers are checked where the jobs run
-    client = QueryServiceClient(args.server)
-    try:
-        queued = submit(client, JobRequest(texts, plan, parse_where(args.where)))
-        for job in queued["jobs"]:
-            print(f"mlscope: job {job['job_id']} queued for {job['predictor']} ({job['system_name']})", file=sys.stderr)
-        print(f"mlscope: run {queued['run_id']}", file=sys.stderr, flush=True)
-        if args.no_wait:
-            return 0
-        jobs = wait(client, queued["run_id"], lambda job: print(
-            f"mlscope: job {job['job_id']} {job['state']}{': ' + job['message'] if job['message'] else ''}",
-            file=sys.stderr, flush=True))
-        rows = client.get("/api/evaluations", {"run_id": queued["run_id"]})["evaluations"]
-    except ServiceError as exc:
-        raise (UsageError if exc.status in (400, 409) else CommandFailed)(str(exc)) from exc
-    if rows:
-        _show_evaluations(rows, args.figure)
-    unfinished = [job for job in jobs if job["state"] != "done"]
-    return 1 if unfinished else 0
-
-
-def _show_evaluations(rows: list[dict], figure: str | None) -> None:
-    from mlscope.evaluation.report import table, write_figure
-
-    sys.stdout.write(render_rows(table(rows), "table"))
-    if figure:
-        write_figure(rows, Path(figure))
-        print(f"mlscope: figure written to {figure}", file=sys.stderr)
-
-
-def cmd_predictor(args: argparse.Namespace) -> int:
-    """Registers with the query service, then runs the jobs queued for this predictor until
-    SIGINT/SIGTERM; each job's results go to the collector."""
-    import logging
-    import threading
-
-    from mlscope.evaluation import DeliveryFailed
-    from mlscope.evaluation.jobs import JobError, parse_where
-    from mlscope.evaluation.remote import PredictorProcess, Stopped, stop_on_signals, this_predictor
-    from mlscope.manifests import AssetCache
-    from mlscope.query.client import QueryServiceClient, ServiceError
-
-    try:
-        labels = parse_where(args.label, "label")
-    except JobError as exc:
-        raise UsageError(str(exc)) from exc
-    logging.basicConfig(level=logging.INFO, format="mlscope predictor: %(message)s")
-    identity = this_predictor(args.name, labels)
-    process = PredictorProcess(QueryServiceClient(args.server), identity, args.endpoint, AssetCache(), args.poll)
-    try:
-        endpoint = process.register()
-    except ServiceError as exc:
-        raise CommandFailed(f"cannot register with {args.server}: {exc}") from exc
-    except DeliveryFailed as exc:
-        raise CommandFailed(str(exc)) from exc
-    print(f"mlscope: predictor {identity.name} ({identity.predictor_id}) on {identity.system.name}, runs "
-          f"{', '.join(identity.execution_providers)}; results to {endpoint}", file=sys.stderr, flush=True)
-    stop_on_signals()  # the running job is failed, then the predictor exits
-    try:
-        process.serve(threading.Event(), on_job=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
-    except Stopped as stopped:
-        print(f"mlscope: predictor {identity.name} stopped ({stopped})", file=sys.stderr)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Reads a model's evaluations from a query service; prints them and writes the figures."""
-    from mlscope.evaluation.report import table, write_figure
-    from mlscope.query.client import QueryServiceClient, ServiceError
-
-    try:
-        rows = QueryServiceClient(args.url).get("/api/evaluations", {"model": args.model})["evaluations"]
-    except ServiceError as error:
-        raise UsageError(f"cannot read evaluations from {args.url}: {error}") from error
-    if not rows:
-        raise UsageError(f"no evaluations of model {args.model!r} at {args.url}")
-    sys.stdout.write(render_rows(table(rows), "table"))
-    if args.out:
-        try:
-            write_figure(rows, Path(args.out), args.baseline)
-        except ValueError as exc:  # a baseline with no results
-            raise UsageError(str(exc)) from exc
-        print(f"mlscope: figure written to {args.out}", file=sys.stderr)
-    return 0
-
-
-def _names(load_choices: Callable[[], Sequence[str]]) -> Callable[[str], list[str]]:
-    """An argparse type for a comma-separated list drawn from `load_choices()`, called only when
-    the option is given: the evaluation modules cost ~0.5 s to import, which no other command pays."""
-
-    def parse(text: str) -> list[str]:
-        choices = load_choices()
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        unknown = [name for name in names if name not in choices]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(choices)}")
-        return names
-
-    return parse
-
-
-def _frameworks() -> Sequence[str]:
-    from mlscope.evaluation import PREDICTORS
-
-    return tuple(PREDICTORS)
-
-
-def _scenarios() -> Sequence[str]:
-    from mlscope.evaluation import SCENARIOS
-
-    return SCENARIOS
-
-
-def _levels(text: str) -> list[str]:
-    try:
-        levels = [parse_level(part.strip()) for part in text.split(",")]
-    except UnknownLevel as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return list(dict.fromkeys(levels))
-
-
-def _default_server() -> str:
-    return os.environ.get("MLSCOPE_SERVER") or f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
-
-
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
-    return values
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _add_evaluate(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("evaluate", help="evaluate model manifests across frameworks and batch sizes")
-    evaluate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a manifest file, or a built-in's name")
-    evaluate.add_argument("--framework", type=_names(_frameworks),
-                          help="comma-separated of pytorch, torchscript, onnxruntime; the first is the divergence "
-                               "reference (default: the manifest's framework)")
-    evaluate.add_argument("--batch-size", type=_positive_ints, default=[1], help="comma-separated (default: 1)")
-    evaluate.add_argument("--scenario", type=_names(_scenarios), default=["single-stream"],
-                          help="comma-separated of single-stream, offline, server (default: single-stream)")
-    evaluate.add_argument("--level", type=_levels, default=["model"],
-                          help="comma-separated levels, each a configuration of its own (default: model)")
-    evaluate.add_argument("--repetitions", type=_count(1), default=20, help="timed queries per scenario (default: 20)")
-    evaluate.add_argument("--warmup", type=_count(0), default=2, help="untimed queries first (default: 2)")
-    evaluate.add_argument("--accuracy", action="store_true", help="top-1/top-5 over the manifest's labelled dataset")
-    evaluate.add_argument("--execution-provider", default="cpu",
-                          help="cpu, cuda or tensorrt (ONNX Runtime; PyTorch: cpu or cuda); an error names the ones here")
-    evaluate.add_argument("--server-qps", type=_positive_float, help="server scenario rate (default: half of capacity)")
-    evaluate.add_argument("--server-bound-ms", type=_positive_float,
-                          help="server scenario p99 bound (default: 4 median service times)")
-    evaluate.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
-    evaluate.add_argument("--figure", help="write the latency-per-batch figure here (.png or .svg)")
-    evaluate.add_argument("--remote", action="store_true",
-                          help="queue the plan for every live predictor matching --where instead of running it here")
-    evaluate.add_argument("--server", default=_default_server(), help=f"with --remote: the query service (default: "
-                          f"MLSCOPE_SERVER, else http://127.0.0.1:{DEFAULT_HTTP_PORT})")
-    evaluate.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                          help="with --remote: predictors whose system (fingerprint or host), name, host or label KEY "
-                               "is VALUE; repeat to require several")
-    evaluate.add_argument("--no-wait", action="store_true", help="with --remote: queue and return")
-    evaluate.set_defaults(handler=cmd_evaluate)
-
-    predictor = commands.add_parser("predictor", help="run evaluation jobs queued on a query service (evaluate --remote)")
-    predictor.add_argument("--server", default=_default_server(),
-                           help=f"the query service (default: MLSCOPE_SERVER, else http://127.0.0.1:{DEFAULT_HTTP_PORT})")
-    predictor.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: the one beside the query service "
-                                              "when it has one, else OTEL_EXPORTER_OTLP_ENDPOINT or http://127.0.0.1:4318)")
-    predictor.add_argument("--name", help="how jobs and results name this predictor (default: host-pid)")
-    predictor.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                           help="a label --where can select on (e.g. gpu=h200); repeatable")
-    predictor.add_argument("--poll", type=_positive_float, default=1.0, help="seconds between queue reads (default: 1)")
-    predictor.set_defaults(handler=cmd_predictor)
-
-    report = commands.add_parser("report", help="a model's evaluations as a table and figures")
-    report.add_argument("--model", required=True)
-    report.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}", help="the query service")
-    report.add_argument("--baseline", help="a system (fingerprint or host name): adds latency normalized to it")
-    report.add_argument("--out", help="write the figure here (.png or .svg)")
-    report.set_defaults(handler=cmd_report)
-
-
 # --- demo ------------------------------------------------------------------------------------
 
 
@@ -647,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     run.set_defaults(handler=cmd_run)
 
-    _add_evaluate(commands)
+    from mlscope import cli_evaluate  # imports mlscope.cli: only once this module is loaded
+
+    cli_evaluate.add_commands(commands)
 
     demo = commands.add_parser("demo", help="serve, trace a small real pipeline, print its timeline URL")
     _add_store(demo)
