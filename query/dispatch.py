@@ -155,22 +155,31 @@ class JobFilter:
     run_id: str | None = None
     predictor_id: str | None = None
     state: str | None = None
+    latest: int | None = None  # only the `latest` most recently queued, newest first
 
 
 def parse_job_filter(params: Mapping[str, str]) -> JobFilter:
-    values = {name: params[name] for name in ("run_id", "predictor_id", "state") if params.get(name)}
+    values: dict[str, str | int] = {name: params[name] for name in ("run_id", "predictor_id", "state") if params.get(name)}
     for name in ("run_id", "predictor_id"):
         if name in values:
             _id(values[name], name)
     if "state" in values and values["state"] not in JOB_STATES:
-        raise BadRequest(f"state must be one of {', '.join(JOB_STATES)}, not {values['state'][:32]!r}")
+        raise BadRequest(f"state must be one of {', '.join(JOB_STATES)}, not {str(values['state'])[:32]!r}")
+    if params.get("latest"):
+        text = params["latest"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_ROWS:
+            raise BadRequest(f"latest must be an integer from 1 to {MAX_ROWS}, not {text[:32]!r}")
+        values["latest"] = int(text)
     return JobFilter(**values)
 
 
 def jobs_sql(job_filter: JobFilter) -> str:
+    """Oldest first (the order a run's jobs were queued in), or the latest ones newest first."""
     conditions = [f"{name} = {sql_string(value)}" for name in ("run_id", "predictor_id", "state")
                   if (value := getattr(job_filter, name)) is not None]
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    if job_filter.latest is not None:
+        return f"SELECT * FROM jobs{where} ORDER BY created_ns DESC, job_id DESC LIMIT {int(job_filter.latest)}"
     return f"SELECT * FROM jobs{where} ORDER BY created_ns, job_id LIMIT {MAX_ROWS}"
 
 

@@ -216,7 +216,9 @@ def openapi_document() -> dict[str, Any]:
                 "get": {"summary": "jobs, oldest first",
                         "parameters": [_query("run_id", {"type": "string"}, ""),
                                        _query("predictor_id", {"type": "string"}, ""),
-                                       _query("state", {"type": "string", "enum": list(JOB_STATES)}, "stored state")],
+                                       _query("state", {"type": "string", "enum": list(JOB_STATES)}, "stored state"),
+                                       _query("latest", {"type": "integer", "minimum": 1},
+                                              "only the latest N queued, newest first")],
                         "responses": {"200": _json({"type": "object", "properties": {
                             "jobs": {"type": "array", "items": _ref("Job")}}}, "jobs"), "400": _ERROR}}},
             "/api/jobs/{job_id}": {"get": {

@@ -90,6 +90,10 @@ async def test_jobs_go_to_matching_predictors_and_move_on(api: Api) -> None:
     assert status == 409 and refused["error"] == f"job {job_id} is done: it cannot become failed"
     status, run = await api.get(f"/api/jobs?run_id={rack_a['run_id']}")
     assert [(job["state"], job["message"]) for job in run["jobs"]] == [("done", "4 results")]
+    _, oldest_first = await api.get("/api/jobs")
+    _, latest = await api.get("/api/jobs?latest=2")
+    assert [job["job_id"] for job in latest["jobs"]] == [job["job_id"] for job in oldest_first["jobs"]][::-1][:2]
+    assert latest["jobs"][0]["job_id"] == job_id
 
 
 async def test_no_match_names_the_live_predictors(api: Api) -> None:
@@ -132,6 +136,7 @@ async def test_a_silent_predictors_unfinished_jobs_are_lost(api: Api) -> None:
     ("POST", "/api/jobs", "not an object", 400, "the request must be a JSON object"),
     ("GET", "/api/jobs?state=paused", None, 400, "state must be one of queued, running, done, failed"),
     ("GET", "/api/jobs?run_id=x", None, 400, "run_id must be 32 lower-case hex digits"),
+    ("GET", "/api/jobs?latest=0", None, 400, "latest must be an integer from 1 to 10000"),
     ("GET", f"/api/jobs/{A}", None, 404, f"job {A} not found"),
     ("GET", "/api/jobs/xyz", None, 400, "job id must be 32 lower-case hex digits"),
     ("POST", f"/api/jobs/{A}/state", {"predictor_id": A, "state": "queued"}, 400, "state must be one of running"),

@@ -424,14 +424,15 @@
     main.replaceChildren(el("h1", null, "SQL"), query, el("div", { class: "sql-bar" }, run, note), output);
   }
 
-  // Predictors (mlscope predictor) and their jobs (mlscope evaluate --remote), newest jobs first.
+  // Predictors (mlscope predictor) and their latest jobs (mlscope evaluate --remote), newest first.
   // Times come as BigInt nanoseconds (parseJson keeps them exact): Number() is precise enough here.
   const PREDICTOR_COLUMNS = ["predictor", "system", "runs", "labels", "state", "last heard"];
   const JOB_COLUMNS = ["job", "run", "predictor", "state", "results", "message", "queued"];
   const RECENT_JOBS = 20;
+  const RECENT_PREDICTORS = 50; // the API lists the most recently heard first
 
   function predictorRows(predictors, nowMs) {
-    return predictors.map((p) => [
+    return predictors.slice(0, RECENT_PREDICTORS).map((p) => [
       p.name, `${p.system_name} (${p.system})`, p.execution_providers.join(", "),
       Object.entries(p.labels).map(([key, value]) => `${key}=${value}`).join(", ") || "—",
       p.alive ? "alive" : "gone", `${Math.max(0, Math.round(nowMs / 1000 - Number(p.seen_ns) / 1e9))} s ago`]);
@@ -439,7 +440,7 @@
 
   function jobRows(jobs, predictors) {
     const names = new Map(predictors.map((p) => [p.predictor_id, p.name]));
-    return jobs.slice(-RECENT_JOBS).reverse().map((job) => [
+    return jobs.map((job) => [
       job.job_id.slice(0, 8), job.run_id.slice(0, 8), names.get(job.predictor_id) || job.predictor_id.slice(0, 8),
       job.state, String(job.results), job.message || "—", new Date(Number(job.created_ns) / 1e6).toISOString()]);
   }
@@ -462,7 +463,7 @@
     document.title = "mlscope: evaluations";
     const filter = parseEvaluationFilter(location.search);
     const [{ evaluations }, { predictors }, { jobs }] = await Promise.all([
-      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`), fetchJson("/api/predictors"), fetchJson("/api/jobs")]);
+      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`), fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]);
     const inputs = {
       model: el("input", { type: "text", name: "model", placeholder: "model" }),
       framework: el("input", { type: "text", name: "framework", placeholder: "framework" }),
