@@ -8,7 +8,9 @@
 
 Levels above the agent's level cost one integer comparison and no span. At layer level and
 deeper, a traced torch.nn.Module's calls also record their module calls and (library) profiler
-ops, written as spans under the model span after each call (agents/torch_capture.py).
+ops, written as spans under the model span after each call (agents/torch_capture.py): by the
+agent's deferred worker thread, which also ends the model span (agents/deferred.py), so they are
+exported once `force_flush` or `shutdown` returns.
 
 `trace_model` and `mlscope run`'s automatic instrumentation (agents/bootstrap.py) share one code
 path: `Agent.model_spec` describes a model once, `Agent.call_model` traces each call of it.
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -37,6 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS, parse_level
 
 from . import propagation
+from .deferred import DeferredCall, DeferredSpans
 from .otlp_exporter import FastOTLPSpanExporter
 from .resource import stack_attributes
 from .spans import SpanWriter
@@ -46,7 +50,7 @@ if TYPE_CHECKING:
 
     from .hardware import HardwareSampler
     from .onnx_capture import TracedOnnxSession
-    from .torch_capture import TorchCapture
+    from .torch_capture import Recording, TorchCapture
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +90,19 @@ class ModelSpec:
 
 
 class Agent:
-    """Owns one TracerProvider exporting to one collector; spans deeper than `level` are skipped."""
+    """Owns one TracerProvider exporting to one collector; spans deeper than `level` are skipped.
+    With `deferred`, the layer and library spans are written and exported by its worker thread
+    (agents/deferred.py), bypassing the provider's processors; without it, through them, inline."""
 
-    def __init__(self, provider: TracerProvider, level: str, sampler: HardwareSampler | None = None) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        level: str,
+        sampler: HardwareSampler | None = None,
+        deferred: DeferredSpans | None = None,
+    ) -> None:
         self._provider = provider
+        self._deferred = deferred
         self._tracer = provider.get_tracer("mlscope.agents")
         self.level = parse_level(level)
         self._max_rank = LEVELS.index(self.level)
@@ -224,16 +237,38 @@ class Agent:
             end_ns = time.time_ns()
             if recording is not None:
                 try:
-                    writer = SpanWriter(self._tracer, model_span.get_span_context())
-                    model_span.set_attributes(capture.finish(recording, writer))
+                    capture.end(recording)
                 except Exception:  # a tracing bug must neither fail nor mask the model call
-                    log.exception("mlscope: layer/library spans of a %s call not written", spec.attributes["mlscope.model.name"])
-                end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
+                    log.exception("mlscope: capture of a %s call not ended", spec.attributes["mlscope.model.name"])
+                    recording = None
+                else:
+                    end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
             if self._sampler is not None:
                 model_span.set_attributes(self._sampler.span_attributes(model_span.start_time, end_ns))
-            model_span.end(end_time=end_ns)
+            if recording is None or not self._write_deep_spans(spec, capture, recording, model_span, end_ns):
+                model_span.end(end_time=end_ns)
             if spec.on_end is not None:
                 spec.on_end(model_span.get_span_context(), model_span.start_time, end_ns)
+
+    def _write_deep_spans(
+        self, spec: ModelSpec, capture: TorchCapture, recording: Recording, model_span: trace.Span, end_ns: int
+    ) -> bool:
+        """Writes the layer and library spans of an ended recording: on the deferred worker,
+        which then ends the model span (True), or here (False: the caller ends it). An
+        unsampled model span (no SDK span) gets none, so it needs no worker."""
+        deferred = self._deferred
+        if (
+            deferred is not None
+            and isinstance(model_span, SdkSpan)
+            and deferred.submit(DeferredCall(capture, recording, model_span, end_ns))
+        ):
+            return True
+        try:
+            writer = SpanWriter(self._tracer, model_span.get_span_context())
+            model_span.set_attributes(capture.write_spans(recording, writer))
+        except Exception:  # a tracing bug must neither fail nor mask the model call
+            log.exception("mlscope: layer/library spans of a %s call not written", spec.attributes["mlscope.model.name"])
+        return False
 
     def onnx_session(
         self,
@@ -267,6 +302,9 @@ class Agent:
     def add_span_processor(self, processor: SpanProcessor) -> None:
         """Hands every span this agent ends, the deep levels' written spans included, to
         `processor` as well as to the exporter."""
+        if self._deferred is not None:  # its spans would bypass `processor`: write them inline from now on
+            self._deferred.shutdown()
+            self._deferred = None
         self._provider.add_span_processor(processor)
 
     def resource_attributes(self) -> dict[str, Any]:
@@ -274,8 +312,12 @@ class Agent:
         return dict(self._provider.resource.attributes)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Exports every finished span now; False when `timeout_millis` ran out first."""
-        return self._provider.force_flush(timeout_millis)
+        """Exports every finished span now; False when `timeout_millis` ran out first. The
+        deferred worker goes first: it ends model spans, which the provider then exports."""
+        deadline = time.monotonic() + timeout_millis / 1e3
+        if self._deferred is not None and not self._deferred.force_flush(timeout_millis / 1e3):
+            return False
+        return self._provider.force_flush(max(int((deadline - time.monotonic()) * 1e3), 0))
 
     def shutdown(self) -> None:
         """Writes the spans ONNX Runtime's profilers still hold, stops the hardware sampler
@@ -284,6 +326,8 @@ class Agent:
             session.end_profiling()
         if self._sampler is not None:
             self._sampler.stop()
+        if self._deferred is not None:
+            self._deferred.shutdown()
         self._provider.force_flush()
         self._provider.shutdown()
 
@@ -325,9 +369,13 @@ def start_agent(
     base = (endpoint or default_endpoint()).rstrip("/")
     attributes = {**stack_attributes(), "service.name": service, **(resource or {})}
     provider = TracerProvider(resource=Resource.create(attributes))
-    exporter: SpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
+    exporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
     provider.add_span_processor(BatchSpanProcessor(wrap_exporter(exporter) if wrap_exporter else exporter))
     level = level or default_level()
+    # The deep levels' spans go straight to the exporter, unless a wrapper must see every span.
+    deferred = None
+    if LEVELS.index(parse_level(level)) >= LEVELS.index("layer") and wrap_exporter is None:
+        deferred = DeferredSpans(exporter, provider.resource, provider.id_generator.generate_span_id)
     sampler = None
     if parse_level(level) == LEVELS[-1]:  # hardware
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -336,4 +384,4 @@ def start_agent(
 
         sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
         sampler.start()
-    return Agent(provider, level, sampler)
+    return Agent(provider, level, sampler, deferred)

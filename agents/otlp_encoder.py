@@ -267,27 +267,33 @@ def _link(link: Link) -> bytes:
     return _length_delimited(_SPAN_LINKS, b"".join(parts))
 
 
+def _span_description(
+    name: str, kind: SpanKind, flags: bytes, status: bytes, attributes: Mapping[str, Any] | None
+) -> list[bytes]:
+    """The Span fields that say what a span is rather than where it sits (name, kind, flags,
+    status, attributes), as parts to join."""
+    encoded_name = name.encode()
+    parts = [_SPAN_NAME, _varint(len(encoded_name)), encoded_name, _SPAN_KIND[kind], _SPAN_FLAGS, flags, status]
+    _write_attributes(parts, _SPAN_ATTRIBUTES, attributes)
+    return parts
+
+
 def _span(span: ReadableSpan) -> bytes:
     """One ScopeSpans.spans field: the Span message with its tag and length."""
     context = span.get_span_context()
     parent = span.parent
-    name = span.name.encode()
-    parts = [
+    parts = _span_description(span.name, span.kind, _flags(parent), _status(span.status), span.attributes)
+    parts += (
         _SPAN_TRACE_ID, context.trace_id.to_bytes(16, "big"),
         _SPAN_SPAN_ID, context.span_id.to_bytes(8, "big"),
-        _SPAN_NAME, _varint(len(name)), name,
-        _SPAN_KIND[span.kind],
         _SPAN_START, (span.start_time or 0).to_bytes(8, "little"),
         _SPAN_END, (span.end_time or 0).to_bytes(8, "little"),
-        _SPAN_FLAGS, _flags(parent),
-        _status(span.status),
-    ]  # fmt: skip
+    )  # fmt: skip
     if parent is not None:
         parts += (_SPAN_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
     trace_state = context.trace_state
     if trace_state:
         parts.append(_text(_SPAN_TRACE_STATE, ",".join(f"{key}={value}" for key, value in trace_state.items())))
-    _write_attributes(parts, _SPAN_ATTRIBUTES, span.attributes)
     if span.dropped_attributes:
         parts += (_SPAN_DROPPED_ATTRIBUTES, _varint(span.dropped_attributes))
     events = span.events  # read once: ReadableSpan builds a new tuple per access
@@ -301,6 +307,48 @@ def _span(span: ReadableSpan) -> bytes:
         if span.dropped_links:
             parts += (_SPAN_DROPPED_LINKS, _varint(span.dropped_links))
     return _length_delimited(_SCOPE_SPANS_SPANS, b"".join(parts))
+
+
+# span_id and parent_span_id (big-endian ids), start and end times (little-endian fixed64),
+# each after its tag: one pack per pair instead of a to_bytes per value.
+_IDS = struct.Struct(">2sQ2sQ")
+_TIMES = struct.Struct("<1sQ1sQ")
+_local_descriptions: dict[tuple[str, int, str | None], tuple[Mapping[str, Any], bytes]] = {}
+"""(name, id(attributes), error) -> (attributes, their encoded description): the deep levels
+write the same module's or op's name with the same attributes object on every call. The entry
+holds the object, so its id cannot be reused while cached; emptied when full."""
+
+
+def encode_local_span(
+    trace_id: bytes,
+    span_id: int,
+    parent_span_id: int,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attributes: Mapping[str, Any],
+    error: str | None = None,
+) -> bytes:
+    """One ScopeSpans.spans field for a span known only by plain values (`trace_id`: 16
+    big-endian bytes): an INTERNAL span with a local parent, no trace state, events or links, as
+    the deep levels write after the fact without a ReadableSpan. The same message `_span`
+    writes for the equivalent ReadableSpan. `attributes` must not change once written: its
+    encoding is cached by identity."""
+    key = (name, id(attributes), error)
+    cached = _local_descriptions.get(key)
+    if cached is None or cached[0] is not attributes:
+        if len(_local_descriptions) >= _PAIR_CACHE_SIZE:
+            _local_descriptions.clear()
+        status = _UNSET_STATUS if error is None else _status(Status(StatusCode.ERROR, error))
+        description = b"".join(_span_description(name, SpanKind.INTERNAL, _LOCAL_FLAGS, status, attributes))
+        cached = _local_descriptions[key] = (attributes, description)
+    message = b"".join((
+        _SPAN_TRACE_ID, trace_id,
+        _IDS.pack(_SPAN_SPAN_ID, span_id, _SPAN_PARENT_SPAN_ID, parent_span_id),
+        _TIMES.pack(_SPAN_START, start_ns, _SPAN_END, end_ns),
+        cached[1],
+    ))  # fmt: skip
+    return _SCOPE_SPANS_SPANS + _varint(len(message)) + message
 
 
 # --- resources and scopes -----------------------------------------------------------------------
@@ -332,6 +380,21 @@ def _concatenated(tag: bytes, prefix: bytes, fields: Iterable[bytes]) -> bytes:
     return _length_delimited(tag, prefix + b"".join(fields))
 
 
+def _resource_spans(resource: Resource, scopes: Mapping[InstrumentationScope | None, Iterable[bytes]]) -> bytes:
+    """One ExportTraceServiceRequest.resource_spans field: `resource`'s spans by scope."""
+    return _concatenated(
+        _REQUEST_RESOURCE_SPANS,
+        _resource_fields(resource),
+        (_concatenated(_RESOURCE_SPANS_SCOPE_SPANS, _scope_fields(scope), encoded) for scope, encoded in scopes.items()),
+    )
+
+
+def encode_request(resource: Resource, scope: InstrumentationScope, spans: Iterable[bytes]) -> bytes:
+    """The serialized ExportTraceServiceRequest of spans already encoded (`encode_local_span`),
+    all of one Resource and scope."""
+    return _resource_spans(resource, {scope: spans})
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """The serialized ExportTraceServiceRequest of `spans`: one ResourceSpans per distinct
     Resource and one ScopeSpans per distinct scope in it, in order of first appearance."""
@@ -347,11 +410,4 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         if encoded is None:
             encoded = by_identity[identity] = by_resource.setdefault(resource, {}).setdefault(scope, [])
         encoded.append(_span(span))
-    return b"".join(
-        _concatenated(
-            _REQUEST_RESOURCE_SPANS,
-            _resource_fields(resource),
-            (_concatenated(_RESOURCE_SPANS_SCOPE_SPANS, _scope_fields(scope), encoded) for scope, encoded in scopes.items()),
-        )
-        for resource, scopes in by_resource.items()
-    )
+    return b"".join(_resource_spans(resource, scopes) for resource, scopes in by_resource.items())

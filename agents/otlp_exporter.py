@@ -29,16 +29,22 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     """OTLPSpanExporter (same constructor) whose requests are encoded by `encode_spans`."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            body = encode_spans(spans)
+        except Exception as error:  # a batch that cannot be encoded is dropped, not raised
+            log.exception("mlscope: failed to encode a span batch")
+            with self._metrics.export_operation(len(spans)) as result:
+                result.error = error
+            return SpanExportResult.FAILURE
+        return self.export_encoded(body, len(spans))
+
+    def export_encoded(self, body: bytes, spans: int) -> SpanExportResult:
+        """Sends a request already encoded (`body`, holding `spans` spans) as `export` would:
+        the deep levels' spans come encoded from agents/deferred.py, without ReadableSpans."""
         if self._shutdown:
             log.warning("Exporter already shutdown, ignoring batch")
             return SpanExportResult.FAILURE
-        with self._metrics.export_operation(len(spans)) as result:
-            try:
-                body = encode_spans(spans)
-            except Exception as error:  # a batch that cannot be encoded is dropped, not raised
-                log.exception("mlscope: failed to encode a span batch")
-                result.error = error
-                return SpanExportResult.FAILURE
+        with self._metrics.export_operation(spans) as result:
             if _is_request_too_large(body, self._max_request_size):
                 log.warning(
                     "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",

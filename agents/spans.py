@@ -11,6 +11,7 @@ would decide) and span limits (these spans carry a handful of attributes)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan, Tracer
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -20,8 +21,37 @@ from opentelemetry.util.types import AttributeValue
 SCOPE = InstrumentationScope("mlscope.agents")
 _UNSET = Status(StatusCode.UNSET)
 
+Context = TypeVar("Context")
 
-class SpanWriter:
+
+class SpanSink(Protocol[Context]):
+    """Where the deep levels write their finished spans: as ReadableSpans through the SDK's
+    processors (`SpanWriter`), or encoded for OTLP straight away (agents/deferred.py). A
+    `Context` names a span for its children: a SpanContext, or just a span id."""
+
+    parent: Context
+    """The model span every written span descends from."""
+
+    @property
+    def recording(self) -> bool:
+        """False when the parent was not sampled: nothing written would be exported."""
+
+    def new_context(self) -> Context:
+        """A context for a span to be written later; take it first so children can point at it."""
+
+    def write(
+        self,
+        name: str,
+        context: Context,
+        parent: Context,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        error: str | None = None,
+    ) -> None: ...
+
+
+class SpanWriter(SpanSink[SpanContext]):
     """Writes finished child spans of one parent span through `tracer`'s processors."""
 
     def __init__(self, tracer: Tracer, parent: SpanContext) -> None:
@@ -32,11 +62,9 @@ class SpanWriter:
 
     @property
     def recording(self) -> bool:
-        """False when the parent was not sampled: nothing written would be exported."""
         return self.parent.trace_flags.sampled
 
     def new_context(self) -> SpanContext:
-        """A context for a span to be written later; take it first so children can point at it."""
         return SpanContext(self.parent.trace_id, self._new_span_id(), False, self.parent.trace_flags)
 
     def write(

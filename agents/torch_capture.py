@@ -9,11 +9,13 @@ Hot path (during the model call), and nothing else:
 - library: a kineto session (torch.profiler's engine) with CPU activity, CUDA too when available,
   no shapes, started and stopped through torch's low-level calls (`_ProfilerSession`).
 
-After the call, off the hot path: pair the hook records into the module call tree, read the
-profiler's events (by default only the ops no other op called: the roots of torch's own call
-tree, far cheaper than every event), place each op under the innermost layer (or op) containing
-it (agents/timeline.py) and write the spans (agents/spans.py). Device kernels (on a GPU) go under
-the op that launched them, found by kineto's correlation id (`link_device_events`).
+After the call, off the hot path (`end` stops the recording; `write_spans` runs later, on the
+agent's deferred worker thread, agents/deferred.py, or inline): pair the hook records into the
+module call tree, read the profiler's events (by default only the ops no other op called: the
+roots of torch's own call tree, far cheaper than every event), place each op under the innermost
+layer (or op) containing it (agents/timeline.py) and write the spans to a SpanSink (agents/
+spans.py: OTLP-encoded or ReadableSpans). Device kernels (on a GPU) go under the op that
+launched them, found by kineto's correlation id (`link_device_events`).
 
 Clocks: hook times are perf_counter_ns, mapped to the wall clock by one (time_ns, perf_counter_ns)
 pair taken at the start of the call (timeline.Clock). Kineto's event times are already wall-clock
@@ -53,11 +55,9 @@ from torch.autograd import (
 from torch.autograd.profiler import _set_is_profiler_enabled
 from torch.utils.hooks import RemovableHandle
 
-from opentelemetry.trace import SpanContext
-
 from mlscope.levels import LEVEL_ATTRIBUTE
 
-from .spans import SpanWriter
+from .spans import Context, SpanSink
 from .timeline import ENTER, RAISE, RETURN, CallEvent, Clock, Interval, pair_calls, place_ops
 
 log = logging.getLogger(__name__)
@@ -154,21 +154,26 @@ class TorchCapture:
             raise
         return recording
 
-    def finish(self, recording: Recording, writer: SpanWriter) -> dict[str, float]:
-        """Stops `recording` (if the caller has not), ends the capture, and writes its spans
-        under `writer.parent`; returns attributes for that parent (the model span). Call it
-        exactly once for each recording `start` returned."""
+    def end(self, recording: Recording) -> None:
+        """Stops `recording` (if the caller has not) and ends the capture, so the next call can
+        start one; the spans are written later (`write_spans`), here or on another thread: the
+        recording is the hooks' list and the profiler's result, neither touched again by torch.
+        Call it exactly once for each recording `start` returned."""
         try:
             recording.stop()
         finally:
             _CAPTURE_LOCK.release()
-        if not writer.recording:
+
+    def write_spans(self, recording: Recording, sink: SpanSink[Any]) -> dict[str, float]:
+        """Writes the spans of an ended recording under `sink.parent`; returns attributes for
+        that parent (the model span)."""
+        if not sink.recording:
             return {}
-        layers = self._write_layers(recording, writer)
+        layers = self._write_layers(recording, sink)
         if recording.profiler is None or recording.profiler_results is None:
             return {}
         ops = _read_ops(recording.profiler_results, recording.profiler.device_activity, self.options.nested_ops)
-        return {OPS_INSIDE_LAYERS: self._write_ops(ops, layers, writer)}
+        return {OPS_INSIDE_LAYERS: self._write_ops(ops, layers, sink)}
 
     def _start_profiler(self) -> _ProfilerSession | None:
         """A started profiler, or None (logged once) when it cannot run: the call then goes on
@@ -188,7 +193,7 @@ class TorchCapture:
             log.warning(message)
             self._warned = True
 
-    def _write_layers(self, recording: Recording, writer: SpanWriter) -> list[tuple[Interval, SpanContext]]:
+    def _write_layers(self, recording: Recording, writer: SpanSink[Context]) -> list[tuple[Interval, Context]]:
         """Writes one span per module call; returns each call's wall interval and span context."""
         clock = recording.clock
         calls = pair_calls(recording.events, recording.end_perf_ns)
@@ -205,9 +210,7 @@ class TorchCapture:
             written.append((interval, context))
         return written
 
-    def _write_ops(
-        self, ops: ProfiledOps, layers: list[tuple[Interval, SpanContext]], writer: SpanWriter
-    ) -> float:
+    def _write_ops(self, ops: ProfiledOps, layers: list[tuple[Interval, Context]], writer: SpanSink[Context]) -> float:
         """Writes the op spans, then the device kernels under the op that launched them;
         returns the share of ops inside a layer span."""
         names, intervals = ops.names, ops.intervals

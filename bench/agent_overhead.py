@@ -10,16 +10,25 @@ call time over the same round's plain one (robust to load that comes and goes on
   mlscope layer    + a span per module call
   mlscope library  + a span per torch.profiler op that a layer calls, placed under that layer
   mlscope library (nested ops)  the same with the ops those ops call, nested under them
+  mlscope ... (inline spans)    layer and library with their spans written as ReadableSpans on
+                   the model's thread, as an agent with its own span processors does (the
+                   others write them on the agent's deferred worker, agents/deferred.py)
   torch.profiler   torch.profiler.profile(CPU) around each call, results not read
   naive OTel hooks an SDK span per module call: start_as_current_span-style in a forward
                    pre-hook (span made current), ended in the post-hook; hooks installed once
 
-Every tracing variant has its own TracerProvider with a BatchSpanProcessor whose exporter drops
-the spans: span creation and queueing are measured, OTLP encoding and the network are not.
+Every tracing variant has its own TracerProvider with a BatchSpanProcessor exporting through
+the agents' OTLP exporter, whose HTTP client drops the requests: span creation, queueing and
+OTLP encoding (all threads of this process) are measured, the network is not.
 
-Then, at batch 1, where one traced call spends its extra time (medians over calls): capture start
-(hooks, profiler), the forward itself (hot path), stop (hooks off, profiler stop) and finish
-(pairing, op placement, span writing), for each deep level.
+Then, at batch 1, each variant's latency when calls come with idle time between them (a server
+below full load; `--gap-ms`), where the deferred worker's share runs in the gaps: median over
+calls of each call's time over the median plain call's.
+
+And where one traced call spends its extra time (medians over calls): capture start
+(hooks, profiler), the forward itself (hot path), end (hooks off, profiler stop), then, on the
+deferred worker in the agent, the spans (pairing, reading and placing the ops, OTLP encoding),
+for each deep level.
 """
 
 from __future__ import annotations
@@ -38,25 +47,39 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 import torch  # noqa: E402
 from opentelemetry import context, trace  # noqa: E402
+from opentelemetry.exporter.otlp.common.http import _ExportResult  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mlscope.agents import Agent  # noqa: E402
+from mlscope.agents.deferred import DeferredSpans, EncodingSpanWriter  # noqa: E402
+from mlscope.agents.otlp_exporter import FastOTLPSpanExporter  # noqa: E402
 from mlscope.agents.resnet import resnet18  # noqa: E402
-from mlscope.agents.spans import SpanWriter  # noqa: E402
 from mlscope.agents.torch_capture import CaptureOptions, TorchCapture  # noqa: E402
 
 
-class DroppingExporter(SpanExporter):
-    """Counts the spans it is handed and drops them."""
+class DroppingClient:
+    """Stands in for the exporter's HTTP client: every request succeeds, none is sent."""
+
+    def export(self, body: bytes) -> _ExportResult:
+        return _ExportResult(True, 200, "OK", None)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class DroppingExporter(FastOTLPSpanExporter):
+    """The agents' OTLP exporter (encoding for real), counting the spans and dropping the requests."""
 
     def __init__(self) -> None:
+        super().__init__(endpoint="http://127.0.0.1:9/v1/traces")
+        self._client = DroppingClient()
         self.spans = 0
 
-    def export(self, spans) -> SpanExportResult:  # type: ignore[no-untyped-def]
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
+    def export_encoded(self, body: bytes, spans: int) -> SpanExportResult:
+        self.spans += spans
+        return super().export_encoded(body, spans)
 
 
 @dataclass(frozen=True)
@@ -64,9 +87,13 @@ class Sink:
     provider: TracerProvider
     exporter: DroppingExporter
 
-    def spans(self) -> int:
+    def deferred(self) -> DeferredSpans:
+        """A deferred-span worker exporting the deep levels' spans through this sink's exporter."""
+        return DeferredSpans(self.exporter, self.provider.resource, self.provider.id_generator.generate_span_id)
+
+    def spans(self, agent: Agent | None) -> int:
         """Spans exported so far, after handing over everything queued."""
-        self.provider.force_flush()
+        (agent or self.provider).force_flush()
         return self.exporter.spans
 
 
@@ -82,12 +109,17 @@ class Variant:
     name: str
     call: Callable[[torch.Tensor], object]
     sink: Sink | None = None
+    agent: Agent | None = None
+
+    def spans(self) -> int:
+        assert self.sink is not None
+        return self.sink.spans(self.agent)
 
 
-def mlscope_variant(name: str, model: nn.Module, level: str, **options: bool) -> Variant:
+def mlscope_variant(name: str, model: nn.Module, level: str, inline: bool = False, **options: bool) -> Variant:
     spans = sink()
-    traced = Agent(spans.provider, level).trace_model(model, name="resnet18", **options)
-    return Variant(name, traced, spans)
+    agent = Agent(spans.provider, level, deferred=None if inline else spans.deferred())
+    return Variant(name, agent.trace_model(model, name="resnet18", **options), spans, agent)
 
 
 def profiler_variant(model: nn.Module) -> Variant:
@@ -163,11 +195,31 @@ def measure(variants: list[Variant], images: torch.Tensor, rounds: int, calls: i
     )
 
 
+def latency_with_gaps(variants: list[Variant], images: torch.Tensor, calls: int, gap_s: float) -> None:
+    """Median latency of calls made `gap_s` apart, variants shuffled per round."""
+    latencies: dict[str, list[int]] = {variant.name: [] for variant in variants}
+    rng = random.Random(0)
+    for _ in range(calls):
+        for variant in rng.sample(variants, len(variants)):
+            time.sleep(gap_s)
+            start = time.perf_counter_ns()
+            variant.call(images)
+            latencies[variant.name].append(time.perf_counter_ns() - start)
+    plain = statistics.median(latencies["plain"])
+    print(f"\nbatch {images.shape[0]}, {gap_s * 1e3:.0f} ms idle before each call (median over {calls} calls):")
+    print("| variant | median ms | vs plain |")
+    print("|---|---:|---:|")
+    for variant in variants:
+        median = statistics.median(latencies[variant.name])
+        print(f"| {variant.name} | {median / 1e6:.2f} | {median / plain - 1:+.1%} |")
+
+
 def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
     """Median µs per phase of one traced call, its forward against the plain forward run just
     before it (so load that comes and goes on the machine shifts both)."""
     spans = sink()
     tracer = spans.provider.get_tracer("breakdown")
+    new_span_id = spans.provider.id_generator.generate_span_id
     captures = {
         "layer": TorchCapture(model, "resnet18", CaptureOptions()),
         "library": TorchCapture(model, "resnet18", CaptureOptions(ops=True)),
@@ -191,24 +243,26 @@ def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
             t1 = clock()
             model(images)
             t2 = clock()
-            recording.stop()
+            capture.end(recording)
             t3 = clock()
-            capture.finish(recording, SpanWriter(tracer, predict.get_span_context()))
+            writer = EncodingSpanWriter(predict.get_span_context(), new_span_id)
+            capture.write_spans(recording, writer)
             t4 = clock()
             predict.end()
-            took = {"start": t1 - t0, "forward": t2 - t1 - plain, "stop": t3 - t2, "finish": t4 - t3}
+            took = {"start": t1 - t0, "forward": t2 - t1 - plain, "end": t3 - t2}
             took["total"] = sum(took.values())
+            took["spans"] = t4 - t3
             for phase, ns in took.items():
                 phases[name].setdefault(phase, []).append(ns)
     plain_median = statistics.median(plain_forwards)
     print(f"\nbatch {images.shape[0]}, where the time goes (median µs over {calls} calls; plain forward {plain_median / 1e3:.0f}):")
-    print("| level | start | forward - plain | stop | finish | total extra | vs plain |")
+    print("| level | start | forward - plain | end | caller's extra | vs plain | spans (worker) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in captures:
         median = {phase: statistics.median(values) / 1e3 for phase, values in phases[name].items()}
         print(
-            f"| {name} | {median['start']:.0f} | {median['forward']:.0f} | {median['stop']:.0f} "
-            f"| {median['finish']:.0f} | {median['total']:.0f} | {median['total'] * 1e3 / plain_median:+.1%} |"
+            f"| {name} | {median['start']:.0f} | {median['forward']:.0f} | {median['end']:.0f} "
+            f"| {median['total']:.0f} | {median['total'] * 1e3 / plain_median:+.1%} | {median['spans']:.0f} |"
         )
 
 
@@ -217,6 +271,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gap-ms", type=float, default=15.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = resnet18()
@@ -226,6 +281,8 @@ def main() -> None:
         mlscope_variant("mlscope layer", model, "layer"),
         mlscope_variant("mlscope library", model, "library"),
         mlscope_variant("mlscope library (nested ops)", model, "library", nested_ops=True),
+        mlscope_variant("mlscope layer (inline spans)", model, "layer", inline=True),
+        mlscope_variant("mlscope library (inline spans)", model, "library", inline=True),
         profiler_variant(model),
         naive_variant(model),
     ]
@@ -233,7 +290,7 @@ def main() -> None:
     for batch_size in (int(size) for size in args.batch_sizes.split(",")):
         images = torch.randn(batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         calls = 4 if batch_size == 1 else 1
-        exported_before = {variant.name: variant.sink.spans() for variant in variants if variant.sink}
+        exported_before = {variant.name: variant.spans() for variant in variants if variant.sink}
         with torch.inference_mode():
             measured = measure(variants, images, args.rounds, calls)
         medians, overhead = measured.median_s, measured.overhead
@@ -245,14 +302,16 @@ def main() -> None:
             name = variant.name
             spans = ""
             if variant.sink:
-                spans = f"{(variant.sink.spans() - exported_before[name]) / calls_made:.0f}"
+                spans = f"{(variant.spans() - exported_before[name]) / calls_made:.0f}"
             print(
                 f"| {name} | {medians[name] * 1e3:.2f} | {overhead[name]:+.1%} "
                 f"| {overhead[name] / overhead['torch.profiler']:.2f} | {overhead[name] / overhead['naive OTel hooks']:.2f} "
                 f"| {spans} |"
             )
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        breakdown(model, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)), calls=80)
+        latency_with_gaps(variants, images, calls=3 * args.rounds, gap_s=args.gap_ms / 1e3)
+        breakdown(model, images, calls=80)
 
 
 if __name__ == "__main__":

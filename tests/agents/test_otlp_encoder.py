@@ -218,6 +218,26 @@ async def test_an_agent_exports_through_the_fast_exporter_to_a_collector(
     assert {service for _, _, service in rows} == {"fast-exporter"}
 
 
+async def test_an_agent_exports_its_deep_spans_from_the_deferred_worker_to_a_collector(
+    served: tuple[Collector, Store],
+) -> None:
+    collector, store = served
+
+    def run_agent() -> str:
+        agent = start_agent("deferred", endpoint=f"http://127.0.0.1:{collector.http_port}", level="library")
+        model = agent.trace_model(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), name="tiny")
+        with agent.span("pipeline") as pipeline:
+            model(torch.ones(2, 4))
+        agent.shutdown()
+        return format(pipeline.get_span_context().trace_id, "032x")
+
+    trace_id = await asyncio.to_thread(run_agent)
+
+    rows = (await asyncio.to_thread(store.execute, f"SELECT name, level FROM spans WHERE trace_id = '{trace_id}'")).rows
+    assert {("pipeline", "application"), ("predict", "model"), ("tiny", "layer"), ("0", "layer"), ("1", "layer")} <= set(rows)
+    assert ("aten::linear", "library") in set(rows)
+
+
 async def test_the_exporter_retries_after_a_429_as_told() -> None:
     bodies: list[bytes] = []
 

@@ -1,0 +1,208 @@
+"""The deep levels' spans built, encoded and exported on a worker thread, without ReadableSpans.
+
+At layer and library level a model call records hook events and a profiler result (agents/
+torch_capture.py); turning them into spans (pairing the module calls, reading and placing the
+ops, one span each) is ~0.4-0.9 ms of Python per ResNet-18 call, and writing each as an SDK
+ReadableSpan that the export thread then encodes doubles it. Here the model's thread only hands
+the ended recording over (`DeferredSpans.submit`, O(1)); one daemon thread per agent writes the
+spans straight into OTLP protobuf bytes (`EncodingSpanWriter`: a span id and one encoded message
+per span, nothing else), batches them across calls and posts them through the agent's exporter
+(same endpoint, HTTP client and retries as every other span). The model span itself stays an
+SDK span: the worker sets its library attributes and ends it, so it is exported after its
+children are written.
+
+Used only when the agent's spans all go to one FastOTLPSpanExporter (agents/api.py start_agent):
+an agent with other processors or exporters (tests' in-memory exporters, a span tally) writes
+ReadableSpans through them inline, on the model's thread, as before.
+
+The worker reads a profiler result after the next call has started a new profiler session:
+tested in tests/agents/test_deferred_spans.py (the same ops, read concurrently).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Span
+from opentelemetry.trace import SpanContext
+from opentelemetry.util.types import AttributeValue
+
+from .otlp_encoder import encode_local_span, encode_request
+from .otlp_exporter import FastOTLPSpanExporter
+from .spans import SCOPE, SpanSink
+
+if TYPE_CHECKING:
+    from .torch_capture import Recording, TorchCapture
+
+log = logging.getLogger(__name__)
+
+
+class EncodingSpanWriter(SpanSink[int]):
+    """Writes child spans of one parent as encoded OTLP Span messages (`spans`); a span's
+    context is just its span id: the trace and flags are the parent's."""
+
+    def __init__(self, parent: SpanContext, new_span_id: Callable[[], int]) -> None:
+        self.parent = parent.span_id
+        self.spans: list[bytes] = []
+        self._new_span_id = new_span_id
+        self._trace_id = parent.trace_id.to_bytes(16, "big")
+        self._sampled = parent.trace_flags.sampled
+
+    @property
+    def recording(self) -> bool:
+        return self._sampled
+
+    def new_context(self) -> int:
+        return self._new_span_id()
+
+    def write(
+        self,
+        name: str,
+        context: int,
+        parent: int,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        error: str | None = None,
+    ) -> None:
+        self.spans.append(encode_local_span(self._trace_id, context, parent, name, start_ns, end_ns, attributes, error))
+
+
+@dataclass(frozen=True)
+class DeferredCall:
+    """One traced call handed to the worker: its ended recording and its model span, still open."""
+
+    capture: TorchCapture
+    recording: Recording
+    model_span: Span
+    end_ns: int
+    """The model span's end time."""
+
+
+@dataclass(frozen=True)
+class _Flush:
+    """Asks the worker to export what it holds, then set `done` (and stop, if `stop`)."""
+
+    stop: bool
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class DeferredSpans:
+    """A bounded queue of calls and the daemon thread that writes and exports their spans."""
+
+    def __init__(
+        self,
+        exporter: FastOTLPSpanExporter,
+        resource: Resource,
+        new_span_id: Callable[[], int],
+        max_queue_size: int = 64,
+        max_export_spans: int = 4096,
+        schedule_delay_s: float = 5.0,
+    ) -> None:
+        """`max_queue_size` calls wait at most (each holds its profiler result: memory stays
+        bounded when the exporter falls behind); spans are posted once `max_export_spans` are
+        pending or `schedule_delay_s` after the first of them, as the SDK's BatchSpanProcessor
+        does (its defaults: 2048 queued spans, 512 a request, 5 s)."""
+        self._exporter = exporter
+        self._resource = resource
+        self._new_span_id = new_span_id
+        self._max_export_spans = max_export_spans
+        self._schedule_delay_s = schedule_delay_s
+        self._queue: queue.Queue[DeferredCall | _Flush] = queue.Queue(max_queue_size)
+        self._closed = False
+        # Orders submits against shutdown: no call is queued behind the worker's stop request.
+        self._closing = threading.Lock()
+        self.dropped_calls = 0
+        """Calls whose deep spans were dropped because the queue was full."""
+        self._thread = threading.Thread(target=self._run, name="mlscope-deferred-spans", daemon=True)
+        self._thread.start()
+        # Before the TracerProvider's own exit handler (atexit runs the last registered first),
+        # so the model spans this thread ends are still exported at exit.
+        atexit.register(self.shutdown)
+
+    def submit(self, call: DeferredCall) -> bool:
+        """Queues `call`; False once shut down (the caller then writes the spans itself). When
+        the queue is full its deep spans are dropped (counted, logged once) and its model span
+        ended now."""
+        with self._closing:
+            if self._closed:
+                return False
+            try:
+                self._queue.put_nowait(call)
+                return True
+            except queue.Full:
+                self.dropped_calls += 1
+                first_drop = self.dropped_calls == 1
+        if first_drop:
+            log.warning("mlscope: layer/library spans dropped: the exporter is not keeping up")
+        call.model_span.end(end_time=call.end_ns)
+        return True
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        """Writes and exports every queued call's spans; False when `timeout_s` ran out first."""
+        return self._closed or self._flush(_Flush(stop=False), timeout_s)
+
+    def shutdown(self) -> None:
+        """Writes and exports every queued call's spans, then stops the worker. Idempotent."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self.shutdown)
+        self._flush(_Flush(stop=True), None)
+        self._thread.join()
+
+    def _flush(self, request: _Flush, timeout_s: float | None) -> bool:
+        try:
+            self._queue.put(request, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return request.done.wait(timeout_s)
+
+    def _run(self) -> None:
+        pending: list[bytes] = []
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None  # the schedule delay is up
+            if isinstance(item, DeferredCall):
+                pending += self._write(item)
+                if deadline is None and pending:
+                    deadline = time.monotonic() + self._schedule_delay_s
+                if len(pending) < self._max_export_spans:
+                    continue
+            self._export(pending)
+            pending, deadline = [], None
+            if isinstance(item, _Flush):
+                item.done.set()
+                if item.stop:
+                    return
+
+    def _write(self, call: DeferredCall) -> list[bytes]:
+        """The call's encoded spans; ends its model span (never raises: the worker must live)."""
+        writer = EncodingSpanWriter(call.model_span.get_span_context(), self._new_span_id)
+        try:
+            call.model_span.set_attributes(call.capture.write_spans(call.recording, writer))
+        except Exception:
+            log.exception("mlscope: layer/library spans of a call not written")
+        call.model_span.end(end_time=call.end_ns)
+        return writer.spans
+
+    def _export(self, spans: list[bytes]) -> None:
+        if not spans:
+            return
+        try:
+            self._exporter.export_encoded(encode_request(self._resource, SCOPE, spans), len(spans))
+        except Exception:
+            log.exception("mlscope: layer/library spans not exported")

@@ -1,0 +1,229 @@
+"""agents/deferred.py: the deep levels' spans written and encoded on the agent's worker thread."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+
+import pytest
+import torch
+from opentelemetry.exporter.otlp.common.http import _ExportResult
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from torch import nn
+
+from mlscope.agents import Agent
+from mlscope.agents.deferred import DeferredSpans, EncodingSpanWriter
+from mlscope.agents.otlp_encoder import encode_request, encode_spans
+from mlscope.agents.otlp_exporter import FastOTLPSpanExporter
+from mlscope.agents.resnet import resnet18
+from mlscope.agents.spans import SCOPE, SpanWriter
+from mlscope.agents.torch_capture import CaptureOptions, TorchCapture, _ProfilerSession, _read_ops
+
+RESNET18_MODULE_CALLS = len(list(resnet18().named_modules())) + 8  # each BasicBlock's relu runs twice
+
+
+class CapturingClient:
+    """Stands in for the exporter's HTTP client: keeps each request body; `gate` holds them back."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def export(self, body: bytes) -> _ExportResult:
+        self.gate.wait()
+        self.bodies.append(body)
+        return _ExportResult(True, 200, "OK", None)
+
+    def shutdown(self) -> None:
+        pass
+
+    def spans(self) -> list[SpanMessage]:
+        return [
+            span
+            for body in self.bodies
+            for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+
+def deferred_agent(level: str, **options: int) -> tuple[Agent, DeferredSpans, CapturingClient]:
+    """An agent exporting through a FastOTLPSpanExporter whose client keeps the requests, with
+    its deep spans on a deferred worker, as start_agent builds it."""
+    client = CapturingClient()
+    exporter = FastOTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    exporter._client = client
+    provider = TracerProvider(resource=Resource({"service.name": "deferred-test"}), shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    deferred = DeferredSpans(exporter, provider.resource, provider.id_generator.generate_span_id, **options)
+    return Agent(provider, level, deferred=deferred), deferred, client
+
+
+def attribute(span: SpanMessage, key: str) -> object:
+    for pair in span.attributes:
+        if pair.key == key:
+            value = pair.value
+            return getattr(value, value.WhichOneof("value"))
+    raise KeyError(key)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+
+
+def test_a_library_level_call_exports_the_module_tree_and_its_ops(images: torch.Tensor) -> None:
+    agent, deferred, client = deferred_agent("library")
+    model = agent.trace_model(resnet18(), name="resnet18")
+    with torch.inference_mode():
+        model(images)
+    agent.force_flush()
+    spans = client.spans()
+    (predict,) = [span for span in spans if span.name == "predict"]
+    by_id = {span.span_id: span for span in spans}
+    levels = [attribute(span, "mlscope.level") for span in spans]
+    assert levels.count("layer") == RESNET18_MODULE_CALLS and levels.count("library") > 50
+    assert {span.trace_id for span in spans} == {predict.trace_id}
+    # Every deep span descends from the model span, inside its interval.
+    for span in spans:
+        if span is predict:
+            continue
+        ancestor = by_id[span.parent_span_id]
+        while ancestor is not predict:
+            ancestor = by_id[ancestor.parent_span_id]
+        assert predict.start_time_unix_nano <= span.start_time_unix_nano <= span.end_time_unix_nano
+    (root,) = [span for span in spans if span.parent_span_id == predict.span_id and attribute(span, "mlscope.level") == "layer"]
+    assert root.name == "resnet18" and attribute(root, "mlscope.layer.type") == "ResNet18"
+    conv1 = next(span for span in spans if span.name == "conv1")
+    assert by_id[conv1.parent_span_id] is root
+    assert any(by_id[span.parent_span_id] is conv1 and span.name == "aten::conv2d" for span in spans)
+    assert attribute(predict, "mlscope.library.ops_inside_layers") >= 0.99
+    agent.shutdown()
+
+
+class Guarded(nn.Module):
+    """Calls a module that raises, and recovers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = nn.Linear(2, 2)  # the images' last dimension is 224: it raises
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.failing(x)
+        except RuntimeError:
+            return x
+
+
+def test_the_encoded_spans_are_those_the_span_writer_writes(images: torch.Tensor) -> None:
+    """One recording written by both writers, with the same span ids: the same Span messages
+    (layers with shapes, ops and nested ops, a failed layer's error status)."""
+
+    class CountingIds(IdGenerator):
+        def __init__(self) -> None:
+            self._next = itertools.count(1)
+
+        def generate_span_id(self) -> int:
+            return next(self._next)
+
+        def generate_trace_id(self) -> int:
+            return 0x5B8EFFF798038103D269B633813FC60C
+
+    provider = TracerProvider(id_generator=CountingIds(), shutdown_on_exit=False)
+    written = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(written))
+    tracer = provider.get_tracer("test")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Guarded())
+    capture = TorchCapture(model, "tiny", CaptureOptions(ops=True, nested_ops=True, shapes=True))
+    recording = capture.start()
+    assert recording is not None
+    with torch.inference_mode():
+        model(images)
+    capture.end(recording)
+    parent = tracer.start_span("predict").get_span_context()  # span id 1
+
+    attributes = capture.write_spans(recording, SpanWriter(tracer, parent))  # span ids from 2
+    same_ids = itertools.count(2)
+    encoder = EncodingSpanWriter(parent, lambda: next(same_ids))
+    assert capture.write_spans(recording, encoder) == attributes
+
+    def spans(body: bytes) -> list[SpanMessage]:
+        return list(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+
+    expected = spans(encode_spans(written.get_finished_spans()))
+    assert spans(encode_request(provider.resource, SCOPE, encoder.spans)) == expected
+    assert len(expected) > 10 and any(span.status.message == "forward raised" for span in expected)
+
+
+def test_shutdown_exports_every_queued_call_and_ends_its_model_span() -> None:
+    agent, _, client = deferred_agent("layer")
+    model = agent.trace_model(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), name="tiny")
+    client.gate.clear()  # the worker's first export blocks: calls queue up behind it
+    for _ in range(5):
+        model(torch.ones(1, 4))
+    client.gate.set()
+    agent.shutdown()
+    names = [span.name for span in client.spans()]
+    assert names.count("predict") == 5 and names.count("0") == names.count("1") == names.count("tiny") == 5
+
+
+def test_a_full_queue_drops_the_deep_spans_and_keeps_the_model_spans(caplog: pytest.LogCaptureFixture) -> None:
+    agent, deferred, client = deferred_agent("layer", max_queue_size=2, max_export_spans=1)
+    model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
+    client.gate.clear()  # the first call's export blocks the worker
+    for _ in range(8):
+        model(torch.ones(1))
+    client.gate.set()
+    agent.shutdown()
+    names = [span.name for span in client.spans()]
+    assert 0 < deferred.dropped_calls <= 6 and names.count("predict") == 8
+    assert names.count("tiny") == 8 - deferred.dropped_calls
+    assert [record.message for record in caplog.records].count(
+        "mlscope: layer/library spans dropped: the exporter is not keeping up"
+    ) == 1
+
+
+def test_an_added_span_processor_sees_the_deep_spans() -> None:
+    agent, _, client = deferred_agent("layer")
+    seen = InMemorySpanExporter()
+    agent.add_span_processor(SimpleSpanProcessor(seen))
+    agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")(torch.ones(1))
+    agent.shutdown()
+    assert sorted(span.name for span in seen.get_finished_spans()) == ["0", "predict", "tiny"]
+
+
+def test_profiler_results_read_on_another_thread_while_the_next_session_runs() -> None:
+    """The worker reads a call's profiler result while the model thread profiles the next call."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    x = torch.ones(1, 3, 32, 32)
+
+    def profiled() -> object:
+        session = _ProfilerSession.start()
+        with torch.inference_mode():
+            model(x)
+        return session.stop()
+
+    expected = {nested: len(_read_ops(profiled(), False, nested).names) for nested in (False, True)}
+    results: queue.Queue[tuple[object, bool] | None] = queue.Queue()
+    read: list[tuple[bool, int]] = []
+
+    def reader() -> None:
+        while (item := results.get()) is not None:
+            result, nested = item
+            read.append((nested, len(_read_ops(result, False, nested).names)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for call in range(20):
+        results.put((profiled(), call % 2 == 1))
+    results.put(None)
+    thread.join()
+    assert len(read) == 20 and set(read) == set(expected.items())
