@@ -4,30 +4,45 @@ and its exporter against real collectors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from aiohttp import web
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
-
 from mlscope.agents import start_agent
 from mlscope.agents.otlp_encoder import encode_spans
 from mlscope.agents.otlp_exporter import FastOTLPSpanExporter
 from mlscope.collector import NO_GRPC, Collector, CollectorConfig
 from mlscope.collector.otlp import Decoded, Encoding, decode_traces, parse_trace_request
 from mlscope.store import Store, open_store
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
+    encode_spans as sdk_encode_spans,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.span import TraceState
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 TRACE_ID = 0x5B8EFFF798038103D269B633813FC60C
@@ -201,15 +216,7 @@ async def test_an_agent_exports_through_the_fast_exporter_to_a_collector(
         exporters.append(exporter)
         return exporter
 
-    def run_agent() -> str:
-        agent = start_agent("fast-exporter", endpoint=f"http://127.0.0.1:{collector.http_port}", level="layer", wrap_exporter=keep)
-        model = agent.trace_model(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), name="tiny")
-        with agent.span("pipeline") as pipeline:
-            model(torch.ones(2, 4))
-        agent.shutdown()
-        return format(pipeline.get_span_context().trace_id, "032x")
-
-    trace_id = await asyncio.to_thread(run_agent)
+    trace_id = await asyncio.to_thread(trace_tiny_model, "fast-exporter", collector.http_port, "layer", keep)
 
     assert [type(exporter) for exporter in exporters] == [FastOTLPSpanExporter]
     rows = (await asyncio.to_thread(store.execute, f"SELECT name, level, service FROM spans WHERE trace_id = '{trace_id}'")).rows
@@ -223,15 +230,7 @@ async def test_an_agent_exports_its_deep_spans_from_the_deferred_worker_to_a_col
 ) -> None:
     collector, store = served
 
-    def run_agent() -> str:
-        agent = start_agent("deferred", endpoint=f"http://127.0.0.1:{collector.http_port}", level="library")
-        model = agent.trace_model(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), name="tiny")
-        with agent.span("pipeline") as pipeline:
-            model(torch.ones(2, 4))
-        agent.shutdown()
-        return format(pipeline.get_span_context().trace_id, "032x")
-
-    trace_id = await asyncio.to_thread(run_agent)
+    trace_id = await asyncio.to_thread(trace_tiny_model, "deferred", collector.http_port, "library")
 
     rows = (await asyncio.to_thread(store.execute, f"SELECT name, level FROM spans WHERE trace_id = '{trace_id}'")).rows
     assert {("pipeline", "application"), ("predict", "model"), ("tiny", "layer"), ("0", "layer"), ("1", "layer")} <= set(rows)
@@ -274,3 +273,15 @@ def test_the_exporter_gives_up_with_failure_when_no_collector_answers() -> None:
     finally:
         exporter.shutdown()
     assert exporter.export(mixed_batch()) is SpanExportResult.FAILURE  # after shutdown
+
+
+def trace_tiny_model(service: str, port: int, level: str,
+                     wrap_exporter: Callable[[SpanExporter], SpanExporter] | None = None) -> str:
+    """One traced call of a two-layer model under a `pipeline` span, exported to the collector on
+    `port` by an agent from start_agent; the trace id."""
+    agent = start_agent(service, endpoint=f"http://127.0.0.1:{port}", level=level, wrap_exporter=wrap_exporter)
+    model = agent.trace_model(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), name="tiny")
+    with agent.span("pipeline") as pipeline:
+        model(torch.ones(2, 4))
+    agent.shutdown()
+    return format(pipeline.get_span_context().trace_id, "032x")
