@@ -171,6 +171,7 @@ class Agent:
         *,
         shapes: bool = False,
         nested_ops: bool = False,
+        kineto_ops: bool = False,
     ) -> Any:
         """Wraps a callable model so each call is a `predict` model-level span.
 
@@ -178,8 +179,12 @@ class Agent:
         span per module call (nested as the modules nest) and, at library level, one span per
         torch.profiler op placed under the layer that ran it (see agents/torch_capture.py).
         `shapes` adds tensor shapes to layer spans; `nested_ops` adds the ops that ops call,
-        nested under them (by default only the ops that layers call directly)."""
-        spec = self.model_spec(model, name, framework, version, shapes=shapes, nested_ops=nested_ops)
+        nested under them (by default only the ops that layers call directly). `kineto_ops`
+        records ops with torch.profiler's kineto even on CPU, where mlscope's native recorder is
+        cheaper (agents/op_recorder.py); with a GPU kineto records them anyway."""
+        spec = self.model_spec(
+            model, name, framework, version, shapes=shapes, nested_ops=nested_ops, kineto_ops=kineto_ops
+        )
         return _TracedModel(self, model, spec)
 
     def model_spec(
@@ -193,6 +198,7 @@ class Agent:
         attributes: Mapping[str, AttributeValue] | None = None,
         shapes: bool = False,
         nested_ops: bool = False,
+        kineto_ops: bool = False,
     ) -> ModelSpec:
         """Describes `model` once for `call_model` (see trace_model for the arguments);
         `attributes` are added to every model span. Building a torch capture walks the module
@@ -209,7 +215,9 @@ class Agent:
         if self.enabled("layer") and _is_torch_module(model) and isinstance(self._tracer, SdkTracer):
             from .torch_capture import CaptureOptions, TorchCapture
 
-            options = CaptureOptions(ops=self.enabled("library"), nested_ops=nested_ops, shapes=shapes)
+            options = CaptureOptions(
+                ops=self.enabled("library"), nested_ops=nested_ops, shapes=shapes, kineto_ops=kineto_ops
+            )
             capture = TorchCapture(model, root_name=name, options=options)
         return ModelSpec(span_name, model_attributes, capture)
 

@@ -6,26 +6,31 @@ Hot path (during the model call), and nothing else:
   ones: registering two hooks per call costs ~µs where registering two per module costs ~0.3 ms on
   ResNet-18; the module object itself is the key, so there is no lookup and no formatting. The
   post hook is `always_call`, so a forward that raises still records its exit, as RAISE.
-- library: a kineto session (torch.profiler's engine) with CPU activity, CUDA too when available,
-  no shapes, started and stopped through torch's low-level calls (`_ProfilerSession`).
+- library: on CPU, mlscope's native op recorder (agents/op_recorder.py): RecordFunction callbacks,
+  torch.profiler's own source of ops, keeping a name and two perf_counter_ns readings per op on
+  the calling thread. With a GPU (or where the recorder cannot be built, or `kineto_ops`): a
+  kineto session (torch.profiler's engine) with CPU activity, CUDA too when available, no shapes,
+  started and stopped through torch's low-level calls (`_ProfilerSession`).
 
 After the call, off the hot path (`end` stops the recording; `write_spans` runs later, on the
 agent's deferred worker thread, agents/deferred.py, or inline): pair the hook records into the
-module call tree, read the profiler's events (by default only the ops no other op called: the
+module call tree, read the recorded ops (by default only the ops no other op called: the
 roots of torch's own call tree, far cheaper than every event), place each op under the innermost
 layer (or op) containing it (agents/timeline.py) and write the spans to a SpanSink (agents/
 spans.py: OTLP-encoded or ReadableSpans). Device kernels (on a GPU) go under the op that
 launched them, found by kineto's correlation id (`link_device_events`).
 
-Clocks: hook times are perf_counter_ns, mapped to the wall clock by one (time_ns, perf_counter_ns)
-pair taken at the start of the call (timeline.Clock). Kineto's event times are already wall-clock
-ns (it converts its TSC readings to CLOCK_REALTIME, the clock of time.time_ns), so ops need no
-offset; that both land on one clock is checked by the share of ops inside a layer span, which is
-reported on every predict span (`mlscope.library.ops_inside_layers`) and tested (>= 99%).
+Clocks: hook times and the native recorder's are perf_counter_ns (CLOCK_MONOTONIC), mapped to
+the wall clock by one (time_ns, perf_counter_ns) pair taken at the start of the call
+(timeline.Clock). Kineto's event times are already wall-clock ns (it converts its TSC readings to
+CLOCK_REALTIME, the clock of time.time_ns), so its ops need no offset; that ops and layers land on
+one clock is checked by the share of ops inside a layer span, which is reported on every predict
+span (`mlscope.library.ops_inside_layers`) and tested (>= 99%).
 
-One capture runs at a time per process: the profiler and the global hooks are process-wide. A
-traced call that finds another capture running (another thread, a traced model inside a traced
-model) or a torch.profiler the user started gets its model span only.
+One capture runs at a time per process: kineto and the global hooks are process-wide. A traced
+call that finds another capture running (another thread, a traced model inside a traced model)
+gets its model span only; one that finds a torch.profiler the user started gets no ops from
+kineto (the native recorder runs beside it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -57,6 +63,7 @@ from torch.utils.hooks import RemovableHandle
 
 from mlscope.levels import LEVEL_ATTRIBUTE
 
+from . import op_recorder
 from .spans import Context, SpanSink
 from .timeline import ENTER, RAISE, RETURN, CallEvent, Clock, Interval, pair_calls, place_ops
 
@@ -85,6 +92,9 @@ class CaptureOptions:
     Off by default; on, it shows which kernel path ran."""
     shapes: bool = False
     """Input and output tensor shapes on layer spans (a few µs per module call)."""
+    kineto_ops: bool = False
+    """Record ops with kineto even on CPU, where the native recorder would do (compared in
+    bench/agent_overhead.py). With a GPU kineto records them anyway."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +111,9 @@ class Recording:
     def __init__(self) -> None:
         self.events: list[CallEvent] = []
         self.handles: list[RemovableHandle] = []
-        self.profiler: _ProfilerSession | None = None
-        self.profiler_results: _ProfilerResult | None = None
-        """What the profiler recorded, once `stop` has stopped it."""
+        self.profiler: _ProfilerSession | _NativeOpsSession | None = None
+        self.profiler_results: Any = None
+        """What the profiler recorded, once `stop` has stopped it (its `read` reads it)."""
         self.clock = Clock.now()
         self.end_perf_ns = 0
 
@@ -133,6 +143,8 @@ class TorchCapture:
             {module: _describe(path, module, root_name) for path, module in model.named_modules()}
         )
         self._warned = False
+        # Loaded (built, the first time on a machine) here, not in the first traced call.
+        self._op_recorder = _native_op_recorder() if options.ops and not options.kineto_ops else None
 
     def start(self) -> Recording | None:
         """Starts recording a call on this thread, or returns None if another capture runs."""
@@ -172,12 +184,14 @@ class TorchCapture:
         layers = self._write_layers(recording, sink)
         if recording.profiler is None or recording.profiler_results is None:
             return {}
-        ops = _read_ops(recording.profiler_results, recording.profiler.device_activity, self.options.nested_ops)
+        ops = recording.profiler.read(recording.profiler_results, recording.clock, self.options.nested_ops)
         return {OPS_INSIDE_LAYERS: self._write_ops(ops, layers, sink)}
 
-    def _start_profiler(self) -> _ProfilerSession | None:
-        """A started profiler, or None (logged once) when it cannot run: the call then goes on
+    def _start_profiler(self) -> _ProfilerSession | _NativeOpsSession | None:
+        """A started op recorder, or None (logged once) when none can run: the call then goes on
         with its layers only, never fails because of tracing."""
+        if self._op_recorder is not None:
+            return _NativeOpsSession.start(self._op_recorder, self.options.nested_ops)
         # The C++ flag, not torch.profiler's Python one: it also covers the legacy profiler.
         if torch._C._autograd._profiler_enabled():
             self._warn_once("torch.profiler is already running: no library level while it does")
@@ -383,6 +397,40 @@ _HOST_ACTIVITIES = {ProfilerActivity.CPU}
 _HOST_AND_DEVICE_ACTIVITIES = {ProfilerActivity.CPU, ProfilerActivity.CUDA}
 
 
+def _native_op_recorder() -> ModuleType | None:
+    """The native recorder where it serves: not with a GPU, whose kernels only kineto sees."""
+    if torch.cuda.is_available():
+        return None
+    return op_recorder.load()
+
+
+class _NativeOpsSession:
+    """The native op recorder (agents/op_recorder.py) recording the calling thread's ops."""
+
+    __slots__ = ("_recorder",)
+
+    def __init__(self, recorder: ModuleType) -> None:
+        self._recorder = recorder
+
+    @classmethod
+    def start(cls, recorder: ModuleType, nested_ops: bool) -> _NativeOpsSession:
+        recorder.start(nested_ops)
+        return cls(recorder)
+
+    def stop(self) -> Any:
+        """The recorded ops, still in C++: turned into Python objects only by `read`."""
+        return self._recorder.stop()
+
+    @staticmethod
+    def read(recorded: Any, clock: Clock, nested_ops: bool) -> ProfiledOps:
+        """The ops recorded (only top-level ones unless it was started with `nested_ops`) on
+        the wall clock."""
+        names, starts, ends, _ = recorded.read()
+        offset = clock.wall_ns - clock.perf_ns
+        intervals = [(start + offset, end + offset) for start, end in zip(starts, ends)]
+        return ProfiledOps(names, intervals, [], [], [], [])
+
+
 class _ProfilerSession:
     """One kineto session, run by the calls torch.profiler.profile makes underneath
     (torch/autograd/profiler.py: prepare, enable, disable; the same session, the same events).
@@ -414,3 +462,7 @@ class _ProfilerSession:
             _set_is_profiler_enabled(False)
             result = _disable_profiler()
         return result
+
+    def read(self, results: _ProfilerResult, clock: Clock, nested_ops: bool) -> ProfiledOps:
+        """The session's ops (already on the wall clock: `clock` is not needed)."""
+        return _read_ops(results, self.device_activity, nested_ops)

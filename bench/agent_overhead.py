@@ -8,7 +8,10 @@ call time over the same round's plain one (robust to load that comes and goes on
   plain            model(x)
   mlscope model    predict span only
   mlscope layer    + a span per module call
-  mlscope library  + a span per torch.profiler op that a layer calls, placed under that layer
+  mlscope library  + a span per op (aten::...) that a layer calls, placed under that layer,
+                   recorded by mlscope's native recorder (agents/op_recorder.py)
+  mlscope library (kineto ops)  the same ops recorded by a kineto session, torch.profiler's engine
+                   (what library level uses with a GPU, or where the recorder cannot be built)
   mlscope library (nested ops)  the same with the ops those ops call, nested under them
   mlscope ... (inline spans)    layer and library with their spans written as ReadableSpans on
                    the model's thread, as an agent with its own span processors does (the
@@ -19,7 +22,11 @@ call time over the same round's plain one (robust to load that comes and goes on
 
 Every tracing variant has its own TracerProvider with a BatchSpanProcessor exporting through
 the agents' OTLP exporter, whose HTTP client drops the requests: span creation, queueing and
-OTLP encoding (all threads of this process) are measured, the network is not.
+OTLP encoding (all threads of this process) are measured, the network is not. After each
+round of a variant its threads are drained, untimed (the deferred worker trails the calls by
+at most about one call's spans): their work during its calls counts toward it, and what is left
+does not land on the next variant's calls. (Timing the drain too would add two thread hand-offs a
+round that no steady stream of calls pays.)
 
 Then, at batch 1, each variant's latency when calls come with idle time between them (a server
 below full load; `--gap-ms`), where the deferred worker's share runs in the gaps: median over
@@ -185,6 +192,8 @@ def measure(variants: list[Variant], images: torch.Tensor, rounds: int, calls: i
             for _ in range(calls):
                 variant.call(images)
             samples[variant.name].append((time.perf_counter_ns() - start) / calls / 1e9)
+            if variant.sink is not None:
+                variant.spans()  # drains its threads before the next variant runs
     plain = samples["plain"]
     return Measured(
         {name: statistics.median(values) for name, values in samples.items()},
@@ -223,6 +232,7 @@ def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
     captures = {
         "layer": TorchCapture(model, "resnet18", CaptureOptions()),
         "library": TorchCapture(model, "resnet18", CaptureOptions(ops=True)),
+        "library (kineto ops)": TorchCapture(model, "resnet18", CaptureOptions(ops=True, kineto_ops=True)),
         "library (nested ops)": TorchCapture(model, "resnet18", CaptureOptions(ops=True, nested_ops=True)),
     }
     phases: dict[str, dict[str, list[int]]] = {name: {} for name in captures}
@@ -280,6 +290,7 @@ def main() -> None:
         mlscope_variant("mlscope model", model, "model"),
         mlscope_variant("mlscope layer", model, "layer"),
         mlscope_variant("mlscope library", model, "library"),
+        mlscope_variant("mlscope library (kineto ops)", model, "library", kineto_ops=True),
         mlscope_variant("mlscope library (nested ops)", model, "library", nested_ops=True),
         mlscope_variant("mlscope layer (inline spans)", model, "layer", inline=True),
         mlscope_variant("mlscope library (inline spans)", model, "library", inline=True),

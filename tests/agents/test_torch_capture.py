@@ -39,10 +39,14 @@ def images() -> torch.Tensor:
     return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module")
-def library_spans(resnet: nn.Module, images: torch.Tensor) -> list[ReadableSpan]:
+# Library level records ops with the native recorder on CPU, kineto on a GPU: both are checked.
+OP_RECORDERS = pytest.mark.parametrize("kineto_ops", [False, True], ids=["native", "kineto"])
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["native", "kineto"])
+def library_spans(request: pytest.FixtureRequest, resnet: nn.Module, images: torch.Tensor) -> list[ReadableSpan]:
     agent, exporter = agent_at("library")
-    model = agent.trace_model(resnet, name="resnet18", nested_ops=True)
+    model = agent.trace_model(resnet, name="resnet18", nested_ops=True, kineto_ops=request.param)
     with torch.inference_mode():
         model(images)
     return list(exporter.get_finished_spans())
@@ -148,9 +152,10 @@ def test_ops_land_in_the_layers_that_call_them(library_spans: list[ReadableSpan]
     assert nested and all(by_id[op.parent.span_id].name == "aten::conv2d" for op in nested)
 
 
-def test_by_default_only_the_ops_layers_call(resnet: nn.Module, images: torch.Tensor) -> None:
+@OP_RECORDERS
+def test_by_default_only_the_ops_layers_call(resnet: nn.Module, images: torch.Tensor, kineto_ops: bool) -> None:
     agent, exporter = agent_at("library")
-    model = agent.trace_model(resnet, name="resnet18")
+    model = agent.trace_model(resnet, name="resnet18", kineto_ops=kineto_ops)
     with torch.inference_mode():
         model(images)
     spans = exporter.get_finished_spans()
@@ -164,9 +169,10 @@ def test_by_default_only_the_ops_layers_call(resnet: nn.Module, images: torch.Te
     assert predict.attributes["mlscope.library.ops_inside_layers"] == pytest.approx(inside) and inside >= 0.99
 
 
-def test_an_exception_ends_every_span_and_removes_the_hooks() -> None:
+@OP_RECORDERS
+def test_an_exception_ends_every_span_and_removes_the_hooks(kineto_ops: bool) -> None:
     agent, exporter = agent_at("library")
-    model = agent.trace_model(nn.Sequential(nn.ReLU(), Failing()), name="broken")
+    model = agent.trace_model(nn.Sequential(nn.ReLU(), Failing()), name="broken", kineto_ops=kineto_ops)
     with pytest.raises(RuntimeError, match="broken layer"):
         model(torch.zeros(2))
     assert no_global_hooks() and not torch.autograd.profiler._is_profiler_enabled
@@ -280,13 +286,24 @@ def test_a_failed_device_synchronize_still_ends_the_session(monkeypatch: pytest.
     assert not torch._C._autograd._profiler_enabled()
 
 
-def test_a_running_profiler_leaves_the_layers(images: torch.Tensor) -> None:
+def test_a_running_profiler_leaves_kineto_the_layers_only(images: torch.Tensor) -> None:
     agent, exporter = agent_at("library")
-    model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
+    model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny", kineto_ops=True)
     with torch.profiler.profile():
         model(images)
     spans = exporter.get_finished_spans()
     assert len(at_level(spans, "layer")) == 2 and not at_level(spans, "library")
+
+
+def test_the_native_recorder_runs_beside_a_running_profiler(images: torch.Tensor) -> None:
+    agent, exporter = agent_at("library")
+    model = agent.trace_model(nn.Sequential(nn.Conv2d(3, 4, 3)), name="tiny")
+    with torch.profiler.profile() as profiler:
+        model(images)
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["aten::conv2d"].parent.span_id == spans["0"].context.span_id
+    # The user's profile is whole: the ops conv2d calls too (the recorder mutes them when alone).
+    assert {"aten::conv2d", "aten::convolution"} <= {event.name for event in profiler.events()}
 
 
 def test_a_traced_model_inside_a_traced_model_is_recorded_once() -> None:

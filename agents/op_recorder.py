@@ -1,0 +1,107 @@
+"""mlscope's native op recorder: the torch ops a thread runs, for the library level on CPU.
+
+It records through RecordFunction, the callbacks torch.profiler itself is built on, so it sees
+the same ops (aten::conv2d, record_function labels), but keeps only a name and two
+perf_counter_ns-clock readings per op: no kineto session to start, no per-event processing when
+it stops. Measured on ResNet-18 b1 CPU (bench/agent_overhead.py, docs/PERFORMANCE.md).
+
+It is C++ (native/op_recorder.cpp), built once per machine, torch version and source with
+torch's own extension builder (a C++ compiler, Python's headers and ninja) into
+`$MLSCOPE_NATIVE_DIR` or ~/.cache/mlscope/native/. `python -m mlscope.agents.op_recorder` builds
+it ahead of time (scripts/setup does); otherwise the first model traced at library level builds
+it (~30 s, logged). Where it cannot be built, `load` returns None and the library level records
+with kineto instead (one warning). On a GPU kineto is used anyway: only it sees device kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = "mlscope_op_recorder"
+
+
+def build_directory() -> Path:
+    """Where this torch version's build of this source lives: a new source or torch gets a new
+    directory, so a stale build is never loaded."""
+    source = files("mlscope.agents.native").joinpath("op_recorder.cpp").read_bytes()
+    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{hashlib.sha256(source).hexdigest()[:12]}"
+    root = os.environ.get("MLSCOPE_NATIVE_DIR") or Path.home() / ".cache" / "mlscope" / "native"
+    return Path(root) / tag.replace("+", "_")
+
+
+@functools.cache
+def load() -> ModuleType | None:
+    """The recorder, built first if needed; None (logged once) where it cannot be built."""
+    try:
+        return built()
+    except Exception as error:  # no compiler, no Python headers, a torch without its headers
+        log.warning("mlscope's native op recorder is unavailable (%s): library level records ops with kineto", error)
+        return None
+
+
+def built() -> ModuleType:
+    """The recorder, imported from its build or built now; raises if it cannot be built."""
+    return _import_built() or build()
+
+
+def build() -> ModuleType:
+    """Builds the recorder (ninja skips what is up to date) and imports it; raises if it cannot."""
+    from torch.utils import cpp_extension  # imports setuptools: only when building
+
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    log.info("building mlscope's native op recorder into %s (once, ~30 s)", directory)
+    source = files("mlscope.agents.native").joinpath("op_recorder.cpp")
+    with _ninja_on_path():
+        return cpp_extension.load(_NAME, [str(source)], build_directory=str(directory), extra_cflags=["-O2"])
+
+
+def _import_built() -> ModuleType | None:
+    """The recorder already built for this torch and source, imported without a build tool."""
+    directory = build_directory()
+    library = directory / f"{_NAME}.so"
+    # torch's builder holds `lock` while it builds: the library may be half written until then.
+    if not library.exists() or (directory / "lock").exists():
+        return None
+    spec = importlib.util.spec_from_file_location(_NAME, library)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's builder runs `ninja` from PATH; the one pip installs beside this Python is not on
+    it when the virtual environment is not activated."""
+    if shutil.which("ninja"):
+        yield
+        return
+    import ninja
+
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path]) if path else ninja.BIN_DIR
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(built().__file__)
