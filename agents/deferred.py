@@ -6,7 +6,8 @@ ops, one span each) is ~0.4-0.9 ms of Python per ResNet-18 call, and writing eac
 ReadableSpan that the export thread then encodes doubles it. Here the model's thread only hands
 the ended recording over (`DeferredSpans.submit`, O(1)); one daemon thread per agent writes the
 spans straight into OTLP protobuf bytes (`EncodingSpanWriter`: a span id and one encoded message
-per span, nothing else), batches them across calls and posts them through the agent's exporter
+per span, nothing else; written by the native span writer where it is built, agents/
+op_recorder.py), batches them across calls and posts them through the agent's exporter
 (same endpoint, HTTP client and retries as every other span). The model span itself stays an
 SDK span: the worker sets its library attributes and ends it, so it is exported after its
 children are written.
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import AttributeValue
 
@@ -52,8 +54,12 @@ class EncodingSpanWriter(SpanSink[int]):
     def __init__(self, parent: SpanContext, new_span_id: Callable[[], int]) -> None:
         self.parent = parent.span_id
         self.spans: list[bytes] = []
+        """The encoded spans: `write` appends one; the native span writer (agents/native/) adds its own."""
+        self.trace_id = parent.trace_id.to_bytes(16, "big")
+        self.random_ids = type(getattr(new_span_id, "__self__", None)) is RandomIdGenerator
+        """The span ids are the SDK's default random ones, so a writer may draw its own: the native
+        span writer does; with another id generator every id must come from `new_context`."""
         self._new_span_id = new_span_id
-        self._trace_id = parent.trace_id.to_bytes(16, "big")
         self._sampled = parent.trace_flags.sampled
 
     @property
@@ -73,7 +79,7 @@ class EncodingSpanWriter(SpanSink[int]):
         attributes: Mapping[str, AttributeValue],
         error: str | None = None,
     ) -> None:
-        self.spans.append(encode_local_span(self._trace_id, context, parent, name, start_ns, end_ns, attributes, error))
+        self.spans.append(encode_local_span(self.trace_id, context, parent, name, start_ns, end_ns, attributes, error))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""mlscope's native op recorder: the torch ops a thread runs, for the library level on CPU.
+"""mlscope's native module: the op recorder for the library level on CPU, and the span writer
+for the deep levels' spans on the deferred worker (native/span_writer.cpp, used by
+agents/torch_capture.py where its Python would do the same, tests/agents/test_span_writer.py).
+
+The op recorder: the torch ops a thread runs.
 
 It records through RecordFunction, the callbacks torch.profiler itself is built on, so it sees
 the same ops (aten::conv2d, record_function labels), but keeps only a name and two
@@ -38,8 +42,10 @@ _NAME = "mlscope_op_recorder"
 def build_directory() -> Path:
     """Where this torch version's build of this source lives: a new source or torch gets a new
     directory, so a stale build is never loaded."""
-    source = files("mlscope.agents.native").joinpath("op_recorder.cpp").read_bytes()
-    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{hashlib.sha256(source).hexdigest()[:12]}"
+    digest = hashlib.sha256()
+    for path in sorted(_native_files(), key=lambda path: path.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{digest.hexdigest()[:12]}"
     root = os.environ.get("MLSCOPE_NATIVE_DIR") or Path.home() / ".cache" / "mlscope" / "native"
     return Path(root) / tag.replace("+", "_")
 
@@ -50,7 +56,9 @@ def load() -> ModuleType | None:
     try:
         return built()
     except Exception as error:  # no compiler, no Python headers, a torch without its headers
-        log.warning("mlscope's native op recorder is unavailable (%s): library level records ops with kineto", error)
+        log.warning(
+            "mlscope's native module is unavailable (%s): ops are recorded with kineto, spans written in Python", error
+        )
         return None
 
 
@@ -65,10 +73,16 @@ def build() -> ModuleType:
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    log.info("building mlscope's native op recorder into %s (once, ~30 s)", directory)
-    source = files("mlscope.agents.native").joinpath("op_recorder.cpp")
+    log.info("building mlscope's native module into %s (once, ~35 s)", directory)
+    sources = [str(path) for path in _native_files() if path.name.endswith(".cpp")]
     with _ninja_on_path():
-        return cpp_extension.load(_NAME, [str(source)], build_directory=str(directory), extra_cflags=["-O2"])
+        return cpp_extension.load(_NAME, sorted(sources), build_directory=str(directory), extra_cflags=["-O2"])
+
+
+def _native_files() -> list[Path]:
+    """The C++ sources and headers (native/): a change to any of them is a new build."""
+    folder = files("mlscope.agents.native")
+    return [Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith((".cpp", ".h"))]
 
 
 def _import_built() -> ModuleType | None:

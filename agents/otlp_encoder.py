@@ -319,6 +319,13 @@ write the same module's or op's name with the same attributes object on every ca
 holds the object, so its id cannot be reused while cached; emptied when full."""
 
 
+def local_span_description(name: str, attributes: Mapping[str, Any], error: str | None = None) -> bytes:
+    """What `encode_local_span` writes after the ids and times: the name, kind, flags, status and
+    attributes of such a span (the part the native span writer, agents/native/, takes as is)."""
+    status = _UNSET_STATUS if error is None else _status(Status(StatusCode.ERROR, error))
+    return b"".join(_span_description(name, SpanKind.INTERNAL, _LOCAL_FLAGS, status, attributes))
+
+
 def encode_local_span(
     trace_id: bytes,
     span_id: int,
@@ -339,9 +346,7 @@ def encode_local_span(
     if cached is None or cached[0] is not attributes:
         if len(_local_descriptions) >= _PAIR_CACHE_SIZE:
             _local_descriptions.clear()
-        status = _UNSET_STATUS if error is None else _status(Status(StatusCode.ERROR, error))
-        description = b"".join(_span_description(name, SpanKind.INTERNAL, _LOCAL_FLAGS, status, attributes))
-        cached = _local_descriptions[key] = (attributes, description)
+        cached = _local_descriptions[key] = (attributes, local_span_description(name, attributes, error))
     message = b"".join((
         _SPAN_TRACE_ID, trace_id,
         _IDS.pack(_SPAN_SPAN_ID, span_id, _SPAN_PARENT_SPAN_ID, parent_span_id),

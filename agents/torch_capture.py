@@ -13,7 +13,8 @@ Hot path (during the model call), and nothing else:
   started and stopped through torch's low-level calls (`_ProfilerSession`).
 
 After the call, off the hot path (`end` stops the recording; `write_spans` runs later, on the
-agent's deferred worker thread, agents/deferred.py, or inline): pair the hook records into the
+agent's deferred worker thread, agents/deferred.py, where the native span writer does all of
+what follows in C++ when it can, or inline): pair the hook records into the
 module call tree, read the recorded ops (by default only the ops no other op called: the
 roots of torch's own call tree, far cheaper than every event), place each op under the innermost
 layer (or op) containing it (agents/timeline.py) and write the spans to a SpanSink (agents/
@@ -35,6 +36,7 @@ kineto (the native recorder runs beside it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -64,6 +66,8 @@ from torch.utils.hooks import RemovableHandle
 from mlscope.levels import LEVEL_ATTRIBUTE
 
 from . import op_recorder
+from .deferred import EncodingSpanWriter
+from .otlp_encoder import local_span_description
 from .spans import Context, SpanSink
 from .timeline import ENTER, RAISE, RETURN, CallEvent, Clock, Interval, pair_calls, place_ops
 
@@ -143,8 +147,13 @@ class TorchCapture:
             {module: _describe(path, module, root_name) for path, module in model.named_modules()}
         )
         self._warned = False
-        # Loaded (built, the first time on a machine) here, not in the first traced call.
-        self._op_recorder = _native_op_recorder() if options.ops and not options.kineto_ops else None
+        # Loaded (built, the first time on a machine) here, not in the first traced call. The
+        # native span writer serves the deferred worker; it has no shapes (they vary per call).
+        wants_recorder = options.ops and not options.kineto_ops and not torch.cuda.is_available()
+        wants_writer = options.layers and not options.shapes
+        native = op_recorder.load() if wants_recorder or wants_writer else None
+        self._op_recorder = native if wants_recorder else None
+        self._span_writer = self._native_span_writer(native) if native is not None and wants_writer else None
 
     def start(self) -> Recording | None:
         """Starts recording a call on this thread, or returns None if another capture runs."""
@@ -181,11 +190,47 @@ class TorchCapture:
         that parent (the model span)."""
         if not sink.recording:
             return {}
+        if (
+            self._span_writer is not None
+            and isinstance(sink, EncodingSpanWriter)
+            and sink.random_ids
+            and (recording.profiler is None or isinstance(recording.profiler, _NativeOpsSession))
+        ):
+            return self._write_natively(recording, sink)
         layers = self._write_layers(recording, sink)
         if recording.profiler is None or recording.profiler_results is None:
             return {}
         ops = recording.profiler.read(recording.profiler_results, recording.clock, self.options.nested_ops)
         return {OPS_INSIDE_LAYERS: self._write_ops(ops, layers, sink)}
+
+    def _native_span_writer(self, native: ModuleType) -> Any:
+        """The native writer of this model's spans, with every module's span description encoded
+        once (and dropped when the module dies: its id may then be another object's)."""
+        descriptions = {id(module): _encoded(described) for module, described in self._modules.items()}
+        self._layer_descriptions = descriptions
+        self._forget_when_dead = [
+            weakref.ref(module, functools.partial(_forget, descriptions, id(module))) for module in self._modules
+        ]
+        # Neither function holds this capture: the C++ writer cannot take part in a reference
+        # cycle the garbage collector would break.
+        describe_layer = functools.partial(_describe_called, self._modules)
+        return native.SpanWriter(descriptions, describe_layer, _describe_op)
+
+    def _write_natively(self, recording: Recording, sink: EncodingSpanWriter) -> dict[str, float]:
+        """`write_spans` by the native writer: the same spans, with ids of its own."""
+        ops = recording.profiler_results if recording.profiler is not None else None
+        clock = recording.clock
+        spans, inside = self._span_writer.write(
+            recording.events,
+            recording.end_perf_ns,
+            clock.wall_ns - clock.perf_ns,
+            ops,
+            self.options.nested_ops,
+            sink.trace_id,
+            sink.parent,
+        )
+        sink.spans += spans
+        return {} if inside is None else {OPS_INSIDE_LAYERS: inside}
 
     def _start_profiler(self) -> _ProfilerSession | _NativeOpsSession | None:
         """A started op recorder, or None (logged once) when none can run: the call then goes on
@@ -251,6 +296,27 @@ class TorchCapture:
 
 _OP_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library"}
 _DEVICE_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library", "mlscope.library.device": "cuda"}
+
+
+def _encoded(module: _Module) -> tuple[bytes, bytes]:
+    """A module's span description for the native writer: as it returned, and as it raised."""
+    return (
+        local_span_description(module.name, module.attributes),
+        local_span_description(module.name, module.attributes, RAISED),
+    )
+
+
+def _forget(descriptions: dict[int, tuple[bytes, bytes]], key: int, _: object) -> None:
+    descriptions.pop(key, None)
+
+
+def _describe_called(modules: Mapping[nn.Module, _Module], module: nn.Module) -> tuple[bytes, bytes]:
+    """The description of a module the native writer did not find (called from outside the tree)."""
+    return _encoded(modules.get(module) or _describe_foreign(module))
+
+
+def _describe_op(name: str) -> bytes:
+    return local_span_description(name, _OP_ATTRIBUTES)
 
 
 def _describe(path: str, module: nn.Module, root_name: str) -> _Module:
@@ -395,13 +461,6 @@ _PROFILER_CONFIG = ProfilerConfig(
 """torch.profiler.profile's defaults: kineto without shapes, memory, stacks, flops or modules."""
 _HOST_ACTIVITIES = {ProfilerActivity.CPU}
 _HOST_AND_DEVICE_ACTIVITIES = {ProfilerActivity.CPU, ProfilerActivity.CUDA}
-
-
-def _native_op_recorder() -> ModuleType | None:
-    """The native recorder where it serves: not with a GPU, whose kernels only kineto sees."""
-    if torch.cuda.is_available():
-        return None
-    return op_recorder.load()
 
 
 class _NativeOpsSession:

@@ -13,19 +13,15 @@
 
 #include <ATen/record_function.h>
 
+#include "recorded_ops.h"
+
 #include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+namespace mlscope {
 namespace {
-
-struct Op {
-  std::string name;
-  int64_t start_ns;
-  int64_t end_ns;
-  int64_t parent;  // index of the op that called it, -1 for a top-level op
-};
 
 struct ThreadRecorder {
   bool active = false;
@@ -95,24 +91,6 @@ void start(bool nested) {
   r.active = true;
 }
 
-// What one recording holds, handed to Python as is: turning it into Python objects (`read`)
-// is left to whoever reads it, off the traced thread.
-struct RecordedOps {
-  std::vector<Op> ops;
-
-  py::tuple read() const {
-    py::list names(ops.size()), starts(ops.size()), ends(ops.size()), parents(ops.size());
-    for (size_t i = 0; i < ops.size(); ++i) {
-      const Op& op = ops[i];
-      names[i] = py::str(op.name);
-      starts[i] = py::int_(op.start_ns);
-      ends[i] = py::int_(op.end_ns);
-      parents[i] = py::int_(op.parent);
-    }
-    return py::make_tuple(names, starts, ends, parents);
-  }
-};
-
 // Stops recording on this thread and returns the ops recorded since start(), in the order they
 // started. An op still open (stop called inside it) ends now.
 RecordedOps stop() {
@@ -140,9 +118,11 @@ RecordedOps stop() {
 bool recording() { return recorder.active; }
 
 }  // namespace
+}  // namespace mlscope
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Records the torch ops one thread runs (RecordFunction callbacks).";
+  using namespace mlscope;
+  m.doc() = "Records the torch ops one thread runs (RecordFunction callbacks) and writes spans.";
   m.def("start", &start, py::arg("nested"),
         "Starts recording the ops this thread runs: the top-level ones, or all with nested.");
   py::class_<RecordedOps>(m, "RecordedOps")
@@ -150,4 +130,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("__len__", [](const RecordedOps& recorded) { return recorded.ops.size(); });
   m.def("stop", &stop, "Stops recording on this thread; returns the RecordedOps.");
   m.def("recording", &recording, "Whether this thread is recording.");
+  register_span_writer(m);
 }

@@ -140,8 +140,8 @@ def test_without_a_compiler_library_level_records_with_kineto(
         model = agent.trace_model(nn.Sequential(nn.Linear(4, 4)), name="tiny")
         model(torch.ones(2, 4))
     assert [record.getMessage() for record in caplog.records] == [
-        "mlscope's native op recorder is unavailable (Error building extension: c++: command not found):"
-        " library level records ops with kineto"
+        "mlscope's native module is unavailable (Error building extension: c++: command not found):"
+        " ops are recorded with kineto, spans written in Python"
     ]
     spans = {span.name: span for span in exporter.get_finished_spans()}
     assert spans["aten::linear"].parent.span_id == spans["0"].context.span_id

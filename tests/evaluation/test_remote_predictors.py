@@ -40,7 +40,7 @@ def predictors(served: Served, tmp_path: Path) -> Iterator[dict[str, subprocess.
     for process in started.values():
         process.terminate()
     for process in started.values():
-        process.wait(timeout=30)
+        process.communicate(timeout=30)  # reading their output: a full pipe would block their exit
 
 
 def wait_for_state(served: Served, run_id: str, state: str) -> dict:
@@ -89,10 +89,15 @@ def test_where_picks_a_predictor_and_a_stopped_predictor_fails_its_job(
     run_id = queued.stderr.strip().splitlines()[-1].split()[-1]
     wait_for_state(served, run_id, "running")
     predictors["pb"].send_signal(signal.SIGTERM)
-    assert predictors["pb"].wait(timeout=60) == 0, predictors["pb"].stderr.read()
+    try:
+        _, stderr = predictors["pb"].communicate(timeout=60)  # reads stderr while it stops
+    except subprocess.TimeoutExpired:
+        predictors["pb"].kill()
+        pytest.fail(f"predictor pb still running 60 s after SIGTERM; its stderr: {predictors['pb'].communicate()[1]}")
+    assert predictors["pb"].returncode == 0, stderr
     job = wait_for_state(served, run_id, "failed")
     assert job["message"] == "the predictor was stopped during the job"
-    assert "predictor pb stopped" in predictors["pb"].stderr.read()
+    assert "predictor pb stopped" in stderr
 
 
 @pytest.mark.parametrize(("args", "reason"), [
