@@ -5,8 +5,8 @@ MLPerf-style scenarios, and the runner that sends each result to the collector a
     plan = Plan(manifests=(load_manifest("resnet18"),), frameworks=("pytorch", "onnxruntime"), batch_sizes=(1, 8))
     check_plan(plan)                          # bad input fails here, before anything is sent
     sender = EvaluationAgent(endpoint, this_system())
-    results = evaluate(plan, sender.agent_at, AssetCache())
-    sender.close()                            # DeliveryFailed if the collector refused spans
+    with sender.closing():                    # then DeliveryFailed if the collector refused spans
+        results = evaluate(plan, sender.agent_at, AssetCache())
 """
 
 from __future__ import annotations

@@ -178,12 +178,10 @@ class PredictorProcess:
         sender = EvaluationAgent(self._endpoint, system, service="mlscope-predictor",
                                  resource={"mlscope.predictor.name": self.identity.name,
                                            "mlscope.predictor.id": self.identity.predictor_id})
-        try:
+        with sender.closing():
             results = evaluate(request.plan, sender.agent_at, self._cache, system, origin=origin,
                                progress=lambda index, total, what: log.info("job %s: [%d/%d] %s", job["job_id"], index + 1,
                                                                            total, what))
-        finally:
-            sender.close()
         return len(results)
 
     def _set_state(self, job_id: str, state: str, message: str = "", results: int = 0) -> dict[str, Any] | None:

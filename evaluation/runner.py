@@ -10,7 +10,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -126,12 +127,26 @@ class EvaluationAgent:
         self._exporters.append(counting)
         return counting
 
-    def close(self) -> None:
+    def close(self, check_delivery: bool = True) -> None:
+        """Sends what is still queued and stops the agents; DeliveryFailed if any span was lost,
+        unless `check_delivery` is off: after a failure, the failure is what to report."""
         for agent in self._agents.values():
             agent.shutdown()
         lost = sum(exporter.lost for exporter in self._exporters)
-        if lost:
+        if lost and check_delivery:
             raise DeliveryFailed(f"the collector at {self.endpoint} did not accept {lost} spans")
+
+    @contextmanager
+    def closing(self) -> Iterator[EvaluationAgent]:
+        """Closes at the end of the block, even when it raises; an exception from the block
+        wins over lost spans (a SIGTERM must stop a predictor even when the collector was
+        refusing spans)."""
+        try:
+            yield self
+        except BaseException:
+            self.close(check_delivery=False)
+            raise
+        self.close()
 
 
 @dataclass(frozen=True)

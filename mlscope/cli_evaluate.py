@@ -57,12 +57,13 @@ def _evaluate_here(args: argparse.Namespace) -> int:
     try:
         sender.check_collector()
         try:
-            results = evaluate(plan, sender.agent_at, AssetCache(), system,
-                               progress=_progress_bar if on_terminal else _progress_lines)
+            # What was traced goes to the collector, even after a failure.
+            with sender.closing():
+                results = evaluate(plan, sender.agent_at, AssetCache(), system,
+                                   progress=_progress_bar if on_terminal else _progress_lines)
         finally:
             if on_terminal:
                 print(file=sys.stderr)  # end the progress bar's line
-            sender.close()  # what was traced goes to the collector, even after a failure
     except DeliveryFailed as exc:
         print(f"mlscope: {exc}", file=sys.stderr)
         return 1
