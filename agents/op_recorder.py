@@ -12,9 +12,10 @@ it stops. Measured on ResNet-18 b1 CPU (bench/agent_overhead.py, docs/PERFORMANC
 It is C++ (native/op_recorder.cpp), built once per machine, torch version and source with
 torch's own extension builder (a C++ compiler, Python's headers and ninja) into
 `$MLSCOPE_NATIVE_DIR` or ~/.cache/mlscope/native/. `python -m mlscope.agents.op_recorder` builds
-it ahead of time (scripts/setup does); otherwise the first model traced at library level builds
-it (~30 s, logged). Where it cannot be built, `load` returns None and the library level records
-with kineto instead (one warning). On a GPU kineto is used anyway: only it sees device kernels.
+it ahead of time (scripts/setup does); otherwise the first model traced at layer or library level
+builds it (~35 s, logged). Where it cannot be built, `load` returns None: ops are then recorded
+with kineto and spans written in Python (one warning). On a GPU ops come from kineto anyway: only
+it sees device kernels.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def build_directory() -> Path:
 
 @functools.cache
 def load() -> ModuleType | None:
-    """The recorder, built first if needed; None (logged once) where it cannot be built."""
+    """The native module, built first if needed; None (logged once) where it cannot be built."""
     try:
         return built()
     except Exception as error:  # no compiler, no Python headers, a torch without its headers
@@ -63,12 +64,12 @@ def load() -> ModuleType | None:
 
 
 def built() -> ModuleType:
-    """The recorder, imported from its build or built now; raises if it cannot be built."""
+    """The native module, imported from its build or built now; raises if it cannot be built."""
     return _import_built() or build()
 
 
 def build() -> ModuleType:
-    """Builds the recorder (ninja skips what is up to date) and imports it; raises if it cannot."""
+    """Builds the native module (ninja skips what is up to date) and imports it; raises if it cannot."""
     from torch.utils import cpp_extension  # imports setuptools: only when building
 
     directory = build_directory()
@@ -86,7 +87,7 @@ def _native_files() -> list[Path]:
 
 
 def _import_built() -> ModuleType | None:
-    """The recorder already built for this torch and source, imported without a build tool."""
+    """The native module already built for this torch and source, imported without a build tool."""
     directory = build_directory()
     library = directory / f"{_NAME}.so"
     # torch's builder holds `lock` while it builds: the library may be half written until then.

@@ -27,8 +27,13 @@ class Clock:
     def now(cls) -> Clock:
         return cls(time.time_ns(), time.perf_counter_ns())
 
+    @property
+    def offset_ns(self) -> int:
+        """What to add to a perf_counter_ns reading to put it on the wall clock."""
+        return self.wall_ns - self.perf_ns
+
     def wall(self, perf_ns: int) -> int:
-        return perf_ns - self.perf_ns + self.wall_ns
+        return perf_ns + self.offset_ns
 
 
 ENTER, RETURN, RAISE = 0, 1, 2

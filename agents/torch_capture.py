@@ -219,11 +219,10 @@ class TorchCapture:
     def _write_natively(self, recording: Recording, sink: EncodingSpanWriter) -> dict[str, float]:
         """`write_spans` by the native writer: the same spans, with ids of its own."""
         ops = recording.profiler_results if recording.profiler is not None else None
-        clock = recording.clock
         spans, inside = self._span_writer.write(
             recording.events,
             recording.end_perf_ns,
-            clock.wall_ns - clock.perf_ns,
+            recording.clock.offset_ns,
             ops,
             self.options.nested_ops,
             sink.trace_id,
@@ -485,7 +484,7 @@ class _NativeOpsSession:
         """The ops recorded (only top-level ones unless it was started with `nested_ops`) on
         the wall clock."""
         names, starts, ends, _ = recorded.read()
-        offset = clock.wall_ns - clock.perf_ns
+        offset = clock.offset_ns
         intervals = [(start + offset, end + offset) for start, end in zip(starts, ends)]
         return ProfiledOps(names, intervals, [], [], [], [])
 
