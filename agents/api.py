@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS, parse_level
+from mlscope.conventions import LEVEL, LEVELS, parse_level
 
 from . import propagation
 from .deferred import DeferredCall, DeferredSpans
@@ -130,7 +130,7 @@ class Agent:
             yield None
             return
         with self._tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes={LEVEL_ATTRIBUTE: level, **(attributes or {})}
+            name, context=context, kind=kind, attributes={LEVEL: level, **(attributes or {})}
         ) as current:
             yield current
 
@@ -142,7 +142,7 @@ class Agent:
         context: otel_context.Context | None = None,
     ) -> trace.Span:
         """A span the caller ends, for lifetimes no `with` block encloses (a whole process)."""
-        return self._tracer.start_span(name, context=context, attributes={LEVEL_ATTRIBUTE: level, **(attributes or {})})
+        return self._tracer.start_span(name, context=context, attributes={LEVEL: level, **(attributes or {})})
 
     def inject_headers(self, headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
         """Adds the current span's W3C trace context (`traceparent`, `tracestate`) to outgoing
@@ -204,7 +204,7 @@ class Agent:
         `attributes` are added to every model span. Building a torch capture walks the module
         tree, so callers keep the spec for the model's lifetime rather than per call."""
         model_attributes: dict[str, AttributeValue] = {
-            LEVEL_ATTRIBUTE: "model",
+            LEVEL: "model",
             "mlscope.model.name": name,
             "mlscope.framework.name": framework,
             **(attributes or {}),

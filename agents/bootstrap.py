@@ -55,7 +55,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from mlscope.levels import parse_level
+from mlscope.conventions import parse_level
 
 from .api import DEFAULT_ENDPOINT, Agent, ModelSpec, batch_size, in_model_call, start_agent
 from .propagation import extract_env, inject_env

@@ -28,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from mlscope.levels import LEVEL_ATTRIBUTE, LEVELS
+from mlscope.conventions import LEVEL, LEVELS
 
 from .api import start_agent
 from .bootstrap import LEVELED_REPORT_ENV, configured_endpoint, configured_service, run_environment
@@ -161,7 +161,7 @@ class SpanTally(SpanProcessor):
         self._levels: dict[str, LevelTotal] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
-        level = str((span.attributes or {}).get(LEVEL_ATTRIBUTE, "application"))
+        level = str((span.attributes or {}).get(LEVEL, "application"))
         duration_ns = (span.end_time or 0) - (span.start_time or 0)
         with self._lock:
             seen = self._levels.get(level, LevelTotal(0, 0))

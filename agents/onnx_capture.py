@@ -31,7 +31,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanContext
 
-from mlscope.levels import LEVEL_ATTRIBUTE
+from mlscope.conventions import LEVEL
 
 from .api import ModelSpec, batch_size
 from .spans import SpanWriter
@@ -194,7 +194,7 @@ class OrtCapture:
     def _write_run(self, writer: SpanWriter, run: _Run, nodes: list[OrtNode], kernels: list[OrtEvent]) -> None:
         contexts = [writer.new_context() for _ in nodes]
         for node, context in zip(nodes, contexts):
-            attributes = {LEVEL_ATTRIBUTE: "layer", LAYER_PATH: node.name, LAYER_TYPE: node.op_type,
+            attributes = {LEVEL: "layer", LAYER_PATH: node.name, LAYER_TYPE: node.op_type,
                           LIBRARY_PROVIDER: node.provider}
             writer.write(node.name, context, writer.parent, node.start_ns, node.end_ns, attributes)
         if not self._kernels:
@@ -203,7 +203,7 @@ class OrtCapture:
         placement = place_ops([(n.start_ns, n.end_ns) for n in nodes], [(k.start_ns, k.end_ns) for k in mine])
         for kernel, layer in zip(mine, placement.layer_parent):
             parent = contexts[layer] if layer >= 0 else writer.parent
-            attributes = {LEVEL_ATTRIBUTE: "library", LIBRARY_PROVIDER: kernel.provider, LAYER_TYPE: kernel.op_type}
+            attributes = {LEVEL: "library", LIBRARY_PROVIDER: kernel.provider, LAYER_TYPE: kernel.op_type}
             name = f"{kernel.provider}/{kernel.op_type}" if kernel.op_type else kernel.name
             writer.write(name, writer.new_context(), parent, kernel.start_ns, kernel.end_ns, attributes)
 

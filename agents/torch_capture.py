@@ -63,7 +63,7 @@ from torch.autograd import (
 from torch.autograd.profiler import _set_is_profiler_enabled
 from torch.utils.hooks import RemovableHandle
 
-from mlscope.levels import LEVEL_ATTRIBUTE
+from mlscope.conventions import LEVEL
 
 from . import op_recorder
 from .deferred import EncodingSpanWriter
@@ -293,8 +293,8 @@ class TorchCapture:
         return placement.fraction_inside
 
 
-_OP_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library"}
-_DEVICE_ATTRIBUTES: Mapping[str, str] = {LEVEL_ATTRIBUTE: "library", "mlscope.library.device": "cuda"}
+_OP_ATTRIBUTES: Mapping[str, str] = {LEVEL: "library"}
+_DEVICE_ATTRIBUTES: Mapping[str, str] = {LEVEL: "library", "mlscope.library.device": "cuda"}
 
 
 def _encoded(module: _Module) -> tuple[bytes, bytes]:
@@ -320,7 +320,7 @@ def _describe_op(name: str) -> bytes:
 
 def _describe(path: str, module: nn.Module, root_name: str) -> _Module:
     kind = type(module).__name__
-    attributes = {LEVEL_ATTRIBUTE: "layer", LAYER_PATH: path, LAYER_TYPE: kind}
+    attributes = {LEVEL: "layer", LAYER_PATH: path, LAYER_TYPE: kind}
     return _Module(path or root_name or kind, attributes)
 
 
@@ -328,7 +328,7 @@ def _describe_foreign(module: nn.Module) -> _Module:
     """A module called during the model call that is not in the model's tree (built inside a
     forward, or another model called from a hook): named by its type, path "?"."""
     kind = type(module).__name__
-    return _Module(kind, {LEVEL_ATTRIBUTE: "layer", LAYER_PATH: "?", LAYER_TYPE: kind})
+    return _Module(kind, {LEVEL: "layer", LAYER_PATH: "?", LAYER_TYPE: kind})
 
 
 def _hooks(

@@ -32,7 +32,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "deploy"))
+sys.path.insert(0, str(REPO))  # run as a script: deploy/ is a folder of the repository, not installed
 
 GOAL_SPANS_PER_CORE_S = 137_000
 DISTINCT_BODIES = 16
@@ -173,7 +173,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[RunResult]:
         if backend == "embedded":
             url = f"embedded://{scratch}/store"
         else:
-            import clickhouse_local_server
+            from deploy import clickhouse_local_server
 
             server = clickhouse_local_server.start(os.path.join(scratch, "clickhouse"))
             url = server.url

@@ -32,7 +32,7 @@ from mlscope.agents import Agent
 from mlscope.agents.otlp_encoder import encode_spans
 from mlscope.agents.resnet import resnet18
 from mlscope.agents.resource import stack_attributes
-from mlscope.levels import LEVEL_ATTRIBUTE
+from mlscope.conventions import LEVEL
 
 Encoder = Callable[[Sequence[ReadableSpan]], bytes]
 ENCODERS: dict[str, Encoder] = {
@@ -63,7 +63,7 @@ def agent_spans(calls: int) -> list[ReadableSpan]:
 
 def batches(spans: list[ReadableSpan]) -> list[Batch]:
     def at(level: str) -> tuple[ReadableSpan, ...]:
-        return tuple(span for span in spans if span.attributes.get(LEVEL_ATTRIBUTE) == level)
+        return tuple(span for span in spans if span.attributes.get(LEVEL) == level)
 
     return [Batch("layer spans", at("layer")), Batch("op spans", at("library")), Batch("all spans", tuple(spans))]
 

@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from mlscope.levels import DEFAULT_LEVEL, LEVEL_ATTRIBUTE
+from mlscope.conventions import DEFAULT_LEVEL, LEVEL
 from mlscope.store.model import Columns, empty_columns
 
 SPAN_TABLE = "span_rows"
@@ -229,7 +229,7 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
                 add_name(span.name)
                 add_kind(_SPAN_KINDS[span.kind] if span.kind < len(_SPAN_KINDS) else "unspecified")
                 add_service(service)
-                add_level(attr_values[attr_keys.index(LEVEL_ATTRIBUTE)] if LEVEL_ATTRIBUTE in attr_keys else DEFAULT_LEVEL)
+                add_level(attr_values[attr_keys.index(LEVEL)] if LEVEL in attr_keys else DEFAULT_LEVEL)
                 add_start(start)
                 add_end(end)
                 add_duration(end - start if end > start else 0)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from mlscope.levels import UnknownLevel, parse_level
+from mlscope.conventions import UnknownLevel, parse_level
 from mlscope.manifests import ManifestError, manifest_from_text
 
 from .predictors import EXECUTION_PROVIDERS, PREDICTORS, PredictorError, check_runs_in

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlscope.levels import LEVELS
+from mlscope.conventions import LEVELS
 
 Row = Mapping[str, Any]
 FIGURE_SCENARIO = "single-stream"

@@ -23,7 +23,7 @@ import torch
 from opentelemetry.trace import SpanKind
 
 from mlscope.agents import Agent, start_agent
-from mlscope.demo import IMAGE_SIZE, build_model
+from mlscope.cli.demo import IMAGE_SIZE, build_model
 
 
 def serve(agent: Agent) -> None:

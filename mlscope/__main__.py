@@ -1,5 +1,5 @@
 import sys
 
-from mlscope.cli import main
+from mlscope.cli.main import main
 
 sys.exit(main())

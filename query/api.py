@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mlscope.levels import UnknownLevel
+from mlscope.conventions import UnknownLevel, parse_levels
 from mlscope.store import Store, StoreError, StoreUnavailable
 from mlscope.ui import add_viewer
 
@@ -27,7 +27,7 @@ from .evaluations import parse_evaluation_filter
 from .listing import parse_trace_filter
 from .openapi import openapi_document
 from .reader import SqlLimits, TraceReader
-from .timeline import Timeline, build_timeline, parse_levels, timeline_json
+from .timeline import Timeline, build_timeline, timeline_json
 
 CollectorStatus = Callable[[], dict[str, Any]]
 

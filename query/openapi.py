@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlscope.levels import LEVELS
+from mlscope.conventions import LEVELS
 
 from .dispatch import JOB_STATES
 from .evaluations import NUMBER_FILTERS as EVALUATION_NUMBER_FILTERS

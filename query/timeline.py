@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlscope.levels import DEFAULT_LEVEL, LEVELS, parse_level
+from mlscope.conventions import stored_level
 
 
 @dataclass(frozen=True)
@@ -113,18 +113,6 @@ def span_from_row(row: Mapping[str, Any]) -> Span:
     )
 
 
-def effective_level(level: str) -> str:
-    """A span without a known level (e.g. from a plain OTel SDK) counts as application."""
-    return level if level in LEVELS else DEFAULT_LEVEL
-
-
-def parse_levels(text: str | None) -> frozenset[str] | None:
-    """`?levels=a,b` -> the set of levels to keep; None (keep all) when absent or empty.
-    Raises mlscope.levels.UnknownLevel for a name that is not a level."""
-    names = [part for part in (text or "").split(",") if part.strip()]
-    return frozenset(parse_level(name) for name in names) if names else None
-
-
 # --- adjusters: list of spans -> fixed list of spans, plus warnings ---------------------------
 
 Adjuster = Callable[[list[Span]], tuple[list[Span], list[str]]]
@@ -148,7 +136,7 @@ def normalize_levels(spans: list[Span]) -> tuple[list[Span], list[str]]:
     """An empty level is the documented default (no warning); an unknown one is worth one."""
     adjusted, warnings = [], []
     for span in spans:
-        level = effective_level(span.level)
+        level = stored_level(span.level)
         if level != span.level:
             if span.level:
                 warnings.append(f"span {span.span_id}: unknown level {span.level!r}, shown as {level}")
@@ -283,7 +271,7 @@ def build_timeline(
     trace_id: str, rows: Iterable[Span], levels: frozenset[str] | None = None, raw: bool = False
 ) -> Timeline:
     def keep(span: Span) -> bool:
-        return levels is None or effective_level(span.level) in levels
+        return levels is None or stored_level(span.level) in levels
 
     if raw:
         stored = sorted(rows, key=Span.sort_key)

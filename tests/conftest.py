@@ -4,7 +4,6 @@ clickhouse-server started here on a loopback port with a temporary data director
 from __future__ import annotations
 
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "deploy"))
 
-import clickhouse_local_server  # noqa: E402
+from deploy import clickhouse_local_server
 
-from mlscope.store import Store, open_store  # noqa: E402
+from mlscope.store import Store, open_store
 
 BACKENDS = ("embedded", "server")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 
-from mlscope.demo import build_model
-from mlscope.levels import UnknownLevel
+from mlscope.cli.demo import build_model
+from mlscope.conventions import UnknownLevel
 
 
 def test_stages_and_model_calls_nest_with_levels() -> None:

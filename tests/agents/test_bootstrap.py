@@ -15,7 +15,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 from mlscope.agents.bootstrap import (
     AUTOLOAD_DIR,
     AutoInstrumentor,
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from torch import nn
 
-from mlscope.levels import UnknownLevel
+from mlscope.conventions import UnknownLevel
 
 
 @pytest.mark.parametrize("argv, name", [

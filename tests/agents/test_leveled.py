@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 from mlscope.agents.leveled import (
     PASS_LEVELS,
     LevelTotal,

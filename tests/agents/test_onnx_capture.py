@@ -11,7 +11,7 @@ from pathlib import Path
 import onnxruntime
 import pytest
 import torch
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 from mlscope.agents.onnx_capture import (
     DEVICE,
     FENCE,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 from mlscope.agents import op_recorder
 from mlscope.agents.resnet import resnet18
 from mlscope.agents.timeline import Clock, place_ops

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 from mlscope.agents import extract_env, extract_headers, inject_env, inject_headers
 from opentelemetry import trace
 

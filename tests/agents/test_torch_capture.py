@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
-from agent_testing import agent_at
+from tests.agents.agent_testing import agent_at
 from mlscope.agents.resnet import BasicBlock, resnet18
 from mlscope.agents.timeline import place_ops
 from mlscope.agents.torch_capture import TorchCapture, _ProfilerSession, _read_ops

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from collector_testing import StartCollector, quick_config
+from tests.collector.collector_testing import StartCollector, quick_config
 from mlscope.collector import Collector
 from mlscope.store import Store
 

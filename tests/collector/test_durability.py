@@ -17,8 +17,8 @@ from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 
-from collector_process import start_collector_process
-from collector_testing import post, quick_config, span_ids, span_request
+from tests.collector.collector_process import start_collector_process
+from tests.collector.collector_testing import post, quick_config, span_ids, span_request
 from mlscope.collector import Collector
 from mlscope.collector.spool import Spool
 from mlscope.store import Store, open_store, sql_string

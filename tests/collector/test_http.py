@@ -16,7 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from mlscope.collector import Collector
 from mlscope.store import Store
-from collector_testing import JSON, PROTOBUF, StartCollector, post, span_ids, span_request
+from tests.collector.collector_testing import JSON, PROTOBUF, StartCollector, post, span_ids, span_request
 
 HERE = Path(__file__).resolve().parent
 LIMIT = 64 * 1024

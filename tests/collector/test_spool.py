@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector_testing import StartCollector, span_ids, span_request
+from tests.collector.collector_testing import StartCollector, span_ids, span_request
 from mlscope.collector.spool import Spool, SpoolFull
 from mlscope.store import Store
 

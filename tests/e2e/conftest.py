@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from served_process import Served, start_mlscope
+from tests.e2e.served_process import Served, start_mlscope
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 
 from mlscope.agents import start_agent
 
-from served_process import Served
+from tests.e2e.served_process import Served
 
 
 def sql_rows(served: Served, query: str) -> list[list]:

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from served_process import REPO, Served
-from test_serve import wait_for_trace
+from tests.e2e.served_process import REPO, Served
+from tests.e2e.test_serve import wait_for_trace
 
 TRACEPARENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT_SPAN_ID = "b7ad6b7169203331"

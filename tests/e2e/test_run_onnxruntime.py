@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from served_process import Served
-from test_run import mlscope_run
-from test_serve import wait_for_trace
+from tests.e2e.served_process import Served
+from tests.e2e.test_run import mlscope_run
+from tests.e2e.test_serve import wait_for_trace
 
 PROGRAM = "tests/e2e/plain_onnx_program.py"
 NODES = {"dense1": "MatMul", "bias1": "Add", "relu1": "Relu", "dense2": "MatMul"}

@@ -12,7 +12,7 @@ import pytest
 
 from mlscope.store import open_store
 
-from served_process import REPO, Served, start_mlscope
+from tests.e2e.served_process import REPO, Served, start_mlscope
 
 
 def wait_for_trace(served: Served, trace_id: str, spans: int) -> dict:

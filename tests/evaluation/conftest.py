@@ -3,14 +3,12 @@ OS-chosen ports), for the tests that run `mlscope evaluate` and predictors as us
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from served_process import Served, start_mlscope  # noqa: E402
+from tests.e2e.served_process import Served, start_mlscope
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from served_process import REPO, Served  # tests/e2e, put on sys.path by conftest.py
+from tests.e2e.served_process import REPO, Served
 
 EXPECTED_ROWS = 2 * 2 * 2  # frameworks x batch sizes x scenarios
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from served_process import REPO, Served  # tests/e2e, put on sys.path by conftest.py
+from tests.e2e.served_process import REPO, Served
 
 
 def mlscope(served: Served, tmp_path: Path, *args: str, popen: bool = False):

@@ -10,7 +10,7 @@ import pytest
 
 from mlscope.query import SqlLimits, create_query_app
 from mlscope.store import Store
-from query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
+from tests.query.query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
 
 
 @pytest.fixture

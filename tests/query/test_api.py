@@ -4,15 +4,15 @@ clickhouse-server 18.16) from the same rows."""
 from __future__ import annotations
 
 import aiohttp
-import clickhouse_local_server
+from deploy import clickhouse_local_server
 import pytest
 
 from mlscope.query import SqlLimits, TraceReader, create_query_app
 from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, is_refused_function
 from mlscope.store import Store, open_store
 from mlscope.ui import PAGES
-from query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
-from trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row
+from tests.query.query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
+from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row
 
 LATER = "0000000000000000000000000000beef"
 ORPHANS = "00000000000000000000000000000bad"

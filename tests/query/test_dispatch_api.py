@@ -16,7 +16,7 @@ from mlscope.query import create_query_app
 from mlscope.query.dispatch import DispatchTiming, matches, parse_heartbeat, parse_job_filter
 from mlscope.query.errors import BadRequest
 from mlscope.store import Store
-from query_server import serve
+from tests.query.query_server import serve
 
 A, B = "a" * 32, "b" * 32
 DIGITS = ManifestText(*read_manifest("digits"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mlscope.store import empty_columns
-from query_server import Served
-from trace_fixtures import KNOWN, T0, insert
+from tests.query.query_server import Served
+from tests.query.trace_fixtures import KNOWN, T0, insert
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
 EXAMPLES = re.findall(r"```sql\n(.*?)```", DOC.read_text(), re.DOTALL)

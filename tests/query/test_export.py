@@ -6,7 +6,7 @@ import json
 
 from mlscope.query.export import assign_lanes, to_jaeger, to_perfetto
 from mlscope.query.timeline import build_timeline
-from trace_fixtures import KNOWN, MS, T0, TRACE, row, spans
+from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, row, spans
 
 TIMELINE = build_timeline(TRACE, spans(KNOWN + [row("00000000000000f7", "00000000000000a1", "upload", 95, 99,
                                                     service="other")]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlscope.levels import UnknownLevel
-from mlscope.query.timeline import Timeline, build_timeline, parse_levels, self_time, timeline_json
-from trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, row, spans
+from mlscope.conventions import UnknownLevel, parse_levels
+from mlscope.query.timeline import Timeline, build_timeline, self_time, timeline_json
+from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, row, spans
 
 
 def shape(timeline: Timeline) -> list[tuple[str, int, float]]:

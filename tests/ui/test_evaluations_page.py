@@ -7,7 +7,6 @@ into span_rows, which the materialized view turns into `evaluations` rows."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,13 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, expect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "query"))
-
-from mlscope.evaluation.results import SPAN_NAME, EvaluationResult  # noqa: E402
-from mlscope.query import create_query_app  # noqa: E402
-from mlscope.store import Store  # noqa: E402
-from query_server import serve  # noqa: E402
-from test_viewer import open_page  # noqa: E402
-from trace_fixtures import KNOWN, row  # noqa: E402
-from trace_fixtures import insert as insert_rows  # noqa: E402
+from mlscope.evaluation.results import SPAN_NAME, EvaluationResult
+from mlscope.query import create_query_app
+from mlscope.store import Store
+from tests.query.query_server import serve
+from tests.ui.test_viewer import open_page
+from tests.query.trace_fixtures import KNOWN, row
+from tests.query.trace_fixtures import insert as insert_rows
 
 SHOTS = Path("/tmp")
 EVIL = "<img src=x onerror=window.__pwned=1>"

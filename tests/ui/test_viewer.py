@@ -4,21 +4,18 @@ span name that is an HTML injection attempt shown as plain text."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "query"))
 
-from mlscope.query import create_query_app  # noqa: E402
-from mlscope.store import Store  # noqa: E402
-from mlscope.ui import SECURITY_HEADERS  # noqa: E402
-from query_server import serve  # noqa: E402
-from trace_fixtures import KNOWN, insert  # noqa: E402
+from mlscope.query import create_query_app
+from mlscope.store import Store
+from mlscope.ui import SECURITY_HEADERS
+from tests.query.query_server import serve
+from tests.query.trace_fixtures import KNOWN, insert
 
 SCREENSHOT = "/tmp/mlscope-viewer.png"
 EVIL = "<img src=x onerror=window.__pwned=1>"

@@ -5,14 +5,14 @@ command pays for them."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlscope.cli import DEFAULT_HTTP_PORT, CommandFailed, UsageError, render_rows
-from mlscope.levels import UnknownLevel, parse_level
+from mlscope.conventions import DEFAULT_SERVER, UnknownLevel, parse_level, server_url
+
+from .common import CommandFailed, UsageError, render_rows
 
 if TYPE_CHECKING:
     from mlscope.evaluation import Plan
@@ -215,10 +215,6 @@ def _levels(text: str) -> list[str]:
     return list(dict.fromkeys(levels))
 
 
-def _default_server() -> str:
-    return os.environ.get("MLSCOPE_SERVER") or f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
-
-
 def _positive_ints(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",")]
@@ -275,8 +271,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--figure", help="write the latency-per-batch figure here (.png or .svg)")
     evaluate.add_argument("--remote", action="store_true",
                           help="queue the plan for every live predictor matching --where instead of running it here")
-    evaluate.add_argument("--server", default=_default_server(), help=f"with --remote: the query service (default: "
-                          f"MLSCOPE_SERVER, else http://127.0.0.1:{DEFAULT_HTTP_PORT})")
+    evaluate.add_argument("--server", default=server_url(), help=f"with --remote: the query service (default: "
+                          f"MLSCOPE_SERVER, else {DEFAULT_SERVER})")
     evaluate.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                           help="with --remote: predictors whose system (fingerprint or host), name, host or label KEY "
                                "is VALUE; repeat to require several")
@@ -284,8 +280,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predictor = commands.add_parser("predictor", help="run evaluation jobs queued on a query service (evaluate --remote)")
-    predictor.add_argument("--server", default=_default_server(),
-                           help=f"the query service (default: MLSCOPE_SERVER, else http://127.0.0.1:{DEFAULT_HTTP_PORT})")
+    predictor.add_argument("--server", default=server_url(),
+                           help=f"the query service (default: MLSCOPE_SERVER, else {DEFAULT_SERVER})")
     predictor.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: the one beside the query service "
                                               "when it has one, else OTEL_EXPORTER_OTLP_ENDPOINT or http://127.0.0.1:4318)")
     predictor.add_argument("--name", help="how jobs and results name this predictor (default: host-pid)")
@@ -296,7 +292,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     report = commands.add_parser("report", help="a model's evaluations as a table and figures")
     report.add_argument("--model", required=True)
-    report.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}", help="the query service")
+    report.add_argument("--url", default=DEFAULT_SERVER, help="the query service")
     report.add_argument("--baseline", help="a system (fingerprint or host name): adds latency normalized to it")
     report.add_argument("--out", help="write the figure here (.png or .svg)")
     report.set_defaults(handler=cmd_report)

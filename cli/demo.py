@@ -1,7 +1,7 @@
 """The demo pipeline: a small image classifier built in code (seeded weights, nothing
 downloaded), run over a few batches and traced from the application down to library level (aten ops).
 
-Run as `python -m mlscope.demo --endpoint URL [--level L]`; prints the trace id of its run.
+Run as `python -m mlscope.cli.demo --endpoint URL [--level L]`; prints the trace id of its run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mlscope.agents import start_agent
-from mlscope.levels import LEVELS
+from mlscope.conventions import LEVELS
 
 SEED = 0
 IMAGE_SIZE = 64

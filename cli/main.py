@@ -1,14 +1,11 @@
 """The `mlscope` command line: parses argv, hands the work to the components, reports mistakes
 in one line with exit code 2 (CONTRACT.md lists the commands). Serving, SQL, `run` and the demo
-are here; the evaluation commands (evaluate, predictor, report) are in cli_evaluate.py."""
+are here; the evaluation commands (evaluate, predictor, report) are in evaluate.py."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
-import json
 import os
 import signal
 import subprocess
@@ -19,22 +16,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mlscope.levels import UnknownLevel, parse_level
+from mlscope.conventions import (
+    DEFAULT_ENDPOINT, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, UnknownLevel, data_dir, parse_level,
+)
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
-from mlscope.store.url import default_data_dir
 
-DEFAULT_HTTP_PORT = 8765
-DEFAULT_OTLP_HTTP_PORT = 4318
-DEFAULT_OTLP_GRPC_PORT = 4317
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: reported in one line, exit code 2."""
-
-
-class CommandFailed(Exception):
-    """The input was fine but the work could not be done (a service unreachable): one line, exit 1."""
-
+from . import evaluate
+from .common import CommandFailed, UsageError, render_rows
 
 # --- serving ---------------------------------------------------------------------------------
 
@@ -102,7 +90,7 @@ def _open(args: argparse.Namespace) -> Store:
 
 
 def _spool_dir(args: argparse.Namespace) -> str:
-    return args.spool_dir or os.path.join(default_data_dir(), "spool")
+    return args.spool_dir or os.path.join(data_dir(), SPOOL_DIR)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -163,26 +151,6 @@ def _sql_over_http(base_url: str, query: str) -> dict:
         return QueryServiceClient(base_url, timeout_s=120).post("/api/sql", {"query": query})
     except ServiceError as error:
         raise UsageError(str(error)) from error
-
-
-def render_rows(answer: dict, output_format: str) -> str:
-    """A query answer ({"columns", "rows"}) as an aligned table, CSV or JSON text."""
-    names = [column["name"] for column in answer["columns"]]
-    rows = answer["rows"]
-    if output_format == "json":
-        return json.dumps({"columns": answer["columns"], "rows": rows}) + "\n"
-    cells = [[value if isinstance(value, str) else json.dumps(value) for value in row] for row in rows]
-    if output_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(cells)
-        return buffer.getvalue()
-    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)]
-    lines = ["  ".join(name.ljust(width) for name, width in zip(names, widths))]
-    lines.append("  ".join("-" * width for width in widths))
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -271,7 +239,7 @@ async def _run_demo_pipeline(store: Store, host: str, bound: dict[str, int], lev
 
     endpoint = f"http://{host}:{bound['otlp-http']}"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mlscope.demo", "--endpoint", endpoint, "--level", level, stdout=subprocess.PIPE
+        sys.executable, "-m", "mlscope.cli.demo", "--endpoint", endpoint, "--level", level, stdout=subprocess.PIPE
     )
     output, _ = await process.communicate()
     if process.returncode != 0:
@@ -313,8 +281,8 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_collector(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--otlp-http-port", type=_port, default=DEFAULT_OTLP_HTTP_PORT)
-    parser.add_argument("--otlp-grpc-port", type=_port, default=DEFAULT_OTLP_GRPC_PORT)
+    parser.add_argument("--otlp-http-port", type=_port, default=OTLP_HTTP_PORT)
+    parser.add_argument("--otlp-grpc-port", type=_port, default=OTLP_GRPC_PORT)
     parser.add_argument("--spool-dir", help="write-ahead spool for when the store is down (default: <data dir>/spool)")
 
 
@@ -324,21 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="collector, query API and viewer in one process")
     _add_store(serve)
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default=LOOPBACK)
     _add_collector(serve)
-    serve.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT, help="query API and viewer port")
+    serve.add_argument("--port", type=_port, default=HTTP_PORT, help="query API and viewer port")
     serve.set_defaults(handler=cmd_serve)
 
     collector = commands.add_parser("collector", help="the OTLP collector alone")
     _add_store(collector)
-    collector.add_argument("--host", default="127.0.0.1")
+    collector.add_argument("--host", default=LOOPBACK)
     _add_collector(collector)
     collector.set_defaults(handler=cmd_collector)
 
     query = commands.add_parser("query", help="the query API and viewer alone")
     _add_store(query)
-    query.add_argument("--host", default="127.0.0.1")
-    query.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT)
+    query.add_argument("--host", default=LOOPBACK)
+    query.add_argument("--port", type=_port, default=HTTP_PORT)
     query.set_defaults(handler=cmd_query)
 
     sql = commands.add_parser("sql", help="run a read-only SQL query over the traces")
@@ -350,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="trace an unmodified program: mlscope run [options] -- COMMAND [ARGS...]")
     run.add_argument("--level", type=parse_level, help="how deep to trace (default: MLSCOPE_LEVEL, else model)")
-    run.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
+    run.add_argument("--endpoint", help=f"collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else {DEFAULT_ENDPOINT})")
     run.add_argument("--service", help="service name (default: OTEL_SERVICE_NAME, else the program's name)")
     run.add_argument("--leveled", action="store_true",
                      help="run COMMAND once per level (model, layer, library, hardware) in one trace; "
@@ -358,14 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     run.set_defaults(handler=cmd_run)
 
-    from mlscope import cli_evaluate  # imports mlscope.cli: only once this module is loaded
-
-    cli_evaluate.add_commands(commands)
+    evaluate.add_commands(commands)
 
     demo = commands.add_parser("demo", help="serve, trace a small real pipeline, print its timeline URL")
     _add_store(demo)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=_port, default=DEFAULT_HTTP_PORT)
+    demo.add_argument("--host", default=LOOPBACK)
+    demo.add_argument("--port", type=_port, default=HTTP_PORT)
     demo.add_argument("--spool-dir", help=argparse.SUPPRESS)
     demo.add_argument("--level", type=parse_level, default="library", help="how deep to trace (default: library)")
     demo.add_argument("--exit", action="store_true", help="stop once the trace is stored instead of serving")
