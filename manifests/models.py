@@ -165,8 +165,7 @@ def digits_mlp() -> nn.Module:
 
 def train_classifier(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, training: Training) -> None:
     """Fits `model` in place: Adam, cross-entropy, seeded minibatches of 64, on one thread
-    (for ops this small, torch's thread pool costs ~10x more than it saves: measured 4.1 s
-    against 0.3 s for the digits manifest on 2 cores)."""
+    (for ops this small, torch's thread pool costs more than it saves: docs/PERFORMANCE.md)."""
     generator = torch.Generator().manual_seed(training.seed)
     features, targets = torch.from_numpy(inputs), torch.from_numpy(labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
