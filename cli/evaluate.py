@@ -90,12 +90,12 @@ def _evaluate_remotely(args: argparse.Namespace) -> int:
     from mlscope.evaluation.jobs import JobRequest, ManifestText, parse_where
     from mlscope.evaluation.remote import submit, wait
     from mlscope.manifests import manifest_from_text, read_manifest
-    from mlscope.query.client import QueryServiceClient, ServiceError
+    from mlscope.client import ServiceClient, ServiceError
 
     texts = tuple(ManifestText(*read_manifest(path)) for path in args.manifests)
     plan = _plan(args, tuple(manifest_from_text(text.source, text.text) for text in texts))
     check_plan_frameworks(plan)  # the providers are checked where the jobs run
-    client = QueryServiceClient(args.server)
+    client = ServiceClient(args.server)
     try:
         queued = submit(client, JobRequest(texts, plan, parse_where(args.where)))
         for job in queued["jobs"]:
@@ -134,7 +134,7 @@ def cmd_predictor(args: argparse.Namespace) -> int:
     from mlscope.evaluation.jobs import JobError, parse_where
     from mlscope.evaluation.remote import PredictorProcess, Stopped, stop_on_signals, this_predictor
     from mlscope.manifests import AssetCache
-    from mlscope.query.client import QueryServiceClient, ServiceError
+    from mlscope.client import ServiceClient, ServiceError
 
     try:
         labels = parse_where(args.label, "label")
@@ -142,7 +142,7 @@ def cmd_predictor(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     logging.basicConfig(level=logging.INFO, format="mlscope predictor: %(message)s")
     identity = this_predictor(args.name, labels)
-    process = PredictorProcess(QueryServiceClient(args.server), identity, args.endpoint, AssetCache(), args.poll)
+    process = PredictorProcess(ServiceClient(args.server), identity, args.endpoint, AssetCache(), args.poll)
     try:
         endpoint = process.register()
     except ServiceError as exc:
@@ -162,10 +162,10 @@ def cmd_predictor(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Reads a model's evaluations from a query service; prints them and writes the figures."""
     from mlscope.evaluation.report import table, write_figure
-    from mlscope.query.client import QueryServiceClient, ServiceError
+    from mlscope.client import ServiceClient, ServiceError
 
     try:
-        rows = QueryServiceClient(args.url).get("/api/evaluations", {"model": args.model})["evaluations"]
+        rows = ServiceClient(args.url).get("/api/evaluations", {"model": args.model})["evaluations"]
     except ServiceError as error:
         raise UsageError(f"cannot read evaluations from {args.url}: {error}") from error
     if not rows:

@@ -145,10 +145,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _sql_over_http(base_url: str, query: str) -> dict:
-    from mlscope.query.client import QueryServiceClient, ServiceError
+    from mlscope.client import ServiceClient, ServiceError
 
     try:
-        return QueryServiceClient(base_url, timeout_s=120).post("/api/sql", {"query": query})
+        return ServiceClient(base_url, timeout_s=120).post("/api/sql", {"query": query})
     except ServiceError as error:
         raise UsageError(str(error)) from error
 

@@ -1,12 +1,13 @@
 """Predictors across machines, both ends:
 
 - `PredictorProcess` (`mlscope predictor --server URL`): registers this machine's HW/SW stack
-  and what it can run with the query service, heartbeats, pulls the jobs queued for it and runs
+  and what it can run with the dispatch (beside the query service), heartbeats, pulls the jobs queued for it and runs
   each like `mlscope evaluate`, sending results to the collector; they land centrally.
 - `submit` and `wait` (`mlscope evaluate --remote`): queue a plan for every matching predictor
   and follow the jobs until each is done, failed or lost.
 
-The query service keeps the registry and the queue in the store (query/dispatch.py).
+The dispatch beside the query service keeps the registry and the queue in the store
+(mlscope.dispatch).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 
 from mlscope.agents import default_endpoint
 from mlscope.manifests import AssetCache
-from mlscope.query.client import QueryServiceClient, ServiceError
+from mlscope.client import ServiceClient, ServiceError
 
 from .jobs import JobRequest, parse_job_request
 from .predictors import EXECUTION_PROVIDERS, PREDICTORS, PredictorError
@@ -100,7 +101,7 @@ def this_predictor(name: str | None, labels: Sequence[tuple[str, str]]) -> Ident
 class PredictorProcess:
     """Heartbeats from a background thread; runs jobs one at a time on the caller's thread."""
 
-    def __init__(self, client: QueryServiceClient, identity: Identity, endpoint: str | None,
+    def __init__(self, client: ServiceClient, identity: Identity, endpoint: str | None,
                  cache: AssetCache, poll_s: float = 1.0) -> None:
         self._client = client
         self.identity = identity
@@ -204,13 +205,13 @@ def _collector_endpoint(server_url: str, otlp_http_port: int | None) -> str:
 # --- the submitting side ----------------------------------------------------------------------
 
 
-def submit(client: QueryServiceClient, request: JobRequest) -> dict[str, Any]:
+def submit(client: ServiceClient, request: JobRequest) -> dict[str, Any]:
     """Queues `request`; the run id and one job per chosen predictor (ServiceError 409 when no
     live predictor matches, naming those alive)."""
     return client.post("/api/jobs", request.to_json())
 
 
-def wait(client: QueryServiceClient, run_id: str, on_change: Callable[[dict[str, Any]], None],
+def wait(client: ServiceClient, run_id: str, on_change: Callable[[dict[str, Any]], None],
          poll_s: float = 1.0) -> list[dict[str, Any]]:
     """Follows a run's jobs until every one is done, failed or lost; calls `on_change` with a
     job each time its state changes; returns the jobs as they ended."""

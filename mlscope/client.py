@@ -1,6 +1,12 @@
-"""The query service's HTTP API from the other side: JSON in and out over urllib, every failure
-as one ServiceError whose message is the service's own `{"error": ...}` or why it was not
-reached. Used by the CLI (`sql --url`, `report`, `evaluate --remote`) and by predictors."""
+"""The HTTP API of `mlscope serve` (the query service and the dispatch mounted beside it) from
+the other side: JSON in and out over urllib, every failure as one ServiceError whose message is
+the service's own `{"error": ...}` or why it was not reached. Used by the CLI (`sql --url`,
+`report`, `evaluate --remote`) and by predictors (evaluation/remote.py).
+
+It sits here, beside the conventions, rather than in query/ or dispatch/: those are the server
+side, and the clients (evaluation, cli) must not depend on a server's package. Standard library
+only, importing nothing of mlscope, so any component may use it.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ class ServiceError(Exception):
         self.status = status
 
 
-class QueryServiceClient:
+class ServiceClient:
+    """GET and POST of JSON against one base URL (http://host:port)."""
+
     def __init__(self, base_url: str, timeout_s: float = 60) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout_s = timeout_s
