@@ -1,10 +1,11 @@
 """OTLP in, store columns out: pure conversions with no I/O.
 
 `parse_*_request` turns a request body (OTLP protobuf or OTLP/JSON) into the protobuf message;
-`decode_traces` / `decode_metrics` turn that message into the column lists of
-`store.model.SPAN_COLUMNS` / `METRIC_COLUMNS`. JSON goes through the same message, so there is
-one decode path. `decode_traces` is the collector's hot path: it walks every span once, binds the
-column appends to locals and shares one resource's key/value lists between its spans.
+`decode_traces` / `decode_metrics` turn that message into the columns of the store's
+`SPAN_ROWS` / `METRIC_POINTS` tables (store/model.py declares them). JSON goes through the same
+message, so there is one decode path. `decode_traces` is the collector's hot path: it walks every
+span once, binds each column's list to a local by column name once per request, and shares one
+resource's key/value lists between its spans.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from mlscope.conventions import DEFAULT_LEVEL, LEVEL
-from mlscope.store.model import Columns, empty_columns
+from mlscope.conventions import LEVEL, SERVICE_NAME, stored_level
+from mlscope.store.model import METRIC_POINTS, SPAN_ROWS, Columns
 
-SPAN_TABLE = "span_rows"
-METRIC_TABLE = "metric_points"
+SPAN_TABLE = SPAN_ROWS.name
+METRIC_TABLE = METRIC_POINTS.name
 UNKNOWN_SERVICE = "unknown_service"
 
 # Indexed by the OTLP enum values (Span.SpanKind, Status.StatusCode).
@@ -175,7 +176,7 @@ def _attributes_json(key_values: Iterable[KeyValue]) -> dict[str, str]:
 
 def _service(resource_keys: list[str], resource_values: list[str]) -> str:
     try:
-        return resource_values[resource_keys.index("service.name")] or UNKNOWN_SERVICE
+        return resource_values[resource_keys.index(SERVICE_NAME)] or UNKNOWN_SERVICE
     except ValueError:
         return UNKNOWN_SERVICE
 
@@ -195,15 +196,23 @@ def _span_problem(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> str
 
 def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
     """Span rows for every valid span; invalid ones are counted (with the first reason) for the
-    response's partial_success, and the rest of the request is kept."""
-    columns = empty_columns(SPAN_TABLE)
-    # One bound append per column: this loop runs once per span.
-    (
-        add_trace_id, add_span_id, add_parent, add_name, add_kind, add_service, add_level,
-        add_start, add_end, add_duration, add_status_code, add_status_message, add_scope_name,
-        add_scope_version, add_attr_keys, add_attr_values, add_resource_keys, add_resource_values,
-        add_event_times, add_event_names, add_event_attrs, add_links,
-    ) = [column.append for column in columns.values()]
+    response's partial_success, and the rest of the request is kept.
+
+    The `level` column holds the level the span counts as (conventions.stored_level), so that SQL
+    over `spans` groups exactly as the API does; the value the sender wrote stays among the
+    span's attributes."""
+    columns = SPAN_ROWS.empty_columns()
+    # Each column's list bound to a local once, by name: the loop below runs once per span, and
+    # `values.append(x)` on a local list is the cheapest append Python has.
+    trace_ids, span_ids, parent_span_ids = columns["trace_id"], columns["span_id"], columns["parent_span_id"]
+    names, kinds, services, levels = columns["name"], columns["kind"], columns["service"], columns["level"]
+    starts, ends, durations = columns["start_ns"], columns["end_ns"], columns["duration_ns"]
+    status_codes, status_messages = columns["status_code"], columns["status_message"]
+    scope_names, scope_versions = columns["scope_name"], columns["scope_version"]
+    attr_key_lists, attr_value_lists = columns["attr_keys"], columns["attr_values"]
+    resource_key_lists, resource_value_lists = columns["resource_keys"], columns["resource_values"]
+    event_time_lists, event_name_lists = columns["event_times_ns"], columns["event_names"]
+    event_attr_lists, links = columns["event_attrs_json"], columns["links_json"]
     rejected = 0
     first_problem = ""
     for resource_spans in request.resource_spans:
@@ -222,38 +231,38 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
                 attr_keys, attr_values = _attributes(span.attributes)
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
                 status = span.status
-                add_trace_id(trace_id.hex())
-                add_span_id(span_id.hex())
+                trace_ids.append(trace_id.hex())
+                span_ids.append(span_id.hex())
                 # An all-zero parent is how some SDKs write "no parent".
-                add_parent(parent_span_id.hex() if parent_span_id and parent_span_id != _ZERO_SPAN_ID else "")
-                add_name(span.name)
-                add_kind(_SPAN_KINDS[span.kind] if span.kind < len(_SPAN_KINDS) else "unspecified")
-                add_service(service)
-                add_level(attr_values[attr_keys.index(LEVEL)] if LEVEL in attr_keys else DEFAULT_LEVEL)
-                add_start(start)
-                add_end(end)
-                add_duration(end - start if end > start else 0)
-                add_status_code(_STATUS_CODES[status.code] if status.code < len(_STATUS_CODES) else "unset")
-                add_status_message(status.message)
-                add_scope_name(scope_name)
-                add_scope_version(scope_version)
-                add_attr_keys(attr_keys)
-                add_attr_values(attr_values)
+                parent_span_ids.append(
+                    parent_span_id.hex() if parent_span_id and parent_span_id != _ZERO_SPAN_ID else "")
+                names.append(span.name)
+                kinds.append(_SPAN_KINDS[span.kind] if span.kind < len(_SPAN_KINDS) else "unspecified")
+                services.append(service)
+                levels.append(stored_level(attr_values[attr_keys.index(LEVEL)] if LEVEL in attr_keys else None))
+                starts.append(start)
+                ends.append(end)
+                durations.append(end - start if end > start else 0)
+                status_codes.append(_STATUS_CODES[status.code] if status.code < len(_STATUS_CODES) else "unset")
+                status_messages.append(status.message)
+                scope_names.append(scope_name)
+                scope_versions.append(scope_version)
+                attr_key_lists.append(attr_keys)
+                attr_value_lists.append(attr_values)
                 # Shared by every span of the resource: nothing mutates these lists.
-                add_resource_keys(resource_keys)
-                add_resource_values(resource_values)
+                resource_key_lists.append(resource_keys)
+                resource_value_lists.append(resource_values)
                 events = span.events
                 if events:
-                    add_event_times([event.time_unix_nano for event in events])
-                    add_event_names([event.name for event in events])
-                    add_event_attrs([_compact_json(_attributes_json(event.attributes)) for event in events])
+                    event_time_lists.append([event.time_unix_nano for event in events])
+                    event_name_lists.append([event.name for event in events])
+                    event_attr_lists.append([_compact_json(_attributes_json(event.attributes)) for event in events])
                 else:
-                    add_event_times([])
-                    add_event_names([])
-                    add_event_attrs([])
-                add_links(_links_json(span.links) if span.links else "[]")
-    rows = len(columns["trace_id"])
-    return Decoded(SPAN_TABLE, columns, rows, rejected, _partial_message(rejected, "span", first_problem))
+                    event_time_lists.append([])
+                    event_name_lists.append([])
+                    event_attr_lists.append([])
+                links.append(_links_json(span.links) if span.links else "[]")
+    return Decoded(SPAN_TABLE, columns, len(trace_ids), rejected, _partial_message(rejected, "span", first_problem))
 
 
 def _links_json(links: Iterable[Any]) -> str:
@@ -290,7 +299,7 @@ def decode_metrics(request: ExportMetricsServiceRequest) -> Decoded:
     """One row per data point. Gauge and sum points keep their value; histogram, exponential
     histogram and summary points keep sum and count (explicit histograms also their buckets).
     Points of a metric without a name are rejected: a nameless series cannot be queried."""
-    columns = empty_columns(METRIC_TABLE)
+    columns = METRIC_POINTS.empty_columns()
     rejected = 0
     first_problem = ""
     for resource_metrics in request.resource_metrics:

@@ -10,15 +10,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mlscope.store import SPAN_COLUMNS, Store, StoreError, StoreUnavailable, sql_string
+from mlscope.store import SPAN_ROWS, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string
 
 from .errors import BadRequest
 from .evaluations import EvaluationFilter, evaluations_sql
 from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
-from .timeline import Span, span_from_row
 
-_SPAN_COLUMN_NAMES = tuple(name for name, _ in SPAN_COLUMNS)
+_SPAN_COLUMN_NAMES = SPAN_ROWS.column_names
 
 
 class QueryFailed(BadRequest):

@@ -19,46 +19,12 @@ and no warnings. It shows what the collector wrote when the adjusted view looks 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mlscope.conventions import stored_level
-
-
-@dataclass(frozen=True)
-class Event:
-    time_ns: int
-    name: str
-    attributes: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Span:
-    """One stored span (a row of the `spans` view), attributes as key -> value."""
-
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    name: str
-    kind: str
-    service: str
-    level: str
-    start_ns: int
-    end_ns: int
-    duration_ns: int
-    status_code: str
-    status_message: str
-    scope_name: str
-    scope_version: str
-    attributes: Mapping[str, str]
-    resource: Mapping[str, str]
-    events: tuple[Event, ...]
-    links: tuple[Mapping[str, Any], ...]
-
-    def sort_key(self) -> tuple[int, str]:
-        return (self.start_ns, self.span_id)
+from mlscope.store.model import Span
 
 
 @dataclass(frozen=True)
@@ -73,44 +39,6 @@ class Timeline:
     trace_id: str
     spans: tuple[TimelineSpan, ...]
     warnings: tuple[str, ...]
-
-
-# --- rows -> spans ----------------------------------------------------------------------------
-
-
-def _loads(text: str, default: Any) -> Any:
-    """JSON text written by the collector; a damaged value must not cost the whole trace."""
-    try:
-        return json.loads(text) if text else default
-    except ValueError:
-        return default
-
-
-def span_from_row(row: Mapping[str, Any]) -> Span:
-    """A `spans` row (column name -> value, as the store returns it) -> Span."""
-    return Span(
-        trace_id=row["trace_id"],
-        span_id=row["span_id"],
-        parent_span_id=row["parent_span_id"],
-        name=row["name"],
-        kind=row["kind"],
-        service=row["service"],
-        level=row["level"],
-        start_ns=int(row["start_ns"]),
-        end_ns=int(row["end_ns"]),
-        duration_ns=int(row["duration_ns"]),
-        status_code=row["status_code"],
-        status_message=row["status_message"],
-        scope_name=row["scope_name"],
-        scope_version=row["scope_version"],
-        attributes=dict(zip(row["attr_keys"], row["attr_values"])),
-        resource=dict(zip(row["resource_keys"], row["resource_values"])),
-        events=tuple(
-            Event(int(time_ns), name, _loads(attrs, {}))
-            for time_ns, name, attrs in zip(row["event_times_ns"], row["event_names"], row["event_attrs_json"])
-        ),
-        links=tuple(_loads(row["links_json"], [])),
-    )
 
 
 # --- adjusters: list of spans -> fixed list of spans, plus warnings ---------------------------

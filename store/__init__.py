@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from .base import Store, sql_string
 from .errors import SchemaError, StoreError, StoreUnavailable
-from .model import METRIC_COLUMNS, SPAN_COLUMNS, Column, Columns, QueryResult, empty_columns, row_count
+from .model import (
+    METRIC_POINTS,
+    SPAN_ROWS,
+    TABLES,
+    Column,
+    Columns,
+    Event,
+    QueryResult,
+    Span,
+    Table,
+    empty_columns,
+    row_count,
+    span_from_row,
+)
 from .url import BadStoreUrl, EmbeddedUrl, default_store_url, parse_store_url
 
 
@@ -33,16 +46,21 @@ __all__ = [
     "BadStoreUrl",
     "Column",
     "Columns",
-    "METRIC_COLUMNS",
+    "Event",
+    "METRIC_POINTS",
     "QueryResult",
-    "SPAN_COLUMNS",
+    "SPAN_ROWS",
+    "Span",
     "SchemaError",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TABLES",
+    "Table",
     "default_store_url",
     "empty_columns",
     "open_store",
     "row_count",
+    "span_from_row",
     "sql_string",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import SchemaError, StoreError
-from .model import TABLE_COLUMNS, Columns, QueryResult
+from .model import SCHEMA_MIGRATIONS, TABLES, Columns, QueryResult
 
 Settings = Mapping[str, int | float | str]
 
@@ -74,8 +74,9 @@ class Store(ABC):
 
     @abstractmethod
     def insert(self, table: str, columns: Columns) -> None:
-        """Inserts rows into a physical table (`span_rows`, `metric_points`) in one block, so
-        that a batch is stored whole or not at all."""
+        """Inserts rows into one of the physical tables of model.TABLES in one block, so that a
+        batch is stored whole or not at all. `columns` holds exactly the table's columns, in its
+        order (check_columns)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -92,10 +93,10 @@ class Store(ABC):
         every statement is IF NOT EXISTS (or an ADD COLUMN skipped when the column is there), so
         an interrupted migration is harmless when run again."""
         self.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version UInt64, name String, applied_ns UInt64) ENGINE = MergeTree ORDER BY version"
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS.name} ({SCHEMA_MIGRATIONS.column_definitions()}) "
+            "ENGINE = MergeTree ORDER BY version"
         )
-        applied_versions = {row[0] for row in self.execute("SELECT version FROM schema_migrations").rows}
+        applied_versions = {row[0] for row in self.execute(f"SELECT version FROM {SCHEMA_MIGRATIONS.name}").rows}
         applied = []
         for schema_file in schema_files():
             if schema_file.version not in applied_versions:
@@ -113,7 +114,7 @@ class Store(ABC):
             except StoreError as exc:
                 raise SchemaError(f"{schema_file.name}, statement {index}: {exc}", code=exc.code) from exc
         self.insert(
-            "schema_migrations",
+            SCHEMA_MIGRATIONS.name,
             {"version": [schema_file.version], "name": [schema_file.name], "applied_ns": [time.time_ns()]},
         )
 
@@ -139,9 +140,13 @@ def added_column(statement: str) -> tuple[str, str] | None:
 
 
 def check_columns(table: str, columns: Columns) -> list[str]:
-    """The insert column list for `table`, after checking `columns` has exactly its columns."""
-    expected = [name for name, _ in TABLE_COLUMNS[table]]
+    """The insert column list for `table`, after checking `columns` has exactly its columns and
+    as many values in each (a column a writer forgot would otherwise shift or drop rows)."""
+    expected = list(TABLES[table].column_names)
     if list(columns) != expected:
         raise StoreError(f"insert into {table}: columns {list(columns)} != {expected}")
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise StoreError(f"insert into {table}: columns of different lengths {lengths}")
     return expected
 

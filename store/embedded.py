@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .base import Settings, Store, check_columns, setting_literal
 from .errors import StoreError, StoreUnavailable
-from .model import TABLE_COLUMNS, Column, Columns, QueryResult
+from .model import TABLES, Column, Columns, QueryResult, Table
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "String": pa.string(),
@@ -28,11 +28,11 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 _ERROR_CODE = re.compile(r"Code: (\d+)\.")
 
 
-def _arrow_schema(table: str) -> pa.Schema:
-    return pa.schema([(name, _ARROW_TYPES[ch_type]) for name, ch_type in TABLE_COLUMNS[table]])
+def _arrow_schema(table: Table) -> pa.Schema:
+    return pa.schema([(column.name, _ARROW_TYPES[column.type]) for column in table.columns])
 
 
-_SCHEMAS = {table: _arrow_schema(table) for table in TABLE_COLUMNS}
+_SCHEMAS = {name: _arrow_schema(table) for name, table in TABLES.items()}
 
 
 def _store_error(exc: Exception) -> StoreError:
@@ -42,7 +42,7 @@ def _store_error(exc: Exception) -> StoreError:
 
 class EmbeddedStore(Store):
     def __init__(self, directory: str, database: str = "mlscope") -> None:
-        from chdb import session  # imported here: loading the engine takes ~1 s
+        from chdb import session  # imported here: loading the engine is slow, and only this backend needs it
 
         self.url = f"embedded://{directory}"
         self.database = database

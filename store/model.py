@@ -1,18 +1,62 @@
-"""The row model shared by every writer and reader of the store.
+"""The row model: every table a writer inserts into, declared once, and the span readers build.
 
-Writers (the collector) build `Columns`: one Python list per column, in the order given here,
-which is the cheapest shape for both insert paths (Arrow for chdb, columnar native protocol for
-clickhouse-server). Values never leave this module's vocabulary: ids are lowercase hex, times are
-integer nanoseconds since the Unix epoch, attribute values are strings.
+Each `Table` lists the columns a writer supplies (name and ClickHouse type), in the order of its
+CREATE TABLE in schema/*.sql, leaving out the DEFAULT columns the store computes itself;
+tests/store/test_row_model.py parses the schema and fails when the two differ.
+
+Both directions go through these declarations. Writers (the collector's OTLP decoder, dispatch)
+build `Columns`: one Python list per column, bound by column name, the cheapest shape for both
+insert paths (Arrow for chdb, columnar native protocol for clickhouse-server). Readers turn a row
+of the `spans` view back into a `Span` with `span_from_row`. Values never leave this module's
+vocabulary: ids are lowercase hex, times are integer nanoseconds since the Unix epoch, attribute
+values are strings.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# (column, ClickHouse type) as in schema/001_spans.sql, minus the DEFAULT column start_date.
-SPAN_COLUMNS: tuple[tuple[str, str], ...] = (
+Columns = dict[str, list[Any]]
+"""Column name -> that column's values, one per row, in the table's column order."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a table or of a query's result."""
+
+    name: str
+    type: str  # as ClickHouse writes it: "String", "Array(UInt64)"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A physical table writers insert into; readers use its deduplicating view."""
+
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    def empty_columns(self) -> Columns:
+        return {column.name: [] for column in self.columns}
+
+    def column_definitions(self) -> str:
+        """The body of a CREATE TABLE: `name Type, ...`."""
+        return ", ".join(f"{column.name} {column.type}" for column in self.columns)
+
+
+def _table(name: str, *columns: tuple[str, str]) -> Table:
+    return Table(name, tuple(Column(column, column_type) for column, column_type in columns))
+
+
+# schema/001_spans.sql (start_date is computed from start_ns); read through the `spans` view.
+SPAN_ROWS = _table(
+    "span_rows",
     ("trace_id", "String"),
     ("span_id", "String"),
     ("parent_span_id", "String"),
@@ -37,8 +81,9 @@ SPAN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("links_json", "String"),
 )
 
-# As in schema/003_metrics.sql, minus the DEFAULT column date.
-METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+# schema/003_metrics.sql (date is computed from time_ns); read through the `metrics` view.
+METRIC_POINTS = _table(
+    "metric_points",
     ("service", "String"),
     ("name", "String"),
     ("description", "String"),
@@ -58,8 +103,10 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("series_hash", "UInt64"),
 )
 
-# As in schema/006_dispatch.sql: a predictor's heartbeat and a job's state change.
-PREDICTOR_COLUMNS: tuple[tuple[str, str], ...] = (
+# schema/006_dispatch.sql: a predictor's heartbeat (`predictors` view) and a job's state change
+# (`jobs` view).
+PREDICTOR_HEARTBEATS = _table(
+    "predictor_heartbeats",
     ("predictor_id", "String"),
     ("name", "String"),
     ("host", "String"),
@@ -75,7 +122,8 @@ PREDICTOR_COLUMNS: tuple[tuple[str, str], ...] = (
     ("seen_ns", "UInt64"),
 )
 
-JOB_COLUMNS: tuple[tuple[str, str], ...] = (
+JOB_STATES = _table(
+    "job_states",
     ("job_id", "String"),
     ("run_id", "String"),
     ("predictor_id", "String"),
@@ -87,21 +135,18 @@ JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request", "String"),
 )
 
-# The physical tables writers insert into; readers use the deduplicating views (`spans`,
-# `metrics`, `predictors`, `jobs`).
-TABLE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "span_rows": SPAN_COLUMNS,
-    "metric_points": METRIC_COLUMNS,
-    "predictor_heartbeats": PREDICTOR_COLUMNS,
-    "job_states": JOB_COLUMNS,
-    "schema_migrations": (("version", "UInt64"), ("name", "String"), ("applied_ns", "UInt64")),
-}
+# Not in the .sql files: Store.migrate() creates it from this declaration before applying them.
+SCHEMA_MIGRATIONS = _table("schema_migrations", ("version", "UInt64"), ("name", "String"), ("applied_ns", "UInt64"))
 
-Columns = dict[str, list[Any]]
+TABLES: dict[str, Table] = {
+    table.name: table for table in (SPAN_ROWS, METRIC_POINTS, PREDICTOR_HEARTBEATS, JOB_STATES, SCHEMA_MIGRATIONS)
+}
+"""Every table a writer inserts into, by name. The other tables of the schema (`trace_index`,
+`evaluation_rows`) are filled by materialized views over span_rows."""
 
 
 def empty_columns(table: str) -> Columns:
-    return {name: [] for name, _ in TABLE_COLUMNS[table]}
+    return TABLES[table].empty_columns()
 
 
 def row_count(columns: Columns) -> int:
@@ -116,12 +161,78 @@ def extend_columns(target: Columns, source: Columns) -> None:
 
 
 @dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-
-
-@dataclass(frozen=True)
 class QueryResult:
     columns: tuple[Column, ...]
     rows: list[tuple[Any, ...]]
+
+
+# --- row -> span ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    time_ns: int
+    name: str
+    attributes: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Span:
+    """One stored span (a row of the `spans` view), attributes as key -> value."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: str
+    service: str
+    level: str
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    status_code: str
+    status_message: str
+    scope_name: str
+    scope_version: str
+    attributes: Mapping[str, str]
+    resource: Mapping[str, str]
+    events: tuple[Event, ...]
+    links: tuple[Mapping[str, Any], ...]
+
+    def sort_key(self) -> tuple[int, str]:
+        return (self.start_ns, self.span_id)
+
+
+def _loads(text: str, default: Any) -> Any:
+    """JSON text written by the collector; a damaged value must not cost the whole trace."""
+    try:
+        return json.loads(text) if text else default
+    except ValueError:
+        return default
+
+
+def span_from_row(row: Mapping[str, Any]) -> Span:
+    """A `spans` row (column name -> value, as the store returns it; SPAN_ROWS' columns) -> Span."""
+    return Span(
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
+        parent_span_id=row["parent_span_id"],
+        name=row["name"],
+        kind=row["kind"],
+        service=row["service"],
+        level=row["level"],
+        start_ns=int(row["start_ns"]),
+        end_ns=int(row["end_ns"]),
+        duration_ns=int(row["duration_ns"]),
+        status_code=row["status_code"],
+        status_message=row["status_message"],
+        scope_name=row["scope_name"],
+        scope_version=row["scope_version"],
+        attributes=dict(zip(row["attr_keys"], row["attr_values"])),
+        resource=dict(zip(row["resource_keys"], row["resource_values"])),
+        events=tuple(
+            Event(int(time_ns), name, _loads(attrs, {}))
+            for time_ns, name, attrs in zip(row["event_times_ns"], row["event_names"], row["event_attrs_json"])
+        ),
+        links=tuple(_loads(row["links_json"], [])),
+    )

@@ -21,7 +21,7 @@ from mlscope.collector.otlp import (
     parse_trace_request,
     series_hash,
 )
-from mlscope.store.model import METRIC_COLUMNS, SPAN_COLUMNS
+from mlscope.store.model import METRIC_POINTS, SPAN_ROWS
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 ROOT_ID = bytes.fromhex("b7ad6b7169203331")
@@ -106,7 +106,7 @@ def test_span_fields_become_one_row_in_column_order() -> None:
 
     decoded = decode_traces(request)
 
-    assert list(decoded.columns) == [name for name, _ in SPAN_COLUMNS]
+    assert list(decoded.columns) == list(SPAN_ROWS.column_names)
     assert (decoded.rows, decoded.rejected, decoded.error_message) == (1, 0, "")
     assert rows(decoded.columns) == [
         {
@@ -148,6 +148,30 @@ def test_defaults_for_spans_from_foreign_sdks() -> None:
 
     assert (row["service"], row["level"], row["kind"], row["status_code"]) == ("unknown_service", "application", "unspecified", "unset")
     assert (row["parent_span_id"], row["duration_ns"], row["links_json"]) == ("b7ad6b7169203331", 0, "[]")
+
+
+@pytest.mark.parametrize("sent, stored", [("layer", "layer"), ("kernel", "application"), ("", "application")])
+def test_the_level_column_holds_the_level_a_span_counts_as(sent: str, stored: str) -> None:
+    # SQL over `spans` then groups as the API does; the sent value stays an attribute.
+    request = trace_request(Span(trace_id=TRACE_ID, span_id=ROOT_ID, attributes=[attribute("mlscope.level", string_value=sent)]))
+
+    (row,) = rows(decode_traces(request).columns)
+
+    assert (row["level"], row["attr_keys"], row["attr_values"]) == (stored, ["mlscope.level"], [sent])
+
+
+def test_every_column_gets_one_value_per_span() -> None:
+    # Spans with and without events and links, from two resources: no column may lag behind.
+    bare = Span(trace_id=TRACE_ID, span_id=ROOT_ID, name="bare")
+    full = Span(trace_id=TRACE_ID, span_id=CHILD_ID, parent_span_id=ROOT_ID, name="full",
+                events=[Span.Event(time_unix_nano=1, name="e")], links=[Span.Link(trace_id=TRACE_ID, span_id=ROOT_ID)])
+    request = trace_request(bare, full)
+    request.resource_spans.extend(trace_request(full, bare).resource_spans)
+
+    decoded = decode_traces(request)
+
+    assert decoded.rows == 4
+    assert {name: len(values) for name, values in decoded.columns.items()} == dict.fromkeys(SPAN_ROWS.column_names, 4)
 
 
 def test_invalid_spans_are_rejected_and_counted_the_rest_kept() -> None:
@@ -262,7 +286,7 @@ def test_every_metric_kind_becomes_rows() -> None:
 
     decoded = decode_metrics(request)
 
-    assert list(decoded.columns) == [name for name, _ in METRIC_COLUMNS]
+    assert list(decoded.columns) == list(METRIC_POINTS.column_names)
     table = [
         (row["name"], row["kind"], row["time_ns"], row["value"], row["count"], row["bucket_bounds"], row["bucket_counts"])
         for row in rows(decoded.columns)

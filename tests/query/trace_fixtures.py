@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mlscope.query.timeline import Span, span_from_row
-from mlscope.store import Columns, Store, empty_columns
+from mlscope.store import Columns, Span, Store, empty_columns, span_from_row
 
 T0 = 1_764_000_000_000_000_123  # 2025-11-24, ns; odd on purpose: beyond 2**53, exact only as integers
 MS = 1_000_000
