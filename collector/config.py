@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from mlscope.store.url import default_data_dir
+from mlscope.conventions import LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, data_dir
 
 NO_GRPC = -1
 
 
 def _default_spool_dir() -> str:
-    return os.path.join(default_data_dir(), "spool")
+    return os.path.join(data_dir(), SPOOL_DIR)
 
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    host: str = "127.0.0.1"
-    http_port: int = 4318  # 0 picks a free port
-    grpc_port: int = 4317  # 0 picks a free port; NO_GRPC (-1) runs no gRPC server
+    host: str = LOOPBACK
+    http_port: int = OTLP_HTTP_PORT  # 0 picks a free port
+    grpc_port: int = OTLP_GRPC_PORT  # 0 picks a free port; NO_GRPC (-1) runs no gRPC server
     spool_dir: str = field(default_factory=_default_spool_dir)
     max_body_bytes: int = 16 * 2**20  # per request, after decompression (HTTP and gRPC)
     max_spool_bytes: int = 1 * 2**30

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from mlscope.store.url import default_data_dir
+from mlscope.conventions import data_dir
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -39,7 +39,7 @@ def sha256_file(path: Path) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(default_data_dir()) / "cache"
+    return Path(data_dir()) / "cache"
 
 
 @contextmanager

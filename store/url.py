@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from mlscope.conventions import ENV_STORE, STORE_DIR, data_dir
 
 DEFAULT_SERVER_PORT = 9000
 DEFAULT_DATABASE = "mlscope"
@@ -29,16 +31,9 @@ class ServerUrl:
     password: str
 
 
-def default_data_dir() -> str:
-    """MLSCOPE_DATA, else the XDG data directory (~/.local/share/mlscope)."""
-    if os.environ.get("MLSCOPE_DATA"):
-        return os.path.abspath(os.environ["MLSCOPE_DATA"])
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return os.path.join(base, "mlscope")
-
-
-def default_store_url() -> str:
-    return os.environ.get("MLSCOPE_STORE") or f"embedded://{os.path.join(default_data_dir(), 'store')}"
+def default_store_url(env: Mapping[str, str] = os.environ) -> str:
+    """MLSCOPE_STORE, else the embedded store in the data directory's STORE_DIR."""
+    return env.get(ENV_STORE) or f"embedded://{os.path.join(data_dir(env), STORE_DIR)}"
 
 
 def parse_store_url(url: str) -> EmbeddedUrl | ServerUrl:
