@@ -8,9 +8,19 @@
 
 Levels above the agent's level cost one integer comparison and no span. At layer level and
 deeper, a traced torch.nn.Module's calls also record their module calls and (library) profiler
-ops, written as spans under the model span after each call (agents/torch_capture.py): by the
-agent's deferred worker thread, which also ends the model span (agents/deferred.py), so they are
-exported once `force_flush` or `shutdown` returns.
+ops, written as spans under the model span after each call (agents/torch_capture.py), and an ONNX
+Runtime session's profile gives node and kernel spans (agents/onnx_capture.py). Both go through
+the agent's one deep-span writer (agents/spans.py `DeepSpans`), chosen once by `start_agent` and
+named in its Resource (`mlscope.agent.writer`): by default the deferred worker thread, which also
+ends the model span (agents/deferred.py), so they are exported once `force_flush` or `shutdown`
+returns; inline, through the provider's processors, only when asked for.
+
+Spans leave an agent through two queues on two threads: the SDK's BatchSpanProcessor (pipeline
+stages, model spans) and the deferred worker (deep spans), both posting through the one exporter.
+Why not one: model and stage spans are the SDK's own spans, ended wherever the program ends them,
+and the SDK hands them to every processor a user adds; the worker handles only what mlscope
+writes itself. The store joins a trace by ids, so the order in which the two queues deliver a
+model span and its children does not matter.
 
 `trace_model` and `mlscope run`'s automatic instrumentation (agents/bootstrap.py) share one code
 path: `Agent.model_spec` describes a model once, `Agent.call_model` traces each call of it.
@@ -35,36 +45,43 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
-from mlscope.conventions import LEVEL, LEVELS, parse_level
+from mlscope.conventions import (
+    AGENT_SCOPE,
+    AGENT_WRITER,
+    BATCH_SIZE,
+    FRAMEWORK_NAME,
+    LEVEL,
+    LEVELS,
+    MODEL_NAME,
+    MODEL_VERSION,
+    SERVICE_NAME,
+    agent_level,
+    collector_endpoint,
+    parse_level,
+)
 
-from . import propagation
-from .deferred import DeferredCall, DeferredSpans
-from .otlp_exporter import FastOTLPSpanExporter
+from . import native_module, propagation
+from .deferred import DeferredSpans
+from .otlp_exporter import EncodedSpanExporter, FastOTLPSpanExporter
 from .resource import stack_attributes
-from .spans import SpanWriter
+from .spans import DeepSpans, InlineSpans, RecordedCall, SpanJob, SpanWriterKind, writer_kind
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
     from .hardware import HardwareSampler
     from .onnx_capture import TracedOnnxSession
-    from .torch_capture import Recording, TorchCapture
+    from .torch_capture import TorchCapture
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:4318"
 AttributeValue = str | bool | int | float
 
-
-def default_endpoint() -> str:
-    """The collector's OTLP/HTTP base URL: OTEL_EXPORTER_OTLP_ENDPOINT, else the local default."""
-    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
-
-
-def default_level() -> str:
-    return parse_level(os.environ.get("MLSCOPE_LEVEL") or "model")
+default_endpoint = collector_endpoint
+"""The collector's OTLP/HTTP base URL from the environment (the name mlscope.agents exports)."""
 
 
 _IN_MODEL_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("mlscope_in_model_call", default=False)
@@ -91,19 +108,20 @@ class ModelSpec:
 
 class Agent:
     """Owns one TracerProvider exporting to one collector; spans deeper than `level` are skipped.
-    With `deferred`, the layer and library spans are written and exported by its worker thread
-    (agents/deferred.py), bypassing the provider's processors; without it, through them, inline."""
+    Its layer and library spans are written by `deep_spans` (the agent's writer for its whole
+    life): by default inline, through the provider's processors; `start_agent` gives it the
+    deferred worker (agents/deferred.py)."""
 
     def __init__(
         self,
         provider: TracerProvider,
         level: str,
         sampler: HardwareSampler | None = None,
-        deferred: DeferredSpans | None = None,
+        deep_spans: DeepSpans | None = None,
     ) -> None:
         self._provider = provider
-        self._deferred = deferred
-        self._tracer = provider.get_tracer("mlscope.agents")
+        self._tracer = provider.get_tracer(AGENT_SCOPE)
+        self._deep_spans = deep_spans or InlineSpans(self._tracer)
         self.level = parse_level(level)
         self._max_rank = LEVELS.index(self.level)
         # At hardware level: samples taken at each model span's ends give its mlscope.hw.* figures.
@@ -181,7 +199,7 @@ class Agent:
         `shapes` adds tensor shapes to layer spans; `nested_ops` adds the ops that ops call,
         nested under them (by default only the ops that layers call directly). `kineto_ops`
         records ops with torch.profiler's kineto even on CPU, where mlscope's native recorder is
-        cheaper (agents/op_recorder.py); with a GPU kineto records them anyway."""
+        cheaper (agents/native_module.py); with a GPU kineto records them anyway."""
         spec = self.model_spec(
             model, name, framework, version, shapes=shapes, nested_ops=nested_ops, kineto_ops=kineto_ops
         )
@@ -205,12 +223,12 @@ class Agent:
         tree, so callers keep the spec for the model's lifetime rather than per call."""
         model_attributes: dict[str, AttributeValue] = {
             LEVEL: "model",
-            "mlscope.model.name": name,
-            "mlscope.framework.name": framework,
+            MODEL_NAME: name,
+            FRAMEWORK_NAME: framework,
             **(attributes or {}),
         }
         if version:
-            model_attributes["mlscope.model.version"] = version
+            model_attributes[MODEL_VERSION] = version
         capture = None
         if self.enabled("layer") and _is_torch_module(model) and isinstance(self._tracer, SdkTracer):
             from .torch_capture import CaptureOptions, TorchCapture
@@ -235,7 +253,7 @@ class Agent:
         if self._sampler is not None:
             self._sampler.sample_now()
         model_span = self._tracer.start_span(spec.span_name, attributes=spec.attributes)
-        model_span.set_attribute("mlscope.batch_size", batch_size)
+        model_span.set_attribute(BATCH_SIZE, batch_size)
         inside = _IN_MODEL_CALL.set(True)
         try:
             with trace.use_span(model_span, end_on_exit=False, record_exception=True, set_status_on_exception=True):
@@ -247,36 +265,30 @@ class Agent:
                 try:
                     capture.end(recording)
                 except Exception:  # a tracing bug must neither fail nor mask the model call
-                    log.exception("mlscope: capture of a %s call not ended", spec.attributes["mlscope.model.name"])
+                    log.exception("mlscope: capture of a %s call not ended", spec.attributes[MODEL_NAME])
                     recording = None
                 else:
                     end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
             if self._sampler is not None:
                 model_span.set_attributes(self._sampler.span_attributes(model_span.start_time, end_ns))
-            if recording is None or not self._write_deep_spans(spec, capture, recording, model_span, end_ns):
+            # An unsampled model span (no SDK span) has no deep spans to write.
+            if recording is not None and isinstance(model_span, SdkSpan):
+                self._deep_spans.write_call(RecordedCall(capture, recording, model_span, end_ns))
+            else:
                 model_span.end(end_time=end_ns)
             if spec.on_end is not None:
                 spec.on_end(model_span.get_span_context(), model_span.start_time, end_ns)
 
-    def _write_deep_spans(
-        self, spec: ModelSpec, capture: TorchCapture, recording: Recording, model_span: trace.Span, end_ns: int
-    ) -> bool:
-        """Writes the layer and library spans of an ended recording: on the deferred worker,
-        which then ends the model span (True), or here (False: the caller ends it). An
-        unsampled model span (no SDK span) gets none, so it needs no worker."""
-        deferred = self._deferred
-        if (
-            deferred is not None
-            and isinstance(model_span, SdkSpan)
-            and deferred.submit(DeferredCall(capture, recording, model_span, end_ns))
-        ):
-            return True
-        try:
-            writer = SpanWriter(self._tracer, model_span.get_span_context())
-            model_span.set_attributes(capture.write_spans(recording, writer))
-        except Exception:  # a tracing bug must neither fail nor mask the model call
-            log.exception("mlscope: layer/library spans of a %s call not written", spec.attributes["mlscope.model.name"])
-        return False
+    @property
+    def writer(self) -> SpanWriterKind:
+        """How this agent writes its deep spans (its resource's `mlscope.agent.writer` when
+        `start_agent` built it)."""
+        return self._deep_spans.kind
+
+    def write_deep_spans(self, job: SpanJob) -> None:
+        """Runs `job` with the agent's writer, for deep spans under model spans already ended
+        (ONNX Runtime's profile): on the writer's thread, exported with the rest."""
+        self._deep_spans.write(job)
 
     def onnx_session(
         self,
@@ -308,11 +320,10 @@ class Agent:
         return traced
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
-        """Hands every span this agent ends, the deep levels' written spans included, to
-        `processor` as well as to the exporter."""
-        if self._deferred is not None:  # its spans would bypass `processor`: write them inline from now on
-            self._deferred.shutdown()
-            self._deferred = None
+        """Hands every span the provider ends to `processor` as well as to the exporter: with
+        the inline writer the deep spans too; with the deferred worker's only the SDK spans
+        (stages, model spans). To see every span on every writer, decorate the exporter
+        (`start_agent(wrap_exporter=...)`, agents/otlp_exporter.py ExporterDecorator)."""
         self._provider.add_span_processor(processor)
 
     def resource_attributes(self) -> dict[str, Any]:
@@ -321,9 +332,9 @@ class Agent:
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Exports every finished span now; False when `timeout_millis` ran out first. The
-        deferred worker goes first: it ends model spans, which the provider then exports."""
+        deep-span writer goes first: it ends model spans, which the provider then exports."""
         deadline = time.monotonic() + timeout_millis / 1e3
-        if self._deferred is not None and not self._deferred.force_flush(timeout_millis / 1e3):
+        if not self._deep_spans.force_flush(timeout_millis / 1e3):
             return False
         return self._provider.force_flush(max(int((deadline - time.monotonic()) * 1e3), 0))
 
@@ -334,8 +345,7 @@ class Agent:
             session.end_profiling()
         if self._sampler is not None:
             self._sampler.stop()
-        if self._deferred is not None:
-            self._deferred.shutdown()
+        self._deep_spans.shutdown()
         self._provider.force_flush()
         self._provider.shutdown()
 
@@ -367,29 +377,57 @@ def batch_size(args: tuple[Any, ...]) -> int:
     return int(shape[0]) if shape else 0
 
 
+def choose_writer(level: str, id_generator: IdGenerator, requested: SpanWriterKind | None = None) -> SpanWriterKind:
+    """The deep-span writer of an agent at `level` whose provider draws ids from `id_generator`:
+    `requested`, else what is available (spans.writer_kind); a native writer asked for where the
+    native module is not built is the encoded one."""
+    deep_levels = LEVELS.index(parse_level(level)) >= LEVELS.index("layer")
+    native_built = deep_levels and native_module.is_built()
+    random_ids = type(id_generator) is RandomIdGenerator  # exactly the SDK's: the native writer draws its own
+    chosen = requested or writer_kind(deep_levels, native_built, random_ids)
+    return SpanWriterKind.ENCODED if chosen is SpanWriterKind.NATIVE and not native_built else chosen
+
+
+def deep_span_writer(
+    level: str, provider: TracerProvider, exporter: EncodedSpanExporter, writer: SpanWriterKind | None = None
+) -> DeepSpans | None:
+    """The deep-span writer start_agent gives an agent at `level` exporting to `exporter`
+    (`writer` as choose_writer decides it); None for the inline one (Agent's default)."""
+    chosen = choose_writer(level, provider.id_generator, writer)
+    if chosen is SpanWriterKind.INLINE:
+        return None
+    return DeferredSpans(exporter, provider.resource, provider.id_generator.generate_span_id,
+                         native=chosen is SpanWriterKind.NATIVE)
+
+
 def start_agent(
     service: str, endpoint: str | None = None, level: str | None = None, resource: Mapping[str, AttributeValue] | None = None,
-    wrap_exporter: Callable[[SpanExporter], SpanExporter] | None = None,
+    wrap_exporter: Callable[[FastOTLPSpanExporter], EncodedSpanExporter] | None = None,
+    writer: SpanWriterKind | None = None,
 ) -> Agent:
-    """Starts an agent exporting to `endpoint` (an OTLP/HTTP base URL) at `level`. Its Resource
-    describes the HW/SW stack (agents/resource.py); `resource` adds to or overrides it.
-    `wrap_exporter` may wrap the OTLP span exporter (e.g. to count spans the collector refused)."""
-    base = (endpoint or default_endpoint()).rstrip("/")
-    attributes = {**stack_attributes(), "service.name": service, **(resource or {})}
-    provider = TracerProvider(resource=Resource.create(attributes))
-    exporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
-    provider.add_span_processor(BatchSpanProcessor(wrap_exporter(exporter) if wrap_exporter else exporter))
-    level = level or default_level()
-    # The deep levels' spans go straight to the exporter, unless a wrapper must see every span.
-    deferred = None
-    if LEVELS.index(parse_level(level)) >= LEVELS.index("layer") and wrap_exporter is None:
-        deferred = DeferredSpans(exporter, provider.resource, provider.id_generator.generate_span_id)
+    """Starts an agent exporting to `endpoint` (an OTLP/HTTP base URL; default: the environment's,
+    conventions.collector_endpoint) at `level` (default: MLSCOPE_LEVEL, else model). Its Resource
+    describes the HW/SW stack (agents/resource.py) and its deep-span writer; `resource` adds to or
+    overrides it. `wrap_exporter` may decorate the OTLP span exporter (ExporterDecorator: e.g. to
+    count spans the collector refused); every span of every writer goes through it. `writer`
+    forces a deep-span writer; by default the deferred worker, native where it is built."""
+    base = (endpoint or collector_endpoint()).rstrip("/")
+    level = parse_level(level) if level else agent_level()
+    provider_ids = RandomIdGenerator()
+    chosen = choose_writer(level, provider_ids, writer)
+    attributes = {**stack_attributes(), SERVICE_NAME: service, **(resource or {}), AGENT_WRITER: chosen.value}
+    provider = TracerProvider(resource=Resource.create(attributes), id_generator=provider_ids)
+    exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
+    if wrap_exporter is not None:
+        exporter = wrap_exporter(exporter)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    deep_spans = deep_span_writer(level, provider, exporter, chosen)
     sampler = None
-    if parse_level(level) == LEVELS[-1]:  # hardware
+    if level == LEVELS[-1]:  # hardware
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         from .hardware import HardwareSampler
 
         sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
         sampler.start()
-    return Agent(provider, level, sampler, deferred)
+    return Agent(provider, level, sampler, deep_spans)

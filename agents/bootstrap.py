@@ -46,7 +46,7 @@ import tempfile
 import threading
 import types
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,91 +55,29 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from mlscope.conventions import parse_level
+from mlscope.conventions import (
+    ENV_LEVELED_REPORT,
+    ENV_TRACE_FILE,
+    FRAMEWORK_VERSION,
+    LEVELED_PASS,
+    PROCESS_COMMAND_LINE,
+    PROCESS_EXECUTABLE_PATH,
+    PROCESS_EXIT_CODE,
+    PROCESS_PID,
+)
 
-from .api import DEFAULT_ENDPOINT, Agent, ModelSpec, batch_size, in_model_call, start_agent
+from .api import Agent, ModelSpec, batch_size, in_model_call, start_agent
+from .leveled import SpanTally, append_report
+from .otlp_exporter import EncodedSpanExporter
 from .propagation import extract_env, inject_env
+from .run_config import program_name, run_config
 
 if TYPE_CHECKING:
     from .onnx_capture import TracedOnnxSession
 
 log = logging.getLogger(__name__)
 
-AUTOLOAD_DIR = str(Path(__file__).resolve().parent / "autoload")
-LEVEL_ENV, ENDPOINT_ENV, SERVICE_ENV = "MLSCOPE_LEVEL", "MLSCOPE_ENDPOINT", "MLSCOPE_SERVICE"
-TRACE_FILE_ENV = "MLSCOPE_TRACE_FILE"
-"""Where the first bootstrapped process writes its trace id, for `mlscope run` to report."""
-LEVELED_REPORT_ENV = "MLSCOPE_LEVELED_REPORT"
-"""Set by `mlscope run --leveled`: where each process of a pass appends its span tally."""
-
-PROCESS_ATTRIBUTES = ("process.pid", "process.executable.path", "process.command_line")
-EXIT_CODE = "process.exit.code"
-
-
-# --- pure: configuration ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    level: str
-    endpoint: str
-    service: str
-
-
-def run_environment(
-    env: Mapping[str, str],
-    level: str | None = None,
-    endpoint: str | None = None,
-    service: str | None = None,
-    trace_file: str | None = None,
-) -> dict[str, str]:
-    """The environment `mlscope run` gives its command: `env` plus the autoload directory first
-    on PYTHONPATH and the agent's settings (those not given keep what `env` says)."""
-    child = dict(env)
-    child["PYTHONPATH"] = os.pathsep.join(filter(None, [AUTOLOAD_DIR, env.get("PYTHONPATH")]))
-    for key, value in ((LEVEL_ENV, level), (ENDPOINT_ENV, endpoint), (SERVICE_ENV, service), (TRACE_FILE_ENV, trace_file)):
-        if value:
-            child[key] = value
-    return child
-
-
-def run_config(env: Mapping[str, str], argv: Sequence[str]) -> RunConfig:
-    """The agent's settings in a bootstrapped process; the service defaults to OTEL_SERVICE_NAME,
-    else the program's name."""
-    return RunConfig(
-        level=parse_level(env.get(LEVEL_ENV) or "model"),
-        endpoint=configured_endpoint(env),
-        service=configured_service(env, program_name(argv)),
-    )
-
-
-def configured_endpoint(env: Mapping[str, str]) -> str:
-    return env.get(ENDPOINT_ENV) or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
-
-
-def configured_service(env: Mapping[str, str], default: str) -> str:
-    return env.get(SERVICE_ENV) or env.get("OTEL_SERVICE_NAME") or default
-
-
-_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
-
-
-def program_name(argv: Sequence[str]) -> str:
-    """What a Python process runs, from its original argv (`sys.orig_argv`): a script's file
-    name, a `-m` module's name, `python -c`, or `python` for the REPL/stdin."""
-    args = iter(argv[1:])
-    for arg in args:
-        if arg == "-m":
-            return next(args, "python")
-        if arg.startswith("-m") and len(arg) > 2:
-            return arg[2:]
-        if arg == "-c" or (arg[:1] == "-" and arg[1:2] != "-" and arg.endswith("c")):  # also -uc, -Bc
-            return "python -c"
-        if arg in _OPTIONS_WITH_VALUE:
-            next(args, None)
-        elif arg == "-" or not arg.startswith("-"):
-            return Path(arg).name if arg != "-" else "python"
-    return "python"
+PROCESS_ATTRIBUTES = (PROCESS_PID, PROCESS_EXECUTABLE_PATH, PROCESS_COMMAND_LINE)
 
 
 # --- instrumentation ----------------------------------------------------------------------------
@@ -264,7 +202,7 @@ class AutoInstrumentor:
             if spec is None:
                 spec = specs[module] = agent.model_spec(
                     module, type(module).__name__, "pytorch", span_name="forward",
-                    attributes={"mlscope.framework.version": framework_version},
+                    attributes={FRAMEWORK_VERSION: framework_version},
                 )
             return spec
 
@@ -386,7 +324,7 @@ class ProcessSpan:
             return
         self._ended = True
         code = self._exit_code or 0
-        self.span.set_attribute(EXIT_CODE, code)
+        self.span.set_attribute(PROCESS_EXIT_CODE, code)
         if reason or code:
             self.span.set_status(Status(StatusCode.ERROR, reason or f"exit code {code}"))
         self.span.end()
@@ -437,15 +375,11 @@ def _report_trace(path: str, trace_id: str) -> None:
         log.debug("mlscope: trace id not reported to %s: %s", path, exc)
 
 
-def _join_leveled_pass(agent: Agent, process: ProcessSpan, report_path: str, level: str) -> None:
+def _join_leveled_pass(process: ProcessSpan, tally: SpanTally, writer: str, report_path: str, level: str) -> None:
     """This process belongs to a pass of `mlscope run --leveled`: its process span names the
     pass, and at exit the tally of its spans is appended to the pass's report."""
-    from .leveled import PASS, SpanTally, append_report
-
-    process.span.set_attribute(PASS, level)
-    tally = SpanTally()
-    agent.add_span_processor(tally)
-    process.at_end.append(lambda: append_report(report_path, tally.summary(level)))
+    process.span.set_attribute(LEVELED_PASS, level)
+    process.at_end.append(lambda: append_report(report_path, tally.summary(level, writer)))
 
 
 # --- the entry point --------------------------------------------------------------------------
@@ -462,17 +396,25 @@ def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
     """Starts tracing this process (see the module docstring); called by sitecustomize."""
     env = os.environ if env is None else env
     config = run_config(env, sys.orig_argv)
-    agent = start_agent(service=config.service, endpoint=config.endpoint, level=config.level)
+    tallies: list[SpanTally] = []
+
+    def tallied(exporter: EncodedSpanExporter) -> SpanTally:
+        tallies.append(SpanTally(exporter))
+        return tallies[-1]
+
+    leveled_report = env.get(ENV_LEVELED_REPORT)
+    agent = start_agent(service=config.service, endpoint=config.endpoint, level=config.level,
+                        wrap_exporter=tallied if leveled_report else None)
     resource = agent.resource_attributes()
     attributes = {key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource}
     process = ProcessSpan(agent, program_name(sys.orig_argv), attributes, env)
-    if env.get(LEVELED_REPORT_ENV):
-        _join_leveled_pass(agent, process, env[LEVELED_REPORT_ENV], config.level)
+    if leveled_report:
+        _join_leveled_pass(process, tallies[0], agent.writer.value, leveled_report, config.level)
     # Subprocesses inherit os.environ: from here on they are children of this process span.
     inject_env(os.environ, trace.set_span_in_context(process.span))
     _watch_exit(process)
-    if env.get(TRACE_FILE_ENV):
-        _report_trace(env[TRACE_FILE_ENV], process.trace_id)
+    if env.get(ENV_TRACE_FILE):
+        _report_trace(env[ENV_TRACE_FILE], process.trace_id)
     instrumentor = AutoInstrumentor(agent)
     instrumentor.instrument()
     process.at_end.append(instrumentor.uninstrument)  # removes ORT's profile directory

@@ -2,19 +2,17 @@
 
 At layer and library level a model call records hook events and a profiler result (agents/
 torch_capture.py); turning them into spans (pairing the module calls, reading and placing the
-ops, one span each) is ~0.4-0.9 ms of Python per ResNet-18 call, and writing each as an SDK
-ReadableSpan that the export thread then encodes doubles it. Here the model's thread only hands
-the ended recording over (`DeferredSpans.submit`, O(1)); one daemon thread per agent writes the
-spans straight into OTLP protobuf bytes (`EncodingSpanWriter`: a span id and one encoded message
-per span, nothing else; written by the native span writer where it is built, agents/
-op_recorder.py), batches them across calls and posts them through the agent's exporter
-(same endpoint, HTTP client and retries as every other span). The model span itself stays an
-SDK span: the worker sets its library attributes and ends it, so it is exported after its
-children are written.
-
-Used only when the agent's spans all go to one FastOTLPSpanExporter (agents/api.py start_agent):
-an agent with other processors or exporters (tests' in-memory exporters, a span tally) writes
-ReadableSpans through them inline, on the model's thread, as before.
+ops, one span each) is Python work that would otherwise run on the model's thread, and writing
+each as an SDK ReadableSpan that the export thread then encodes doubles it (docs/PERFORMANCE.md).
+Here the model's thread only hands the ended recording over (`DeferredSpans.write_call`, O(1));
+one daemon thread per agent writes the spans straight into OTLP protobuf bytes
+(`EncodingSpanWriter`: a span id and one encoded message per span, nothing else; written by the
+native span writer when the agent's writer is `native`, agents/native_module.py), batches them
+across calls and posts them through the agent's exporter (same endpoint, HTTP client and retries
+as every other span, and the same exporter decorators: agents/otlp_exporter.py). The model span
+itself stays an SDK span: the worker sets its library attributes and ends it, so it is exported
+after its children are written. ONNX Runtime's node and kernel spans come as jobs
+(`DeferredSpans.write`) and are encoded here too.
 
 The worker reads a profiler result after the next call has started a new profiler session:
 tested in tests/agents/test_deferred_spans.py (the same ops, read concurrently).
@@ -29,20 +27,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Span
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import AttributeValue
 
 from .otlp_encoder import encode_local_span, encode_request
-from .otlp_exporter import FastOTLPSpanExporter
-from .spans import SCOPE, SpanSink
-
-if TYPE_CHECKING:
-    from .torch_capture import Recording, TorchCapture
+from .otlp_exporter import EncodedSpanExporter
+from .spans import SCOPE, DeepSpans, RecordedCall, SpanJob, SpanSink, SpanWriterKind
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +43,14 @@ class EncodingSpanWriter(SpanSink[int]):
     """Writes child spans of one parent as encoded OTLP Span messages (`spans`); a span's
     context is just its span id: the trace and flags are the parent's."""
 
-    def __init__(self, parent: SpanContext, new_span_id: Callable[[], int]) -> None:
+    def __init__(self, parent: SpanContext, new_span_id: Callable[[], int], native: bool = False) -> None:
         self.parent = parent.span_id
         self.spans: list[bytes] = []
         """The encoded spans: `write` appends one; the native span writer (agents/native/) adds its own."""
         self.trace_id = parent.trace_id.to_bytes(16, "big")
-        self.random_ids = type(getattr(new_span_id, "__self__", None)) is RandomIdGenerator
-        """The span ids are the SDK's default random ones, so a writer may draw its own: the native
-        span writer does; with another id generator every id must come from `new_context`."""
+        self.native = native
+        """The native span writer may write these spans, drawing span ids of its own (so only
+        where the agent's ids are the SDK's random ones); else every id comes from `new_context`."""
         self._new_span_id = new_span_id
         self._sampled = parent.trace_flags.sampled
 
@@ -83,17 +75,6 @@ class EncodingSpanWriter(SpanSink[int]):
 
 
 @dataclass(frozen=True)
-class DeferredCall:
-    """One traced call handed to the worker: its ended recording and its model span, still open."""
-
-    capture: TorchCapture
-    recording: Recording
-    model_span: Span
-    end_ns: int
-    """The model span's end time."""
-
-
-@dataclass(frozen=True)
 class _Flush:
     """Asks the worker to export what it holds, then set `done` (and stop, if `stop`)."""
 
@@ -101,14 +82,20 @@ class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class DeferredSpans:
+@dataclass(frozen=True)
+class _Job:
+    write: SpanJob
+
+
+class DeferredSpans(DeepSpans):
     """A bounded queue of calls and the daemon thread that writes and exports their spans."""
 
     def __init__(
         self,
-        exporter: FastOTLPSpanExporter,
+        exporter: EncodedSpanExporter,
         resource: Resource,
         new_span_id: Callable[[], int],
+        native: bool = False,
         max_queue_size: int = 64,
         max_export_spans: int = 4096,
         schedule_delay_s: float = 5.0,
@@ -116,13 +103,16 @@ class DeferredSpans:
         """`max_queue_size` calls wait at most (each holds its profiler result: memory stays
         bounded when the exporter falls behind); spans are posted once `max_export_spans` are
         pending or `schedule_delay_s` after the first of them, as the SDK's BatchSpanProcessor
-        does (its defaults: 2048 queued spans, 512 a request, 5 s)."""
+        does (its defaults: 2048 queued spans, 512 a request, 5 s). `native`: torch's spans are
+        written by the native span writer (see EncodingSpanWriter.native)."""
+        self.kind = SpanWriterKind.NATIVE if native else SpanWriterKind.ENCODED
+        self._native = native
         self._exporter = exporter
         self._resource = resource
         self._new_span_id = new_span_id
         self._max_export_spans = max_export_spans
         self._schedule_delay_s = schedule_delay_s
-        self._queue: queue.Queue[DeferredCall | _Flush] = queue.Queue(max_queue_size)
+        self._queue: queue.Queue[RecordedCall | _Job | _Flush] = queue.Queue(max_queue_size)
         self._closed = False
         # Orders submits against shutdown: no call is queued behind the worker's stop request.
         self._closing = threading.Lock()
@@ -134,23 +124,29 @@ class DeferredSpans:
         # so the model spans this thread ends are still exported at exit.
         atexit.register(self.shutdown)
 
-    def submit(self, call: DeferredCall) -> bool:
-        """Queues `call`; False once shut down (the caller then writes the spans itself). When
-        the queue is full its deep spans are dropped (counted, logged once) and its model span
-        ended now."""
+    def write_call(self, call: RecordedCall) -> None:
+        """Queues `call`. When the queue is full its deep spans are dropped (counted, logged once)
+        and its model span ended now; so are they once the agent has shut down."""
         with self._closing:
             if self._closed:
-                return False
+                call.model_span.end(end_time=call.end_ns)
+                return
             try:
                 self._queue.put_nowait(call)
-                return True
+                return
             except queue.Full:
                 self.dropped_calls += 1
                 first_drop = self.dropped_calls == 1
         if first_drop:
             log.warning("mlscope: layer/library spans dropped: the exporter is not keeping up")
         call.model_span.end(end_time=call.end_ns)
-        return True
+
+    def write(self, job: SpanJob) -> None:
+        """Queues `job`, waiting for room (the worker never waits for this lock): a job holds many
+        calls' spans (ONNX Runtime's profile) and comes rarely. Dropped once the agent has shut down."""
+        with self._closing:
+            if not self._closed:
+                self._queue.put(_Job(job))
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         """Writes and exports every queued call's spans; False when `timeout_s` ran out first."""
@@ -182,8 +178,8 @@ class DeferredSpans:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 item = None  # the schedule delay is up
-            if isinstance(item, DeferredCall):
-                pending += self._write(item)
+            if isinstance(item, (RecordedCall, _Job)):
+                pending += self._write_call(item) if isinstance(item, RecordedCall) else self._run_job(item)
                 if deadline is None and pending:
                     deadline = time.monotonic() + self._schedule_delay_s
                 if len(pending) < self._max_export_spans:
@@ -195,15 +191,29 @@ class DeferredSpans:
                 if item.stop:
                     return
 
-    def _write(self, call: DeferredCall) -> list[bytes]:
+    def _write_call(self, call: RecordedCall) -> list[bytes]:
         """The call's encoded spans; ends its model span (never raises: the worker must live)."""
-        writer = EncodingSpanWriter(call.model_span.get_span_context(), self._new_span_id)
+        writer = EncodingSpanWriter(call.model_span.get_span_context(), self._new_span_id, self._native)
         try:
             call.model_span.set_attributes(call.capture.write_spans(call.recording, writer))
         except Exception:
             log.exception("mlscope: layer/library spans of a call not written")
         call.model_span.end(end_time=call.end_ns)
         return writer.spans
+
+    def _run_job(self, job: _Job) -> list[bytes]:
+        """The job's encoded spans, from every writer it asked for (never raises)."""
+        writers: list[EncodingSpanWriter] = []
+
+        def writer_for(parent: SpanContext) -> EncodingSpanWriter:
+            writers.append(EncodingSpanWriter(parent, self._new_span_id))
+            return writers[-1]
+
+        try:
+            job.write(writer_for)
+        except Exception:
+            log.exception("mlscope: deep spans not written")
+        return [span for writer in writers for span in writer.spans]
 
     def _export(self, spans: list[bytes]) -> None:
         if not spans:

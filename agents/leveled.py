@@ -7,8 +7,10 @@ layer, library and hardware level, all in one trace under a `mlscope.leveled` ro
   the model pass, layer spans from the layer pass, ...), where no deeper tracing inflates them;
 - each pass's model-span median, against the model pass's, is that pass's overhead.
 
-Each pass's bootstrapped processes tally the spans they end (`SpanTally`) and append one JSON
-line each to the file named by MLSCOPE_LEVELED_REPORT at exit (`append_report`); the parent
+Each pass's bootstrapped processes tally the spans their agent exports (`SpanTally`, a decorator
+of the agent's exporter: it sees the deep spans the deferred worker encodes too, so a pass
+measures the agent users get, and it reports that agent's writer) and append one JSON line each
+to the file named by MLSCOPE_LEVELED_REPORT at exit (`append_report`); the parent
 merges them per pass (`read_report`) and records the figures as attributes of the root span
 (`root_attributes`), so they are stored with the trace and queryable in SQL. The parent never
 opens the store: the root span goes to the collector like every other span.
@@ -20,28 +22,37 @@ import json
 import statistics
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
-from mlscope.conventions import LEVEL, LEVELS
+from mlscope.conventions import (
+    DEFAULT_LEVEL,
+    ENV_LEVELED_REPORT,
+    LEVEL,
+    LEVELED_PASSES,
+    LEVELED_RUN_ID,
+    LEVELED_SPAN,
+    LEVELS,
+    collector_endpoint,
+    leveled_figure,
+    service_name,
+)
 
 from .api import start_agent
-from .bootstrap import LEVELED_REPORT_ENV, configured_endpoint, configured_service, run_environment
+from .otlp_exporter import EncodedSpanExporter, ExporterDecorator
 from .propagation import extract_env, inject_env
+from .run_config import run_environment
 
 PASS_LEVELS: tuple[str, ...] = LEVELS[1:]
 """model, layer, library, hardware: application is traced in every pass."""
-
-ROOT_SPAN = "mlscope.leveled"
-RUN_ID = "mlscope.leveled.run_id"
-PASSES = "mlscope.leveled.passes"
-PASS = "mlscope.leveled.pass"
-"""On each pass's process spans: the pass's level."""
 
 
 # --- pure: summaries and figures ----------------------------------------------------------------
@@ -64,6 +75,9 @@ class PassSummary:
     level: str
     model_durations_ns: tuple[int, ...]
     levels: Mapping[str, LevelTotal]
+    writer: str = ""
+    """The deep-span writer of the processes' agents (conventions.AGENT_WRITERS; several,
+    comma-separated, if they differed); empty when unknown."""
 
     @property
     def model_p50_ns(self) -> int | None:
@@ -74,13 +88,15 @@ class PassSummary:
             "level": self.level,
             "model_durations_ns": list(self.model_durations_ns),
             "levels": {level: [total.spans, total.total_ns] for level, total in self.levels.items()},
+            "writer": self.writer,
         })
 
     @classmethod
     def from_json(cls, text: str) -> PassSummary:
         data = json.loads(text)
         return cls(data["level"], tuple(int(ns) for ns in data["model_durations_ns"]),
-                   {level: LevelTotal(int(spans), int(total)) for level, (spans, total) in data["levels"].items()})
+                   {level: LevelTotal(int(spans), int(total)) for level, (spans, total) in data["levels"].items()},
+                   data.get("writer", ""))
 
 
 def merge(level: str, summaries: Sequence[PassSummary]) -> PassSummary:
@@ -91,7 +107,8 @@ def merge(level: str, summaries: Sequence[PassSummary]) -> PassSummary:
             seen = levels.get(name, LevelTotal(0, 0))
             levels[name] = LevelTotal(seen.spans + total.spans, seen.total_ns + total.total_ns)
     durations = tuple(ns for summary in summaries for ns in summary.model_durations_ns)
-    return PassSummary(level, durations, levels)
+    writers = sorted({summary.writer for summary in summaries if summary.writer})
+    return PassSummary(level, durations, levels, ",".join(writers))
 
 
 def overhead(p50_ns: int | None, baseline_p50_ns: int | None) -> float | None:
@@ -110,39 +127,45 @@ class PassFigures:
     model_spans: int
     model_p50_ns: int | None
     overhead: float | None
+    writer: str = ""
 
 
 def pass_figures(summaries: Mapping[str, PassSummary]) -> list[PassFigures]:
     """The figures of each pass that ran, in level order; overheads against the model pass."""
     baseline = summaries["model"].model_p50_ns if "model" in summaries else None
     return [PassFigures(level, len(summary.model_durations_ns), summary.model_p50_ns,
-                        overhead(summary.model_p50_ns, baseline))
+                        overhead(summary.model_p50_ns, baseline), summary.writer)
             for level, summary in sorted(summaries.items(), key=lambda item: LEVELS.index(item[0]))]
 
 
 def root_attributes(summaries: Mapping[str, PassSummary]) -> dict[str, int | float | str]:
     """The root span's figures (docs/conventions.md): per pass its model spans, their median and
-    its overhead; per level, its own spans from the pass where it is the deepest level."""
-    attributes: dict[str, int | float | str] = {PASSES: ",".join(level for level in PASS_LEVELS if level in summaries)}
+    its overhead and the writer it measured; per level, its own spans from the pass where it is the
+    deepest level."""
+    attributes: dict[str, int | float | str] = {
+        LEVELED_PASSES: ",".join(level for level in PASS_LEVELS if level in summaries)
+    }
     for figures in pass_figures(summaries):
-        prefix = f"{ROOT_SPAN}.{figures.level}"
-        attributes[f"{prefix}.model_spans"] = figures.model_spans
+        level = figures.level
+        attributes[leveled_figure(level, "model_spans")] = figures.model_spans
         if figures.model_p50_ns is not None:
-            attributes[f"{prefix}.model_p50_ns"] = figures.model_p50_ns
+            attributes[leveled_figure(level, "model_p50_ns")] = figures.model_p50_ns
         if figures.overhead is not None:
-            attributes[f"{prefix}.overhead"] = figures.overhead
-        own = summaries[figures.level].levels.get(figures.level)
+            attributes[leveled_figure(level, "overhead")] = figures.overhead
+        if figures.writer:
+            attributes[leveled_figure(level, "writer")] = figures.writer
+        own = summaries[level].levels.get(level)
         if own is not None:
-            attributes[f"{prefix}.level_spans"] = own.spans
-            attributes[f"{prefix}.level_total_ns"] = own.total_ns
+            attributes[leveled_figure(level, "level_spans")] = own.spans
+            attributes[leveled_figure(level, "level_total_ns")] = own.total_ns
     return attributes
 
 
 def render_table(figures: Sequence[PassFigures]) -> str:
-    header = ("pass", "model spans", "model p50 (ms)", "overhead")
+    header = ("pass", "model spans", "model p50 (ms)", "overhead", "writer")
     rows = [(f.level, str(f.model_spans),
              "-" if f.model_p50_ns is None else f"{f.model_p50_ns / 1e6:.3f}",
-             "-" if f.overhead is None else f"{f.overhead * 100:+.1f}%") for f in figures]
+             "-" if f.overhead is None else f"{f.overhead * 100:+.1f}%", f.writer or "-") for f in figures]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in
                        enumerate(zip(row, widths))) for row in [header, *rows]]
@@ -152,26 +175,46 @@ def render_table(figures: Sequence[PassFigures]) -> str:
 # --- in each pass's processes ------------------------------------------------------------------
 
 
-class SpanTally(SpanProcessor):
-    """Counts the spans of one process by level as they end, and keeps model spans' durations."""
+class SpanTally(ExporterDecorator):
+    """Decorates an agent's exporter (`start_agent(wrap_exporter=SpanTally)`): counts the spans of
+    one process by level as they are exported, whichever writer wrote them, and keeps model spans'
+    durations. Encoded requests are decoded here, on the exporting thread, not the model's."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # spans end on the program's threads and the agent's
+    def __init__(self, exporter: EncodedSpanExporter) -> None:
+        super().__init__(exporter)
+        self._lock = threading.Lock()  # the batch processor's thread and the deferred worker export
         self._model_durations_ns: list[int] = []
         self._levels: dict[str, LevelTotal] = {}
 
-    def on_end(self, span: ReadableSpan) -> None:
-        level = str((span.attributes or {}).get(LEVEL, "application"))
-        duration_ns = (span.end_time or 0) - (span.start_time or 0)
-        with self._lock:
-            seen = self._levels.get(level, LevelTotal(0, 0))
-            self._levels[level] = LevelTotal(seen.spans + 1, seen.total_ns + duration_ns)
-            if level == "model":
-                self._model_durations_ns.append(duration_ns)
+    def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
+        self._count((str((span.attributes or {}).get(LEVEL, DEFAULT_LEVEL)),
+                     (span.end_time or 0) - (span.start_time or 0)) for span in spans)
 
-    def summary(self, level: str) -> PassSummary:
+    def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
+        self._count((_level_of(span.attributes), span.end_time_unix_nano - span.start_time_unix_nano)
+                    for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans
+                    for scope_spans in resource_spans.scope_spans
+                    for span in scope_spans.spans)
+
+    def _count(self, levels_and_durations: Iterable[tuple[str, int]]) -> None:
         with self._lock:
-            return PassSummary(level, tuple(self._model_durations_ns), dict(self._levels))
+            for level, duration_ns in levels_and_durations:
+                seen = self._levels.get(level, LevelTotal(0, 0))
+                self._levels[level] = LevelTotal(seen.spans + 1, seen.total_ns + duration_ns)
+                if level == "model":
+                    self._model_durations_ns.append(duration_ns)
+
+    def summary(self, level: str, writer: str = "") -> PassSummary:
+        with self._lock:
+            return PassSummary(level, tuple(self._model_durations_ns), dict(self._levels), writer)
+
+
+def _level_of(attributes: Iterable[Any]) -> str:
+    """The `mlscope.level` of an encoded span's attributes (KeyValue messages)."""
+    for pair in attributes:
+        if pair.key == LEVEL:
+            return str(pair.value.string_value)
+    return DEFAULT_LEVEL
 
 
 def append_report(path: str, summary: PassSummary) -> None:
@@ -219,9 +262,9 @@ def run_leveled(
     whose root span, with the passes' figures, goes to the collector. `env`, `endpoint` and
     `service` are what `mlscope run` gives `bootstrap.run_environment`; reports go to `scratch`."""
     run_id = uuid.uuid4().hex
-    agent = start_agent(service=service or configured_service(env, "mlscope"),
-                        endpoint=endpoint or configured_endpoint(env), level="application")
-    root = agent.start_span(ROOT_SPAN, "application", {RUN_ID: run_id}, context=extract_env(env))
+    agent = start_agent(service=service or service_name("mlscope", env),
+                        endpoint=endpoint or collector_endpoint(env), level="application")
+    root = agent.start_span(LEVELED_SPAN, "application", {LEVELED_RUN_ID: run_id}, context=extract_env(env))
     root_context = trace.set_span_in_context(root)
     summaries: dict[str, PassSummary] = {}
     exit_code = 0
@@ -229,7 +272,7 @@ def run_leveled(
         for level in PASS_LEVELS:
             report = scratch / f"{level}.jsonl"
             pass_env = run_environment(env, level, endpoint, service)
-            pass_env[LEVELED_REPORT_ENV] = str(report)
+            pass_env[ENV_LEVELED_REPORT] = str(report)
             inject_env(pass_env, root_context)
             say(f"pass {level}")
             exit_code = run_pass(command, pass_env)

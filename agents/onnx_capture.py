@@ -24,28 +24,21 @@ import dataclasses
 import json
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.trace import SpanContext
 
-from mlscope.conventions import LEVEL
+from mlscope.conventions import EXECUTION_PROVIDER, FRAMEWORK_VERSION, LAYER_PATH, LAYER_TYPE, LEVEL, LIBRARY_PROVIDER
 
 from .api import ModelSpec, batch_size
-from .spans import SpanWriter
+from .spans import SpanJob, SpanSink, WriterFor
 from .timeline import Interval, place_ops
 
 log = logging.getLogger(__name__)
 
-# The layer keys of agents/torch_capture.py, not imported from there: that module imports torch.
-LAYER_PATH = "mlscope.layer.path"
-LAYER_TYPE = "mlscope.layer.type"
-
-LIBRARY_PROVIDER = "mlscope.library.provider"
-EXECUTION_PROVIDER = "mlscope.execution_provider"
-FRAMEWORK_VERSION = "mlscope.framework.version"
 DEFAULT_PROFILE_RUNS = 100
 KERNEL_SUFFIX = "_kernel_time"
 _NODE_SUFFIXES = (KERNEL_SUFFIX, "_fence_before", "_fence_after")
@@ -137,9 +130,9 @@ class _Run:
 class OrtCapture:
     """Keeps the runs of one profiled session and writes their node and kernel spans."""
 
-    def __init__(self, session: Any, writer_for: Any, kernels: bool, profile_runs: int) -> None:
+    def __init__(self, session: Any, write: Callable[[SpanJob], None], kernels: bool, profile_runs: int) -> None:
         self._session = session
-        self._writer_for = writer_for  # SpanContext -> SpanWriter
+        self._write_spans = write  # the agent's deep-span writer (Agent.write_deep_spans)
         self._kernels = kernels
         self._profile_runs = profile_runs
         self._runs: list[_Run] = []
@@ -169,11 +162,12 @@ class OrtCapture:
             events = json.loads(path.read_text())
         finally:
             path.unlink(missing_ok=True)
-        records = parse_profile(events, self._session.get_profiling_start_time_ns())
-        self._write(records)
+        profiling_start_ns = self._session.get_profiling_start_time_ns()
+        runs = list(self._runs)
+        self._write_spans(lambda writer_for: self._write(parse_profile(events, profiling_start_ns), runs, writer_for))
 
-    def _write(self, records: list[OrtEvent]) -> None:
-        runs = [(run.start_ns, run.end_ns) for run in self._runs]
+    def _write(self, records: list[OrtEvent], runs_kept: list[_Run], writer_for: WriterFor) -> None:
+        runs = [(run.start_ns, run.end_ns) for run in runs_kept]
         nodes = group_nodes(records)
         per_run: list[list[OrtNode]] = [[] for _ in runs]
         outside = 0
@@ -186,12 +180,12 @@ class OrtCapture:
         if outside:
             log.info("mlscope onnxruntime: %d node executions outside any traced run; left out", outside)
         kernels = [record for record in records if record.kind != FENCE] if self._kernels else []
-        for run, run_nodes in zip(self._runs, per_run):
-            writer = self._writer_for(run.context)
+        for run, run_nodes in zip(runs_kept, per_run):
+            writer = writer_for(run.context)
             if writer.recording:
                 self._write_run(writer, run, run_nodes, kernels)
 
-    def _write_run(self, writer: SpanWriter, run: _Run, nodes: list[OrtNode], kernels: list[OrtEvent]) -> None:
+    def _write_run(self, writer: SpanSink[Any], run: _Run, nodes: list[OrtNode], kernels: list[OrtEvent]) -> None:
         contexts = [writer.new_context() for _ in nodes]
         for node, context in zip(nodes, contexts):
             attributes = {LEVEL: "layer", LAYER_PATH: node.name, LAYER_TYPE: node.op_type,
@@ -237,7 +231,7 @@ class TracedOnnxSession:
         if agent.enabled("layer"):
             if session.get_session_options().enable_profiling:
                 self._capture = OrtCapture(
-                    session, lambda parent: SpanWriter(agent._tracer, parent), agent.enabled("library"), profile_runs)
+                    session, agent.write_deep_spans, agent.enabled("library"), profile_runs)
                 spec = dataclasses.replace(spec, on_end=self._capture.add_run)
             else:
                 log.info("mlscope onnxruntime: session %s was created without profiling: model spans only "

@@ -7,17 +7,23 @@ and shutdown. Its `export` encodes inline, so this overrides `export` with the s
 a different encoder. It leans on the SDK exporter's attributes as of
 opentelemetry-exporter-otlp-proto-http 1.45 (`_client`, `_metrics`, `_max_request_size`,
 `_shutdown`); tests/agents/test_otlp_encoder.py exercises them against a real collector.
+
+An agent's spans leave by two doors of its one exporter: `export` (ReadableSpans from the SDK's
+batch processor) and `export_encoded` (requests the deferred worker encoded, agents/deferred.py).
+`ExporterDecorator` is how to see both, e.g. to count spans (`mlscope run --leveled`,
+`mlscope evaluate`): `start_agent(wrap_exporter=...)` puts one around the agent's exporter.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
 from .otlp_encoder import encode_spans
@@ -61,3 +67,46 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
                 result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code} if sent.status_code is not None else None
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+class EncodedSpanExporter(Protocol):
+    """A span exporter that also takes requests already encoded: FastOTLPSpanExporter, and the
+    decorators around it."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult: ...
+
+    def export_encoded(self, body: bytes, spans: int) -> SpanExportResult: ...
+
+    def shutdown(self) -> None: ...
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool: ...
+
+
+class ExporterDecorator(SpanExporter, EncodedSpanExporter):
+    """Passes every export on to `exporter` and shows it, with its result, to `exported` or
+    `exported_encoded` (which do nothing here: subclasses say what to do with them)."""
+
+    def __init__(self, exporter: EncodedSpanExporter) -> None:
+        self._exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self._exporter.export(spans)
+        self.exported(spans, result)
+        return result
+
+    def export_encoded(self, body: bytes, spans: int) -> SpanExportResult:
+        result = self._exporter.export_encoded(body, spans)
+        self.exported_encoded(body, spans, result)
+        return result
+
+    def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
+        """Called after each `export` with its spans and result."""
+
+    def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
+        """Called after each `export_encoded` with its request (`spans` spans) and result."""
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)

@@ -1,24 +1,36 @@
 """Finished spans written after the fact: the deep levels know every start and end time only
-once the model call has returned, so their spans are built whole and handed straight to the
-SDK's span processors (and so to the same exporter as every other span of the agent).
+once the model call has returned, so their spans are built whole, never started and ended one by
+one through the SDK's tracer (sampler, lock, limits and two processor callbacks a span, for the
+hundreds of spans of one call: docs/PERFORMANCE.md). What this skips is per-span sampling
+(children follow their parent's sampled flag, as the SDK's default ParentBased sampler would
+decide) and span limits (these spans carry a handful of attributes).
 
-Why not `tracer.start_span(start_time=...)` + `span.end(end_time=...)`: measured here at ~15 µs
-a span (sampler, lock, limits, two processor callbacks) against ~1.9 µs for a ReadableSpan passed
-to `on_end`, and a ResNet-18 call at library level has ~500 of them. What this skips is per-span
-sampling (children follow their parent's sampled flag, as the SDK's default ParentBased sampler
-would decide) and span limits (these spans carry a handful of attributes)."""
+An agent writes them in one of three ways (`SpanWriterKind`), chosen once when it starts
+(agents/api.py start_agent): `SpanWriter` here hands ReadableSpans to the SDK's processors on the
+model's thread (`InlineSpans`); agents/deferred.py encodes them on a worker thread, in Python or
+with the native span writer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol, TypeVar
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan, Tracer
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-SCOPE = InstrumentationScope("mlscope.agents")
+from mlscope.conventions import AGENT_SCOPE, AGENT_WRITERS
+
+if TYPE_CHECKING:
+    from .torch_capture import Recording, TorchCapture
+
+log = logging.getLogger(__name__)
+
+SCOPE = InstrumentationScope(AGENT_SCOPE)
 _UNSET = Status(StatusCode.UNSET)
 
 Context = TypeVar("Context")
@@ -90,3 +102,88 @@ class SpanWriter(SpanSink[SpanContext]):
             instrumentation_scope=SCOPE,
         )
         self._processor.on_end(span)
+
+
+class SpanWriterKind(enum.Enum):
+    """How an agent writes its deep (layer, library) spans; the value is its resource's
+    `mlscope.agent.writer` (conventions.AGENT_WRITER)."""
+
+    INLINE = AGENT_WRITERS[0]
+    """ReadableSpans through the provider's processors, on the thread that traced the model."""
+    ENCODED = AGENT_WRITERS[1]
+    """Encoded to OTLP in Python on the agent's worker thread (agents/deferred.py)."""
+    NATIVE = AGENT_WRITERS[2]
+    """Encoded by the native span writer on the worker thread, Python where it cannot (ONNX Runtime)."""
+
+
+def writer_kind(deep_levels: bool, native_built: bool, random_span_ids: bool) -> SpanWriterKind:
+    """The writer an agent uses when none is asked for: the worker whenever there are deep spans
+    to write, natively where the native module is built and span ids are the SDK's random ones
+    (the native writer draws its own); inline when the agent writes no deep spans at all."""
+    if not deep_levels:
+        return SpanWriterKind.INLINE
+    return SpanWriterKind.NATIVE if native_built and random_span_ids else SpanWriterKind.ENCODED
+
+
+WriterFor = Callable[[SpanContext], SpanSink[Any]]
+"""A writer of the children of the parent span it is given."""
+SpanJob = Callable[[WriterFor], None]
+"""Writes spans under parents that have already ended (ONNX Runtime's nodes, read from its profile)."""
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One traced model call: its ended recording and its model span, still open."""
+
+    capture: TorchCapture
+    recording: Recording
+    model_span: Span
+    end_ns: int
+    """The model span's end time."""
+
+
+class DeepSpans(Protocol):
+    """The agent's one way of writing its deep spans (see SpanWriterKind)."""
+
+    kind: SpanWriterKind
+
+    def write_call(self, call: RecordedCall) -> None:
+        """Writes the call's spans, sets its model span's attributes and ends it (now or later)."""
+
+    def write(self, job: SpanJob) -> None:
+        """Runs `job` with writers for the parents it names (now or later)."""
+
+    def force_flush(self, timeout_s: float) -> bool:
+        """Every span written so far handed to the exporter; False when `timeout_s` ran out."""
+
+    def shutdown(self) -> None: ...
+
+
+class InlineSpans(DeepSpans):
+    """Writes on the caller's thread through `tracer`'s processors: every processor added to the
+    provider sees the deep spans, as ReadableSpans (tests that read them back)."""
+
+    kind = SpanWriterKind.INLINE
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    def write_call(self, call: RecordedCall) -> None:
+        try:
+            writer = SpanWriter(self._tracer, call.model_span.get_span_context())
+            call.model_span.set_attributes(call.capture.write_spans(call.recording, writer))
+        except Exception:  # a tracing bug must neither fail nor mask the model call
+            log.exception("mlscope: layer/library spans of a call not written")
+        call.model_span.end(end_time=call.end_ns)
+
+    def write(self, job: SpanJob) -> None:
+        try:
+            job(lambda parent: SpanWriter(self._tracer, parent))
+        except Exception:
+            log.exception("mlscope: deep spans not written")
+
+    def force_flush(self, timeout_s: float) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass

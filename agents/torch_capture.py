@@ -6,7 +6,7 @@ Hot path (during the model call), and nothing else:
   ones: registering two hooks per call costs ~µs where registering two per module costs ~0.3 ms on
   ResNet-18; the module object itself is the key, so there is no lookup and no formatting. The
   post hook is `always_call`, so a forward that raises still records its exit, as RAISE.
-- library: on CPU, mlscope's native op recorder (agents/op_recorder.py): RecordFunction callbacks,
+- library: on CPU, mlscope's native op recorder (agents/native_module.py): RecordFunction callbacks,
   torch.profiler's own source of ops, keeping a name and two perf_counter_ns readings per op on
   the calling thread. With a GPU (or where the recorder cannot be built, or `kineto_ops`): a
   kineto session (torch.profiler's engine) with CPU activity, CUDA too when available, no shapes,
@@ -63,9 +63,17 @@ from torch.autograd import (
 from torch.autograd.profiler import _set_is_profiler_enabled
 from torch.utils.hooks import RemovableHandle
 
-from mlscope.conventions import LEVEL
+from mlscope.conventions import (
+    LAYER_INPUT_SHAPES,
+    LAYER_OUTPUT_SHAPES,
+    LAYER_PATH,
+    LAYER_TYPE,
+    LEVEL,
+    LIBRARY_DEVICE,
+    LIBRARY_OPS_INSIDE_LAYERS,
+)
 
-from . import op_recorder
+from . import native_module
 from .deferred import EncodingSpanWriter
 from .otlp_encoder import local_span_description
 from .spans import Context, SpanSink
@@ -73,11 +81,6 @@ from .timeline import ENTER, RAISE, RETURN, CallEvent, Clock, Interval, pair_cal
 
 log = logging.getLogger(__name__)
 
-LAYER_PATH = "mlscope.layer.path"
-LAYER_TYPE = "mlscope.layer.type"
-LAYER_INPUT_SHAPES = "mlscope.layer.input_shapes"
-LAYER_OUTPUT_SHAPES = "mlscope.layer.output_shapes"
-OPS_INSIDE_LAYERS = "mlscope.library.ops_inside_layers"
 RAISED = "forward raised"
 
 _CAPTURE_LOCK = threading.Lock()
@@ -151,7 +154,7 @@ class TorchCapture:
         # native span writer serves the deferred worker; it has no shapes (they vary per call).
         wants_recorder = options.ops and not options.kineto_ops and not torch.cuda.is_available()
         wants_writer = options.layers and not options.shapes
-        native = op_recorder.load() if wants_recorder or wants_writer else None
+        native = native_module.load() if wants_recorder or wants_writer else None
         self._op_recorder = native if wants_recorder else None
         self._span_writer = self._native_span_writer(native) if native is not None and wants_writer else None
 
@@ -193,7 +196,7 @@ class TorchCapture:
         if (
             self._span_writer is not None
             and isinstance(sink, EncodingSpanWriter)
-            and sink.random_ids
+            and sink.native
             and (recording.profiler is None or isinstance(recording.profiler, _NativeOpsSession))
         ):
             return self._write_natively(recording, sink)
@@ -201,7 +204,7 @@ class TorchCapture:
         if recording.profiler is None or recording.profiler_results is None:
             return {}
         ops = recording.profiler.read(recording.profiler_results, recording.clock, self.options.nested_ops)
-        return {OPS_INSIDE_LAYERS: self._write_ops(ops, layers, sink)}
+        return {LIBRARY_OPS_INSIDE_LAYERS: self._write_ops(ops, layers, sink)}
 
     def _native_span_writer(self, native: ModuleType) -> Any:
         """The native writer of this model's spans, with every module's span description encoded
@@ -229,7 +232,7 @@ class TorchCapture:
             sink.parent,
         )
         sink.spans += spans
-        return {} if inside is None else {OPS_INSIDE_LAYERS: inside}
+        return {} if inside is None else {LIBRARY_OPS_INSIDE_LAYERS: inside}
 
     def _start_profiler(self) -> _ProfilerSession | _NativeOpsSession | None:
         """A started op recorder, or None (logged once) when none can run: the call then goes on
@@ -294,7 +297,7 @@ class TorchCapture:
 
 
 _OP_ATTRIBUTES: Mapping[str, str] = {LEVEL: "library"}
-_DEVICE_ATTRIBUTES: Mapping[str, str] = {LEVEL: "library", "mlscope.library.device": "cuda"}
+_DEVICE_ATTRIBUTES: Mapping[str, str] = {LEVEL: "library", LIBRARY_DEVICE: "cuda"}
 
 
 def _encoded(module: _Module) -> tuple[bytes, bytes]:
@@ -463,7 +466,7 @@ _HOST_AND_DEVICE_ACTIVITIES = {ProfilerActivity.CPU, ProfilerActivity.CUDA}
 
 
 class _NativeOpsSession:
-    """The native op recorder (agents/op_recorder.py) recording the calling thread's ops."""
+    """The native op recorder (agents/native_module.py) recording the calling thread's ops."""
 
     __slots__ = ("_recorder",)
 

@@ -9,7 +9,7 @@ call time over the same round's plain one (robust to load that comes and goes on
   mlscope model    predict span only
   mlscope layer    + a span per module call
   mlscope library  + a span per op (aten::...) that a layer calls, placed under that layer,
-                   recorded by mlscope's native recorder (agents/op_recorder.py)
+                   recorded by mlscope's native recorder (agents/native_module.py)
   mlscope library (kineto ops)  the same ops recorded by a kineto session, torch.profiler's engine
                    (what library level uses with a GPU, or where the recorder cannot be built)
   mlscope library (nested ops)  the same with the ops those ops call, nested under them

@@ -6,6 +6,7 @@ reaches the collector is durable there, and the `evaluations` table is derived f
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from mlscope.agents import Agent, default_endpoint, start_agent
+from mlscope.agents.otlp_exporter import EncodedSpanExporter, ExporterDecorator
 from mlscope.manifests import AssetCache, Manifest, check_framework, preprocessed_dataset
 from mlscope.manifests.datasets import load_dataset
 
@@ -72,25 +74,26 @@ class DeliveryFailed(Exception):
     """The collector did not accept every span: results may be missing from the store."""
 
 
-class _CountingExporter(SpanExporter):
-    """Passes spans on and counts those whose export failed (after the exporter's own retries);
-    the SDK's batch processor only logs such failures, and lost results must fail the command."""
+class _CountingExporter(ExporterDecorator):
+    """Counts the spans whose export failed (after the exporter's own retries), whichever writer
+    wrote them: the SDK's batch processor and the deferred worker only log such failures, and
+    lost results must fail the command."""
 
-    def __init__(self, exporter: SpanExporter) -> None:
-        self._exporter = exporter
+    def __init__(self, exporter: EncodedSpanExporter) -> None:
+        super().__init__(exporter)
+        self._lock = threading.Lock()  # the batch processor's thread and the deferred worker export
         self.lost = 0
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = self._exporter.export(spans)
+    def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
+        self._count(len(spans), result)
+
+    def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
+        self._count(spans, result)
+
+    def _count(self, spans: int, result: SpanExportResult) -> None:
         if result is not SpanExportResult.SUCCESS:
-            self.lost += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self._exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._exporter.force_flush(timeout_millis)
+            with self._lock:
+                self.lost += spans
 
 
 class EvaluationAgent:
@@ -122,7 +125,7 @@ class EvaluationAgent:
             self._agents[level] = start_agent(self._service, self.endpoint, level, self._resource, self._count)
         return self._agents[level]
 
-    def _count(self, exporter: SpanExporter) -> SpanExporter:
+    def _count(self, exporter: EncodedSpanExporter) -> EncodedSpanExporter:
         counting = _CountingExporter(exporter)
         self._exporters.append(counting)
         return counting

@@ -104,7 +104,7 @@ LEVELED_PASS = "mlscope.leveled.pass"
 """On a pass's process spans: the level of the pass they belong to."""
 LEVELED_PASS_PREFIX = "mlscope.leveled."
 """`mlscope.leveled.<pass>.<figure>`, figures as in LEVELED_FIGURES."""
-LEVELED_FIGURES: tuple[str, ...] = ("model_spans", "model_p50_ns", "overhead", "level_spans", "level_total_ns")
+LEVELED_FIGURES: tuple[str, ...] = ("model_spans", "model_p50_ns", "overhead", "level_spans", "level_total_ns", "writer")
 
 
 def leveled_figure(level_pass: str, figure: str) -> str:

@@ -16,14 +16,8 @@ import onnxruntime
 import pytest
 import torch
 from tests.agents.agent_testing import agent_at
-from mlscope.agents.bootstrap import (
-    AUTOLOAD_DIR,
-    AutoInstrumentor,
-    _PostImportFinder,
-    program_name,
-    run_config,
-    run_environment,
-)
+from mlscope.agents.bootstrap import AutoInstrumentor, _PostImportFinder
+from mlscope.agents.run_config import AUTOLOAD_DIR, program_name, run_config, run_environment
 from onnx import TensorProto, helper
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from torch import nn

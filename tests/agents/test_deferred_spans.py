@@ -8,7 +8,6 @@ import threading
 
 import pytest
 import torch
-from opentelemetry.exporter.otlp.common.http import _ExportResult
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
 from opentelemetry.sdk.resources import Resource
@@ -23,36 +22,11 @@ from mlscope.agents.deferred import DeferredSpans, EncodingSpanWriter
 from mlscope.agents.otlp_encoder import encode_request, encode_spans
 from mlscope.agents.otlp_exporter import FastOTLPSpanExporter
 from mlscope.agents.resnet import resnet18
-from mlscope.agents.spans import SCOPE, SpanWriter
+from mlscope.agents.spans import SCOPE, SpanWriter, SpanWriterKind
+from tests.agents.agent_testing import CapturingClient, agent_at
 from mlscope.agents.torch_capture import CaptureOptions, TorchCapture, _ProfilerSession, _read_ops
 
 RESNET18_MODULE_CALLS = len(list(resnet18().named_modules())) + 8  # each BasicBlock's relu runs twice
-
-
-class CapturingClient:
-    """Stands in for the exporter's HTTP client: keeps each request body; `gate` holds them back."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def export(self, body: bytes) -> _ExportResult:
-        self.gate.wait()
-        self.bodies.append(body)
-        return _ExportResult(True, 200, "OK", None)
-
-    def shutdown(self) -> None:
-        pass
-
-    def spans(self) -> list[SpanMessage]:
-        return [
-            span
-            for body in self.bodies
-            for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans
-            for scope_spans in resource_spans.scope_spans
-            for span in scope_spans.spans
-        ]
 
 
 def deferred_agent(level: str, **options: int) -> tuple[Agent, DeferredSpans, CapturingClient]:
@@ -64,7 +38,7 @@ def deferred_agent(level: str, **options: int) -> tuple[Agent, DeferredSpans, Ca
     provider = TracerProvider(resource=Resource({"service.name": "deferred-test"}), shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     deferred = DeferredSpans(exporter, provider.resource, provider.id_generator.generate_span_id, **options)
-    return Agent(provider, level, deferred=deferred), deferred, client
+    return Agent(provider, level, deep_spans=deferred), deferred, client
 
 
 def attribute(span: SpanMessage, key: str) -> object:
@@ -191,8 +165,21 @@ def test_a_full_queue_drops_the_deep_spans_and_keeps_the_model_spans(caplog: pyt
     ) == 1
 
 
-def test_an_added_span_processor_sees_the_deep_spans() -> None:
-    agent, _, client = deferred_agent("layer")
+def test_an_added_span_processor_leaves_the_writer_as_it_is() -> None:
+    """Adding a processor used to switch the worker off; the writer is now the agent's for life:
+    the processor sees the SDK's spans, the exporter every span, deep ones from the worker."""
+    agent, deferred, client = deferred_agent("layer")
+    seen = InMemorySpanExporter()
+    agent.add_span_processor(SimpleSpanProcessor(seen))
+    agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")(torch.ones(1))
+    agent.shutdown()
+    assert agent.writer is deferred.kind and deferred.kind is not SpanWriterKind.INLINE
+    assert [span.name for span in seen.get_finished_spans()] == ["predict"]
+    assert sorted(span.name for span in client.spans()) == ["0", "predict", "tiny"]
+
+
+def test_with_the_inline_writer_an_added_span_processor_sees_the_deep_spans() -> None:
+    agent, _ = agent_at("layer", writer=SpanWriterKind.INLINE)
     seen = InMemorySpanExporter()
     agent.add_span_processor(SimpleSpanProcessor(seen))
     agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")(torch.ones(1))

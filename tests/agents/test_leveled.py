@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.agents.agent_testing import agent_at
+import torch
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from torch import nn
+
+from mlscope.agents.api import choose_writer, start_agent
+from mlscope.agents.otlp_exporter import FastOTLPSpanExporter
+from mlscope.agents.spans import SpanWriterKind
+from mlscope.conventions import AGENT_WRITER
+from tests.agents.agent_testing import CapturingClient
 from mlscope.agents.leveled import (
     PASS_LEVELS,
     LevelTotal,
@@ -86,27 +94,48 @@ def test_the_table_shows_latency_in_ms_and_overhead_in_percent() -> None:
     figures = pass_figures({"model": summary("model", (2_000_000,)), "layer": summary("layer", (3_000_000, 3_000_000)),
                             "library": summary("library", ())})
     lines = render_table(figures).splitlines()
-    assert lines[0].split() == ["pass", "model", "spans", "model", "p50", "(ms)", "overhead"]
-    assert [line.split() for line in lines[1:]] == [["model", "1", "2.000", "+0.0%"], ["layer", "2", "3.000", "+50.0%"],
-                                                    ["library", "0", "-", "-"]]
+    assert lines[0].split() == ["pass", "model", "spans", "model", "p50", "(ms)", "overhead", "writer"]
+    assert [line.split() for line in lines[1:]] == [["model", "1", "2.000", "+0.0%", "-"],
+                                                    ["layer", "2", "3.000", "+50.0%", "-"],
+                                                    ["library", "0", "-", "-", "-"]]
 
 
-def test_a_tally_counts_the_spans_of_each_level() -> None:
-    agent, _ = agent_at("layer")
-    tally = SpanTally()
-    agent.add_span_processor(tally)
+@pytest.mark.parametrize("writer", list(SpanWriterKind))
+def test_a_tally_counts_the_spans_of_each_level(writer: SpanWriterKind) -> None:
+    """The tally decorates the exporter: it counts the spans every writer sends, encoded or not."""
+    tallies: list[SpanTally] = []
+    client = CapturingClient()
+
+    def tallied(exporter: FastOTLPSpanExporter) -> SpanTally:
+        exporter._client = client
+        tallies.append(SpanTally(exporter))
+        return tallies[-1]
+
+    agent = start_agent("tally-test", "http://127.0.0.1:9", "layer", wrap_exporter=tallied, writer=writer)
     with agent.span("process"):
-        model = agent.trace_model(lambda x: x, name="identity", framework="python")
-        model(1)
-        model(2)
+        model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
+        model(torch.ones(1))
+        model(torch.ones(1))
         with agent.span("stage", level="layer"):
             pass
         with agent.span("ignored", level="library"):  # deeper than the agent: no span
             pass
-    result = tally.summary("layer")
-    assert {level: total.spans for level, total in result.levels.items()} == {"application": 1, "model": 2, "layer": 1}
+    agent.shutdown()
+    result = tallies[0].summary("layer", agent.writer.value)
+    # Each call: its model span and two layer spans (the Sequential and its ReLU).
+    assert {level: total.spans for level, total in result.levels.items()} == {"application": 1, "model": 2, "layer": 5}
     assert len(result.model_durations_ns) == 2 and all(ns > 0 for ns in result.model_durations_ns)
     assert result.levels["model"].total_ns == sum(result.model_durations_ns)
+    assert result.levels["layer"].total_ns > 0
+    assert agent.resource_attributes()[AGENT_WRITER] == result.writer == choose_writer("layer", RandomIdGenerator(), writer).value
+
+
+def test_the_writer_a_pass_measured_is_on_the_root_span_and_in_the_table() -> None:
+    summaries = {"model": PassSummary("model", (2,), {}, "inline"), "layer": PassSummary("layer", (3,), {}, "native")}
+    assert root_attributes(summaries)["mlscope.leveled.layer.writer"] == "native"
+    assert merge("layer", [PassSummary("layer", (), {}, "native"), PassSummary("layer", (), {}, "native")]).writer == "native"
+    assert render_table(pass_figures(summaries)).splitlines()[2].split()[-1] == "native"
+    assert PassSummary.from_json(summaries["layer"].to_json()) == summaries["layer"]
 
 
 def test_reports_of_several_processes_are_merged(tmp_path: Path) -> None:

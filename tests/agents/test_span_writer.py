@@ -16,8 +16,10 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, TraceFlags
 from torch import nn
 
-from mlscope.agents import op_recorder
+from mlscope.agents import native_module
+from mlscope.agents.api import choose_writer
 from mlscope.agents.deferred import EncodingSpanWriter
+from mlscope.agents.spans import SpanWriterKind
 from mlscope.agents.otlp_encoder import encode_local_span, encode_request
 from mlscope.agents.resnet import BasicBlock, resnet18
 from mlscope.agents.spans import SCOPE
@@ -29,7 +31,7 @@ PARENT = SpanContext(0x5B8EFFF798038103D269B633813FC60C, 0x1122334455667788, Fal
 
 @pytest.fixture(autouse=True, scope="module")
 def native() -> None:
-    assert op_recorder.load() is not None, "the native module did not build: see the warning logged"
+    assert native_module.load() is not None, "the native module did not build: see the warning logged"
 
 
 def decoded(spans: list[bytes]) -> list[SpanMessage]:
@@ -55,12 +57,22 @@ def canonical(spans: list[SpanMessage]) -> list[tuple[object, ...]]:
     ]  # fmt: skip
 
 
+class SequentialIds(RandomIdGenerator):
+    """Not the SDK's random ids: span ids 1, 2, ..."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def generate_span_id(self) -> int:
+        return next(self._ids)
+
+
 def both_writers(capture: TorchCapture, recording: Recording) -> tuple[EncodingSpanWriter, EncodingSpanWriter]:
     """The recording written natively (the SDK's random ids) and in Python (counted ids)."""
-    native = EncodingSpanWriter(PARENT, RandomIdGenerator().generate_span_id)
+    native = EncodingSpanWriter(PARENT, RandomIdGenerator().generate_span_id, native=True)
     counted = itertools.count(1)
     python = EncodingSpanWriter(PARENT, lambda: next(counted))
-    assert native.random_ids and not python.random_ids
+    assert native.native and not python.native
     native_attributes = capture.write_spans(recording, native)
     assert capture.write_spans(recording, python) == native_attributes
     return native, python
@@ -140,6 +152,8 @@ def test_odd_hook_records_pair_as_in_python() -> None:
 
 
 def test_another_id_generator_keeps_the_python_writer() -> None:
+    assert choose_writer("library", SequentialIds()) is SpanWriterKind.ENCODED
+    assert choose_writer("library", RandomIdGenerator()) is SpanWriterKind.NATIVE
     model = nn.Sequential(nn.ReLU())
     capture = TorchCapture(model, "tiny", CaptureOptions())
     counted = itertools.count(1)
@@ -156,7 +170,7 @@ def test_a_dead_module_leaves_the_descriptions() -> None:
     model[1] = nn.Sigmoid()
     gc.collect()
     assert gone not in capture._layer_descriptions
-    writer = EncodingSpanWriter(PARENT, RandomIdGenerator().generate_span_id)
+    writer = EncodingSpanWriter(PARENT, RandomIdGenerator().generate_span_id, native=True)
     capture.write_spans(recorded(capture, lambda: model(torch.ones(2))), writer)
     names = sorted(span.name for span in decoded(writer.spans))
     assert names == ["0", "Sigmoid", "tiny"]  # the new module, from outside the tree it was built for

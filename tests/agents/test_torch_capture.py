@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
+from mlscope.agents.spans import SpanWriterKind
 from tests.agents.agent_testing import agent_at
 from mlscope.agents.resnet import BasicBlock, resnet18
 from mlscope.agents.timeline import place_ops
@@ -203,10 +204,11 @@ def test_an_exception_caught_inside_the_model_closes_the_raising_layer() -> None
     assert spans["guarded"].status.is_ok and spans["predict"].status.is_ok
 
 
+@pytest.mark.parametrize("writer", [SpanWriterKind.INLINE, SpanWriterKind.ENCODED])  # the Python writing code
 def test_a_failure_to_write_spans_leaves_the_call_and_the_next_capture_alone(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, writer: SpanWriterKind
 ) -> None:
-    agent, exporter = agent_at("layer")
+    agent, exporter = agent_at("layer", writer=writer)
     model = agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")
 
     def broken(*args: object) -> None:
@@ -215,7 +217,7 @@ def test_a_failure_to_write_spans_leaves_the_call_and_the_next_capture_alone(
     with monkeypatch.context() as patch:
         patch.setattr(TorchCapture, "_write_layers", broken)
         assert torch.equal(model(torch.ones(2)), torch.ones(2))
-    (predict,) = exporter.get_finished_spans()
+        (predict,) = exporter.get_finished_spans()  # the spans are written by now, whatever the writer
     assert predict.name == "predict" and predict.status.is_ok
     model(torch.ones(2))
     assert len(at_level(exporter.get_finished_spans(), "layer")) == 2

@@ -1,27 +1,28 @@
-"""mlscope's native module: the op recorder for the library level on CPU, and the span writer
-for the deep levels' spans on the deferred worker (native/span_writer.cpp, used by
-agents/torch_capture.py where its Python would do the same, tests/agents/test_span_writer.py).
+"""mlscope's native module, built and loaded: its op recorder for the library level on CPU
+(native/op_recorder.cpp) and its span writer for the deep levels' spans on the deferred worker
+(native/span_writer.cpp, used by agents/torch_capture.py where its Python would do the same,
+tests/agents/test_span_writer.py).
 
-The op recorder: the torch ops a thread runs.
+The op recorder: the torch ops a thread runs. It records through RecordFunction, the callbacks
+torch.profiler itself is built on, so it sees the same ops (aten::conv2d, record_function
+labels), but keeps only a name and two perf_counter_ns-clock readings per op: no kineto session
+to start, no per-event processing when it stops (docs/PERFORMANCE.md).
 
-It records through RecordFunction, the callbacks torch.profiler itself is built on, so it sees
-the same ops (aten::conv2d, record_function labels), but keeps only a name and two
-perf_counter_ns-clock readings per op: no kineto session to start, no per-event processing when
-it stops. Measured on ResNet-18 b1 CPU (bench/agent_overhead.py, docs/PERFORMANCE.md).
-
-It is C++ (native/op_recorder.cpp), built once per machine, torch version and source with
-torch's own extension builder (a C++ compiler, Python's headers and ninja) into
-`$MLSCOPE_NATIVE_DIR` or ~/.cache/mlscope/native/. `python -m mlscope.agents.op_recorder` builds
-it ahead of time (scripts/setup does); otherwise the first model traced at layer or library level
-builds it (~35 s, logged). Where it cannot be built, `load` returns None: ops are then recorded
-with kineto and spans written in Python (one warning). On a GPU ops come from kineto anyway: only
-it sees device kernels.
+The module is built once per machine, torch version and source with torch's own extension
+builder (a C++ compiler, Python's headers and ninja) into `$MLSCOPE_NATIVE_DIR` or
+~/.cache/mlscope/native/. `python -m mlscope.agents.native_module` builds it ahead of time
+(scripts/setup does); otherwise the first model traced at layer or library level builds it (a
+while, logged). Where it cannot be built, `load` returns None: ops are then recorded with kineto
+and spans written in Python (one warning). On a GPU ops come from kineto anyway: only it sees
+device kernels. `is_built` tells an agent starting up whether the span writer is there without
+importing torch (agents/api.py start_agent).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -33,7 +34,7 @@ from importlib.resources import files
 from pathlib import Path
 from types import ModuleType
 
-import torch
+from mlscope.conventions import ENV_NATIVE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,24 @@ def build_directory() -> Path:
     digest = hashlib.sha256()
     for path in sorted(_native_files(), key=lambda path: path.name):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{digest.hexdigest()[:12]}"
-    root = os.environ.get("MLSCOPE_NATIVE_DIR") or Path.home() / ".cache" / "mlscope" / "native"
+    tag = f"torch{_torch_version()}-py{sys.version_info[0]}{sys.version_info[1]}-{digest.hexdigest()[:12]}"
+    root = os.environ.get(ENV_NATIVE_DIR) or Path.home() / ".cache" / "mlscope" / "native"
     return Path(root) / tag.replace("+", "_")
+
+
+def _torch_version() -> str:
+    """torch's version, read from its distribution unless torch is imported: importing it takes
+    seconds, too long for an agent that may never trace a torch model."""
+    torch = sys.modules.get("torch")
+    return str(torch.__version__) if torch is not None else importlib.metadata.version("torch")
+
+
+def is_built() -> bool:
+    """True when this torch's build of this source is there, ready to import."""
+    try:
+        return _built_library() is not None
+    except importlib.metadata.PackageNotFoundError:  # no torch: nothing to build against
+        return False
 
 
 @functools.cache
@@ -74,7 +90,7 @@ def build() -> ModuleType:
 
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    log.info("building mlscope's native module into %s (once, ~35 s)", directory)
+    log.info("building mlscope's native module into %s (once, takes a while)", directory)
     sources = [str(path) for path in _native_files() if path.name.endswith(".cpp")]
     with _ninja_on_path():
         return cpp_extension.load(_NAME, sorted(sources), build_directory=str(directory), extra_cflags=["-O2"])
@@ -86,12 +102,18 @@ def _native_files() -> list[Path]:
     return [Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith((".cpp", ".h"))]
 
 
-def _import_built() -> ModuleType | None:
-    """The native module already built for this torch and source, imported without a build tool."""
+def _built_library() -> Path | None:
+    """The library of the native module built for this torch and source, if complete."""
     directory = build_directory()
     library = directory / f"{_NAME}.so"
     # torch's builder holds `lock` while it builds: the library may be half written until then.
-    if not library.exists() or (directory / "lock").exists():
+    return None if not library.exists() or (directory / "lock").exists() else library
+
+
+def _import_built() -> ModuleType | None:
+    """The native module already built for this torch and source, imported without a build tool."""
+    library = _built_library()
+    if library is None:
         return None
     spec = importlib.util.spec_from_file_location(_NAME, library)
     assert spec is not None and spec.loader is not None

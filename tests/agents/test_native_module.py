@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from tests.agents.agent_testing import agent_at
-from mlscope.agents import op_recorder
+from mlscope.agents import native_module
 from mlscope.agents.resnet import resnet18
 from mlscope.agents.timeline import Clock, place_ops
 from mlscope.agents.torch_capture import _NativeOpsSession
@@ -20,7 +20,7 @@ from torch import nn
 @pytest.fixture(scope="module")
 def recorder() -> object:
     # Built by scripts/setup, which CI runs: a machine with a C++ compiler must get it.
-    module = op_recorder.load()
+    module = native_module.load()
     assert module is not None, "the native op recorder did not build: see the warning logged"
     return module
 
@@ -125,17 +125,17 @@ def unbuildable(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> Iterator[N
         raise RuntimeError("Error building extension: c++: command not found")
 
     monkeypatch.setenv("MLSCOPE_NATIVE_DIR", str(tmp_path))
-    monkeypatch.setattr(op_recorder, "build", no_compiler)
-    op_recorder.load.cache_clear()
+    monkeypatch.setattr(native_module, "build", no_compiler)
+    native_module.load.cache_clear()
     yield
-    op_recorder.load.cache_clear()
+    native_module.load.cache_clear()
 
 
 def test_without_a_compiler_library_level_records_with_kineto(
     unbuildable: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="mlscope.agents.op_recorder"):
-        assert op_recorder.load() is None
+    with caplog.at_level(logging.WARNING, logger="mlscope.agents.native_module"):
+        assert native_module.load() is None
         agent, exporter = agent_at("library")
         model = agent.trace_model(nn.Sequential(nn.Linear(4, 4)), name="tiny")
         model(torch.ones(2, 4))
