@@ -24,8 +24,8 @@ class CollectorConfig:
     max_spool_bytes: int = 1 * 2**30
     flush_rows: int = 20_000  # flush as soon as this many rows are pending ...
     flush_interval_s: float = 0.02  # ... or this long after the first one arrived
-    # Beyond this many decoded rows awaiting the store (~1-2 KB of Python objects each), new
-    # requests are answered 429 / RESOURCE_EXHAUSTED.
+    # Beyond this many decoded rows awaiting the store, new requests are answered 429 /
+    # RESOURCE_EXHAUSTED: this bounds the collector's memory (docs/PERFORMANCE.md sizes a row).
     max_pending_rows: int = 200_000
     replay_interval_s: float = 1.0  # how often the spool is retried while it holds files
     overloaded_retry_after_s: float = 1.0  # Retry-After of a 429

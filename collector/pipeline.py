@@ -226,7 +226,8 @@ class IngestPipeline:
                         self._refusals[spooled.path] = refusals
                         raise
                     self._refusals.pop(spooled.path, None)
-                    self._spool.quarantine(spooled, f"refused {refusals} times: {exc}", suffix=".rejected")
+                    await self._in_store_thread(
+                        self._spool.quarantine, spooled, f"refused {refusals} times: {exc}", ".rejected")
                     continue
                 self._refusals.pop(spooled.path, None)
                 self._store_ok = True

@@ -6,7 +6,10 @@ appended, so a file reads back as a single ExportTrace/MetricsServiceRequest. A 
 whole or not at all (temporary file, fsync, rename, fsync of the directory), so a crash at any
 point leaves either no file (the client got no 200) or a complete one.
 
-Blocking file I/O: the pipeline calls these methods from worker threads.
+Blocking file I/O, so the pipeline keeps it off the event loop: `write` and `files` run in a
+worker thread, `read`, `remove` and `quarantine` in the store thread while replaying. Only the
+constructor's scan of the directory runs on the loop, once, before the collector serves; `bytes`
+and `has_room` read a counter, which a lock keeps right across those threads.
 """
 
 from __future__ import annotations
