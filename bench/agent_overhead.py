@@ -63,7 +63,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult 
 from torch import nn  # noqa: E402
 
 from mlscope.agents import Agent  # noqa: E402
-from mlscope.agents.deferred import DeferredSpans, EncodingSpanWriter  # noqa: E402
+from mlscope.agents.api import choose_writer, deep_span_writer  # noqa: E402
+from mlscope.agents.deferred import EncodingSpanWriter  # noqa: E402
+from mlscope.agents.spans import SpanWriterKind  # noqa: E402
 from mlscope.agents.otlp_exporter import FastOTLPSpanExporter  # noqa: E402
 from mlscope.agents.resnet import resnet18  # noqa: E402
 from mlscope.agents.torch_capture import CaptureOptions, TorchCapture  # noqa: E402
@@ -111,10 +113,6 @@ class Sink:
     provider: TracerProvider
     exporter: DroppingExporter | DroppingSdkExporter
 
-    def deferred(self) -> DeferredSpans:
-        """A deferred-span worker exporting the deep levels' spans through this sink's exporter."""
-        return DeferredSpans(self.exporter, self.provider.resource, self.provider.id_generator.generate_span_id)
-
     def spans(self, agent: Agent | None) -> int:
         """Spans exported so far, after handing over everything queued."""
         (agent or self.provider).force_flush()
@@ -142,7 +140,9 @@ class Variant:
 
 def mlscope_variant(name: str, model: nn.Module, level: str, inline: bool = False, **options: bool) -> Variant:
     spans = sink()
-    agent = Agent(spans.provider, level, deferred=None if inline else spans.deferred())
+    # The writer start_agent would choose on this machine, unless the inline one is asked for.
+    writer = deep_span_writer(level, spans.provider, spans.exporter, SpanWriterKind.INLINE if inline else None)
+    agent = Agent(spans.provider, level, deep_spans=writer)
     return Variant(name, agent.trace_model(model, name="resnet18", **options), spans, agent)
 
 
@@ -246,6 +246,7 @@ def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
     spans = sink()
     tracer = spans.provider.get_tracer("breakdown")
     new_span_id = spans.provider.id_generator.generate_span_id
+    native = choose_writer("library", spans.provider.id_generator) is SpanWriterKind.NATIVE
     captures = {
         "layer": TorchCapture(model, "resnet18", CaptureOptions()),
         "library": TorchCapture(model, "resnet18", CaptureOptions(ops=True)),
@@ -272,7 +273,7 @@ def breakdown(model: nn.Module, images: torch.Tensor, calls: int) -> None:
             t2 = clock()
             capture.end(recording)
             t3 = clock()
-            writer = EncodingSpanWriter(predict.get_span_context(), new_span_id)
+            writer = EncodingSpanWriter(predict.get_span_context(), new_span_id, native)
             capture.write_spans(recording, writer)
             t4 = clock()
             predict.end()
@@ -315,7 +316,9 @@ def main() -> None:
         naive_variant(model),
         naive_variant(model, sdk_exporter=True),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, rounds {args.rounds}")
+    writer = choose_writer("library", TracerProvider().id_generator).value
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, rounds {args.rounds}, "
+          f"deep-span writer {writer}")
     for batch_size in (int(size) for size in args.batch_sizes.split(",")):
         images = torch.randn(batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         calls = 4 if batch_size == 1 else 1
