@@ -31,6 +31,17 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from mlscope.conventions import (
+    AGENT_SCOPE,
+    BATCH_SIZE,
+    FRAMEWORK_NAME,
+    HOST_NAME,
+    LAYER_TYPE,
+    LEVEL,
+    LOOPBACK,
+    SERVICE_NAME,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: deploy/ is a folder of the repository, not installed
 
@@ -61,11 +72,11 @@ def layer_trace(spans: int) -> bytes:
             start_time_unix_nano=start + index * 20_000,
             end_time_unix_nano=start + index * 20_000 + 15_000,
             attributes=[
-                _attribute("mlscope.level", "application" if index == 0 else "layer"),
-                _attribute("mlscope.layer.type", "Conv2d"),
-                _attribute("mlscope.framework.name", "torch"),
-                _attribute("mlscope.batch_size", 8),
-                _attribute("mlscope.layer.flops", 1.8e9),
+                _attribute(LEVEL, "application" if index == 0 else "layer"),
+                _attribute(LAYER_TYPE, "Conv2d"),
+                _attribute(FRAMEWORK_NAME, "torch"),
+                _attribute(BATCH_SIZE, 8),
+                _attribute("bench.layer.flops", 1.8e9),  # a double, as agents write for figures
             ],
         )
         for index in range(spans)
@@ -73,8 +84,8 @@ def layer_trace(spans: int) -> bytes:
     request = ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
-                resource=Resource(attributes=[_attribute("service.name", "bench"), _attribute("host.name", "bench-host")]),
-                scope_spans=[ScopeSpans(scope=InstrumentationScope(name="mlscope.agents.torch", version="0.1.0"), spans=pb2_spans)],
+                resource=Resource(attributes=[_attribute(SERVICE_NAME, "bench"), _attribute(HOST_NAME, "bench-host")]),
+                scope_spans=[ScopeSpans(scope=InstrumentationScope(name=AGENT_SCOPE, version="0.1.0"), spans=pb2_spans)],
             )
         ]
     )
@@ -147,7 +158,7 @@ async def one_run(store, spool_dir: str, args: argparse.Namespace) -> RunResult:
     await collector.start()
     try:
         sender = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--send", f"http://127.0.0.1:{collector.http_port}/v1/traces",
+            sys.executable, __file__, "--send", f"http://{LOOPBACK}:{collector.http_port}/v1/traces",
             "--seconds", str(args.seconds), "--connections", str(args.connections),
             "--spans-per-request", str(args.spans_per_request),
             stdout=asyncio.subprocess.PIPE,
