@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlscope.conventions import DEFAULT_SERVER, UnknownLevel, parse_level, server_url
+from mlscope.conventions import DEFAULT_ENDPOINT, DEFAULT_SERVER, ENV_OTLP_ENDPOINT, UnknownLevel, parse_level, server_url
 
 from .common import CommandFailed, UsageError, render_rows
 
@@ -267,7 +267,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--server-qps", type=_positive_float, help="server scenario rate (default: half of capacity)")
     evaluate.add_argument("--server-bound-ms", type=_positive_float,
                           help="server scenario p99 bound (default: 4 median service times)")
-    evaluate.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://127.0.0.1:4318)")
+    evaluate.add_argument("--endpoint", help=f"collector OTLP/HTTP URL (default: {ENV_OTLP_ENDPOINT}, else {DEFAULT_ENDPOINT})")
     evaluate.add_argument("--figure", help="write the latency-per-batch figure here (.png or .svg)")
     evaluate.add_argument("--remote", action="store_true",
                           help="queue the plan for every live predictor matching --where instead of running it here")
@@ -283,7 +283,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predictor.add_argument("--server", default=server_url(),
                            help=f"the query service (default: MLSCOPE_SERVER, else {DEFAULT_SERVER})")
     predictor.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: the one beside the query service "
-                                              "when it has one, else OTEL_EXPORTER_OTLP_ENDPOINT or http://127.0.0.1:4318)")
+                                              f"when it has one, else {ENV_OTLP_ENDPOINT} or {DEFAULT_ENDPOINT})")
     predictor.add_argument("--name", help="how jobs and results name this predictor (default: host-pid)")
     predictor.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                            help="a label --where can select on (e.g. gpu=h200); repeatable")

@@ -35,9 +35,11 @@ async def _serve(
     otlp_grpc_port: int | None,
     spool_dir: str,
     on_ready: Callable[[dict[str, int]], None] | None = None,
+    no_dispatch: bool = False,
 ) -> None:
     """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
-    given) until SIGINT/SIGTERM, printing each bound port as `name: port`."""
+    given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store) until
+    SIGINT/SIGTERM, printing each bound port as `name: port`."""
     from mlscope.collector import NO_GRPC, Collector, CollectorConfig
 
     stop = asyncio.Event()
@@ -64,10 +66,12 @@ async def _serve(
             if otlp_grpc_port is not None:
                 bound["otlp-grpc"] = collector.grpc_port
         if port is not None:
+            from mlscope.dispatch import Dispatcher, dispatch_mount
             from mlscope.query import create_query_app
 
-            app = create_query_app(store, collector.status if collector else None,
-                                   otlp_http_port=collector.http_port if collector else None)
+            mounts = [] if no_dispatch else [
+                dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]
+            app = create_query_app(store, collector.status if collector else None, mounts=mounts)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, host, port)
@@ -97,7 +101,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = _open(args)
     try:
         asyncio.run(
-            _serve(store, args.host, args.port, args.otlp_http_port, args.otlp_grpc_port, _spool_dir(args))
+            _serve(store, args.host, args.port, args.otlp_http_port, args.otlp_grpc_port, _spool_dir(args),
+                   no_dispatch=args.no_dispatch)
         )
     finally:
         store.close()
@@ -128,16 +133,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
         store = _open(args)
         try:
-            result = TraceReader(store).run_sql(args.query)
+            answer = TraceReader(store).run_sql(args.query).to_json()
         except BadRequest as exc:
             raise UsageError(str(exc)) from exc
         finally:
             store.close()
-        answer = {
-            "columns": [{"name": name, "type": ch_type} for name, ch_type in result.columns],
-            "rows": result.rows,
-            "truncated": result.truncated,
-        }
     sys.stdout.write(render_rows(answer, args.format))
     if answer.get("truncated"):
         print("mlscope: the result was truncated at the row limit", file=sys.stderr)
@@ -280,6 +280,11 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="store URL (default: MLSCOPE_STORE, else embedded under MLSCOPE_DATA)")
 
 
+def _add_no_dispatch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-dispatch", action="store_true",
+                        help="serve no predictors and jobs (/api/predictors, /api/jobs): one process per store may")
+
+
 def _add_collector(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otlp-http-port", type=_port, default=OTLP_HTTP_PORT)
     parser.add_argument("--otlp-grpc-port", type=_port, default=OTLP_GRPC_PORT)
@@ -295,18 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=LOOPBACK)
     _add_collector(serve)
     serve.add_argument("--port", type=_port, default=HTTP_PORT, help="query API and viewer port")
+    _add_no_dispatch(serve)
     serve.set_defaults(handler=cmd_serve)
 
     collector = commands.add_parser("collector", help="the OTLP collector alone")
     _add_store(collector)
     collector.add_argument("--host", default=LOOPBACK)
     _add_collector(collector)
-    collector.set_defaults(handler=cmd_collector)
+    collector.set_defaults(handler=cmd_collector, no_dispatch=True)
 
     query = commands.add_parser("query", help="the query API and viewer alone")
     _add_store(query)
     query.add_argument("--host", default=LOOPBACK)
     query.add_argument("--port", type=_port, default=HTTP_PORT)
+    _add_no_dispatch(query)
     query.set_defaults(handler=cmd_query)
 
     sql = commands.add_parser("sql", help="run a read-only SQL query over the traces")

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from mlscope.agents import default_endpoint
 from mlscope.manifests import AssetCache
 from mlscope.client import ServiceClient, ServiceError
+from mlscope.conventions import PREDICTOR_ID, PREDICTOR_NAME
 
 from .jobs import JobRequest, parse_job_request
 from .predictors import EXECUTION_PROVIDERS, PREDICTORS, PredictorError
@@ -177,8 +178,8 @@ class PredictorProcess:
         system = self.identity.system
         origin = Origin(run_id=job["run_id"], predictor=self.identity.name, job_id=job["job_id"])
         sender = EvaluationAgent(self._endpoint, system, service="mlscope-predictor",
-                                 resource={"mlscope.predictor.name": self.identity.name,
-                                           "mlscope.predictor.id": self.identity.predictor_id})
+                                 resource={PREDICTOR_NAME: self.identity.name,
+                                           PREDICTOR_ID: self.identity.predictor_id})
         with sender.closing():
             results = evaluate(request.plan, sender.agent_at, self._cache, system, origin=origin,
                                progress=lambda index, total, what: log.info("job %s: [%d/%d] %s", job["job_id"], index + 1,

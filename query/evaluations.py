@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mlscope.store import sql_string
 
-from .errors import BadRequest
+from .params import ParseParam, natural, parse_params, text
 
 TEXT_FILTERS = ("model", "framework", "scenario", "level", "system", "predictor", "run_id", "job_id", "span_id")
 NUMBER_FILTERS = ("batch_size",)
@@ -33,18 +33,12 @@ class EvaluationFilter:
     batch_size: int | None = None
 
 
+EVALUATION_PARAMS: dict[str, ParseParam] = {**dict.fromkeys(TEXT_FILTERS, text), **dict.fromkeys(NUMBER_FILTERS, natural)}
+
+
 def parse_evaluation_filter(params: Mapping[str, str]) -> EvaluationFilter:
-    """Empty parameters count as absent, unknown ones are ignored; BadRequest names a bad one."""
-    values: dict[str, str | int] = {name: params[name] for name in TEXT_FILTERS if params.get(name)}
-    for name in NUMBER_FILTERS:
-        if params.get(name):
-            try:
-                values[name] = int(params[name])
-            except ValueError:
-                raise BadRequest(f"{name} must be an integer, not {params[name]!r}") from None
-            if values[name] < 0:
-                raise BadRequest(f"{name} must not be negative")
-    return EvaluationFilter(**values)
+    """Query parameters -> EvaluationFilter, by query/params.py's rule."""
+    return EvaluationFilter(**parse_params(params, EVALUATION_PARAMS))
 
 
 def evaluations_sql(evaluation_filter: EvaluationFilter) -> str:

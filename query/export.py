@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlscope.conventions import LEVEL
+
 from .timeline import Span, Timeline, TimelineSpan
 
 _NS_PER_US = 1000
@@ -33,7 +35,7 @@ def _jaeger_span(trace_id: str, item: TimelineSpan, process_id: str) -> dict[str
     span = item.span
     tags = {
         **span.attributes,
-        "mlscope.level": span.level,
+        LEVEL: span.level,
         "span.kind": span.kind,
         "otel.scope.name": span.scope_name,
         "otel.status_code": span.status_code,

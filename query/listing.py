@@ -14,7 +14,7 @@ from typing import Any
 
 from mlscope.store import sql_string
 
-from .errors import BadRequest
+from .params import ParseParam, int_between, natural, parse_params, text
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -37,32 +37,17 @@ class TraceFilter:
     limit: int = DEFAULT_LIMIT
 
 
-def _non_negative_int(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {text!r}") from None
-    if value < 0:
-        raise BadRequest(f"{name} must not be negative")
-    return value
+TRACE_PARAMS: dict[str, ParseParam] = {
+    **dict.fromkeys(TEXT_FILTERS, text),
+    **dict.fromkeys(NUMBER_FILTERS, natural),
+    "limit": int_between(1, MAX_LIMIT),
+}
 
 
 def parse_trace_filter(params: Mapping[str, str]) -> TraceFilter:
-    """Query parameters -> TraceFilter; empty parameters count as absent, unknown ones are
-    ignored. Raises BadRequest naming the parameter."""
-    values: dict[str, Any] = {}
-    for name in TEXT_FILTERS:
-        if params.get(name):
-            values[name] = params[name]
-    for name in NUMBER_FILTERS:
-        if params.get(name):
-            values[name] = _non_negative_int(name, params[name])
-    if params.get("limit"):
-        limit = _non_negative_int("limit", params["limit"])
-        if not 1 <= limit <= MAX_LIMIT:
-            raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
-        values["limit"] = limit
-    return TraceFilter(**values)
+    """Query parameters -> TraceFilter (query/params.py: empty counts as absent, unknown is
+    ignored, BadRequest names a bad one)."""
+    return TraceFilter(**parse_params(params, TRACE_PARAMS))
 
 
 # The inner query merges the states; the outer one names and filters the merged values (its

@@ -39,6 +39,14 @@ class SqlAnswer:
     rows: list[list[Any]]
     truncated: bool
 
+    def to_json(self) -> dict[str, Any]:
+        """The answer of POST /api/sql (and of `mlscope sql` on a store it opens itself)."""
+        return {
+            "columns": [{"name": name, "type": ch_type} for name, ch_type in self.columns],
+            "rows": self.rows,
+            "truncated": self.truncated,
+        }
+
 
 def limit_settings(limits: SqlLimits) -> dict[str, int | str]:
     """The settings sent with a user's query. One row more than returned tells whether the

@@ -7,6 +7,7 @@ import aiohttp
 from deploy import clickhouse_local_server
 import pytest
 
+from mlscope.conventions import DEFAULT_LEVEL, LEVELS
 from mlscope.query import SqlLimits, TraceReader, create_query_app
 from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, is_refused_function
 from mlscope.store import Store, open_store
@@ -45,6 +46,10 @@ async def test_openapi_documents_exactly_the_api_routes(api: Served) -> None:
                      if route.method != "HEAD" and route.resource.canonical not in viewer}
     assert documented == served_routes
     assert ("POST", "/api/sql") in documented
+
+
+async def test_conventions_come_from_the_conventions_module(api: Served) -> None:
+    assert await api.get("/api/conventions") == (200, {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL})
 
 
 # --- listing ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mlscope.dispatch.core import heartbeat_columns, parse_heartbeat
 from mlscope.store import empty_columns
 from tests.query.query_server import Served
 from tests.query.trace_fixtures import KNOWN, T0, insert
@@ -28,8 +29,6 @@ def cpu_point() -> dict[str, list]:
 
 
 def heartbeat() -> dict[str, list]:
-    from mlscope.query.dispatch import heartbeat_columns, parse_heartbeat
-
     return heartbeat_columns(parse_heartbeat({
         "predictor_id": "a" * 32, "name": "gpu-box", "host": "h", "pid": 1, "started_ns": 1,
         "system": {"fingerprint": "0123456789abcdef", "name": "h", "description": ""},

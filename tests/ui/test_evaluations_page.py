@@ -16,6 +16,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from mlscope.evaluation.results import SPAN_NAME, EvaluationResult
+from mlscope.dispatch import Dispatcher, dispatch_mount
 from mlscope.query import create_query_app
 from mlscope.store import Store
 from tests.query.query_server import serve
@@ -72,7 +73,7 @@ pytestmark = [pytest.mark.parametrize("store_url", ["embedded"], indirect=True)]
 @pytest.fixture
 async def base_url(store: Store) -> AsyncIterator[str]:
     insert_rows(store, [*KNOWN, *TRACE_B_ROWS, *EVALUATIONS])
-    runner, url = await serve(create_query_app(store))
+    runner, url = await serve(create_query_app(store, mounts=[dispatch_mount(Dispatcher(store))]))
     try:
         yield url
     finally:
@@ -161,6 +162,7 @@ async def test_compare_two_traces_per_name_ratio(base_url: str, browser: Browser
 async def test_compare_transforms_are_pure(base_url: str, browser: Browser) -> None:
     page = await open_page(browser, [])
     await page.goto(f"{base_url}/sql")
+    await page.locator("#sql-query").wait_for()  # rendered: the conventions are loaded
     viewer = "window.mlscopeViewer"
     assert await page.evaluate(f"{viewer}.evaluationFilterQuery({viewer}.parseEvaluationFilter("
                                "'?batch_size=4&x=1&model=a%20b&framework='))") == "?model=a+b&batch_size=4"

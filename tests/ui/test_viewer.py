@@ -108,6 +108,7 @@ async def test_deep_link_with_a_level_filter(base_url: str, browser: Browser) ->
 async def test_layout_rows_is_a_pure_transform(base_url: str, browser: Browser) -> None:
     page = await open_page(browser, [])
     await page.goto(f"{base_url}/sql")
+    await page.locator("#sql-query").wait_for()  # rendered: the conventions are loaded
     spans = [{"name": "a", "depth": 0, "level": "model", "start_ns": 1000, "end_ns": 2000, "duration_ns": 1000},
              {"name": "b", "depth": 1, "level": "weird", "start_ns": 1250, "end_ns": 1750, "duration_ns": 500}]
     rows: list[dict[str, Any]] = await page.evaluate(

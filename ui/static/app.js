@@ -7,7 +7,9 @@
 "use strict";
 
 (() => {
-  const LEVELS = ["application", "model", "layer", "library", "hardware"];
+  // From GET /api/conventions (mlscope.conventions), read once before the first page renders.
+  let LEVELS = [];
+  let DEFAULT_LEVEL = "";
 
   // --- pure transforms (no DOM) ---------------------------------------------------------------
 
@@ -41,7 +43,7 @@
   }
 
   function levelOf(span) {
-    return LEVELS.includes(span.level) ? span.level : "application";
+    return LEVELS.includes(span.level) ? span.level : DEFAULT_LEVEL;
   }
 
   // Spans in pre-order -> one row per span: where its bar sits on the trace's time axis.
@@ -462,8 +464,10 @@
   async function renderEvaluations(main) {
     document.title = "mlscope: evaluations";
     const filter = parseEvaluationFilter(location.search);
-    const [{ evaluations }, { predictors }, { jobs }] = await Promise.all([
-      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`), fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]);
+    const [{ evaluations }, dispatch] = await Promise.all([
+      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`),
+      // A query process started with --no-dispatch serves no predictors or jobs: evaluations still show.
+      Promise.all([fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]).catch((error) => error)]);
     const inputs = {
       model: el("input", { type: "text", name: "model", placeholder: "model" }),
       framework: el("input", { type: "text", name: "framework", placeholder: "framework" }),
@@ -519,7 +523,9 @@
         ? el("div", null, el("p", { class: "muted" }, `${evaluations.length} evaluations `, compareLink),
           table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations"))
         : el("p", { class: "muted" }, "No evaluations match."),
-      ...dispatchSections(predictors, jobs));
+      ...(dispatch instanceof Error
+        ? [el("p", { class: "muted" }, `Predictors and jobs: ${dispatch.message}`)]
+        : dispatchSections(dispatch[0].predictors, dispatch[1].jobs)));
   }
 
   function compareTable(headers, rows, className) {
@@ -589,10 +595,17 @@
     page.catch((error) => showError(main, error));
   }
 
-  window.mlscopeViewer = {
-    layoutRows, axisTicks, formatDuration, parseLevels, levelsParam, parseJson,
-    parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, compareTraces, compareEvaluations,
-  };
-  window.addEventListener("popstate", route);
-  route();
+  async function start() {
+    const conventions = await fetchJson("/api/conventions");
+    LEVELS = Object.freeze([...conventions.levels]);
+    DEFAULT_LEVEL = conventions.default_level;
+    window.mlscopeViewer = {
+      layoutRows, axisTicks, formatDuration, parseLevels, levelsParam, parseJson,
+      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, compareTraces, compareEvaluations,
+    };
+    window.addEventListener("popstate", route);
+    route();
+  }
+
+  start().catch((error) => showError(document.getElementById("main"), error));
 })();

@@ -1,6 +1,7 @@
 """Predictors and jobs over HTTP, on both store backends: heartbeats register predictors, a
 request queues one job per matching live predictor, only a job's own predictor moves it on, and a
-job whose predictor went silent reads as lost. The dispatch's pure parts are tested here too."""
+job whose predictor went silent reads as lost; it is mounted beside the query API, which alone
+serves none of it. The dispatch's pure parts are tested here too."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from mlscope.dispatch import Dispatcher, DispatchTiming, dispatch_mount
+from mlscope.dispatch.core import matches, parse_heartbeat, parse_job_filter
 from mlscope.evaluation.jobs import ManifestText
 from mlscope.manifests import read_manifest
 from mlscope.query import create_query_app
-from mlscope.query.dispatch import DispatchTiming, matches, parse_heartbeat, parse_job_filter
 from mlscope.query.errors import BadRequest
 from mlscope.store import Store
 from tests.query.query_server import serve
@@ -21,6 +23,7 @@ from tests.query.query_server import serve
 A, B = "a" * 32, "b" * 32
 DIGITS = ManifestText(*read_manifest("digits"))
 TIMING = DispatchTiming(heartbeat_s=0.05, alive_s=1.0)
+OTLP_PORT = 4999
 
 
 def heartbeat(predictor_id: str, name: str, providers: list[str], **labels: str) -> dict:
@@ -52,7 +55,8 @@ class Api:
 
 @pytest.fixture
 async def api(store: Store) -> AsyncIterator[Api]:
-    runner, base_url = await serve(create_query_app(store, dispatch_timing=TIMING, otlp_http_port=4999))
+    mount = dispatch_mount(Dispatcher(store, TIMING), otlp_http_port=OTLP_PORT)
+    runner, base_url = await serve(create_query_app(store, mounts=[mount]))
     try:
         async with aiohttp.ClientSession(base_url) as session:
             yield Api(session)
@@ -62,7 +66,7 @@ async def api(store: Store) -> AsyncIterator[Api]:
 
 async def test_jobs_go_to_matching_predictors_and_move_on(api: Api) -> None:
     assert await api.post("/api/predictors", heartbeat(A, "pa", ["pytorch/cpu", "onnxruntime/cpu"], rack="a")) == (
-        200, {"predictor_id": A, "heartbeat_s": TIMING.heartbeat_s, "otlp_http_port": 4999})
+        200, {"predictor_id": A, "heartbeat_s": TIMING.heartbeat_s, "otlp_http_port": OTLP_PORT})
     await api.post("/api/predictors", heartbeat(B, "pb", ["pytorch/cpu", "onnxruntime/cpu", "onnxruntime/cuda"], rack="b"))
     status, body = await api.get("/api/predictors")
     assert status == 200
@@ -136,7 +140,7 @@ async def test_a_silent_predictors_unfinished_jobs_are_lost(api: Api) -> None:
     ("POST", "/api/jobs", "not an object", 400, "the request must be a JSON object"),
     ("GET", "/api/jobs?state=paused", None, 400, "state must be one of queued, running, done, failed"),
     ("GET", "/api/jobs?run_id=x", None, 400, "run_id must be 32 lower-case hex digits"),
-    ("GET", "/api/jobs?latest=0", None, 400, "latest must be an integer from 1 to 10000"),
+    ("GET", "/api/jobs?latest=0", None, 400, "latest must be between 1 and 10000"),
     ("GET", f"/api/jobs/{A}", None, 404, f"job {A} not found"),
     ("GET", "/api/jobs/xyz", None, 400, "job id must be 32 lower-case hex digits"),
     ("POST", f"/api/jobs/{A}/state", {"predictor_id": A, "state": "queued"}, 400, "state must be one of running"),
@@ -169,3 +173,29 @@ def test_heartbeat_and_filter_parsing() -> None:
     with pytest.raises(BadRequest, match="labels"):
         parse_heartbeat({**heartbeat(A, "pa", ["pytorch/cpu"]), "labels": {"Zone": "z"}})
     assert parse_job_filter({"run_id": "", "state": "done"}).state == "done"
+
+
+async def test_openapi_documents_the_query_api_and_the_mounted_dispatch(api: Api, store: Store) -> None:
+    status, document = await api.get("/openapi.json")
+    assert status == 200
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    app = create_query_app(store, mounts=[dispatch_mount(Dispatcher(store))])
+    served = {(route.method, route.resource.canonical) for route in app.router.routes()
+              if route.method != "HEAD" and route.resource.canonical.startswith("/api/")}
+    assert served <= documented
+    assert {("POST", "/api/predictors"), ("GET", "/api/jobs/{job_id}"), ("POST", "/api/jobs/{job_id}/state")} <= served
+    assert {"Heartbeat", "Job", "StateChange", "TraceSummary"} <= set(document["components"]["schemas"])
+
+
+async def test_the_query_app_alone_serves_no_dispatch_route(store: Store) -> None:
+    runner, base_url = await serve(create_query_app(store))
+    try:
+        async with aiohttp.ClientSession(base_url) as session:
+            async with session.post("/api/predictors", json=heartbeat(A, "pa", ["pytorch/cpu"])) as response:
+                assert response.status in (404, 405)
+            async with session.get("/api/jobs") as response:
+                assert response.status == 404 and (await response.json())["error"] == "Not Found"
+            async with session.get("/openapi.json") as response:
+                assert not {path for path in (await response.json())["paths"] if path.startswith(("/api/jobs", "/api/predictors"))}
+    finally:
+        await runner.cleanup()

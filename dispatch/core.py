@@ -1,31 +1,24 @@
-"""Predictors across machines: the registry of `mlscope predictor` processes (their heartbeats)
-and the evaluation jobs queued for them (`mlscope evaluate --remote`).
+"""Dispatch's pure core: parsing, matching, rendering and the SQL of the predictor registry and
+the job queue (package docstring: what they are). No I/O; `dispatcher.Dispatcher` does that.
 
 A job is queued for each live predictor that matches the request's `where` and can run its
 frameworks on its execution provider, so one request measures the same plan on every matching
 system (the paper's Fig. 4). Each job belongs to one predictor, which alone moves it on:
 queued -> running -> done | failed. A queued or running job whose predictor stopped
-heartbeating reads as `lost`. State lives in the store (tables `predictor_heartbeats` and
-`job_states`, read through the views `predictors` and `jobs`), so any number of query processes
-can serve predictors.
-
-The functions are pure (parse, match, render, SQL); `Dispatcher` at the bottom does the I/O.
+heartbeating reads as `lost`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import threading
-import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlscope.store import Columns, Store, sql_string
-
-from .errors import BadRequest, Conflict, NotFound
+from mlscope.evaluation.jobs import JobError, parse_job_request
+from mlscope.query.errors import BadRequest, Conflict
+from mlscope.query.params import int_between, matching, one_of, parse_params
+from mlscope.store import Columns, sql_string
 
 
 @dataclass(frozen=True)
@@ -40,6 +33,7 @@ UNFINISHED = ("queued", "running")
 TRANSITIONS: dict[str, tuple[str, ...]] = {"queued": ("running", "failed"), "running": ("done", "failed")}
 
 _ID = re.compile(r"[0-9a-f]{32}")
+ID_DESCRIPTION = "32 lower-case hex digits"
 _LABEL_KEY = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
 _PROVIDER = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+")  # framework/provider, e.g. onnxruntime/cuda
 MAX_TEXT = 1024
@@ -80,7 +74,7 @@ def parse_heartbeat(body: Any) -> Heartbeat:
     ):
         raise BadRequest("labels: expected an object of lower-case keys and string values")
     return Heartbeat(
-        predictor_id=_id(body.get("predictor_id"), "predictor_id"),
+        predictor_id=check_id(body.get("predictor_id"), "predictor_id"),
         name=_text(body.get("name"), "name"),
         host=_text(body.get("host"), "host"),
         pid=_natural(body.get("pid"), "pid"),
@@ -158,19 +152,17 @@ class JobFilter:
     latest: int | None = None  # only the `latest` most recently queued, newest first
 
 
+JOB_PARAMS = {
+    "run_id": matching(_ID, ID_DESCRIPTION),
+    "predictor_id": matching(_ID, ID_DESCRIPTION),
+    "state": one_of(JOB_STATES),
+    "latest": int_between(1, MAX_ROWS),
+}
+
+
 def parse_job_filter(params: Mapping[str, str]) -> JobFilter:
-    values: dict[str, str | int] = {name: params[name] for name in ("run_id", "predictor_id", "state") if params.get(name)}
-    for name in ("run_id", "predictor_id"):
-        if name in values:
-            _id(values[name], name)
-    if "state" in values and values["state"] not in JOB_STATES:
-        raise BadRequest(f"state must be one of {', '.join(JOB_STATES)}, not {str(values['state'])[:32]!r}")
-    if params.get("latest"):
-        text = params["latest"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_ROWS:
-            raise BadRequest(f"latest must be an integer from 1 to {MAX_ROWS}, not {text[:32]!r}")
-        values["latest"] = int(text)
-    return JobFilter(**values)
+    """Query parameters -> JobFilter, by query/params.py's rule."""
+    return JobFilter(**parse_params(params, JOB_PARAMS))
 
 
 def jobs_sql(job_filter: JobFilter) -> str:
@@ -205,6 +197,28 @@ def job_json(row: Mapping[str, Any], predictor_seen_ns: Mapping[str, int], now_n
 
 
 @dataclass(frozen=True)
+class Submission:
+    """A checked job request: its JSON as queued, the `where` pairs a predictor must match and the
+    framework/provider pairs it must run."""
+
+    request: dict[str, Any]
+    where: tuple[tuple[str, str], ...]
+    needs: tuple[str, ...]
+
+
+def parse_submission(body: Any) -> Submission:
+    """A job request as JSON decoded it, checked by the same parser that runs it on a predictor
+    (evaluation/jobs.py); BadRequest names the first bad field."""
+    try:
+        job_request = parse_job_request(body)
+    except JobError as exc:
+        raise BadRequest(str(exc)) from exc
+    plan = job_request.plan
+    needs = tuple(f"{framework}/{plan.execution_provider}" for framework in plan.frameworks)
+    return Submission(job_request.to_json(), job_request.where, needs)
+
+
+@dataclass(frozen=True)
 class StateChange:
     predictor_id: str
     state: str
@@ -221,7 +235,7 @@ def parse_state_change(body: Any) -> StateChange:
     message = body.get("message", "")
     if not isinstance(message, str):
         raise BadRequest("message must be a string")
-    return StateChange(_id(body.get("predictor_id"), "predictor_id"), state, message[:MAX_MESSAGE],
+    return StateChange(check_id(body.get("predictor_id"), "predictor_id"), state, message[:MAX_MESSAGE],
                        _natural(body.get("results", 0), "results"))
 
 
@@ -236,9 +250,10 @@ def check_transition(job: Mapping[str, Any], change: StateChange) -> None:
 # --- field checks -----------------------------------------------------------------------------
 
 
-def _id(value: Any, field: str) -> str:
+def check_id(value: Any, field: str) -> str:
+    """A predictor, run or job id: 32 lower-case hex digits (BadRequest naming `field` otherwise)."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise BadRequest(f"{field} must be 32 lower-case hex digits")
+        raise BadRequest(f"{field} must be {ID_DESCRIPTION}")
     return value
 
 
@@ -252,78 +267,3 @@ def _natural(value: Any, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise BadRequest(f"{field}: expected a non-negative integer")
     return value
-
-
-# --- I/O --------------------------------------------------------------------------------------
-
-
-class Dispatcher:
-    """The store side of the registry and the queue. Blocking (the HTTP layer runs it in worker
-    threads); versions are stamped with this process's clock, never a predictor's."""
-
-    def __init__(self, store: Store, timing: DispatchTiming = DispatchTiming(),
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
-        self._store = store
-        self.timing = timing
-        self._clock_ns = clock_ns
-        self._lock = threading.Lock()  # one state change at a time: check, then write
-
-    def heartbeat(self, heartbeat: Heartbeat) -> dict[str, Any]:
-        self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns()))
-        return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
-
-    def predictors(self) -> list[dict[str, Any]]:
-        now_ns = self._clock_ns()
-        return [predictor_json(row, now_ns, self.timing) for row in self._rows(PREDICTORS_SQL)]
-
-    def submit(self, request_json: dict[str, Any], where: Sequence[tuple[str, str]], needs: Sequence[str]) -> dict[str, Any]:
-        """Queues one job per live predictor matching `where` that runs every pair in `needs`;
-        Conflict (naming the live predictors) when there is none."""
-        alive = [predictor for predictor in self.predictors() if predictor["alive"]]
-        chosen = [predictor for predictor in alive if matches(predictor, where, needs)]
-        if not chosen:
-            wanted = " and ".join([f"{key}={value}" for key, value in where] + [f"runs {', '.join(needs)}"])
-            raise Conflict(f"no live predictor matches {wanted}; {describe_predictors(alive)}")
-        run_id, now_ns = uuid.uuid4().hex, self._clock_ns()
-        jobs = [{"job_id": uuid.uuid4().hex, "run_id": run_id, "predictor_id": predictor["predictor_id"],
-                 "created_ns": now_ns, "updated_ns": now_ns, "state": "queued", "message": "", "results": 0,
-                 "request": json.dumps(request_json, ensure_ascii=False)} for predictor in chosen]
-        columns = {name: [value for job in jobs for value in job_columns(job)[name]] for name in job_columns(jobs[0])}
-        self._store.insert("job_states", columns)
-        return {"run_id": run_id, "jobs": [
-            {"job_id": job["job_id"], "predictor_id": predictor["predictor_id"], "predictor": predictor["name"],
-             "system_name": predictor["system_name"]} for job, predictor in zip(jobs, chosen)]}
-
-    def jobs(self, job_filter: JobFilter) -> list[dict[str, Any]]:
-        seen = self._seen_ns()
-        now_ns = self._clock_ns()
-        return [job_json(row, seen, now_ns, self.timing) for row in self._rows(jobs_sql(job_filter))]
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        row = self._job_row(_id(job_id, "job id"))
-        return job_json(row, self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
-
-    def change_state(self, job_id: str, change: StateChange) -> dict[str, Any]:
-        """Moves a job on (Conflict if its state or owner does not allow it); the job as it is
-        now, with its request (what a predictor that starts running it needs)."""
-        with self._lock:
-            row = self._job_row(_id(job_id, "job id"))
-            check_transition(row, change)
-            updated = {**row, "state": change.state, "message": change.message, "results": change.results,
-                       "updated_ns": max(self._clock_ns(), row["updated_ns"] + 1)}
-            self._store.insert("job_states", job_columns(updated))
-        return job_json(updated, self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
-
-    def _job_row(self, job_id: str) -> dict[str, Any]:
-        rows = self._rows(job_sql(job_id))
-        if not rows:
-            raise NotFound(f"job {job_id} not found")
-        return rows[0]
-
-    def _seen_ns(self) -> dict[str, int]:
-        return {row[0]: row[1] for row in self._store.execute("SELECT predictor_id, seen_ns FROM predictors").rows}
-
-    def _rows(self, sql: str) -> list[dict[str, Any]]:
-        result = self._store.execute(sql)
-        names = [column.name for column in result.columns]
-        return [dict(zip(names, row)) for row in result.rows]

@@ -1,0 +1,81 @@
+"""Dispatch over HTTP: an aiohttp app mounted at /api beside the query API (`dispatch_mount`),
+route table first, thin handlers (parse with core, call the Dispatcher in a worker thread,
+render). Errors answer as the query API's do (query/http.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from mlscope.query.http import Mount, errors_as_json, flag, json_body, json_response
+
+from .core import check_id, parse_heartbeat, parse_job_filter, parse_state_change, parse_submission
+from .dispatcher import Dispatcher
+from .openapi import PATHS, SCHEMAS
+
+PREFIX = "/api"
+
+
+def _routes() -> list[web.RouteDef]:
+    return [
+        web.post("/predictors", predictor_heartbeat),
+        web.get("/predictors", list_predictors),
+        web.post("/jobs", submit_jobs),
+        web.get("/jobs", list_jobs),
+        web.get("/jobs/{job_id}", get_job),
+        web.post("/jobs/{job_id}/state", change_job_state),
+    ]
+
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+OTLP_HTTP_PORT: web.AppKey[int | None] = web.AppKey("otlp_http_port")
+
+
+def dispatch_mount(dispatcher: Dispatcher, otlp_http_port: int | None = None) -> Mount:
+    """Dispatch's routes, to serve beside the query API (`create_query_app(..., mounts=[...])`);
+    `otlp_http_port`, the port of a collector in the same process, is told to predictors so that
+    their results reach it."""
+    app = web.Application(middlewares=[errors_as_json])
+    app[DISPATCHER] = dispatcher
+    app[OTLP_HTTP_PORT] = otlp_http_port
+    app.add_routes(_routes())
+    return Mount(PREFIX, app, PATHS, SCHEMAS)
+
+
+def _job_id(request: web.Request) -> str:
+    return check_id(request.match_info["job_id"], "job id")
+
+
+async def predictor_heartbeat(request: web.Request) -> web.Response:
+    heartbeat = parse_heartbeat(await json_body(request))
+    answer = await asyncio.to_thread(request.app[DISPATCHER].heartbeat, heartbeat)
+    port = request.app[OTLP_HTTP_PORT]
+    return json_response({**answer, **({"otlp_http_port": port} if port else {})})
+
+
+async def list_predictors(request: web.Request) -> web.Response:
+    alive_only = flag(request, "alive")
+    predictors = await asyncio.to_thread(request.app[DISPATCHER].predictors)
+    return json_response({"predictors": [predictor for predictor in predictors if predictor["alive"] or not alive_only]})
+
+
+async def submit_jobs(request: web.Request) -> web.Response:
+    submission = parse_submission(await json_body(request))
+    return json_response(await asyncio.to_thread(request.app[DISPATCHER].submit, submission), status=201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    job_filter = parse_job_filter(request.query)
+    return json_response({"jobs": await asyncio.to_thread(request.app[DISPATCHER].jobs, job_filter)})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return json_response(await asyncio.to_thread(request.app[DISPATCHER].job, _job_id(request)))
+
+
+async def change_job_state(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    change = parse_state_change(await json_body(request))
+    return json_response(await asyncio.to_thread(request.app[DISPATCHER].change_state, job_id, change))

@@ -1,0 +1,95 @@
+"""The store side of the registry and the queue: every write dispatch makes, and its reads.
+
+Blocking (the HTTP layer runs it in worker threads). Versions are stamped with this process's
+clock, never a predictor's. A state change reads the job, checks the transition and writes the
+new row under a lock; the lock holds within this process only, which is why a store has one
+dispatch (the package docstring states the rule).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from mlscope.query.errors import Conflict, NotFound
+from mlscope.store import Store
+
+from .core import (
+    PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, check_transition,
+    describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches, predictor_json,
+)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, timing: DispatchTiming = DispatchTiming(),
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._store = store
+        self.timing = timing
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()  # one state change at a time: check, then write
+
+    def heartbeat(self, heartbeat: Heartbeat) -> dict[str, Any]:
+        self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns()))
+        return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
+
+    def predictors(self) -> list[dict[str, Any]]:
+        now_ns = self._clock_ns()
+        return [predictor_json(row, now_ns, self.timing) for row in self._rows(PREDICTORS_SQL)]
+
+    def submit(self, submission: Submission) -> dict[str, Any]:
+        """Queues one job per live predictor matching the submission's `where` that runs every
+        pair it needs; Conflict (naming the live predictors) when there is none."""
+        alive = [predictor for predictor in self.predictors() if predictor["alive"]]
+        chosen = [predictor for predictor in alive if matches(predictor, submission.where, submission.needs)]
+        if not chosen:
+            wanted = " and ".join([f"{key}={value}" for key, value in submission.where]
+                                  + [f"runs {', '.join(submission.needs)}"])
+            raise Conflict(f"no live predictor matches {wanted}; {describe_predictors(alive)}")
+        run_id, now_ns = uuid.uuid4().hex, self._clock_ns()
+        request_text = json.dumps(submission.request, ensure_ascii=False)
+        jobs = [{"job_id": uuid.uuid4().hex, "run_id": run_id, "predictor_id": predictor["predictor_id"],
+                 "created_ns": now_ns, "updated_ns": now_ns, "state": "queued", "message": "", "results": 0,
+                 "request": request_text} for predictor in chosen]
+        columns = {name: [value for job in jobs for value in job_columns(job)[name]] for name in job_columns(jobs[0])}
+        self._store.insert("job_states", columns)
+        return {"run_id": run_id, "jobs": [
+            {"job_id": job["job_id"], "predictor_id": predictor["predictor_id"], "predictor": predictor["name"],
+             "system_name": predictor["system_name"]} for job, predictor in zip(jobs, chosen)]}
+
+    def jobs(self, job_filter: JobFilter) -> list[dict[str, Any]]:
+        seen = self._seen_ns()
+        now_ns = self._clock_ns()
+        return [job_json(row, seen, now_ns, self.timing) for row in self._rows(jobs_sql(job_filter))]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job (by a checked id), with its request; NotFound when there is none."""
+        return job_json(self._job_row(job_id), self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
+
+    def change_state(self, job_id: str, change: StateChange) -> dict[str, Any]:
+        """Moves a job on (Conflict if its state or owner does not allow it); the job as it is
+        now, with its request (what a predictor that starts running it needs)."""
+        with self._lock:
+            row = self._job_row(job_id)
+            check_transition(row, change)
+            updated = {**row, "state": change.state, "message": change.message, "results": change.results,
+                       "updated_ns": max(self._clock_ns(), row["updated_ns"] + 1)}
+            self._store.insert("job_states", job_columns(updated))
+        return job_json(updated, self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
+
+    def _job_row(self, job_id: str) -> dict[str, Any]:
+        rows = self._rows(job_sql(job_id))
+        if not rows:
+            raise NotFound(f"job {job_id} not found")
+        return rows[0]
+
+    def _seen_ns(self) -> dict[str, int]:
+        return {row[0]: row[1] for row in self._store.execute("SELECT predictor_id, seen_ns FROM predictors").rows}
+
+    def _rows(self, sql: str) -> list[dict[str, Any]]:
+        result = self._store.execute(sql)
+        names = [column.name for column in result.columns]
+        return [dict(zip(names, row)) for row in result.rows]

@@ -1,0 +1,80 @@
+"""Query-string parameters -> a filter's typed fields, by one rule for every listing route
+(traces, evaluations, jobs): an empty parameter counts as absent, an unknown one is ignored, and
+a bad one is a BadRequest that names it and says what it must be.
+
+    TraceFilter(**parse_params(request.query, {"service": text, "limit": int_between(1, 1000)}))
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import BadRequest
+
+ParseParam = Callable[[str, str], Any]
+"""(parameter name, its non-empty text) -> the field's value; BadRequest when the text is bad."""
+
+_SHOWN = 64  # characters of a bad value quoted back in the error
+
+
+def parse_params(params: Mapping[str, str], fields: Mapping[str, ParseParam]) -> dict[str, Any]:
+    """The fields present (non-empty) in `params`, each parsed by its function."""
+    return {name: parse(name, params[name]) for name, parse in fields.items() if params.get(name)}
+
+
+def text(name: str, value: str) -> str:
+    """Any text, matched exactly."""
+    return value
+
+
+def _integer(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {value[:_SHOWN]!r}") from None
+
+
+def natural(name: str, value: str) -> int:
+    """A non-negative integer."""
+    number = _integer(name, value)
+    if number < 0:
+        raise BadRequest(f"{name} must not be negative")
+    return number
+
+
+def int_between(low: int, high: int) -> ParseParam:
+    """An integer from `low` to `high`, both included."""
+
+    def parse(name: str, value: str) -> int:
+        number = _integer(name, value)
+        if not low <= number <= high:
+            raise BadRequest(f"{name} must be between {low} and {high}, not {value[:_SHOWN]!r}")
+        return number
+
+    return parse
+
+
+def one_of(choices: Sequence[str]) -> ParseParam:
+    """One of `choices`, exactly."""
+
+    def parse(name: str, value: str) -> str:
+        if value not in choices:
+            raise BadRequest(f"{name} must be one of {', '.join(choices)}, not {value[:_SHOWN]!r}")
+        return value
+
+    return parse
+
+
+def matching(pattern: re.Pattern[str], description: str) -> ParseParam:
+    """Text that `pattern` matches whole; `description` says what that is (for the error)."""
+
+    def parse(name: str, value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise BadRequest(f"{name} must be {description}")
+        return value
+
+    return parse
