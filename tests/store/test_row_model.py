@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
+import pytest
+
 import mlscope.conventions as conventions
 from mlscope.evaluation.results import EvaluationResult
-from mlscope.store.base import schema_files, split_statements
+from mlscope.store import StoreError
+from mlscope.store.base import check_columns, schema_files, split_statements
 from mlscope.store.model import SCHEMA_MIGRATIONS, TABLES, Column
 
 _CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)\s*ENGINE", re.DOTALL)
@@ -100,6 +103,15 @@ def test_every_schema_table_is_declared_or_filled_by_a_materialized_view() -> No
     assert declared.isdisjoint(view_targets)
     assert set(tables) == declared | view_targets
     assert view_targets == {"trace_index", "evaluation_rows"}
+
+
+def test_an_insert_takes_exactly_the_declared_columns_each_as_long() -> None:
+    columns = {"version": [1, 2], "name": ["a", "b"], "applied_ns": [5, 6]}
+    assert check_columns("schema_migrations", columns) == ["version", "name", "applied_ns"]
+    with pytest.raises(StoreError, match="columns"):
+        check_columns("schema_migrations", {"name": ["a"], "version": [1], "applied_ns": [5]})
+    with pytest.raises(StoreError, match="different lengths"):
+        check_columns("schema_migrations", {**columns, "applied_ns": [5]})
 
 
 # --- attribute names the views read ------------------------------------------------------------
