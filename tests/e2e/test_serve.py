@@ -143,3 +143,19 @@ def test_sql_command_on_a_store_applies_the_guard(tmp_path) -> None:
     assert json.loads(ok.stdout) == {"columns": [{"name": "spans", "type": "UInt64"}], "rows": [[0]]}
     refused = run_cli("sql", "--store", store, "SELECT * FROM file('/etc/passwd', 'LineAsString')")
     assert refused.returncode == 2 and "file()" in refused.stderr
+
+
+def test_serve_mounts_dispatch_and_query_can_leave_it_out(served: Served, tmp_path) -> None:
+    assert served.get_json("/api/predictors") == {"predictors": []}
+    document = served.get_json("/openapi.json")
+    assert {"/api/conventions", "/api/traces", "/api/predictors", "/api/jobs/{job_id}/state"} <= set(document["paths"])
+    process, ports = start_mlscope(
+        ["query", "--store", f"embedded://{tmp_path / 'reader'}", "--port", "0", "--no-dispatch"], tmp_path, ("http",))
+    reader = Served(process, ports)
+    try:
+        assert reader.get_json("/api/traces") == {"traces": []}
+        assert reader.post_json("/api/jobs", {})[0] == 404
+        assert "/api/jobs" not in reader.get_json("/openapi.json")["paths"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
