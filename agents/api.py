@@ -36,7 +36,6 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -66,19 +65,16 @@ from mlscope.conventions import (
 from . import native_module, propagation
 from .deferred import DeferredSpans
 from .otlp_exporter import EncodedSpanExporter, FastOTLPSpanExporter
+from .model_spec import AttributeValue, ModelSpec, batch_size
+from .onnx_capture import TracedOnnxSession, create_session
 from .resource import stack_attributes
 from .spans import DeepSpans, InlineSpans, RecordedCall, SpanJob, SpanWriterKind, writer_kind
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import SpanContext
 
     from .hardware import HardwareSampler
-    from .onnx_capture import TracedOnnxSession
-    from .torch_capture import TorchCapture
 
 log = logging.getLogger(__name__)
-
-AttributeValue = str | bool | int | float
 
 default_endpoint = collector_endpoint
 """The collector's OTLP/HTTP base URL from the environment (the name mlscope.agents exports)."""
@@ -91,19 +87,6 @@ in_model_call: Callable[[], bool] = _IN_MODEL_CALL.get
 """True while a traced model call runs in this context: a model called from inside another one
 is part of it, which is how automatic instrumentation tells top-level calls apart. The bound
 method itself, not a function calling it: it runs on every torch module call when patched."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How calls of one model are traced: the model span's name and attributes, and the capture
-    of the deeper levels (None at model level or for non-torch models)."""
-
-    span_name: str
-    attributes: Mapping[str, AttributeValue]
-    capture: TorchCapture | None
-    on_end: Callable[[SpanContext, int, int], None] | None = None
-    """Called with each model span's context, start and end once it has ended (ONNX Runtime's
-    profiler hands its node events over later, for many calls at once)."""
 
 
 class Agent:
@@ -231,7 +214,7 @@ class Agent:
             model_attributes[MODEL_VERSION] = version
         capture = None
         if self.enabled("layer") and _is_torch_module(model) and isinstance(self._tracer, SdkTracer):
-            from .torch_capture import CaptureOptions, TorchCapture
+            from .torch_capture import CaptureOptions, TorchCapture  # imports torch: only for torch models
 
             options = CaptureOptions(
                 ops=self.enabled("library"), nested_ops=nested_ops, shapes=shapes, kineto_ops=kineto_ops
@@ -302,8 +285,6 @@ class Agent:
         """Creates an onnxruntime.InferenceSession whose `run` calls are model spans; at layer
         level and deeper it is created with ORT's profiler on, which gives node (layer) and
         kernel (library) spans. `options` (SessionOptions) are changed to turn profiling on."""
-        from .onnx_capture import create_session
-
         session, profile_dir = create_session(model, self.enabled("layer"), providers, options)
         default_name = os.path.splitext(os.path.basename(model))[0] if isinstance(model, (str, os.PathLike)) else "onnx-model"
         return self.trace_onnx_session(session, name or default_name, version, _profile_dir=profile_dir)
@@ -313,8 +294,6 @@ class Agent:
         """Wraps an existing InferenceSession so its `run` calls are model spans named
         `span_name`. ORT's profiler can only be switched on when a session is created: node and
         kernel spans need a session created with SessionOptions.enable_profiling (see onnx_session)."""
-        from .onnx_capture import TracedOnnxSession
-
         traced = TracedOnnxSession(self, session, name, version, profile_dir=_profile_dir, span_name=span_name)
         self._onnx_sessions.add(traced)
         return traced
@@ -369,12 +348,6 @@ def _is_torch_module(model: Any) -> bool:
     """True for a torch.nn.Module, without importing torch for agents that never see one."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)
-
-
-def batch_size(args: tuple[Any, ...]) -> int:
-    """The leading dimension of the first argument (a tensor or array), 0 when it has none."""
-    shape = getattr(args[0], "shape", None) if args else None
-    return int(shape[0]) if shape else 0
 
 
 def choose_writer(level: str, id_generator: IdGenerator, requested: SpanWriterKind | None = None) -> SpanWriterKind:

@@ -66,7 +66,8 @@ from mlscope.conventions import (
     PROCESS_PID,
 )
 
-from .api import Agent, ModelSpec, batch_size, in_model_call, start_agent
+from .api import Agent, in_model_call, start_agent
+from .model_spec import ModelSpec, batch_size
 from .leveled import SpanTally, append_report
 from .otlp_exporter import EncodedSpanExporter
 from .propagation import extract_env, inject_env

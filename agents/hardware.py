@@ -53,6 +53,27 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
+from mlscope.conventions import (
+    GPU_SM_CLOCK_METRIC,
+    HW_CPU_UTILIZATION,
+    HW_ENERGY,
+    HW_ENERGY_METRIC,
+    HW_GPU_ENERGY,
+    HW_GPU_MEMORY_USAGE_METRIC,
+    HW_GPU_UTILIZATION,
+    HW_GPU_UTILIZATION_METRIC,
+    HW_PEAK_RSS,
+    HW_POWER_METRIC,
+    HW_PROCESS_CPU_UTILIZATION,
+    HW_SAMPLES,
+    HW_TEMPERATURE_METRIC,
+    PROCESS_CPU_UTILIZATION,
+    PROCESS_MEMORY_USAGE,
+    SYSTEM_CPU_UTILIZATION,
+    SYSTEM_DISK_IO,
+    SYSTEM_NETWORK_IO,
+)
+
 from .spans import SCOPE
 
 log = logging.getLogger(__name__)
@@ -62,13 +83,6 @@ DEFAULT_INTERVAL_S = 0.1
 DEFAULT_EXPORT_INTERVAL_S = 1.0
 
 # Per-span aggregates on model spans (docs/conventions.md, "Hardware metrics").
-HW_CPU_UTILIZATION = "mlscope.hw.cpu.utilization"
-HW_PROCESS_CPU_UTILIZATION = "mlscope.hw.process.cpu.utilization"
-HW_GPU_UTILIZATION = "mlscope.hw.gpu.utilization"
-HW_ENERGY = "mlscope.hw.energy"
-HW_GPU_ENERGY = "mlscope.hw.gpu.energy"
-HW_PEAK_RSS = "mlscope.hw.memory.peak_rss"
-HW_SAMPLES = "mlscope.hw.samples"
 
 
 # --- samples -------------------------------------------------------------------------------------
@@ -284,30 +298,30 @@ def metric_points(samples: Sequence[Sample], previous: Sample | None, zones: Seq
                 (sample.cpu_busy_s[i] - before.cpu_busy_s[i], sample.cpu_total_s[i] - before.cpu_total_s[i])
                 for i in range(len(sample.cpu_total_s))
             ]
-            add("system.cpu.utilization", "1", GAUGE, {}, at,
+            add(SYSTEM_CPU_UTILIZATION, "1", GAUGE, {}, at,
                 _utilization(sum(b for b, _ in deltas), sum(t for _, t in deltas)))
             for core, (busy, total) in enumerate(deltas):
-                add("system.cpu.utilization", "1", GAUGE, {"cpu.logical_number": core}, at, _utilization(busy, total))
+                add(SYSTEM_CPU_UTILIZATION, "1", GAUGE, {"cpu.logical_number": core}, at, _utilization(busy, total))
             elapsed = (at - before.time_ns) / 1e9 * len(sample.cpu_total_s)
-            add("process.cpu.utilization", "1", GAUGE, {}, at, (sample.process_cpu_s - before.process_cpu_s) / elapsed)
-        add("process.memory.usage", "By", UPDOWN, {}, at, sample.rss)
+            add(PROCESS_CPU_UTILIZATION, "1", GAUGE, {}, at, (sample.process_cpu_s - before.process_cpu_s) / elapsed)
+        add(PROCESS_MEMORY_USAGE, "By", UPDOWN, {}, at, sample.rss)
         if sample.io is not None:
             read, write, receive, transmit = sample.io
-            add("system.disk.io", "By", COUNTER, {"disk.io.direction": "read"}, at, read)
-            add("system.disk.io", "By", COUNTER, {"disk.io.direction": "write"}, at, write)
-            add("system.network.io", "By", COUNTER, {"network.io.direction": "receive"}, at, receive)
-            add("system.network.io", "By", COUNTER, {"network.io.direction": "transmit"}, at, transmit)
+            add(SYSTEM_DISK_IO, "By", COUNTER, {"disk.io.direction": "read"}, at, read)
+            add(SYSTEM_DISK_IO, "By", COUNTER, {"disk.io.direction": "write"}, at, write)
+            add(SYSTEM_NETWORK_IO, "By", COUNTER, {"network.io.direction": "receive"}, at, receive)
+            add(SYSTEM_NETWORK_IO, "By", COUNTER, {"network.io.direction": "transmit"}, at, transmit)
         for gpu in sample.gpus:
             ids = _gpu_id(gpu)
-            add("hw.gpu.utilization", "1", GAUGE, ids, at, gpu.utilization)
-            add("hw.gpu.memory.usage", "By", UPDOWN, ids, at, gpu.memory_used)
-            add("hw.power", "W", GAUGE, ids, at, gpu.power_w)
-            add("hw.temperature", "Cel", GAUGE, ids, at, gpu.temperature_c)
-            add("hw.energy", "J", COUNTER, ids, at, gpu.energy_j)
-            add("mlscope.gpu.clock.sm", "Hz", GAUGE, ids, at, gpu.sm_clock_hz)
+            add(HW_GPU_UTILIZATION_METRIC, "1", GAUGE, ids, at, gpu.utilization)
+            add(HW_GPU_MEMORY_USAGE_METRIC, "By", UPDOWN, ids, at, gpu.memory_used)
+            add(HW_POWER_METRIC, "W", GAUGE, ids, at, gpu.power_w)
+            add(HW_TEMPERATURE_METRIC, "Cel", GAUGE, ids, at, gpu.temperature_c)
+            add(HW_ENERGY_METRIC, "J", COUNTER, ids, at, gpu.energy_j)
+            add(GPU_SM_CLOCK_METRIC, "Hz", GAUGE, ids, at, gpu.sm_clock_hz)
         for zone, joules in zip(zones, sample.rapl_j):
             ids = {"hw.id": zone.id, "hw.name": zone.name, "hw.type": "cpu" if zone.package else "other"}
-            add("hw.energy", "J", COUNTER, ids, at, joules)
+            add(HW_ENERGY_METRIC, "J", COUNTER, ids, at, joules)
         before = sample
     return list(metrics.values())
 

@@ -33,9 +33,9 @@ from opentelemetry.trace import SpanContext
 
 from mlscope.conventions import EXECUTION_PROVIDER, FRAMEWORK_VERSION, LAYER_PATH, LAYER_TYPE, LEVEL, LIBRARY_PROVIDER
 
-from .api import ModelSpec, batch_size
+from .model_spec import ModelSpec, batch_size
 from .spans import SpanJob, SpanSink, WriterFor
-from .timeline import Interval, place_ops
+from .call_tree import Interval, place_ops
 
 log = logging.getLogger(__name__)
 

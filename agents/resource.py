@@ -20,16 +20,24 @@ from collections.abc import Mapping, Sequence
 
 from opentelemetry.sdk.resources import OsResourceDetector, ProcessResourceDetector
 
+from mlscope.conventions import (
+    HOST_ARCH,
+    HOST_CPU_LOGICAL_CORES,
+    HOST_CPU_MODEL,
+    HOST_GPU_COUNT,
+    HOST_GPU_NAME,
+    HOST_MEMORY_BYTES,
+    HOST_NAME,
+    ONNXRUNTIME_VERSION,
+    OS_DESCRIPTION,
+    TORCH_VERSION,
+)
+
 log = logging.getLogger(__name__)
 
 AttributeValue = str | bool | int | float | Sequence[str]
 
-CPU_MODEL = "mlscope.host.cpu.model"
-CPU_LOGICAL_CORES = "mlscope.host.cpu.logical_cores"
-MEMORY_BYTES = "mlscope.host.memory.bytes"
-GPU_NAME = "mlscope.host.gpu.name"
-GPU_COUNT = "mlscope.host.gpu.count"
-FRAMEWORK_VERSIONS = {"torch": "mlscope.torch.version", "onnxruntime": "mlscope.onnxruntime.version"}
+FRAMEWORK_VERSIONS = {"torch": TORCH_VERSION, "onnxruntime": ONNXRUNTIME_VERSION}
 
 # platform.machine() spellings -> the host.arch values of the semantic conventions.
 _ARCH = {
@@ -59,7 +67,7 @@ def gpu_attributes(names: Sequence[str]) -> dict[str, AttributeValue]:
     if not names:
         return {}
     distinct = sorted(set(names))
-    return {GPU_COUNT: len(names), GPU_NAME: distinct[0] if len(distinct) == 1 else ", ".join(distinct)}
+    return {HOST_GPU_COUNT: len(names), HOST_GPU_NAME: distinct[0] if len(distinct) == 1 else ", ".join(distinct)}
 
 
 def framework_versions(version_of: Mapping[str, str | None]) -> dict[str, str]:
@@ -79,17 +87,17 @@ def stack_attributes() -> dict[str, AttributeValue]:
     attributes.update(ProcessResourceDetector(include_command_args=True).detect().attributes)
     attributes.update(OsResourceDetector().detect().attributes)
     attributes.update({
-        "host.name": socket.gethostname(),
-        "host.arch": host_arch(platform.machine()),
-        "os.description": platform.platform(),
-        CPU_LOGICAL_CORES: os.cpu_count() or 0,
+        HOST_NAME: socket.gethostname(),
+        HOST_ARCH: host_arch(platform.machine()),
+        OS_DESCRIPTION: platform.platform(),
+        HOST_CPU_LOGICAL_CORES: os.cpu_count() or 0,
     })
     model = _read_cpu_model()
     if model:
-        attributes[CPU_MODEL] = model
+        attributes[HOST_CPU_MODEL] = model
     memory = _memory_bytes()
     if memory:
-        attributes[MEMORY_BYTES] = memory
+        attributes[HOST_MEMORY_BYTES] = memory
     attributes.update(gpu_attributes(_gpu_names()))
     attributes.update(framework_versions({name: _installed_version(name) for name in FRAMEWORK_VERSIONS}))
     return attributes

@@ -16,7 +16,7 @@ import enum
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan, Tracer
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -24,9 +24,6 @@ from opentelemetry.trace import Span, SpanContext, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from mlscope.conventions import AGENT_SCOPE, AGENT_WRITERS
-
-if TYPE_CHECKING:
-    from .torch_capture import Recording, TorchCapture
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +128,21 @@ SpanJob = Callable[[WriterFor], None]
 """Writes spans under parents that have already ended (ONNX Runtime's nodes, read from its profile)."""
 
 
+class Capture(Protocol):
+    """What records a model's calls (agents/torch_capture.py TorchCapture) and writes their spans."""
+
+    def write_spans(self, recording: Any, sink: SpanSink[Any]) -> Mapping[str, AttributeValue]:
+        """Writes the spans of an ended `recording` (its own record of one call) to `sink`;
+        returns attributes for the model span."""
+
+
 @dataclass(frozen=True)
 class RecordedCall:
     """One traced model call: its ended recording and its model span, still open."""
 
-    capture: TorchCapture
-    recording: Recording
+    capture: Capture
+    recording: Any
+    """The capture's record of the call."""
     model_span: Span
     end_ns: int
     """The model span's end time."""

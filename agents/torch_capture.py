@@ -17,13 +17,13 @@ agent's deferred worker thread, agents/deferred.py, where the native span writer
 what follows in C++ when it can, or inline): pair the hook records into the
 module call tree, read the recorded ops (by default only the ops no other op called: the
 roots of torch's own call tree, far cheaper than every event), place each op under the innermost
-layer (or op) containing it (agents/timeline.py) and write the spans to a SpanSink (agents/
+layer (or op) containing it (agents/call_tree.py) and write the spans to a SpanSink (agents/
 spans.py: OTLP-encoded or ReadableSpans). Device kernels (on a GPU) go under the op that
 launched them, found by kineto's correlation id (`link_device_events`).
 
 Clocks: hook times and the native recorder's are perf_counter_ns (CLOCK_MONOTONIC), mapped to
 the wall clock by one (time_ns, perf_counter_ns) pair taken at the start of the call
-(timeline.Clock). Kineto's event times are already wall-clock ns (it converts its TSC readings to
+(call_tree.WallClockAnchor). Kineto's event times are already wall-clock ns (it converts its TSC readings to
 CLOCK_REALTIME, the clock of time.time_ns), so its ops need no offset; that ops and layers land on
 one clock is checked by the share of ops inside a layer span, which is reported on every predict
 span (`mlscope.library.ops_inside_layers`) and tested (>= 99%).
@@ -77,7 +77,7 @@ from . import native_module
 from .deferred import EncodingSpanWriter
 from .otlp_encoder import local_span_description
 from .spans import Context, SpanSink
-from .timeline import ENTER, RAISE, RETURN, CallEvent, Clock, Interval, pair_calls, place_ops
+from .call_tree import ENTER, RAISE, RETURN, CallEvent, WallClockAnchor, Interval, pair_calls, place_ops
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Recording:
         self.profiler: _ProfilerSession | _NativeOpsSession | None = None
         self.profiler_results: Any = None
         """What the profiler recorded, once `stop` has stopped it (its `read` reads it)."""
-        self.clock = Clock.now()
+        self.clock = WallClockAnchor.now()
         self.end_perf_ns = 0
 
     def stop(self) -> None:
@@ -483,7 +483,7 @@ class _NativeOpsSession:
         return self._recorder.stop()
 
     @staticmethod
-    def read(recorded: Any, clock: Clock, nested_ops: bool) -> ProfiledOps:
+    def read(recorded: Any, clock: WallClockAnchor, nested_ops: bool) -> ProfiledOps:
         """The ops recorded (only top-level ones unless it was started with `nested_ops`) on
         the wall clock."""
         names, starts, ends, _ = recorded.read()
@@ -524,6 +524,6 @@ class _ProfilerSession:
             result = _disable_profiler()
         return result
 
-    def read(self, results: _ProfilerResult, clock: Clock, nested_ops: bool) -> ProfiledOps:
+    def read(self, results: _ProfilerResult, clock: WallClockAnchor, nested_ops: bool) -> ProfiledOps:
         """The session's ops (already on the wall clock: `clock` is not needed)."""
         return _read_ops(results, self.device_activity, nested_ops)

@@ -6,6 +6,7 @@ Run as `python -m mlscope.cli.demo --endpoint URL [--level L]`; prints the trace
 
 from __future__ import annotations
 
+from mlscope.conventions import BATCH_INDEX, MODEL_NAME
 import argparse
 
 import torch
@@ -41,11 +42,11 @@ def run_pipeline(endpoint: str | None, level: str = "library", batches: int = 3,
     agent = start_agent(service="mlscope-demo", endpoint=endpoint, level=level)
     try:
         with agent.span("demo-pipeline") as root:
-            with agent.span("load-model", level="model", attributes={"mlscope.model.name": "democnn"}):
+            with agent.span("load-model", level="model", attributes={MODEL_NAME: "democnn"}):
                 model = agent.trace_model(build_model(), name="democnn", framework="pytorch", version="1")
             generator = torch.Generator().manual_seed(SEED)
             for batch in range(batches):
-                with agent.span("batch", attributes={"mlscope.batch.index": batch}):
+                with agent.span("batch", attributes={BATCH_INDEX: batch}):
                     with agent.span("preprocess", level="model"):
                         images = torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
                         images = (images - 0.5) / 0.25

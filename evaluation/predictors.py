@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlscope.conventions import BATCH_SIZE, EXECUTION_PROVIDER, FRAMEWORK_NAME, FRAMEWORK_VERSION, MODEL_NAME, MODEL_VERSION
 from mlscope.agents import Agent
 from mlscope.manifests import AssetCache, Manifest, framework_version, onnx_file, torch_weights, torchscript_file
 from mlscope.manifests.processing import postprocess, preprocess
@@ -51,11 +52,11 @@ class Predictor(ABC):
 
     def _attributes(self) -> dict[str, str]:
         return {
-            "mlscope.model.name": self.manifest.name,
-            "mlscope.model.version": self.manifest.version,
-            "mlscope.framework.name": self.framework,
-            "mlscope.framework.version": self.framework_version,
-            "mlscope.execution_provider": self.execution_provider,
+            MODEL_NAME: self.manifest.name,
+            MODEL_VERSION: self.manifest.version,
+            FRAMEWORK_NAME: self.framework,
+            FRAMEWORK_VERSION: self.framework_version,
+            EXECUTION_PROVIDER: self.execution_provider,
         }
 
     def load(self) -> None:
@@ -64,7 +65,7 @@ class Predictor(ABC):
 
     def preprocess(self, samples: Sequence[np.ndarray]) -> np.ndarray:
         """Raw samples -> one input batch."""
-        with self.agent.span("preprocess", level="model", attributes={"mlscope.batch_size": len(samples)}):
+        with self.agent.span("preprocess", level="model", attributes={BATCH_SIZE: len(samples)}):
             batch = np.stack([preprocess(self.manifest.input.steps, sample) for sample in samples])
             return np.ascontiguousarray(batch, dtype=self.manifest.input.dtype)
 
@@ -76,7 +77,7 @@ class Predictor(ABC):
 
     def postprocess(self, outputs: np.ndarray) -> list[np.ndarray]:
         """Raw outputs -> the manifest's result per sample (e.g. top-k class indices)."""
-        with self.agent.span("postprocess", level="model", attributes={"mlscope.batch_size": len(outputs)}):
+        with self.agent.span("postprocess", level="model", attributes={BATCH_SIZE: len(outputs)}):
             return [postprocess(self.manifest.output.steps, sample) for sample in outputs]
 
     def close(self) -> None:

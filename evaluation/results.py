@@ -8,10 +8,11 @@ was not measured (None) is left off the span and reads as NaN (floats) or 0 in t
 
 from __future__ import annotations
 
+from mlscope.conventions import EVALUATION_PREFIX, EVALUATION_SPAN
 from dataclasses import asdict, dataclass, fields
 
-SPAN_NAME = "mlscope.evaluation"
-PREFIX = "mlscope.evaluation."
+SPAN_NAME = EVALUATION_SPAN
+PREFIX = EVALUATION_PREFIX
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,16 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from mlscope.agents import Agent, default_endpoint, start_agent
+from mlscope.conventions import (
+    BATCH_SIZE,
+    EVALUATE_SPAN,
+    EVALUATION_PREFIX,
+    EVALUATION_QUERIES,
+    EVALUATION_SAMPLES,
+    FRAMEWORK_NAME,
+    HOST_NAME,
+    MODEL_NAME,
+)
 from mlscope.agents.otlp_exporter import EncodedSpanExporter, ExporterDecorator
 from mlscope.manifests import AssetCache, Manifest, check_framework, preprocessed_dataset
 from mlscope.manifests.datasets import load_dataset
@@ -104,7 +114,7 @@ class EvaluationAgent:
     def __init__(self, endpoint: str | None, system: System, service: str = "mlscope-evaluate",
                  resource: dict[str, str] | None = None) -> None:
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
-        self._resource = {"host.name": system.name, **(resource or {})}
+        self._resource = {HOST_NAME: system.name, **(resource or {})}
         self._service = service
         self._exporters: list[_CountingExporter] = []
         self._agents: dict[str, Agent] = {}
@@ -175,7 +185,7 @@ def evaluate(plan: Plan, agents: Callable[[str], Agent], cache: AssetCache, syst
     total = (len(plan.manifests) * len(plan.levels) * len(plan.frameworks) * len(plan.batch_sizes)
              * len(plan.scenarios))
     results: list[EvaluationResult] = []
-    with agents(plan.levels[0]).span("mlscope.evaluate", attributes={"mlscope.evaluation.run_id": origin.run_id}):
+    with agents(plan.levels[0]).span(EVALUATE_SPAN, attributes={EVALUATION_PREFIX + "run_id": origin.run_id}):
         for manifest in plan.manifests:
             raw = load_dataset(manifest.dataset, max_tokens=_max_tokens(manifest))
             divergences: dict[str, Divergence] | None = None
@@ -255,7 +265,7 @@ class _Configuration:
         count = len(samples)
         self._prepared = [self.predictor.preprocess([samples[(q * self.batch_size + i) % count] for i in range(self.batch_size)])
                           for q in range(pool)]
-        with agent.span("warmup", attributes={"mlscope.queries": self.plan.warmup}):
+        with agent.span("warmup", attributes={EVALUATION_QUERIES: self.plan.warmup}):
             self._service_ns += scenarios.back_to_back(self._issue, self.plan.warmup, _CLOCK).latencies_ns
         if self.plan.accuracy:
             self._accuracy = self._measure_accuracy(agent)
@@ -264,14 +274,14 @@ class _Configuration:
         inputs, labels = preprocessed_dataset(self.manifest)
         if labels is None:
             return None
-        with agent.span("accuracy", attributes={"mlscope.samples": len(labels)}):
+        with agent.span("accuracy", attributes={EVALUATION_SAMPLES: len(labels)}):
             scores = _predict_all(self.predictor, inputs, self.batch_size)
         top5 = top_k_accuracy(scores, labels, 5) if scores.shape[1] >= 5 else None
         return top_k_accuracy(scores, labels, 1), top5, len(labels)
 
     def run(self, agent: Agent, scenario: str, samples: Sequence[np.ndarray]) -> EvaluationResult:
-        attributes = {"mlscope.model.name": self.manifest.name, "mlscope.framework.name": self.predictor.framework,
-                      "mlscope.batch_size": self.batch_size, "mlscope.evaluation.scenario": scenario}
+        attributes = {MODEL_NAME: self.manifest.name, FRAMEWORK_NAME: self.predictor.framework,
+                      BATCH_SIZE: self.batch_size, EVALUATION_PREFIX + "scenario": scenario}
         with agent.span(SPAN_NAME, attributes=attributes) as span:
             self._prepare(agent, samples)
             server_qps, bound_ns = None, 0

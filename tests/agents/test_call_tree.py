@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from mlscope.agents.timeline import (
+from mlscope.agents.call_tree import (
     ENTER,
     RAISE,
     RETURN,
     Call,
-    Clock,
+    WallClockAnchor,
     innermost_containers,
     pair_calls,
     place_ops,
@@ -108,6 +108,6 @@ def test_no_ops_is_fully_inside() -> None:
 
 
 def test_clock_maps_monotonic_readings_to_the_wall_clock() -> None:
-    clock = Clock(wall_ns=1_700_000_000_000_000_000, perf_ns=5_000)
+    clock = WallClockAnchor(wall_ns=1_700_000_000_000_000_000, perf_ns=5_000)
     assert clock.wall(5_000) == 1_700_000_000_000_000_000
     assert clock.wall(7_500) == 1_700_000_000_000_002_500

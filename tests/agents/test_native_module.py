@@ -12,7 +12,7 @@ import torch
 from tests.agents.agent_testing import agent_at
 from mlscope.agents import native_module
 from mlscope.agents.resnet import resnet18
-from mlscope.agents.timeline import Clock, place_ops
+from mlscope.agents.call_tree import WallClockAnchor, place_ops
 from mlscope.agents.torch_capture import _NativeOpsSession
 from torch import nn
 
@@ -108,7 +108,7 @@ def test_an_op_open_at_stop_ends_at_stop(recorder: object) -> None:
 
 def test_the_session_maps_ops_onto_the_wall_clock(recorder: object) -> None:
     ones = torch.ones(2)
-    clock = Clock.now()
+    clock = WallClockAnchor.now()
     session = _NativeOpsSession.start(recorder, nested_ops=False)
     ones.add(1)
     ops = session.read(session.stop(), clock, nested_ops=False)

@@ -8,12 +8,12 @@ import types
 
 import pytest
 from mlscope.agents import resource
+from mlscope.conventions import HOST_CPU_LOGICAL_CORES as CPU_LOGICAL_CORES
+from mlscope.conventions import HOST_CPU_MODEL as CPU_MODEL
+from mlscope.conventions import HOST_GPU_COUNT as GPU_COUNT
+from mlscope.conventions import HOST_GPU_NAME as GPU_NAME
+from mlscope.conventions import HOST_MEMORY_BYTES as MEMORY_BYTES
 from mlscope.agents.resource import (
-    CPU_LOGICAL_CORES,
-    CPU_MODEL,
-    GPU_COUNT,
-    GPU_NAME,
-    MEMORY_BYTES,
     cpu_model,
     framework_versions,
     gpu_attributes,

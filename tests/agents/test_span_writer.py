@@ -23,7 +23,7 @@ from mlscope.agents.spans import SpanWriterKind
 from mlscope.agents.otlp_encoder import encode_local_span, encode_request
 from mlscope.agents.resnet import BasicBlock, resnet18
 from mlscope.agents.spans import SCOPE
-from mlscope.agents.timeline import ENTER, RAISE, RETURN
+from mlscope.agents.call_tree import ENTER, RAISE, RETURN
 from mlscope.agents.torch_capture import CaptureOptions, Recording, TorchCapture
 
 PARENT = SpanContext(0x5B8EFFF798038103D269B633813FC60C, 0x1122334455667788, False, TraceFlags(1))

@@ -10,7 +10,7 @@ import torch
 from mlscope.agents.spans import SpanWriterKind
 from tests.agents.agent_testing import agent_at
 from mlscope.agents.resnet import BasicBlock, resnet18
-from mlscope.agents.timeline import place_ops
+from mlscope.agents.call_tree import place_ops
 from mlscope.agents.torch_capture import TorchCapture, _ProfilerSession, _read_ops
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF

@@ -1,5 +1,5 @@
-"""Pure timeline cores of the deep levels: enter/exit records -> nested calls, and intervals ->
-the innermost interval containing each one. No torch, no OpenTelemetry: the torch capture
+"""Pure cores of the deep levels: enter/exit records -> the tree of nested calls, and
+intervals -> the innermost interval containing each one (where an op goes in the call tree). No torch, no OpenTelemetry: the torch capture
 (agents/torch_capture.py) records cheaply during the model call and hands its records here after.
 """
 
@@ -15,7 +15,7 @@ Interval = tuple[int, int]
 
 
 @dataclass(frozen=True)
-class Clock:
+class WallClockAnchor:
     """One (wall, monotonic) reading pair: maps perf_counter_ns readings onto the wall clock the
     OTel SDK stamps spans with (time.time_ns). Taken once per call, so the hot path reads only the
     monotonic clock and a wall-clock step during a call cannot reorder its events."""
@@ -24,7 +24,7 @@ class Clock:
     perf_ns: int
 
     @classmethod
-    def now(cls) -> Clock:
+    def now(cls) -> WallClockAnchor:
         return cls(time.time_ns(), time.perf_counter_ns())
 
     @property
