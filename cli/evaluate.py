@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlscope.conventions import DEFAULT_ENDPOINT, DEFAULT_SERVER, ENV_OTLP_ENDPOINT, UnknownLevel, parse_level, server_url
+from mlscope.conventions import (
+    DEFAULT_ENDPOINT, DEFAULT_SERVER, ENV_OTLP_ENDPOINT, ENV_SERVER, UnknownLevel, parse_level, server_url,
+)
 
 from .common import CommandFailed, UsageError, render_rows
 
@@ -125,7 +127,7 @@ def _show_evaluations(rows: list[dict], figure: str | None) -> None:
 
 
 def cmd_predictor(args: argparse.Namespace) -> int:
-    """Registers with the query service, then runs the jobs queued for this predictor until
+    """Registers with the dispatch beside the query service, then runs the jobs queued for this predictor until
     SIGINT/SIGTERM; each job's results go to the collector."""
     import logging
     import threading
@@ -267,21 +269,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--server-qps", type=_positive_float, help="server scenario rate (default: half of capacity)")
     evaluate.add_argument("--server-bound-ms", type=_positive_float,
                           help="server scenario p99 bound (default: 4 median service times)")
-    evaluate.add_argument("--endpoint", help=f"collector OTLP/HTTP URL (default: {ENV_OTLP_ENDPOINT}, else {DEFAULT_ENDPOINT})")
+    evaluate.add_argument("--endpoint",
+                          help=f"collector OTLP/HTTP URL (default: {ENV_OTLP_ENDPOINT}, else {DEFAULT_ENDPOINT})")
     evaluate.add_argument("--figure", help="write the latency-per-batch figure here (.png or .svg)")
     evaluate.add_argument("--remote", action="store_true",
                           help="queue the plan for every live predictor matching --where instead of running it here")
-    evaluate.add_argument("--server", default=server_url(), help=f"with --remote: the query service (default: "
-                          f"MLSCOPE_SERVER, else {DEFAULT_SERVER})")
+    evaluate.add_argument("--server", default=server_url(), help=f"with --remote: the mlscope serve to queue on (default: "
+                          f"{ENV_SERVER}, else {DEFAULT_SERVER})")
     evaluate.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                           help="with --remote: predictors whose system (fingerprint or host), name, host or label KEY "
                                "is VALUE; repeat to require several")
     evaluate.add_argument("--no-wait", action="store_true", help="with --remote: queue and return")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predictor = commands.add_parser("predictor", help="run evaluation jobs queued on a query service (evaluate --remote)")
+    predictor = commands.add_parser("predictor", help="run evaluation jobs queued on an mlscope serve (evaluate --remote)")
     predictor.add_argument("--server", default=server_url(),
-                           help=f"the query service (default: MLSCOPE_SERVER, else {DEFAULT_SERVER})")
+                           help=f"the mlscope serve whose dispatch queues the jobs "
+                                f"(default: {ENV_SERVER}, else {DEFAULT_SERVER})")
     predictor.add_argument("--endpoint", help="collector OTLP/HTTP URL (default: the one beside the query service "
                                               f"when it has one, else {ENV_OTLP_ENDPOINT} or {DEFAULT_ENDPOINT})")
     predictor.add_argument("--name", help="how jobs and results name this predictor (default: host-pid)")

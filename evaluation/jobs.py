@@ -1,7 +1,7 @@
 """A queued evaluation job's request: the manifests' texts, the plan's settings and the `where`
 constraints that pick predictors, as JSON.
 
-The same parser checks a request where it is queued (the query service answers 400) and where it
+The same parser checks a request where it is queued (mlscope.dispatch answers 400) and where it
 runs (a predictor), so both agree on what is valid. Manifests travel as text with their ${VAR}s
 already substituted on the submitting machine; a model `path:` is read on the predictor's machine,
 so remote manifests use a builder or a URL. Pure: no I/O.

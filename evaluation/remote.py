@@ -1,8 +1,9 @@
 """Predictors across machines, both ends:
 
 - `PredictorProcess` (`mlscope predictor --server URL`): registers this machine's HW/SW stack
-  and what it can run with the dispatch (beside the query service), heartbeats, pulls the jobs queued for it and runs
-  each like `mlscope evaluate`, sending results to the collector; they land centrally.
+  and what it can run with the dispatch (beside the query service), heartbeats, pulls the jobs
+  queued for it and runs each like `mlscope evaluate`, sending results to the collector; they land
+  centrally.
 - `submit` and `wait` (`mlscope evaluate --remote`): queue a plan for every matching predictor
   and follow the jobs until each is done, failed or lost.
 
@@ -58,7 +59,7 @@ def stop_on_signals() -> None:
 
 @dataclass(frozen=True)
 class Identity:
-    """What a predictor tells the query service about itself in every heartbeat."""
+    """What a predictor tells the dispatch about itself in every heartbeat."""
 
     predictor_id: str
     name: str
@@ -112,7 +113,7 @@ class PredictorProcess:
         self._heartbeat_s = 5.0
 
     def register(self) -> str:
-        """The first heartbeat (ServiceError when the query service cannot be reached or refuses
+        """The first heartbeat (ServiceError when the dispatch cannot be reached or refuses
         it); returns the collector endpoint results will be sent to, once it answers
         (DeliveryFailed when it does not)."""
         answer = self._client.post("/api/predictors", self.identity.heartbeat())
