@@ -18,8 +18,8 @@ first line. From the environment (`run_environment` writes it) this:
 - in a pass of `mlscope run --leveled` (MLSCOPE_LEVELED_REPORT set), marks the process span
   with its pass and appends the tally of its spans to that file at exit (agents/leveled.py).
 
-Why an import hook rather than importing torch at start-up: importing torch costs ~1-2 s and
-hundreds of MB, and most processes a pipeline starts (shell helpers, data tools) never use it.
+Why an import hook rather than importing torch at start-up: importing torch costs seconds and
+hundreds of MB (docs/PERFORMANCE.md), and most processes a pipeline starts (shell helpers, data tools) never use it.
 The hook (a meta-path finder) watches only the names `torch` and `onnxruntime`, patches right
 after their top-level module has run, and patches at once when they are already imported.
 

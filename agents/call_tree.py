@@ -48,7 +48,8 @@ class Call(NamedTuple):
     root). `failed` when it ended by raising, or when no exit was recorded (an exception the
     exit record missed unwound through it; `end_ns` is then when that was noticed). The payloads
     are whatever the enter and exit records carried (None without an exit). A NamedTuple, not a
-    frozen dataclass: pairing builds one per module call, ~3x cheaper."""
+    frozen dataclass: pairing builds one per module call, and a NamedTuple is cheaper to build
+    (docs/PERFORMANCE.md)."""
 
     key: Hashable
     start_ns: int

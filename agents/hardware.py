@@ -23,8 +23,8 @@ time; a 100 ms sampler exported every second would lose 9 samples of 10 and misd
 Here every sample is one data point with the time it was read, exported in batches by the same
 OTLP/HTTP exporter class the SDK's periodic reader uses.
 
-Cost (docs/PERFORMANCE.md, "Agent overhead"): a full sample reads /proc (~0.25 ms, most of it
-disk and network counters); the span-boundary samples skip IO counters (~0.07 ms each).
+Cost (figures in docs/PERFORMANCE.md): a full sample reads /proc, most of its time on disk and
+network counters; so the span-boundary samples skip the IO counters.
 """
 
 from __future__ import annotations

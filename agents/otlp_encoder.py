@@ -2,12 +2,12 @@
 
 The SDK's encoder (opentelemetry.exporter.otlp.proto.common.trace_encoder) builds a protobuf
 object per span, attribute and value, hashes the Resource (a json.dumps) once per span, and only
-then serializes: ~36 µs a span here, so ~5 ms of GIL-holding CPU per ResNet-18 call at library
-level in the exporter's thread. This module writes the same message's bytes directly: the
+then serializes: milliseconds of GIL-holding CPU per ResNet-18 call at library level in the
+exporter's thread (docs/PERFORMANCE.md). This module writes the same message's bytes directly: the
 Resource and scope are encoded once and cached, as are the key/value pairs with string (or
 tuple of strings) values that repeat from call to call (level, module path and type, tensor
-shapes); the rest is a list of bytes joined once per span. bench/otlp_encode.py measures both:
-~5-7x faster on an agent's layer and op spans.
+shapes); the rest is a list of bytes joined once per span. bench/otlp_encode.py measures both
+(docs/PERFORMANCE.md).
 
 The output parses to the message the SDK's encoder builds for the same spans (same grouping by
 resource and scope in order of first appearance, same fields; see tests/agents/test_otlp_encoder.py),

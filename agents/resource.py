@@ -122,8 +122,8 @@ def _memory_bytes() -> int | None:
 
 
 def _gpu_names() -> list[str]:
-    # Importing pynvml and failing to load libnvidia-ml costs ~60 ms: on Linux, look for the
-    # driver first (it creates /proc/driver/nvidia).
+    # Importing pynvml and failing to load libnvidia-ml is slow (docs/PERFORMANCE.md): on Linux,
+    # look for the driver first (it creates /proc/driver/nvidia).
     if sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia"):
         log.debug("mlscope: no NVIDIA driver, no GPU attributes in the resource")
         return []

@@ -3,8 +3,8 @@
 Hot path (during the model call), and nothing else:
 - layer: two process-wide module hooks (registered for the call, removed after it) that append
   `(module, perf_counter_ns(), kind, shapes-or-None)` to a list. Global hooks, not per-module
-  ones: registering two hooks per call costs ~µs where registering two per module costs ~0.3 ms on
-  ResNet-18; the module object itself is the key, so there is no lookup and no formatting. The
+  ones: registering two hooks per call costs next to nothing where registering two per module
+  costs a fraction of a millisecond on ResNet-18 (docs/PERFORMANCE.md); the module object itself is the key, so there is no lookup and no formatting. The
   post hook is `always_call`, so a forward that raises still records its exit, as RAISE.
 - library: on CPU, mlscope's native op recorder (agents/native_module.py): RecordFunction callbacks,
   torch.profiler's own source of ops, keeping a name and two perf_counter_ns readings per op on
@@ -94,11 +94,11 @@ class CaptureOptions:
     ops: bool = False
     nested_ops: bool = False
     """Also the ops that ops call (aten::conv2d -> aten::convolution -> aten::mkldnn_convolution
-    -> aten::empty ...), nested under them: ~6x the op spans on ResNet-18 (426 against 69 a
-    call), and every profiler event read rather than the top-level ops only: ~+1.5 ms a call.
+    -> aten::empty ...), nested under them: several times the op spans, and every profiler
+    event read rather than the top-level ops only (figures in docs/PERFORMANCE.md).
     Off by default; on, it shows which kernel path ran."""
     shapes: bool = False
-    """Input and output tensor shapes on layer spans (a few µs per module call)."""
+    """Input and output tensor shapes on layer spans (a cost per module call: docs/PERFORMANCE.md)."""
     kineto_ops: bool = False
     """Record ops with kineto even on CPU, where the native recorder would do (compared in
     bench/agent_overhead.py). With a GPU kineto records them anyway."""
@@ -438,9 +438,9 @@ def _read_ops(results: _ProfilerResult, device_activity: bool, nested_ops: bool)
 
 def _read_top_level_ops(results: _ProfilerResult) -> ProfiledOps:
     """The ops no other op called: the roots of the call tree torch builds from each thread's op
-    stack when the profiler stops (69 of ResNet-18's 426 events, the same ops as those no other
-    op's interval contains). Reading them costs ~0.13 ms where materializing every event as a
-    pybind object and reading it costs ~0.65 ms; placing 69 ops instead of 426 saves as much again."""
+    stack when the profiler stops (a fraction of the events, the same ops as those no other op's
+    interval contains). Reading only them skips materializing every event as a pybind object,
+    and placing fewer ops saves as much again (docs/PERFORMANCE.md)."""
     roots = results.experimental_event_tree()
     intervals = [(root.start_time_ns, root.end_time_ns) for root in roots]
     return ProfiledOps([root.name for root in roots], intervals, [], [], [], [])
@@ -496,7 +496,7 @@ class _ProfilerSession:
     """One kineto session, run by the calls torch.profiler.profile makes underneath
     (torch/autograd/profiler.py: prepare, enable, disable; the same session, the same events).
     Not the wrapper itself: its per-call set-up (a profile object, a trace id, inductor and
-    distributed probes) cost ~0.26 ms a call here, more than half of its start."""
+    distributed probes) cost more than half of its start (docs/PERFORMANCE.md)."""
 
     __slots__ = ("device_activity",)
 

@@ -7,6 +7,9 @@ import re
 import subprocess
 import sys
 
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+from mlscope.agents.api import choose_writer
 from tests.e2e.served_process import Served
 from tests.e2e.test_run import mlscope_run
 from tests.e2e.test_serve import wait_for_trace
@@ -19,8 +22,12 @@ PASSES = ("model", "layer", "library", "hardware")
 def test_one_trace_with_a_pass_per_level_and_their_overheads(served: Served) -> None:
     result, trace_id = mlscope_run(served, "--leveled", "--", sys.executable, PROGRAM, "--runs", str(RUNS))
     assert result.returncode == 0, result.stderr
-    table = re.findall(r"^(model|layer|library|hardware) +(\d+) +([\d.]+) +([+-][\d.]+)%$", result.stderr, re.MULTILINE)
+    table = re.findall(r"^(model|layer|library|hardware) +(\d+) +([\d.]+) +([+-][\d.]+)% +(\w+)$", result.stderr,
+                       re.MULTILINE)
     assert [(row[0], row[1]) for row in table] == [(level, str(RUNS)) for level in PASSES], result.stderr
+    # Each pass measured the deep-span writer a plain start_agent uses at its level on this machine.
+    writers = {level: choose_writer(level, RandomIdGenerator()).value for level in PASSES}
+    assert {row[0]: row[4] for row in table} == writers
     run_id = re.search(r"^mlscope: leveled run ([0-9a-f]{32})$", result.stderr, re.MULTILINE).group(1)
     # The root, four process spans, each pass's runs, their nodes (layer on) and kernels (library on).
     spans = wait_for_trace(served, trace_id, 1 + 4 + RUNS * (1 + (1 + NODES) + 2 * (1 + 2 * NODES)))["spans"]
@@ -45,6 +52,7 @@ def test_one_trace_with_a_pass_per_level_and_their_overheads(served: Served) -> 
         assert int(attributes[f"mlscope.leveled.{level}.model_spans"]) == RUNS
         assert int(attributes[f"mlscope.leveled.{level}.model_p50_ns"]) > 0
         assert float(attributes[f"mlscope.leveled.{level}.overhead"]) > -1
+        assert attributes[f"mlscope.leveled.{level}.writer"] == writers[level]
     assert float(attributes["mlscope.leveled.model.overhead"]) == 0.0
     assert int(attributes["mlscope.leveled.layer.level_spans"]) == RUNS * NODES
     assert int(attributes["mlscope.leveled.library.level_spans"]) == RUNS * NODES

@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
+from torch import nn
+
+from mlscope.conventions import AGENT_WRITER
 from mlscope.evaluation import DeliveryFailed
 from mlscope.evaluation.remote import Stopped
 from mlscope.evaluation.runner import EvaluationAgent
@@ -46,6 +50,17 @@ def test_lost_spans_fail_a_block_that_succeeded(refusing_collector: str) -> None
     with pytest.raises(DeliveryFailed, match=f"the collector at {refusing_collector} did not accept 1 spans"):
         with sender.closing():
             traced(sender)
+
+
+def test_lost_deep_spans_count_whichever_writer_sent_them(refusing_collector: str) -> None:
+    """The counting decorates the exporter: deep spans the agent's worker encodes and sends are
+    counted as lost too, and the agent is the one start_agent gives users (its writer in its resource)."""
+    sender = EvaluationAgent(refusing_collector, this_system())
+    with pytest.raises(DeliveryFailed, match=f"the collector at {refusing_collector} did not accept 3 spans"):
+        with sender.closing():
+            agent = sender.agent_at("layer")
+            assert agent.resource_attributes()[AGENT_WRITER] == agent.writer.value != "inline"
+            agent.trace_model(nn.Sequential(nn.ReLU()), name="tiny")(torch.ones(1))  # predict, tiny, 0
 
 
 @pytest.mark.parametrize("failure", [Stopped("SIGTERM"), RuntimeError("the job broke")], ids=["stopped", "error"])
