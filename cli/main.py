@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     --leveled, once per level (agents/leveled.py), exiting with the first failing pass's code."""
     import tempfile
 
-    from mlscope.agents.bootstrap import run_environment
+    from mlscope.agents.run_config import run_environment
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
