@@ -62,7 +62,7 @@ from mlscope.conventions import (
     parse_level,
 )
 
-from . import native_module, propagation
+from . import native_build, propagation
 from .deferred import DeferredSpans
 from .otlp_exporter import EncodedSpanExporter, FastOTLPSpanExporter
 from .model_spec import AttributeValue, ModelSpec, batch_size
@@ -355,7 +355,7 @@ def choose_writer(level: str, id_generator: IdGenerator, requested: SpanWriterKi
     `requested`, else what is available (spans.writer_kind); a native writer asked for where the
     native module is not built is the encoded one."""
     deep_levels = LEVELS.index(parse_level(level)) >= LEVELS.index("layer")
-    native_built = deep_levels and native_module.is_built()
+    native_built = deep_levels and native_build.is_built()
     random_ids = type(id_generator) is RandomIdGenerator  # exactly the SDK's: the native writer draws its own
     chosen = requested or writer_kind(deep_levels, native_built, random_ids)
     return SpanWriterKind.ENCODED if chosen is SpanWriterKind.NATIVE and not native_built else chosen
