@@ -1,5 +1,5 @@
 // Writes one recorded call's layer and op spans as OTLP Span messages: agents/torch_capture.py's
-// `_write_layers` and `_write_ops` with agents/timeline.py's pairing and placement, in C++, for
+// `_write_layers` and `_write_ops` with agents/call_tree.py's pairing and placement, in C++, for
 // the deferred worker (agents/deferred.py), where their Python holds the GIL the model's thread
 // needs ~0.4-0.7 ms a ResNet-18 call. The Python stays the definition and the path everywhere
 // else (inline spans, kineto ops, shapes, a custom id generator); tests/agents/test_span_writer.py
@@ -26,7 +26,7 @@
 namespace mlscope {
 namespace {
 
-// agents/timeline.py: ENTER, RETURN, RAISE.
+// agents/call_tree.py: ENTER, RETURN, RAISE.
 constexpr int64_t kEnter = 0;
 constexpr int64_t kRaise = 2;
 
@@ -45,7 +45,7 @@ struct Interval {
   int64_t end;
 };
 
-// agents/timeline.py pair_calls, without payloads (the native path has no shapes).
+// agents/call_tree.py pair_calls, without payloads (the native path has no shapes).
 struct Calls {
   std::vector<PyObject*> keys;
   std::vector<Interval> intervals;
@@ -100,7 +100,7 @@ Calls pair_calls(const py::list& events, int64_t end_ns) {
   return calls;
 }
 
-// agents/timeline.py place_ops: each op under the innermost layer or op containing it.
+// agents/call_tree.py place_ops: each op under the innermost layer or op containing it.
 struct Placement {
   std::vector<int64_t> layer_parent;
   std::vector<int64_t> op_parent;
