@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import os
 import sys
@@ -101,15 +102,53 @@ class Agent:
         level: str,
         sampler: HardwareSampler | None = None,
         deep_spans: DeepSpans | None = None,
+        *,
+        exporter: EncodedSpanExporter | None = None,
+        rebuild: Callable[[], AgentParts] | None = None,
     ) -> None:
-        self._provider = provider
-        self._tracer = provider.get_tracer(AGENT_SCOPE)
-        self._deep_spans = deep_spans or InlineSpans(self._tracer)
+        """`exporter`: the provider's span exporter, shut down first when a shutdown runs out of
+        time (it stops its retries). `rebuild`: makes a fresh provider, exporter, writer and
+        sampler, for the child of a fork (see `_after_fork_in_child`); without it, a forked
+        child keeps the parent's (only correct when nothing is traced there)."""
         self.level = parse_level(level)
         self._max_rank = LEVELS.index(self.level)
+        self._use(AgentParts(provider, exporter, deep_spans, sampler))
+        self._rebuild = rebuild
+        if rebuild is not None:
+            weak_reset = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: (reset := weak_reset()) and reset())
+
+    def _use(self, parts: AgentParts) -> None:
+        self._provider = parts.provider
+        self._exporter = parts.exporter
+        self._tracer = parts.provider.get_tracer(AGENT_SCOPE)
+        self._deep_spans = parts.deep_spans or InlineSpans(self._tracer)
         # At hardware level: samples taken at each model span's ends give its mlscope.hw.* figures.
-        self._sampler = sampler if self.enabled("hardware") else None
+        self._sampler = parts.sampler if self.enabled("hardware") else None
         self._onnx_sessions: weakref.WeakSet[TracedOnnxSession] = weakref.WeakSet()
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in the child of `os.fork` (a fork-based multiprocessing worker, a DataLoader
+        worker): only the forking thread lives on, so the parent's export threads (the SDK's
+        batch processor, the deferred worker, the hardware sampler) are gone, their locks may be
+        held and their queues hold the parent's spans. The child gets its own provider (its
+        Resource names the child's pid), exporter (its own HTTP connections), writer and sampler;
+        the parent's are dropped without exporting anything of the parent's. The SDK's batch
+        processor re-initialises itself in a child (empty queue, new thread): shut down here."""
+        if self._rebuild is None:
+            return
+        old_provider, old_deep_spans = self._provider, self._deep_spans
+        old_deep_spans.abandon()
+        try:
+            self._use(self._rebuild())
+        except Exception:  # the child must run on: untraced is better than broken
+            log.exception("mlscope: tracing not restarted in a forked process")
+            self._max_rank = -1
+            return
+        try:
+            old_provider.shutdown()
+        except Exception:
+            log.debug("mlscope: the parent's provider not shut down in the forked child", exc_info=True)
 
     def enabled(self, level: str) -> bool:
         return LEVELS.index(level) <= self._max_rank
@@ -317,16 +356,36 @@ class Agent:
             return False
         return self._provider.force_flush(max(int((deadline - time.monotonic()) * 1e3), 0))
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
         """Writes the spans ONNX Runtime's profilers still hold, stops the hardware sampler
-        (exporting its last samples), exports every finished span, then stops the exporter."""
+        (exporting its last samples), exports every finished span, then stops the exporter, all
+        within `timeout_s`: once it runs out, what is still queued is dropped (the exporter is
+        shut down first, which ends its retries). False when something was left undelivered."""
+        deadline = time.monotonic() + timeout_s
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
         for session in list(self._onnx_sessions):
             session.end_profiling()
         if self._sampler is not None:
-            self._sampler.stop()
-        self._deep_spans.shutdown()
-        self._provider.force_flush()
+            self._sampler.stop(left())
+        self._deep_spans.shutdown(left())
+        flushed = self._provider.force_flush(int(left() * 1e3))
+        if not flushed and self._exporter is not None:
+            self._exporter.shutdown()  # its retries stop; the provider's shutdown then drops the rest
         self._provider.shutdown()
+        return flushed
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentParts:
+    """What an Agent exports with: built by `start_agent`, and again in a forked child."""
+
+    provider: TracerProvider
+    exporter: EncodedSpanExporter | None = None
+    deep_spans: DeepSpans | None = None
+    sampler: HardwareSampler | None = None
 
 
 class _TracedModel:
@@ -386,21 +445,26 @@ def start_agent(
     forces a deep-span writer; by default the deferred worker, native where it is built."""
     base = (endpoint or collector_endpoint()).rstrip("/")
     level = parse_level(level) if level else agent_level()
-    provider_ids = RandomIdGenerator()
-    chosen = choose_writer(level, provider_ids, writer)
-    attributes = {**stack_attributes(), SERVICE_NAME: service, **(resource or {}), AGENT_WRITER: chosen.value}
-    provider = TracerProvider(resource=Resource.create(attributes), id_generator=provider_ids)
-    exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
-    if wrap_exporter is not None:
-        exporter = wrap_exporter(exporter)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    deep_spans = deep_span_writer(level, provider, exporter, chosen)
-    sampler = None
-    if level == LEVELS[-1]:  # hardware
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        from .hardware import HardwareSampler
+    def build() -> AgentParts:  # once here, and again in the child of a fork (Agent._after_fork_in_child)
+        provider_ids = RandomIdGenerator()
+        chosen = choose_writer(level, provider_ids, writer)
+        attributes = {**stack_attributes(), SERVICE_NAME: service, **(resource or {}), AGENT_WRITER: chosen.value}
+        provider = TracerProvider(resource=Resource.create(attributes), id_generator=provider_ids)
+        exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
+        if wrap_exporter is not None:
+            exporter = wrap_exporter(exporter)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        deep_spans = deep_span_writer(level, provider, exporter, chosen)
+        sampler = None
+        if level == LEVELS[-1]:  # hardware
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
-        sampler.start()
-    return Agent(provider, level, sampler, deep_spans)
+            from .hardware import HardwareSampler
+
+            sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
+            sampler.start()
+        return AgentParts(provider, exporter, deep_spans, sampler)
+
+    parts = build()
+    return Agent(parts.provider, level, parts.sampler, parts.deep_spans, exporter=parts.exporter, rebuild=build)

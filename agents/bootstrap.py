@@ -14,7 +14,11 @@ first line. From the environment (`run_environment` writes it) this:
   the code path of `Agent.trace_model`; at layer level and deeper, ONNX Runtime sessions are
   created with ORT's profiler on, for their node and kernel spans (see AutoInstrumentor);
 - ends the process span and flushes at exit (atexit, or SIGTERM when the program left SIGTERM at
-  its default), with error status when the program exits non-zero or on an uncaught exception;
+  its default), with error status when the program exits non-zero or on an uncaught exception,
+  and the exit code and signal as the shell sees them; every way out has a deadline
+  (EXIT_SHUTDOWN_S, SIGTERM_SHUTDOWN_S);
+- in a forked child (multiprocessing's fork workers, DataLoader workers), starts the child's own
+  process span, under the parent's, once the agent has rebuilt itself there (Agent._after_fork_in_child);
 - in a pass of `mlscope run --leveled` (MLSCOPE_LEVELED_REPORT set), marks the process span
   with its pass and appends the tally of its spans to that file at exit (agents/leveled.py).
 
@@ -64,6 +68,7 @@ from mlscope.conventions import (
     PROCESS_EXECUTABLE_PATH,
     PROCESS_EXIT_CODE,
     PROCESS_PID,
+    PROCESS_SIGNAL,
 )
 
 from .api import Agent, in_model_call, start_agent
@@ -292,18 +297,43 @@ def _onnx_model_name(session: Any) -> str:
 # --- the process span -------------------------------------------------------------------------
 
 
+SIGTERM_SHUTDOWN_S = 2.0
+"""How long a SIGTERM'd process may take to export what it holds before it dies of the signal:
+a process manager (Pool.terminate, systemd, docker stop) expects it gone at once."""
+EXIT_SHUTDOWN_S = 10.0
+"""How long a normal exit may take to export what is queued (an unreachable collector costs at
+most this much; a reachable one takes what it needs to receive the spans, well under it)."""
+
+
 class ProcessSpan:
     """The span of this whole process: started now, current in this thread, ended once by
-    `end()` (at exit, on SIGTERM, or by the caller), which then calls `at_end`'s callbacks."""
+    `end()` (at exit, on SIGTERM, or by the caller), which then calls `at_end`'s callbacks.
+    In the child of a fork it starts again (`restart_in_child`): the child's own process span."""
 
     def __init__(self, agent: Agent, name: str, attributes: Mapping[str, Any], env: Mapping[str, str]) -> None:
         self._agent = agent
+        self._name = name
         self.at_end: list[Callable[[], None]] = []
         """Called once every span of the process has ended and been exported."""
-        self.span = agent.start_span(name, "application", attributes, context=extract_env(env))
+        self._start(attributes, extract_env(env))
+
+    def _start(self, attributes: Mapping[str, Any], parent: otel_context.Context | None) -> None:
+        self.span = self._agent.start_span(self._name, "application", attributes, context=parent)
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._thread = threading.get_ident()  # the one thread whose context holds the span
         self._exit_code: int | None = None
+        self._signal: str | None = None
         self._ended = False
+        self._die_of: int | None = None
+
+    def restart_in_child(self, attributes: Mapping[str, Any]) -> None:
+        """In the child of a fork (after the agent has been rebuilt there): this process's own
+        span, the child of the parent's process span, with no clean-up inherited (`at_end`
+        empties: the parent's callbacks are the parent's). The parent's span is left unended
+        here: the parent ends and exports it."""
+        parent = trace.set_span_in_context(self.span)
+        self.at_end = []
+        self._start(attributes, parent)
 
     @property
     def trace_id(self) -> str:
@@ -316,21 +346,49 @@ class ProcessSpan:
 
     def record_exception(self, error: BaseException) -> None:
         self.span.record_exception(error)
-        self._exit_code = 1
+        if isinstance(error, KeyboardInterrupt):  # Python then dies of SIGINT: the shell sees 130
+            self.record_signal(signal.SIGINT)
+        else:
+            self._exit_code = 1
 
-    def end(self, reason: str | None = None) -> None:
+    def record_signal(self, signum: int) -> None:
+        """The process ends of signal `signum`: exit code 128 + signum, as shells report it."""
+        self._exit_code = 128 + signum
+        self._signal = signal.Signals(signum).name
+
+    @property
+    def ending(self) -> bool:
+        return self._ended
+
+    def die_of_after_end(self, signum: int) -> None:
+        """Signal `signum` came while `end()` runs (a multiprocessing worker's clean-up, say):
+        that `end()`, bounded, finishes, then the process dies of the signal."""
+        self._die_of = signum
+
+    def end(self, reason: str | None = None, timeout_s: float = EXIT_SHUTDOWN_S) -> None:
         """Ends the span (error status for `reason` or a non-zero exit code) and shuts the agent
-        down: ORT profilers and the hardware sampler hand over what they hold, all is exported."""
+        down within `timeout_s`: ORT profilers and the hardware sampler hand over what they
+        hold, all is exported (what is not by then is dropped)."""
         if self._ended:
             return
         self._ended = True
+        try:
+            self._end(reason, timeout_s)
+        finally:
+            if self._die_of is not None:
+                _die_of(self._die_of)
+
+    def _end(self, reason: str | None, timeout_s: float) -> None:
         code = self._exit_code or 0
         self.span.set_attribute(PROCESS_EXIT_CODE, code)
+        if self._signal:
+            self.span.set_attribute(PROCESS_SIGNAL, self._signal)
         if reason or code:
             self.span.set_status(Status(StatusCode.ERROR, reason or f"exit code {code}"))
         self.span.end()
-        otel_context.detach(self._token)
-        self._agent.shutdown()
+        if threading.get_ident() == self._thread:  # else (SIGTERM's thread) detaching fails loudly
+            otel_context.detach(self._token)
+        self._agent.shutdown(timeout_s)
         for callback in self.at_end:
             try:
                 callback()
@@ -340,7 +398,8 @@ class ProcessSpan:
 
 def _watch_exit(process: ProcessSpan) -> None:
     """Hooks that tell the process span how the program ends. They wrap what is there and
-    stay for the life of the process (ending it is the only time they matter)."""
+    stay for the life of the process (ending it is the only time they matter); a forked child
+    inherits them, with `process` restarted as its own."""
     previous_excepthook, previous_exit = sys.excepthook, sys.exit
 
     def excepthook(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
@@ -356,12 +415,52 @@ def _watch_exit(process: ProcessSpan) -> None:
     atexit.register(process.end)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         def on_sigterm(signum: int, frame: Any) -> None:
-            process.end("terminated by SIGTERM")
+            if process.ending:  # the signal interrupted the process span's own end: let it finish
+                process.die_of_after_end(signum)
+                return
+            process.record_signal(signum)
+            # Never waits long (a process manager, Pool.terminate, expects the process gone),
+            # nor on this thread: the code the signal interrupted may hold a lock the shutdown
+            # needs. What is not exported within the deadline is lost.
+            ender = threading.Thread(target=process.end, args=("terminated by SIGTERM", SIGTERM_SHUTDOWN_S),
+                                     name="mlscope-sigterm", daemon=True)
+            ender.start()
+            ender.join(SIGTERM_SHUTDOWN_S + 0.5)
             # Then die of the signal as the program would have: the exit status stays honest.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            _die_of(signum)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _die_of(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _end_multiprocessing_worker(process: ProcessSpan) -> None:
+    """A fork-based multiprocessing worker leaves by `os._exit` after running its finalizers,
+    not by atexit: one of them, run last, ends its process span. Registered at each such start
+    (multiprocessing clears its finalizers in the new process, then runs its after-fork hooks)."""
+    from multiprocessing import util
+
+    util.Finalize(process, process.end, exitpriority=-100)
+
+
+def _restart_in_forked_child(process: ProcessSpan, leveled: Callable[[], None] | None) -> None:
+    """`os.register_at_fork` child hook (runs after the agent's own, which rebuilt it): the
+    child's process span, current in its thread and in TRACEPARENT for its subprocesses."""
+    try:
+        resource = process._agent.resource_attributes()
+        process.restart_in_child({key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource})
+        if leveled is not None:
+            leveled()
+        inject_env(os.environ, trace.set_span_in_context(process.span))
+        if "multiprocessing.util" in sys.modules:
+            from multiprocessing import util
+
+            util.register_after_fork(process, _end_multiprocessing_worker)
+    except Exception:  # the forked program must run on
+        log.exception("mlscope: no process span for a forked process")
 
 
 def _report_trace(path: str, trace_id: str) -> None:
@@ -409,8 +508,13 @@ def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
     resource = agent.resource_attributes()
     attributes = {key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource}
     process = ProcessSpan(agent, program_name(sys.orig_argv), attributes, env)
+    leveled = None
     if leveled_report:
-        _join_leveled_pass(process, tallies[0], agent.writer.value, leveled_report, config.level)
+        def leveled() -> None:  # the newest tally: a forked child's agent counts with its own
+            _join_leveled_pass(process, tallies[-1], agent.writer.value, leveled_report, config.level)
+
+        leveled()
+    os.register_at_fork(after_in_child=functools.partial(_restart_in_forked_child, process, leveled))
     # Subprocesses inherit os.environ: from here on they are children of this process span.
     inject_env(os.environ, trace.set_span_in_context(process.span))
     _watch_exit(process)

@@ -152,15 +152,26 @@ class DeferredSpans(DeepSpans):
         """Writes and exports every queued call's spans; False when `timeout_s` ran out first."""
         return self._closed or self._flush(_Flush(stop=False), timeout_s)
 
-    def shutdown(self) -> None:
-        """Writes and exports every queued call's spans, then stops the worker. Idempotent."""
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Writes and exports every queued call's spans, then stops the worker; gives up after
+        `timeout_s` (None: no limit), leaving the daemon worker to die with the process. Idempotent."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._closing:
             if self._closed:
                 return
             self._closed = True
         atexit.unregister(self.shutdown)
-        self._flush(_Flush(stop=True), None)
-        self._thread.join()
+        if self._flush(_Flush(stop=True), timeout_s):
+            self._thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        else:
+            log.warning("mlscope: layer/library spans still queued after %.1f s: not exported", timeout_s)
+
+    def abandon(self) -> None:
+        """In the child of a fork: the worker thread is the parent's (the child has none) and the
+        queue holds the parent's calls, exported by the parent. Closes without waiting for
+        either, and without the lock (the parent's thread may have held it at the fork)."""
+        self._closed = True
+        atexit.unregister(self.shutdown)
 
     def _flush(self, request: _Flush, timeout_s: float | None) -> bool:
         try:

@@ -482,13 +482,22 @@ class HardwareSampler:
             self._thread = threading.Thread(target=self._run, name="mlscope-hardware", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stops the thread and exports the samples not yet exported. Idempotent."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stops the thread and exports the samples not yet exported, giving up after
+        `timeout_s` (None: no limit; the last export then runs on, on a daemon thread, until
+        the exporter's shutdown ends its retries). Idempotent."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(left())
             self._thread = None
-        self._export()
+        last_export = threading.Thread(target=self._export, name="mlscope-hardware-stop", daemon=True)
+        last_export.start()
+        last_export.join(left())
         if self._exporter is not None:
             self._exporter.shutdown()
             self._exporter = None
@@ -533,13 +542,14 @@ class HardwareSampler:
                 log.exception("mlscope hardware: sampling failed")
 
     def _export(self) -> None:
+        exporter = self._exporter  # stop() may drop it meanwhile
         with self._lock:
             batch, self._unexported = self._unexported, []
-        if not batch or self._exporter is None:
+        if not batch or exporter is None:
             return
         metrics = metric_points(batch, self._last_exported, self._zones)
         self._last_exported = batch[-1]
-        self._exporter.export(metrics_data(metrics, self._resource, self._start_ns))
+        exporter.export(metrics_data(metrics, self._resource, self._start_ns))
 
 
 def _window(ring: deque[Sample], start_ns: int) -> list[Sample]:

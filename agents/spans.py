@@ -162,7 +162,12 @@ class DeepSpans(Protocol):
     def force_flush(self, timeout_s: float) -> bool:
         """Every span written so far handed to the exporter; False when `timeout_s` ran out."""
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Writes and exports what is queued, then stops; gives up after `timeout_s` (None: no limit)."""
+
+    def abandon(self) -> None:
+        """In the child of a fork: forgets the parent's queue and worker (which the child does
+        not have) without waiting for them; the agent has a new writer from here on."""
 
 
 class InlineSpans(DeepSpans):
@@ -191,5 +196,8 @@ class InlineSpans(DeepSpans):
     def force_flush(self, timeout_s: float) -> bool:
         return True
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        pass
+
+    def abandon(self) -> None:
         pass

@@ -149,6 +149,8 @@ PROCESS_PID = "process.pid"
 PROCESS_EXECUTABLE_PATH = "process.executable.path"
 PROCESS_COMMAND_LINE = "process.command_line"
 PROCESS_EXIT_CODE = "process.exit.code"
+PROCESS_SIGNAL = "mlscope.process.signal"
+"""The signal that ended a traced process (`SIGTERM`, `SIGINT`): OpenTelemetry has no name for it."""
 
 # --- metric names (hardware level) -----------------------------------------------------------
 

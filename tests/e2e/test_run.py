@@ -18,11 +18,12 @@ TRACEPARENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT_SPAN_ID = "b7ad6b7169203331"
 
 
-def mlscope_run(served: Served, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, str]:
+def mlscope_run(served: Served, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 120) -> tuple[subprocess.CompletedProcess, str]:
     """Runs `mlscope run` to the collector; returns the result and the trace id it reported."""
     result = subprocess.run(
         [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{served.ports['otlp-http']}", *args],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})},
     )
     reported = re.search(r"^mlscope: trace ([0-9a-f]{32})$", result.stderr, re.MULTILINE)
     assert reported, result.stderr
@@ -89,6 +90,7 @@ def test_sigterm_is_forwarded_and_the_process_span_still_arrives(served: Served)
     trace_id = re.search(r"mlscope: trace ([0-9a-f]{32})", errors).group(1)
     (root,) = wait_for_trace(served, trace_id, 1)["spans"]
     assert root["status"] == {"code": "error", "message": "terminated by SIGTERM"}
+    assert (root["attributes"]["process.exit.code"], root["attributes"]["mlscope.process.signal"]) == ("143", "SIGTERM")
 
 
 def test_two_processes_over_http_give_one_trace(served: Served) -> None:
