@@ -39,9 +39,10 @@ SPAN_TABLE = SPAN_ROWS.name
 METRIC_TABLE = METRIC_POINTS.name
 UNKNOWN_SERVICE = "unknown_service"
 
-# Indexed by the OTLP enum values (Span.SpanKind, Status.StatusCode).
-_SPAN_KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
-_STATUS_CODES = ("unset", "ok", "error")
+# By the OTLP enum values (Span.SpanKind, Status.StatusCode). Protobuf enums are open, so a client
+# can send any int32: a value outside these reads as the enum's zero value.
+_SPAN_KINDS = dict(enumerate(("unspecified", "internal", "server", "client", "producer", "consumer")))
+_STATUS_CODES = dict(enumerate(("unset", "ok", "error")))
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
 # OTLP/JSON writes these bytes fields as hex where protobuf's JSON mapping expects base64.
@@ -84,23 +85,33 @@ def parse_metrics_request(body: bytes, encoding: Encoding) -> ExportMetricsServi
 
 
 def _parse(body: bytes, encoding: Encoding, message: RequestT) -> RequestT:
+    """The request in `body`; MalformedRequest for anything else, whatever the client sent (a
+    nesting deep enough to exhaust the recursion limit included)."""
     if encoding is Encoding.PROTOBUF:
         try:
             message.ParseFromString(body)
-        except DecodeError as exc:
+        except (DecodeError, RecursionError) as exc:
             raise MalformedRequest(f"body is not a valid {message.DESCRIPTOR.name} protobuf: {exc}") from exc
         return message
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+        # A `\ud800` escape gives a lone surrogate, which no UTF-8 text (nor protobuf) can hold.
+        json.dumps(document, ensure_ascii=False).encode()
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise MalformedRequest(f"body is not valid JSON: {_bounded(exc)}") from exc
     if not isinstance(document, dict):
         raise MalformedRequest(f"body must be a JSON object ({message.DESCRIPTOR.name})")
-    _hex_ids_to_base64(document)
     try:
+        _hex_ids_to_base64(document)
         return json_format.ParseDict(document, message, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
-        raise MalformedRequest(f"body is not a valid {message.DESCRIPTOR.name}: {exc}") from exc
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise MalformedRequest(f"body is not a valid {message.DESCRIPTOR.name}: {_bounded(exc)}") from exc
+
+
+def _bounded(exc: BaseException, limit: int = 200) -> str:
+    """An error's text cut to `limit` characters: it goes back to the client and into logs."""
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _hex_ids_to_base64(node: Any) -> None:
@@ -126,8 +137,8 @@ def _hex_ids_to_base64(node: Any) -> None:
 def any_value_text(value: AnyValue) -> str:
     """An attribute value as the string the store keeps (model.py: attribute values are strings):
     scalars in their usual text form, arrays and key/value lists as compact JSON."""
-    kind = value.WhichOneof("value")
-    return _TEXT_OF[kind](value) if kind else ""
+    text_of = _TEXT_OF.get(value.WhichOneof("value"))  # None: unset, or a kind this collector does not store
+    return text_of(value) if text_of else ""
 
 
 _TEXT_OF = {
@@ -150,9 +161,12 @@ def _any_value_json(value: AnyValue) -> Any:
         return {kv.key: _any_value_json(kv.value) for kv in value.kvlist_value.values}
     if kind == "bytes_value":
         return value.bytes_value.hex()
-    if kind is None:
-        return None
-    return getattr(value, kind)
+    if kind in _JSON_SCALARS:
+        return getattr(value, kind)
+    return None
+
+
+_JSON_SCALARS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
 
 
 def _compact_json(value: Any) -> str:
@@ -237,13 +251,13 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
                 parent_span_ids.append(
                     parent_span_id.hex() if parent_span_id and parent_span_id != _ZERO_SPAN_ID else "")
                 names.append(span.name)
-                kinds.append(_SPAN_KINDS[span.kind] if span.kind < len(_SPAN_KINDS) else "unspecified")
+                kinds.append(_SPAN_KINDS.get(span.kind, "unspecified"))
                 services.append(service)
                 levels.append(stored_level(attr_values[attr_keys.index(LEVEL)] if LEVEL in attr_keys else None))
                 starts.append(start)
                 ends.append(end)
                 durations.append(end - start if end > start else 0)
-                status_codes.append(_STATUS_CODES[status.code] if status.code < len(_STATUS_CODES) else "unset")
+                status_codes.append(_STATUS_CODES.get(status.code, "unset"))
                 status_messages.append(status.message)
                 scope_names.append(scope_name)
                 scope_versions.append(scope_version)
