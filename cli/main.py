@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from pathlib import Path
 from aiohttp import web
 
 from mlscope.conventions import (
-    DEFAULT_ENDPOINT, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, UnknownLevel, data_dir, parse_level,
+    DEFAULT_ENDPOINT, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, UnknownLevel, collector_endpoint,
+    data_dir, parse_level,
 )
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 
@@ -169,6 +171,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("run: no command given, e.g. mlscope run --level model -- python app.py")
     if args.leveled and args.level:
         raise UsageError("run: --leveled and --level are mutually exclusive (--leveled runs model to hardware)")
+    if shutil.which(command[0]) is None:  # said before anything else: one line
+        raise UsageError(f"run: cannot start {command[0]!r}: no such command")
+    endpoint = (args.endpoint or collector_endpoint(os.environ)).rstrip("/")
+    unreachable = _collector_unreachable(endpoint)
+    if unreachable:
+        # One line, and the program runs as if mlscope were not there: nothing to deliver, no
+        # exporter retries, no wait at exit, no trace id claimed.
+        print(f"mlscope: no collector at {endpoint} ({unreachable}): running the command untraced", file=sys.stderr,
+              flush=True)
+        return _run_command(command, dict(os.environ))
     with tempfile.TemporaryDirectory(prefix="mlscope-run-") as scratch:
         if args.leveled:
             return _run_leveled(command, args, Path(scratch))
@@ -178,6 +190,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             with open(trace_file, encoding="utf-8") as report:
                 print(f"mlscope: trace {report.read().strip()}", file=sys.stderr)
     return code
+
+
+def _collector_unreachable(endpoint: str, timeout_s: float = 2.0) -> str | None:
+    """Why the collector at `endpoint` (an OTLP/HTTP base URL) does not take an (empty) OTLP
+    export now, or None when it does (as `mlscope evaluate` checks it)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}/v1/traces", data=b"", headers={"Content-Type": "application/x-protobuf"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
 
 
 def _run_command(command: Sequence[str], env: dict[str, str]) -> int:

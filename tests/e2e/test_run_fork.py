@@ -1,0 +1,96 @@
+"""`mlscope run` on programs that fork, end by a signal, or find no collector (issue 10): they
+finish, their forked workers are their own process spans in the run's trace, and the process
+span records the exit code and signal as the shell sees them."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.served_process import REPO, Served
+from tests.e2e.test_run import mlscope_run
+from tests.e2e.test_serve import wait_for_trace
+
+PROGRAM = "tests/e2e/fork_pool_program.py"
+CALLS = 6  # fork_pool_program.CALLS
+
+
+def fork_pool_spans(served: Served, trace_id: str) -> list[dict]:
+    """The trace once its 3 process spans and CALLS model spans are stored (the deep spans
+    arrive apart from them: wait_for_trace's count alone is not enough)."""
+    deadline = time.monotonic() + 20
+    while True:
+        spans = wait_for_trace(served, trace_id, 3 + CALLS)["spans"]
+        levels = [span["level"] for span in spans]
+        if (levels.count("application"), levels.count("model")) >= (3, CALLS) or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.2)
+
+
+def check_fork_pool_trace(served: Served, trace_id: str, terminated: str | None) -> None:
+    spans = fork_pool_spans(served, trace_id)
+    processes = [span for span in spans if span["level"] == "application"]
+    (root,) = [span for span in processes if span["parent_span_id"] == ""]
+    workers = [span for span in processes if span is not root]
+    assert len(workers) == 2 and all(worker["parent_span_id"] == root["span_id"] for worker in workers)
+    assert len({span["attributes"]["process.pid"] for span in processes}) == 3
+    for worker in workers:
+        # terminate() SIGTERMs a worker unless the worker already took its stop sentinel
+        # (its clean-up then finishes, bounded, before the signal ends it): both happen.
+        signalled = worker["attributes"].get("mlscope.process.signal")
+        assert signalled in ({terminated, None} if terminated else {None})
+        assert worker["attributes"]["process.exit.code"] == ("143" if signalled else "0")
+    worker_ids = {worker["span_id"] for worker in workers}
+    models = [span for span in spans if span["level"] == "model"]
+    assert len(models) == CALLS and all(span["parent_span_id"] in worker_ids for span in models)
+    assert root["attributes"]["process.exit.code"] == "0" and root["status"]["code"] != "error"
+
+
+@pytest.mark.parametrize("level", ["layer", "library"])
+def test_a_fork_pool_ended_by_terminate_finishes_every_time_and_its_workers_are_traced(served: Served, level: str) -> None:
+    # Before fork safety, 5 runs of 10 hung: the workers' SIGTERM handler waited for a thread
+    # the fork had not copied.
+    for _ in range(3):
+        started = time.monotonic()
+        result, trace_id = mlscope_run(served, "--level", level, "--", sys.executable, PROGRAM, timeout=60)
+        assert result.returncode == 0 and result.stdout == f"{CALLS}\n", result.stderr
+        assert time.monotonic() - started < 30
+        check_fork_pool_trace(served, trace_id, "SIGTERM")
+        layers = [span for span in fork_pool_spans(served, trace_id) if span["level"] == "layer"]
+        assert len(layers) >= CALLS  # the workers' deep spans, written by their own deferred workers
+
+
+def test_a_fork_pool_closed_and_joined_ends_its_workers_process_spans(served: Served) -> None:
+    result, trace_id = mlscope_run(served, "--level", "library", "--", sys.executable, PROGRAM, "--close", timeout=60)
+    assert result.returncode == 0, result.stderr
+    check_fork_pool_trace(served, trace_id, None)
+
+
+def test_ctrl_c_is_recorded_as_the_shell_sees_it(served: Served) -> None:
+    result, trace_id = mlscope_run(served, "--", sys.executable, "-c", "raise KeyboardInterrupt")
+    assert result.returncode == 128 + signal.SIGINT
+    (root,) = wait_for_trace(served, trace_id, 1)["spans"]
+    assert (root["attributes"]["process.exit.code"], root["attributes"]["mlscope.process.signal"]) == ("130", "SIGINT")
+    assert root["status"]["code"] == "error"
+
+
+def test_no_collector_one_line_the_program_runs_and_no_trace_is_claimed() -> None:
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{port}", "--level", "model", "--",
+         sys.executable, "-c", "import sys; print('ran'); sys.exit(4)"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    elapsed = time.monotonic() - started
+    assert (result.returncode, result.stdout) == (4, "ran\n")
+    assert result.stderr.count("\n") == 1 and "no collector" in result.stderr, result.stderr
+    assert "mlscope: trace" not in result.stderr
+    assert elapsed < 10
