@@ -65,7 +65,7 @@ from mlscope.conventions import (
 
 from . import native_build, propagation
 from .deferred import DeferredSpans
-from .otlp_exporter import EncodedSpanExporter, FastOTLPSpanExporter
+from .otlp_exporter import DeliveryWatch, EncodedSpanExporter, FastOTLPSpanExporter
 from .model_spec import AttributeValue, ModelSpec, batch_size
 from .onnx_capture import TracedOnnxSession, create_session
 from .resource import stack_attributes
@@ -88,6 +88,10 @@ in_model_call: Callable[[], bool] = _IN_MODEL_CALL.get
 """True while a traced model call runs in this context: a model called from inside another one
 is part of it, which is how automatic instrumentation tells top-level calls apart. The bound
 method itself, not a function calling it: it runs on every torch module call when patched."""
+
+
+FAILING_SHUTDOWN_S = 1.0
+"""Shutdown's deadline once the collector refused or missed the agent's last export."""
 
 
 class Agent:
@@ -348,6 +352,16 @@ class Agent:
         """The Resource every span of this agent carries (service, process, HW/SW stack)."""
         return dict(self._provider.resource.attributes)
 
+    @property
+    def collector_failing(self) -> bool:
+        """The agent's last export failed (`start_agent`'s agents; False for others)."""
+        return isinstance(self._exporter, DeliveryWatch) and self._exporter.failing
+
+    @property
+    def undelivered_spans(self) -> int:
+        """Spans the collector did not take so far (`start_agent`'s agents; 0 for others)."""
+        return self._exporter.undelivered if isinstance(self._exporter, DeliveryWatch) else 0
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Exports every finished span now; False when `timeout_millis` ran out first. The
         deep-span writer goes first: it ends model spans, which the provider then exports."""
@@ -361,6 +375,8 @@ class Agent:
         (exporting its last samples), exports every finished span, then stops the exporter, all
         within `timeout_s`: once it runs out, what is still queued is dropped (the exporter is
         shut down first, which ends its retries). False when something was left undelivered."""
+        if self.collector_failing:  # the last export failed: waiting for retries would not help
+            timeout_s = min(timeout_s, FAILING_SHUTDOWN_S)
         deadline = time.monotonic() + timeout_s
 
         def left() -> float:
@@ -454,6 +470,7 @@ def start_agent(
         exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
         if wrap_exporter is not None:
             exporter = wrap_exporter(exporter)
+        exporter = DeliveryWatch(exporter)
         provider.add_span_processor(BatchSpanProcessor(exporter))
         deep_spans = deep_span_writer(level, provider, exporter, chosen)
         sampler = None

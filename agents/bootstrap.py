@@ -76,7 +76,7 @@ from .model_spec import ModelSpec, batch_size
 from .leveled import SpanTally, append_report
 from .otlp_exporter import EncodedSpanExporter
 from .propagation import extract_env, inject_env
-from .run_config import program_name, run_config
+from .run_config import program_name, run_config, undelivered_report_path
 
 if TYPE_CHECKING:
     from .onnx_capture import TracedOnnxSession
@@ -315,6 +315,8 @@ class ProcessSpan:
         self._name = name
         self.at_end: list[Callable[[], None]] = []
         """Called once every span of the process has ended and been exported."""
+        self.undelivered_report: str | None = None
+        """A file to append the count of spans the collector did not take to, at the end (when any)."""
         self._start(attributes, extract_env(env))
 
     def _start(self, attributes: Mapping[str, Any], parent: otel_context.Context | None) -> None:
@@ -389,6 +391,13 @@ class ProcessSpan:
         if threading.get_ident() == self._thread:  # else (SIGTERM's thread) detaching fails loudly
             otel_context.detach(self._token)
         self._agent.shutdown(timeout_s)
+        undelivered = self._agent.undelivered_spans
+        if undelivered and self.undelivered_report:
+            try:
+                with open(self.undelivered_report, "a", encoding="utf-8") as report:
+                    report.write(f"{undelivered}\n")
+            except OSError as exc:
+                log.debug("mlscope: undelivered spans not reported to %s: %s", self.undelivered_report, exc)
         for callback in self.at_end:
             try:
                 callback()
@@ -520,6 +529,7 @@ def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
     _watch_exit(process)
     if env.get(ENV_TRACE_FILE):
         _report_trace(env[ENV_TRACE_FILE], process.trace_id)
+        process.undelivered_report = undelivered_report_path(env[ENV_TRACE_FILE])
     instrumentor = AutoInstrumentor(agent)
     instrumentor.instrument()
     process.at_end.append(instrumentor.uninstrument)  # removes ORT's profile directory

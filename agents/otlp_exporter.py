@@ -110,3 +110,25 @@ class ExporterDecorator(SpanExporter, EncodedSpanExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._exporter.force_flush(timeout_millis)
+
+
+class DeliveryWatch(ExporterDecorator):
+    """Counts the spans the collector did not take (`undelivered`) and whether the last export
+    failed (`failing`): an agent whose collector is gone does not wait for it at exit, and
+    `mlscope run` does not call a trace stored when some of it was not delivered."""
+
+    def __init__(self, exporter: EncodedSpanExporter) -> None:
+        super().__init__(exporter)
+        self.undelivered = 0
+        self.failing = False
+
+    def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
+        self._count(len(spans), result)
+
+    def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
+        self._count(spans, result)
+
+    def _count(self, spans: int, result: SpanExportResult) -> None:
+        self.failing = result is not SpanExportResult.SUCCESS
+        if self.failing:
+            self.undelivered += spans

@@ -72,3 +72,18 @@ def program_name(argv: Sequence[str]) -> str:
     return "python"
 
 
+
+
+def undelivered_report_path(trace_file: str) -> str:
+    """Where the processes of a run append the count of spans their collector did not take,
+    next to the trace id file (MLSCOPE_TRACE_FILE), one line each: `mlscope run` sums them."""
+    return f"{trace_file}.undelivered"
+
+
+def undelivered_spans(trace_file: str) -> int:
+    """The spans of a run its processes reported undelivered (see undelivered_report_path)."""
+    try:
+        with open(undelivered_report_path(trace_file), encoding="utf-8") as report:
+            return sum(int(line) for line in report if line.strip().isdigit())
+    except OSError:
+        return 0

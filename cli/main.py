@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     --leveled, once per level (agents/leveled.py), exiting with the first failing pass's code."""
     import tempfile
 
-    from mlscope.agents.run_config import run_environment
+    from mlscope.agents.run_config import run_environment, undelivered_spans
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -188,7 +188,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = _run_command(command, run_environment(os.environ, args.level, args.endpoint, args.service, trace_file))
         if os.path.exists(trace_file):
             with open(trace_file, encoding="utf-8") as report:
-                print(f"mlscope: trace {report.read().strip()}", file=sys.stderr)
+                trace_id = report.read().strip()
+            undelivered = undelivered_spans(trace_file)
+            if undelivered:  # not "stored": the collector did not take all of it
+                print(f"mlscope: trace {trace_id} is incomplete: {undelivered} spans not delivered to the collector at "
+                      f"{endpoint}", file=sys.stderr)
+            else:
+                print(f"mlscope: trace {trace_id}", file=sys.stderr)
     return code
 
 

@@ -4,10 +4,13 @@ span records the exit code and signal as the shell sees them."""
 
 from __future__ import annotations
 
+import http.server
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -94,3 +97,37 @@ def test_no_collector_one_line_the_program_runs_and_no_trace_is_claimed() -> Non
     assert result.stderr.count("\n") == 1 and "no collector" in result.stderr, result.stderr
     assert "mlscope: trace" not in result.stderr
     assert elapsed < 10
+
+
+def test_spans_the_collector_refuses_are_reported_not_claimed_stored() -> None:
+    # A collector that takes mlscope run's start-up check, then refuses every export.
+    requests: list[int] = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            requests.append(1)
+            self.send_response(200 if len(requests) == 1 else 400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{server.server_port}", "--",
+             sys.executable, "-c", "print('ran')"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode, result.stdout) == (0, "ran\n")
+    assert re.search(r"^mlscope: trace [0-9a-f]{32} is incomplete: 1 spans not delivered", result.stderr, re.MULTILINE), \
+        result.stderr
+    assert not re.search(r"^mlscope: trace [0-9a-f]{32}$", result.stderr, re.MULTILINE)
+    assert time.monotonic() - started < 10
