@@ -118,6 +118,7 @@ class Agent:
         self._max_rank = LEVELS.index(self.level)
         self._use(AgentParts(provider, exporter, deep_spans, sampler))
         self._rebuild = rebuild
+        self._shut_down = False
         if rebuild is not None:
             weak_reset = weakref.WeakMethod(self._after_fork_in_child)
             os.register_at_fork(after_in_child=lambda: (reset := weak_reset()) and reset())
@@ -139,7 +140,7 @@ class Agent:
         Resource names the child's pid), exporter (its own HTTP connections), writer and sampler;
         the parent's are dropped without exporting anything of the parent's. The SDK's batch
         processor re-initialises itself in a child (empty queue, new thread): shut down here."""
-        if self._rebuild is None:
+        if self._rebuild is None or self._shut_down:  # a stopped agent stays stopped: no threads for it
             return
         old_provider, old_deep_spans = self._provider, self._deep_spans
         old_deep_spans.abandon()
@@ -375,6 +376,7 @@ class Agent:
         (exporting its last samples), exports every finished span, then stops the exporter, all
         within `timeout_s`: once it runs out, what is still queued is dropped (the exporter is
         shut down first, which ends its retries). False when something was left undelivered."""
+        self._shut_down = True
         if self.collector_failing:  # the last export failed: waiting for retries would not help
             timeout_s = min(timeout_s, FAILING_SHUTDOWN_S)
         deadline = time.monotonic() + timeout_s
