@@ -66,7 +66,7 @@ class Collector:
         # Stops the HTTP site, waits for its handlers, then the app's cleanup closes the pipeline.
         await self._runner.cleanup()
 
-    def status(self) -> dict[str, int | bool]:
+    def status(self) -> dict[str, int | bool | str]:
         """For /readyz: rows pending, spooled bytes, whether the store took the last insert."""
         return {**self._pipeline.status(), "http_port": self.http_port, "grpc_port": self.grpc_port}
 

@@ -76,6 +76,8 @@ class IngestPipeline:
         self._pending: list[_Waiting] = []
         self._unacknowledged = {table: 0 for table in (SPAN_TABLE, METRIC_TABLE)}
         self._store_ok = True
+        self._replay_error = ""
+        """The last replay pass's failure other than the store's ("" once a pass succeeds)."""
         self._closed = False
         self._draining = False
         self._has_pending = asyncio.Event()
@@ -110,12 +112,13 @@ class IngestPipeline:
         # Waits (off the loop) for a replay insert already running in the store thread.
         await asyncio.get_running_loop().run_in_executor(None, self._store_thread.shutdown)
 
-    def status(self) -> dict[str, int | bool]:
+    def status(self) -> dict[str, int | bool | str]:
         return {
             "pending_spans": self._unacknowledged[SPAN_TABLE],
             "pending_metric_points": self._unacknowledged[METRIC_TABLE],
             "spooled_bytes": self._spool.bytes,
             "store_ok": self._store_ok,
+            "replay_error": self._replay_error,
         }
 
     async def submit(self, batch: Batch) -> None:
@@ -201,8 +204,19 @@ class IngestPipeline:
     # --- replaying the spool ------------------------------------------------------------------
 
     async def _replay_loop(self) -> None:
+        """Replays the spool every `replay_interval_s` for the collector's whole life: a failure
+        other than the store's (a file system error, a bug) is logged once per distinct error
+        and shown in `status()["replay_error"]` (/readyz answers 503), and the next pass tries
+        again, so acknowledged spans are never left in the spool by a dead task."""
         while True:
-            await self.replay_spool()
+            try:
+                await self.replay_spool()
+                self._replay_error = ""
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self._replay_error:
+                    log.exception("spool replay failed; retrying every %s s", self._config.replay_interval_s)
+                self._replay_error = error
             await asyncio.sleep(self._config.replay_interval_s)
 
     async def replay_spool(self) -> None:

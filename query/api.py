@@ -108,6 +108,9 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.to_thread(store.ping)
     except StoreError as exc:
         return error_response(503, f"store unavailable: {exc}", status="unavailable", **extra)
+    replay_error = extra.get("collector", {}).get("replay_error")
+    if replay_error:  # acknowledged spans wait in the spool until the replay works again
+        return error_response(503, f"spool replay failing: {replay_error}", status="unavailable", **extra)
     return json_response({"status": "ready", **extra})
 
 

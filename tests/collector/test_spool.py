@@ -81,3 +81,32 @@ async def test_a_file_the_store_keeps_refusing_is_set_aside(start_collector: Sta
 
     assert Path(f"{refused.path}.rejected").exists()
     assert (await asyncio.to_thread(store.execute, "SELECT count() FROM span_rows")).rows == [(0,)]
+
+
+async def test_the_replayer_outlives_a_failure_that_is_not_the_stores(
+    start_collector: StartCollector, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen: EMFILE in the spool killed the replayer task, and every batch spooled after that
+    # stayed there while /readyz said ready.
+    request = span_request(3)
+    Spool(str(tmp_path / "spool"), max_bytes=2**20).write("traces", [request.SerializeToString()])
+    reading = Spool.read
+
+    def out_of_file_descriptors(spool: Spool, spooled: object) -> bytes:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(Spool, "read", out_of_file_descriptors)
+    collector = await start_collector(replay_interval_s=0.05)
+    async with asyncio.timeout(10):
+        while not collector.status()["replay_error"]:
+            await asyncio.sleep(0.02)
+    assert "Too many open files" in collector.status()["replay_error"]
+    await asyncio.sleep(0.2)  # more failing passes: the replayer keeps retrying
+    assert collector.status()["spooled_bytes"] > 0
+
+    monkeypatch.setattr(Spool, "read", reading)
+    async with asyncio.timeout(10):
+        while collector.status()["spooled_bytes"] or collector.status()["replay_error"]:
+            await asyncio.sleep(0.02)
+    rows = (await asyncio.to_thread(store.execute, "SELECT span_id FROM spans")).rows
+    assert sorted(row[0] for row in rows) == sorted(span_ids(request))

@@ -274,3 +274,19 @@ async def test_store_down_is_503(tmp_path) -> None:
     finally:
         await runner.cleanup()
         store.close()
+
+
+async def test_a_failing_spool_replay_is_503(store: Store) -> None:
+    status = {"pending_spans": 0, "spooled_bytes": 2048, "store_ok": True, "replay_error": "OSError: [Errno 24] Too many open files"}
+    runner, base_url = await serve(create_query_app(store, lambda: status))
+    try:
+        async with aiohttp.ClientSession(base_url) as session:
+            async with session.get("/readyz") as response:
+                body = await response.json()
+                assert (response.status, body["status"], body["collector"]) == (503, "unavailable", status)
+                assert body["error"] == "spool replay failing: OSError: [Errno 24] Too many open files"
+            status["replay_error"] = ""
+            async with session.get("/readyz") as response:
+                assert response.status == 200
+    finally:
+        await runner.cleanup()
