@@ -20,7 +20,13 @@ stages, model spans) and the deferred worker (deep spans), both posting through 
 Why not one: model and stage spans are the SDK's own spans, ended wherever the program ends them,
 and the SDK hands them to every processor a user adds; the worker handles only what mlscope
 writes itself. The store joins a trace by ids, so the order in which the two queues deliver a
-model span and its children does not matter.
+model span and its children does not matter. Both are bounded (MODEL_QUEUE_SPANS, the deferred
+worker's queue of calls); what they drop, and what the collector refuses, is counted per level
+(`Agent.dropped_spans`, agents/span_loss.py).
+
+A model called from a thread with no current span of its own (a thread the program started)
+gets `default_parent` as its parent: under `mlscope run` the process span, so every thread's
+calls join the run's trace; each model span names its thread (`thread.id`, `thread.name`).
 
 `trace_model` and `mlscope run`'s automatic instrumentation (agents/bootstrap.py) share one code
 path: `Agent.model_spec` describes a model once, `Agent.call_model` traces each call of it.
@@ -34,6 +40,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -45,7 +52,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
 from mlscope.conventions import (
@@ -58,6 +64,8 @@ from mlscope.conventions import (
     MODEL_NAME,
     MODEL_VERSION,
     SERVICE_NAME,
+    THREAD_ID,
+    THREAD_NAME,
     agent_level,
     collector_endpoint,
     parse_level,
@@ -69,6 +77,7 @@ from .otlp_exporter import DeliveryWatch, EncodedSpanExporter, FastOTLPSpanExpor
 from .model_spec import AttributeValue, ModelSpec, batch_size
 from .onnx_capture import TracedOnnxSession, create_session
 from .resource import stack_attributes
+from .span_loss import CountingBatchSpanProcessor, SpanLoss
 from .spans import DeepSpans, InlineSpans, RecordedCall, SpanJob, SpanWriterKind, writer_kind
 
 if TYPE_CHECKING:
@@ -93,6 +102,14 @@ method itself, not a function calling it: it runs on every torch module call whe
 FAILING_SHUTDOWN_S = 1.0
 """Shutdown's deadline once the collector refused or missed the agent's last export."""
 
+MODEL_QUEUE_SPANS = 8192
+"""The SDK spans (stages, model spans) an agent holds for export at most: a few MB, and enough
+for the model spans of a tight loop of small calls while one export is on its way."""
+EXPORT_BATCH_SPANS = 2048
+"""SDK spans a request at most: mlscope's encoder writes them in a few ms, and fewer, larger
+requests are what keeps the export thread ahead of a tight loop (far below the collector's
+request size limit)."""
+
 
 class Agent:
     """Owns one TracerProvider exporting to one collector; spans deeper than `level` are skipped.
@@ -109,16 +126,21 @@ class Agent:
         *,
         exporter: EncodedSpanExporter | None = None,
         rebuild: Callable[[], AgentParts] | None = None,
+        loss: SpanLoss | None = None,
     ) -> None:
         """`exporter`: the provider's span exporter, shut down first when a shutdown runs out of
         time (it stops its retries). `rebuild`: makes a fresh provider, exporter, writer and
         sampler, for the child of a fork (see `_after_fork_in_child`); without it, a forked
-        child keeps the parent's (only correct when nothing is traced there)."""
+        child keeps the parent's (only correct when nothing is traced there). `loss`: where
+        the exporter and writer count what they do not deliver."""
         self.level = parse_level(level)
         self._max_rank = LEVELS.index(self.level)
-        self._use(AgentParts(provider, exporter, deep_spans, sampler))
+        self._use(AgentParts(provider, exporter, deep_spans, sampler, loss))
         self._rebuild = rebuild
         self._shut_down = False
+        self.default_parent: otel_context.Context | None = None
+        """The parent of model spans and stages started where no span is current (a thread
+        the program started); None: they are roots of their own traces."""
         if rebuild is not None:
             weak_reset = weakref.WeakMethod(self._after_fork_in_child)
             os.register_at_fork(after_in_child=lambda: (reset := weak_reset()) and reset())
@@ -128,6 +150,7 @@ class Agent:
         self._exporter = parts.exporter
         self._tracer = parts.provider.get_tracer(AGENT_SCOPE)
         self._deep_spans = parts.deep_spans or InlineSpans(self._tracer)
+        self._loss = parts.loss or SpanLoss()
         # At hardware level: samples taken at each model span's ends give its mlscope.hw.* figures.
         self._sampler = parts.sampler if self.enabled("hardware") else None
         self._onnx_sessions: weakref.WeakSet[TracedOnnxSession] = weakref.WeakSet()
@@ -175,9 +198,16 @@ class Agent:
             yield None
             return
         with self._tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes={LEVEL: level, **(attributes or {})}
+            name, context=context or self._parent_here(), kind=kind, attributes={LEVEL: level, **(attributes or {})}
         ) as current:
             yield current
+
+    def _parent_here(self) -> otel_context.Context | None:
+        """The context a span started here descends from: the current one (None) when this
+        thread has a current span, else `default_parent`."""
+        if self.default_parent is None or trace.get_current_span().get_span_context().is_valid:
+            return None
+        return self.default_parent
 
     def start_span(
         self,
@@ -279,8 +309,9 @@ class Agent:
         recording = capture.start() if capture is not None else None
         if self._sampler is not None:
             self._sampler.sample_now()
-        model_span = self._tracer.start_span(spec.span_name, attributes=spec.attributes)
-        model_span.set_attribute(BATCH_SIZE, batch_size)
+        model_span = self._tracer.start_span(spec.span_name, context=self._parent_here(), attributes=spec.attributes)
+        model_span.set_attributes({BATCH_SIZE: batch_size, THREAD_ID: threading.get_ident(),
+                                   THREAD_NAME: threading.current_thread().name})
         inside = _IN_MODEL_CALL.set(True)
         try:
             with trace.use_span(model_span, end_on_exit=False, record_exception=True, set_status_on_exception=True):
@@ -292,7 +323,7 @@ class Agent:
                 try:
                     capture.end(recording)
                 except Exception:  # a tracing bug must neither fail nor mask the model call
-                    log.exception("mlscope: capture of a %s call not ended", spec.attributes[MODEL_NAME])
+                    log.exception("mlscope: capture of a %s call not ended", spec.span_name)
                     recording = None
                 else:
                     end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
@@ -360,8 +391,20 @@ class Agent:
 
     @property
     def undelivered_spans(self) -> int:
-        """Spans the collector did not take so far (`start_agent`'s agents; 0 for others)."""
-        return self._exporter.undelivered if isinstance(self._exporter, DeliveryWatch) else 0
+        """Spans not delivered so far: dropped under load or not taken by the collector."""
+        return self._loss.total
+
+    def dropped_spans(self) -> dict[str, int]:
+        """`undelivered_spans` per level (only levels that lost any)."""
+        return self._loss.counts()
+
+    def flush_deep_spans(self, timeout_s: float) -> bool:
+        """Writes and exports every queued call's deep spans (ending their model spans), so
+        what they lost is counted; False when `timeout_s` ran out first (at most
+        FAILING_SHUTDOWN_S once the collector is failing)."""
+        if self.collector_failing:
+            timeout_s = min(timeout_s, FAILING_SHUTDOWN_S)
+        return self._deep_spans.force_flush(timeout_s)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Exports every finished span now; False when `timeout_millis` ran out first. The
@@ -404,6 +447,8 @@ class AgentParts:
     exporter: EncodedSpanExporter | None = None
     deep_spans: DeepSpans | None = None
     sampler: HardwareSampler | None = None
+    loss: SpanLoss | None = None
+    """Where the exporter, the processor and the writer count what they do not deliver."""
 
 
 class _TracedModel:
@@ -439,15 +484,17 @@ def choose_writer(level: str, id_generator: IdGenerator, requested: SpanWriterKi
 
 
 def deep_span_writer(
-    level: str, provider: TracerProvider, exporter: EncodedSpanExporter, writer: SpanWriterKind | None = None
+    level: str, provider: TracerProvider, exporter: EncodedSpanExporter, writer: SpanWriterKind | None = None,
+    loss: SpanLoss | None = None,
 ) -> DeepSpans | None:
     """The deep-span writer start_agent gives an agent at `level` exporting to `exporter`
-    (`writer` as choose_writer decides it); None for the inline one (Agent's default)."""
+    (`writer` as choose_writer decides it), counting what it drops in `loss`; None for the
+    inline one (Agent's default)."""
     chosen = choose_writer(level, provider.id_generator, writer)
     if chosen is SpanWriterKind.INLINE:
         return None
     return DeferredSpans(exporter, provider.resource, provider.id_generator.generate_span_id,
-                         native=chosen is SpanWriterKind.NATIVE)
+                         native=chosen is SpanWriterKind.NATIVE, loss=loss)
 
 
 def start_agent(
@@ -472,9 +519,10 @@ def start_agent(
         exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
         if wrap_exporter is not None:
             exporter = wrap_exporter(exporter)
-        exporter = DeliveryWatch(exporter)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        deep_spans = deep_span_writer(level, provider, exporter, chosen)
+        loss = SpanLoss()
+        exporter = DeliveryWatch(exporter, loss)
+        provider.add_span_processor(CountingBatchSpanProcessor(exporter, loss, MODEL_QUEUE_SPANS, EXPORT_BATCH_SPANS))
+        deep_spans = deep_span_writer(level, provider, exporter, chosen, loss)
         sampler = None
         if level == LEVELS[-1]:  # hardware
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -483,7 +531,8 @@ def start_agent(
 
             sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
             sampler.start()
-        return AgentParts(provider, exporter, deep_spans, sampler)
+        return AgentParts(provider, exporter, deep_spans, sampler, loss)
 
     parts = build()
-    return Agent(parts.provider, level, parts.sampler, parts.deep_spans, exporter=parts.exporter, rebuild=build)
+    return Agent(parts.provider, level, parts.sampler, parts.deep_spans, exporter=parts.exporter, rebuild=build,
+                 loss=parts.loss)

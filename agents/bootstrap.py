@@ -27,9 +27,13 @@ hundreds of MB (docs/PERFORMANCE.md), and most processes a pipeline starts (shel
 The hook (a meta-path finder) watches only the names `torch` and `onnxruntime`, patches right
 after their top-level module has run, and patches at once when they are already imported.
 
-Limits: `python -I`, `-E` and `-S` skip PYTHONPATH or `site`, so nothing is traced; threads
-started by the program do not inherit the process span (contextvars are per thread in
-Python), so their model spans are roots of their own traces; `raise SystemExit(n)` outside
+Threads the program starts do not inherit the process span (contextvars are per thread), so
+it is also the agent's `default_parent`: their model spans and stages join the run's trace under
+it (under the thread's own current span when it has one). What the agent could not deliver is
+counted per level on the process span (`mlscope.dropped.<level>`) and reported beside the
+trace id file (run_config.undelivered_line) for `mlscope run`'s last line.
+
+Limits: `python -I`, `-E` and `-S` skip PYTHONPATH or `site`, so nothing is traced; `raise SystemExit(n)` outside
 `sys.exit` exits without an error status; `os._exit` skips the flush.
 """
 
@@ -48,6 +52,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Mapping
@@ -76,7 +81,8 @@ from .model_spec import ModelSpec, batch_size
 from .leveled import SpanTally, append_report
 from .otlp_exporter import EncodedSpanExporter
 from .propagation import extract_env, inject_env
-from .run_config import program_name, run_config, undelivered_report_path
+from .run_config import program_name, run_config, undelivered_line, undelivered_report_path
+from .span_loss import dropped_attributes
 
 if TYPE_CHECKING:
     from .onnx_capture import TracedOnnxSession
@@ -321,7 +327,9 @@ class ProcessSpan:
 
     def _start(self, attributes: Mapping[str, Any], parent: otel_context.Context | None) -> None:
         self.span = self._agent.start_span(self._name, "application", attributes, context=parent)
-        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        # Current in this thread; the parent of what other threads trace without a span of their own.
+        self._agent.default_parent = trace.set_span_in_context(self.span)
+        self._token = otel_context.attach(self._agent.default_parent)
         self._thread = threading.get_ident()  # the one thread whose context holds the span
         self._exit_code: int | None = None
         self._signal: str | None = None
@@ -387,15 +395,19 @@ class ProcessSpan:
             self.span.set_attribute(PROCESS_SIGNAL, self._signal)
         if reason or code:
             self.span.set_status(Status(StatusCode.ERROR, reason or f"exit code {code}"))
+        # The queued calls first: what they drop is then counted on the span (later losses, the
+        # span's own export included, reach only the run's report).
+        deadline = time.monotonic() + timeout_s
+        self._agent.flush_deep_spans(timeout_s / 2)
+        self.span.set_attributes(dropped_attributes(self._agent.dropped_spans()))
         self.span.end()
         if threading.get_ident() == self._thread:  # else (SIGTERM's thread) detaching fails loudly
             otel_context.detach(self._token)
-        self._agent.shutdown(timeout_s)
-        undelivered = self._agent.undelivered_spans
-        if undelivered and self.undelivered_report:
+        self._agent.shutdown(max(deadline - time.monotonic(), 0.0))
+        if self._agent.undelivered_spans and self.undelivered_report:
             try:
                 with open(self.undelivered_report, "a", encoding="utf-8") as report:
-                    report.write(f"{undelivered}\n")
+                    report.write(undelivered_line(self._agent.dropped_spans()))
             except OSError as exc:
                 log.debug("mlscope: undelivered spans not reported to %s: %s", self.undelivered_report, exc)
         for callback in self.at_end:

@@ -14,6 +14,13 @@ itself stays an SDK span: the worker sets its library attributes and ends it, so
 after its children are written. ONNX Runtime's node and kernel spans come as jobs
 (`DeferredSpans.write`) and are encoded here too.
 
+Back-pressure: the queue of calls is the agent's memory budget for deep spans (each queued call
+holds its recording). When the model's thread outruns the worker (a tight loop of small calls:
+the worker shares the GIL and waits on the collector), a call that finds the queue full loses
+its deep spans whole, counted per level without writing them (`Capture.span_counts`), into the
+agent's SpanLoss; its model span is kept (ended at once). The deepest levels go first this way:
+model spans are dropped only when the SDK's own queue stays full (span_loss.py).
+
 The worker reads a profiler result after the next call has started a new profiler session:
 tested in tests/agents/test_deferred_spans.py (the same ops, read concurrently).
 """
@@ -34,6 +41,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .otlp_encoder import encode_local_span, encode_request
 from .otlp_exporter import EncodedSpanExporter
+from .span_loss import SpanLoss, request_levels
 from .spans import SCOPE, DeepSpans, RecordedCall, SpanJob, SpanSink, SpanWriterKind
 
 log = logging.getLogger(__name__)
@@ -99,12 +107,14 @@ class DeferredSpans(DeepSpans):
         max_queue_size: int = 64,
         max_export_spans: int = 4096,
         schedule_delay_s: float = 5.0,
+        loss: SpanLoss | None = None,
     ) -> None:
         """`max_queue_size` calls wait at most (each holds its profiler result: memory stays
         bounded when the exporter falls behind); spans are posted once `max_export_spans` are
         pending or `schedule_delay_s` after the first of them, as the SDK's BatchSpanProcessor
         does (its defaults: 2048 queued spans, 512 a request, 5 s). `native`: torch's spans are
-        written by the native span writer (see EncodingSpanWriter.native)."""
+        written by the native span writer (see EncodingSpanWriter.native). `loss` counts the
+        spans dropped here or not exported, per level."""
         self.kind = SpanWriterKind.NATIVE if native else SpanWriterKind.ENCODED
         self._native = native
         self._exporter = exporter
@@ -118,6 +128,7 @@ class DeferredSpans(DeepSpans):
         self._closing = threading.Lock()
         self.dropped_calls = 0
         """Calls whose deep spans were dropped because the queue was full."""
+        self.loss = loss or SpanLoss()
         self._thread = threading.Thread(target=self._run, name="mlscope-deferred-spans", daemon=True)
         self._thread.start()
         # Before the TracerProvider's own exit handler (atexit runs the last registered first),
@@ -125,8 +136,8 @@ class DeferredSpans(DeepSpans):
         atexit.register(self.shutdown)
 
     def write_call(self, call: RecordedCall) -> None:
-        """Queues `call`. When the queue is full its deep spans are dropped (counted, logged once)
-        and its model span ended now; so are they once the agent has shut down."""
+        """Queues `call`. When the queue is full its deep spans are dropped (counted per level in
+        `loss`, logged once) and its model span ended now; so are they once the agent has shut down."""
         with self._closing:
             if self._closed:
                 call.model_span.end(end_time=call.end_ns)
@@ -137,6 +148,7 @@ class DeferredSpans(DeepSpans):
             except queue.Full:
                 self.dropped_calls += 1
                 first_drop = self.dropped_calls == 1
+        self.loss.add(call.capture.span_counts(call.recording))
         if first_drop:
             log.warning("mlscope: layer/library spans dropped: the exporter is not keeping up")
         call.model_span.end(end_time=call.end_ns)
@@ -229,7 +241,9 @@ class DeferredSpans(DeepSpans):
     def _export(self, spans: list[bytes]) -> None:
         if not spans:
             return
+        body = encode_request(self._resource, SCOPE, spans)
         try:
-            self._exporter.export_encoded(encode_request(self._resource, SCOPE, spans), len(spans))
+            self._exporter.export_encoded(body, len(spans))
         except Exception:
             log.exception("mlscope: layer/library spans not exported")
+            self.loss.add(request_levels(body, len(spans)))

@@ -17,6 +17,7 @@ batch processor) and `export_encoded` (requests the deferred worker encoded, age
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
 from .otlp_encoder import encode_spans
+from .span_loss import SpanLoss, request_levels, span_level
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +115,21 @@ class ExporterDecorator(SpanExporter, EncodedSpanExporter):
 
 
 class DeliveryWatch(ExporterDecorator):
-    """Counts the spans the collector did not take (`undelivered`) and whether the last export
-    failed (`failing`): an agent whose collector is gone does not wait for it at exit, and
+    """Counts the spans the collector did not take, per level, into `loss`, and whether the last
+    export failed (`failing`): an agent whose collector is gone does not wait for it at exit, and
     `mlscope run` does not call a trace stored when some of it was not delivered."""
 
-    def __init__(self, exporter: EncodedSpanExporter) -> None:
+    def __init__(self, exporter: EncodedSpanExporter, loss: SpanLoss) -> None:
         super().__init__(exporter)
-        self.undelivered = 0
+        self.loss = loss
         self.failing = False
 
     def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
-        self._count(len(spans), result)
-
-    def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
-        self._count(spans, result)
-
-    def _count(self, spans: int, result: SpanExportResult) -> None:
         self.failing = result is not SpanExportResult.SUCCESS
         if self.failing:
-            self.undelivered += spans
+            self.loss.add(Counter(map(span_level, spans)))
+
+    def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
+        self.failing = result is not SpanExportResult.SUCCESS
+        if self.failing:
+            self.loss.add(request_levels(body, spans))

@@ -9,7 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlscope.conventions import ENV_ENDPOINT, ENV_LEVEL, ENV_SERVICE, ENV_TRACE_FILE, agent_level, collector_endpoint, service_name
+from mlscope.conventions import (
+    ENV_ENDPOINT,
+    ENV_LEVEL,
+    ENV_SERVICE,
+    ENV_TRACE_FILE,
+    LEVELS,
+    agent_level,
+    collector_endpoint,
+    service_name,
+)
 
 AUTOLOAD_DIR = str(Path(__file__).resolve().parent / "autoload")
 """Put first on PYTHONPATH: its sitecustomize.py starts the bootstrap."""
@@ -72,18 +81,38 @@ def program_name(argv: Sequence[str]) -> str:
     return "python"
 
 
-
-
 def undelivered_report_path(trace_file: str) -> str:
-    """Where the processes of a run append the count of spans their collector did not take,
-    next to the trace id file (MLSCOPE_TRACE_FILE), one line each: `mlscope run` sums them."""
+    """Where the processes of a run append what they did not deliver, next to the trace id file
+    (MLSCOPE_TRACE_FILE), one line each (`undelivered_line`): `mlscope run` sums them."""
     return f"{trace_file}.undelivered"
 
 
-def undelivered_spans(trace_file: str) -> int:
-    """The spans of a run its processes reported undelivered (see undelivered_report_path)."""
+def undelivered_line(counts: Mapping[str, int]) -> str:
+    """One process's line in the undelivered report: `level=count` pairs, space-separated."""
+    return " ".join(f"{level}={spans}" for level, spans in counts.items() if spans) + "\n"
+
+
+def undelivered_by_level(trace_file: str) -> dict[str, int]:
+    """The spans of a run its processes reported undelivered, per level (see
+    undelivered_report_path); an unreadable or missing report counts as none."""
+    counts: dict[str, int] = {}
     try:
         with open(undelivered_report_path(trace_file), encoding="utf-8") as report:
-            return sum(int(line) for line in report if line.strip().isdigit())
+            pairs = [pair.partition("=") for line in report for pair in line.split()]
     except OSError:
-        return 0
+        return counts
+    for level, _, spans in pairs:
+        if spans.isdigit():
+            counts[level] = counts.get(level, 0) + int(spans)
+    return counts
+
+
+def undelivered_spans(trace_file: str) -> int:
+    """All the spans of a run its processes reported undelivered."""
+    return sum(undelivered_by_level(trace_file).values())
+
+
+def undelivered_summary(counts: Mapping[str, int]) -> str:
+    """`N spans not delivered (model 2, layer 1200, library 900)`, levels in their order."""
+    ordered = sorted(counts.items(), key=lambda item: LEVELS.index(item[0]) if item[0] in LEVELS else len(LEVELS))
+    return f"{sum(counts.values())} spans not delivered ({', '.join(f'{level} {spans}' for level, spans in ordered)})"

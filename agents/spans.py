@@ -135,6 +135,10 @@ class Capture(Protocol):
         """Writes the spans of an ended `recording` (its own record of one call) to `sink`;
         returns attributes for the model span."""
 
+    def span_counts(self, recording: Any) -> Mapping[str, int]:
+        """How many spans of each level `write_spans` would write for `recording`, counted
+        without writing them: what dropping the call loses."""
+
 
 @dataclass(frozen=True)
 class RecordedCall:

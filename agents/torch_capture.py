@@ -206,6 +206,20 @@ class TorchCapture:
         ops = recording.profiler.read(recording.profiler_results, recording.clock, self.options.nested_ops)
         return {LIBRARY_OPS_INSIDE_LAYERS: self._write_ops(ops, layers, sink)}
 
+    def span_counts(self, recording: Recording) -> dict[str, int]:
+        """The spans `write_spans` would write for `recording`, per level, without writing them
+        (a dropped call's loss): one layer span per module call entered; one library span per
+        op recorded (the native recorder keeps only top-level ops unless `nested_ops`) and per
+        device kernel. Kineto's ops are counted by reading them, as writing would."""
+        layers = sum(1 for event in recording.events if event[2] == ENTER)
+        results = recording.profiler_results
+        if recording.profiler is None or results is None:
+            return {"layer": layers}
+        if isinstance(recording.profiler, _NativeOpsSession):
+            return {"layer": layers, "library": len(results)}
+        ops = recording.profiler.read(results, recording.clock, self.options.nested_ops)
+        return {"layer": layers, "library": len(ops.names) + len(ops.device_names)}
+
     def _native_span_writer(self, native: ModuleType) -> Any:
         """The native writer of this model's spans, with every module's span description encoded
         once (and dropped when the module dies: its id may then be another object's)."""

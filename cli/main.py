@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     --leveled, once per level (agents/leveled.py), exiting with the first failing pass's code."""
     import tempfile
 
-    from mlscope.agents.run_config import run_environment, undelivered_spans
+    from mlscope.agents.run_config import run_environment, undelivered_by_level, undelivered_summary
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -189,9 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if os.path.exists(trace_file):
             with open(trace_file, encoding="utf-8") as report:
                 trace_id = report.read().strip()
-            undelivered = undelivered_spans(trace_file)
-            if undelivered:  # not "stored": the collector did not take all of it
-                print(f"mlscope: trace {trace_id} is incomplete: {undelivered} spans not delivered to the collector at "
+            undelivered = undelivered_by_level(trace_file)
+            if undelivered:  # not "stored": dropped under load, or the collector did not take all of it
+                print(f"mlscope: trace {trace_id} is incomplete: {undelivered_summary(undelivered)} to the collector at "
                       f"{endpoint}", file=sys.stderr)
             else:
                 print(f"mlscope: trace {trace_id}", file=sys.stderr)

@@ -151,6 +151,15 @@ PROCESS_COMMAND_LINE = "process.command_line"
 PROCESS_EXIT_CODE = "process.exit.code"
 PROCESS_SIGNAL = "mlscope.process.signal"
 """The signal that ended a traced process (`SIGTERM`, `SIGINT`): OpenTelemetry has no name for it."""
+THREAD_ID = "thread.id"
+THREAD_NAME = "thread.name"
+"""On model spans: the thread that called the model (its `threading.get_ident()` and name)."""
+DROPPED_MODEL = "mlscope.dropped.model"
+DROPPED_LAYER = "mlscope.dropped.layer"
+DROPPED_LIBRARY = "mlscope.dropped.library"
+DROPPED_ATTRIBUTES: Mapping[str, str] = {"model": DROPPED_MODEL, "layer": DROPPED_LAYER, "library": DROPPED_LIBRARY}
+"""Per level: spans an agent did not deliver (dropped under load or refused by the collector);
+on the process span and on `mlscope.evaluation` spans, when any."""
 
 # --- metric names (hardware level) -----------------------------------------------------------
 

@@ -160,6 +160,7 @@ def test_a_full_queue_drops_the_deep_spans_and_keeps_the_model_spans(caplog: pyt
     names = [span.name for span in client.spans()]
     assert 0 < deferred.dropped_calls <= 6 and names.count("predict") == 8
     assert names.count("tiny") == 8 - deferred.dropped_calls
+    assert deferred.loss.counts() == {"layer": 2 * deferred.dropped_calls}  # the Sequential and its ReLU, per call
     assert [record.message for record in caplog.records].count(
         "mlscope: layer/library spans dropped: the exporter is not keeping up"
     ) == 1
