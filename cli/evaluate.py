@@ -5,6 +5,7 @@ command pays for them."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,13 +90,14 @@ def _evaluate_remotely(args: argparse.Namespace) -> int:
     """Queues the plan for every live predictor matching --where, then (unless --no-wait)
     follows the jobs and prints the results they sent. Exit 1 if a job failed or was lost."""
     from mlscope.evaluation import check_plan_frameworks
-    from mlscope.evaluation.jobs import JobRequest, ManifestText, parse_where
+    from mlscope.evaluation.jobs import JobRequest, ManifestText, manifest_of, parse_where
     from mlscope.evaluation.remote import submit, wait
-    from mlscope.manifests import manifest_from_text, read_manifest
+    from mlscope.manifests import read_manifest_text
     from mlscope.client import ServiceClient, ServiceError
 
-    texts = tuple(ManifestText(*read_manifest(path)) for path in args.manifests)
-    plan = _plan(args, tuple(manifest_from_text(text.source, text.text) for text in texts))
+    # Sent as written: each predictor substitutes the ${VAR}s it shares, none of ours is stored.
+    texts = tuple(ManifestText(*read_manifest_text(path)) for path in args.manifests)
+    plan = _plan(args, tuple(manifest_of(text) for text in texts))
     check_plan_frameworks(plan)  # the providers are checked where the jobs run
     client = ServiceClient(args.server)
     try:
@@ -135,7 +137,7 @@ def cmd_predictor(args: argparse.Namespace) -> int:
     from mlscope.evaluation import DeliveryFailed
     from mlscope.evaluation.jobs import JobError, parse_where
     from mlscope.evaluation.remote import PredictorProcess, Stopped, stop_on_signals, this_predictor
-    from mlscope.manifests import AssetCache
+    from mlscope.manifests import AssetCache, ModelSources
     from mlscope.client import ServiceClient, ServiceError
 
     try:
@@ -143,8 +145,11 @@ def cmd_predictor(args: argparse.Namespace) -> int:
     except JobError as exc:
         raise UsageError(str(exc)) from exc
     logging.basicConfig(level=logging.INFO, format="mlscope predictor: %(message)s")
-    identity = this_predictor(args.name, labels)
-    process = PredictorProcess(ServiceClient(args.server), identity, args.endpoint, AssetCache(), args.poll)
+    identity = this_predictor(args.name, labels, args.allow_builder)
+    sources = ModelSources.remote(args.allow_builder, paths=args.allow_path, private_urls=args.allow_private_urls)
+    shared_env = {name: os.environ[name] for name in args.allow_env if name in os.environ}
+    process = PredictorProcess(ServiceClient(args.server), identity, args.endpoint, AssetCache(sources=sources),
+                               args.poll, shared_env)
     try:
         endpoint = process.register()
     except ServiceError as exc:
@@ -240,6 +245,14 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _builder(text: str) -> str:
+    from mlscope.manifests.trust import BUILDER_PATTERN
+
+    if not BUILDER_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be package.module:function")
+    return text
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -292,6 +305,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predictor.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                            help="a label --where can select on (e.g. gpu=h200); repeatable")
     predictor.add_argument("--poll", type=_positive_float, default=1.0, help="seconds between queue reads (default: 1)")
+    predictor.add_argument("--allow-builder", action="append", default=[], metavar="MODULE:FUNCTION", type=_builder,
+                           help="a model builder jobs may name besides mlscope's built-in ones (it runs as this "
+                                "process: allow only your own code); repeatable")
+    predictor.add_argument("--allow-path", action="store_true",
+                           help="let jobs read a model from a path on this machine (default: refused)")
+    predictor.add_argument("--allow-private-urls", action="store_true",
+                           help="let jobs download from private, loopback or link-local addresses (default: refused)")
+    predictor.add_argument("--allow-env", action="append", default=[], metavar="NAME",
+                           help="an environment variable jobs' manifests may read as ${NAME} (default: none); "
+                                "repeatable")
     predictor.set_defaults(handler=cmd_predictor)
 
     report = commands.add_parser("report", help="a model's evaluations as a table and figures")

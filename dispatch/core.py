@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlscope.evaluation.jobs import JobError, parse_job_request
+from mlscope.manifests import BUILTIN_BUILDERS
+from mlscope.manifests.trust import BUILDER_PATTERN
 from mlscope.query.errors import BadRequest, Conflict
 from mlscope.query.params import int_between, matching, one_of, parse_params
 from mlscope.store import Columns, sql_string
@@ -39,6 +41,7 @@ _PROVIDER = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+")  # framework/provider, e.g.
 MAX_TEXT = 1024
 MAX_MESSAGE = 4096
 MAX_ROWS = 10_000
+MAX_BUILDERS = 64
 
 
 # --- predictors -------------------------------------------------------------------------------
@@ -56,6 +59,7 @@ class Heartbeat:
     execution_providers: tuple[str, ...]  # "framework/provider" pairs it can run
     labels: tuple[tuple[str, str], ...]
     started_ns: int
+    allowed_builders: tuple[str, ...] = ()  # what `--allow-builder` adds to the built-in builders
 
 
 def parse_heartbeat(body: Any) -> Heartbeat:
@@ -73,6 +77,11 @@ def parse_heartbeat(body: Any) -> Heartbeat:
         isinstance(key, str) and _LABEL_KEY.fullmatch(key) and isinstance(value, str) for key, value in labels.items()
     ):
         raise BadRequest("labels: expected an object of lower-case keys and string values")
+    builders = body.get("allowed_builders", [])
+    if not isinstance(builders, list) or len(builders) > MAX_BUILDERS or not all(
+        isinstance(builder, str) and len(builder) <= MAX_TEXT and BUILDER_PATTERN.fullmatch(builder) for builder in builders
+    ):
+        raise BadRequest(f"allowed_builders: expected at most {MAX_BUILDERS} module:function names")
     return Heartbeat(
         predictor_id=check_id(body.get("predictor_id"), "predictor_id"),
         name=_text(body.get("name"), "name"),
@@ -84,6 +93,7 @@ def parse_heartbeat(body: Any) -> Heartbeat:
         execution_providers=tuple(providers),
         labels=tuple(sorted(labels.items())),
         started_ns=_natural(body.get("started_ns"), "started_ns"),
+        allowed_builders=tuple(builders),
     )
 
 
@@ -204,6 +214,7 @@ class Submission:
     request: dict[str, Any]
     where: tuple[tuple[str, str], ...]
     needs: tuple[str, ...]
+    builders: tuple[str, ...] = ()  # builders it names beyond the built-in ones: a predictor must allow each
 
 
 def parse_submission(body: Any) -> Submission:
@@ -215,7 +226,17 @@ def parse_submission(body: Any) -> Submission:
         raise BadRequest(str(exc)) from exc
     plan = job_request.plan
     needs = tuple(f"{framework}/{plan.execution_provider}" for framework in plan.frameworks)
-    return Submission(job_request.to_json(), job_request.where, needs)
+    builders = tuple(sorted({manifest.model.builder for manifest in plan.manifests if manifest.model.builder}
+                            - BUILTIN_BUILDERS))
+    return Submission(job_request.to_json(), job_request.where, needs, builders)
+
+
+def refused_builders(submission: Submission, allowed: Mapping[str, frozenset[str]],
+                     predictors: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The submission's builders that none of `predictors` allows (`allowed`: each predictor's
+    `--allow-builder`s, as its heartbeats said): a manifest from the network names no other code."""
+    return [builder for builder in submission.builders
+            if not any(builder in allowed.get(predictor["predictor_id"], ()) for predictor in predictors)]
 
 
 @dataclass(frozen=True)

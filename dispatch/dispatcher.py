@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from mlscope.query.errors import Conflict, NotFound
+from mlscope.query.errors import BadRequest, Conflict, NotFound
 from mlscope.store import Store
 
 from .core import (
     PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, check_transition,
     describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches, predictor_json,
+    refused_builders,
 )
 
 
@@ -31,9 +32,13 @@ class Dispatcher:
         self.timing = timing
         self._clock_ns = clock_ns
         self._lock = threading.Lock()  # one state change at a time: check, then write
+        # Each predictor's --allow-builder names, from its latest heartbeat. Kept in memory, not in the
+        # store: the next heartbeat (every heartbeat_s) says it again after a restart.
+        self._allowed_builders: dict[str, frozenset[str]] = {}
 
     def heartbeat(self, heartbeat: Heartbeat) -> dict[str, Any]:
         self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns()))
+        self._allowed_builders[heartbeat.predictor_id] = frozenset(heartbeat.allowed_builders)
         return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
 
     def predictors(self) -> list[dict[str, Any]]:
@@ -45,6 +50,11 @@ class Dispatcher:
         pair it needs; Conflict (naming the live predictors) when there is none."""
         alive = [predictor for predictor in self.predictors() if predictor["alive"]]
         chosen = [predictor for predictor in alive if matches(predictor, submission.where, submission.needs)]
+        refused = refused_builders(submission, self._allowed_builders, chosen or alive)
+        if refused:
+            raise BadRequest(f"model.builder {refused[0]!r} is not one of mlscope's built-in builders and no live "
+                             f"predictor{' matching' if chosen else ''} allows it (mlscope predictor --allow-builder "
+                             f"{refused[0]}): a manifest sent to a predictor names no other code")
         if not chosen:
             wanted = " and ".join([f"{key}={value}" for key, value in submission.where]
                                   + [f"runs {', '.join(submission.needs)}"])

@@ -2,9 +2,11 @@
 constraints that pick predictors, as JSON.
 
 The same parser checks a request where it is queued (mlscope.dispatch answers 400) and where it
-runs (a predictor), so both agree on what is valid. Manifests travel as text with their ${VAR}s
-already substituted on the submitting machine; a model `path:` is read on the predictor's machine,
-so remote manifests use a builder or a URL. Pure: no I/O.
+runs (a predictor), so both agree on what is valid. Manifests travel and are stored as written,
+${VAR}s and all: a predictor substitutes them from the variables its owner lets it share, so no
+secret of the submitting machine is stored in a job. Where a request is queued, a ${VAR} takes its
+default (one without stays as written). A predictor also holds each manifest's model to the
+sources it accepts (no code named from the network). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from mlscope.conventions import UnknownLevel, parse_level
-from mlscope.manifests import ManifestError, manifest_from_text
+from mlscope.manifests import Manifest, ManifestError, ModelSources, check_model_sources, manifest_from_text, substitute_env
 
 from .predictors import EXECUTION_PROVIDERS, PREDICTORS, PredictorError, check_runs_in
 from .runner import Plan
@@ -62,14 +64,20 @@ def parse_where(pairs: Sequence[str], option: str = "where") -> tuple[tuple[str,
     return _checked_where(dict(parsed), option)
 
 
-def parse_job_request(data: Any) -> JobRequest:
-    """Checks a request as JSON decoded it; JobError names the first bad field."""
+def parse_job_request(data: Any, environ: Mapping[str, str] | None = None,
+                      sources: ModelSources | None = None) -> JobRequest:
+    """Checks a request as JSON decoded it; JobError names the first bad field. Where it runs,
+    `environ` has the variables its manifests may use and `sources` what their models may be;
+    where it is queued (both None), variables take their defaults."""
     if not isinstance(data, dict):
         raise JobError("the request must be a JSON object with manifests, plan and where")
     _no_unknown(data, ("manifests", "plan", "where"), "")
     texts = _manifest_texts(data.get("manifests"))
     try:  # a ManifestError names the manifest's source
-        manifests = [manifest_from_text(manifest_text.source, manifest_text.text) for manifest_text in texts]
+        manifests = [manifest_of(text, environ) for text in texts]
+        if sources is not None:
+            for manifest in manifests:
+                check_model_sources(manifest, sources)
     except ManifestError as exc:
         raise JobError(str(exc)) from None
     plan_data = data.get("plan", {})
@@ -86,6 +94,13 @@ def parse_job_request(data: Any) -> JobRequest:
     if not isinstance(where, dict):
         raise JobError("where: expected an object of key: value strings")
     return JobRequest(tuple(texts), plan, _checked_where(where))
+
+
+def manifest_of(text: ManifestText, environ: Mapping[str, str] | None = None) -> Manifest:
+    """The manifest a job's text describes, its ${VAR}s from `environ`; None (where a job is
+    queued or submitted) gives each its default and leaves one without as written."""
+    return manifest_from_text(text.source, substitute_env(text.text, environ or {}, text.source,
+                                                          keep_unset=environ is None))
 
 
 def _manifest_texts(value: Any) -> list[ManifestText]:

@@ -7,14 +7,18 @@ built-in manifests beside this file, and the data manager that makes their model
 
 from __future__ import annotations
 
-from .assets import AssetCache, AssetError, sha256_file
-from .loader import ManifestError, builtin_manifests, load_manifest, manifest_from_text, parse_manifest, read_manifest
+from .assets import AssetCache, AssetError, DownloadLimits, sha256_file
+from .loader import (
+    ManifestError, builtin_manifests, check_model_sources, load_manifest, manifest_from_text, parse_manifest, read_manifest,
+    read_manifest_text, substitute_env,
+)
 from .materialize import check_framework, framework_version, onnx_file, preprocessed_dataset, torch_weights, torchscript_file
 from .model import Manifest
+from .trust import BUILTIN_BUILDERS, LOCAL_SOURCES, ModelSources
 
 __all__ = [
-    "AssetCache", "AssetError", "Manifest", "ManifestError", "builtin_manifests", "check_framework",
-    "framework_version", "load_manifest", "manifest_from_text", "onnx_file", "parse_manifest", "preprocessed_dataset",
-    "read_manifest", "sha256_file",
-    "torch_weights", "torchscript_file",
+    "AssetCache", "AssetError", "BUILTIN_BUILDERS", "DownloadLimits", "LOCAL_SOURCES", "Manifest", "ManifestError",
+    "ModelSources", "builtin_manifests", "check_framework", "check_model_sources", "framework_version", "load_manifest",
+    "manifest_from_text", "onnx_file", "parse_manifest", "preprocessed_dataset", "read_manifest", "read_manifest_text",
+    "sha256_file", "substitute_env", "torch_weights", "torchscript_file",
 ]

@@ -1,5 +1,10 @@
 """Manifest files -> typed `Manifest`s: load -> substitute ${ENV} -> yaml.safe_load -> check ->
-model. Every failure is one `ManifestError` naming the file, the field and the reason.
+model. Every failure is one `ManifestError` naming the file, the field and the reason, in at most
+MAX_ERROR_CHARS characters.
+
+A manifest may come from the network (a remote job), so reading one is bounded: at most
+MAX_MANIFEST_SIZE, no YAML aliases (a "billion laughs" document is a few hundred bytes), and no
+error echoes a value whole.
 
 `parse_manifest` (a mapping -> a Manifest) is pure, so the rules are tested without files.
 """
@@ -20,10 +25,10 @@ from .model import (
     ASSET_FORMATS, DATASETS, FRAMEWORKS, TASKS, Dataset, Framework, Manifest, ModelAssets, Step, Tensor, Training,
 )
 from .processing import POSTPROCESS, PREPROCESS, Param, StepKind
+from .trust import BUILDER_PATTERN, MAX_MANIFEST_SIZE, ModelSources, SourceRefused, bounded, short_repr
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_BUILDER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DTYPES = ("float32", "int64")
 
@@ -32,6 +37,7 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; str() is one line: `file: field: reason`."""
 
     def __init__(self, source: str, field: str, reason: str) -> None:
+        source, field, reason = bounded(source, 200), bounded(field, 200), bounded(reason)
         super().__init__(f"{source}: {field}: {reason}" if field else f"{source}: {reason}")
         self.source = source
         self.field = field
@@ -58,37 +64,80 @@ def load_manifest(argument: str | os.PathLike[str], environ: Mapping[str, str] |
 
 def read_manifest(argument: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """(source, text) of a manifest file or built-in, with ${VAR} substituted from `environ`
-    (default: this process's environment): what a remote predictor is sent."""
+    (default: this process's environment)."""
+    source, text = read_manifest_text(argument)
+    return source, substitute_env(text, os.environ if environ is None else environ, source)
+
+
+def read_manifest_text(argument: str | os.PathLike[str]) -> tuple[str, str]:
+    """(source, text) of a manifest file or built-in as written, ${VAR}s and all: what a remote
+    predictor is sent (it substitutes them from its own environment)."""
     path = resolve_manifest(os.fspath(argument))
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_MANIFEST_SIZE:
+            raise ManifestError(source, "", f"larger than {MAX_MANIFEST_SIZE} bytes: not a manifest")
+        return source, path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(source, "", f"cannot read: {exc}") from exc
-    return source, substitute_env(text, os.environ if environ is None else environ, source)
+
+
+# libyaml where PyYAML has it: linear in the text and nesting capped at 1,000 levels (the pure
+# Python scanner takes seconds over 40,000 nested brackets).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _no_aliases(text: str) -> None:
+    """A manifest is short enough to write out; an alias is how a few hundred bytes expand to
+    gigabytes wherever the document is walked or shown."""
+    for event in yaml.parse(text, Loader=_SAFE_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a manifest (line {event.start_mark.line + 1})")
 
 
 def manifest_from_text(source: str, text: str) -> Manifest:
     """Parses and checks a manifest's YAML text (variables already substituted)."""
+    if len(text) > MAX_MANIFEST_SIZE:
+        raise ManifestError(source, "", f"larger than {MAX_MANIFEST_SIZE} characters: not a manifest")
     try:
-        data = yaml.safe_load(text)
+        _no_aliases(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # a safe loader: no tags that build objects
     except yaml.YAMLError as exc:
         raise ManifestError(source, "", f"not valid YAML: {' '.join(str(exc).split())}") from exc
+    except RecursionError:
+        raise ManifestError(source, "", "not valid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ManifestError(source, "", f"not valid YAML: {exc}") from None
     return parse_manifest(data, source)
 
 
-def substitute_env(text: str, environ: Mapping[str, str], source: str) -> str:
-    """${VAR} and ${VAR:-default}; an unset VAR without a default is an error."""
+def substitute_env(text: str, environ: Mapping[str, str], source: str, keep_unset: bool = False) -> str:
+    """${VAR} and ${VAR:-default}; an unset VAR without a default is an error, or with
+    `keep_unset` stays as written (a check made where the variables are not known)."""
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
             return environ[name]
         if default is None:
-            raise ManifestError(source, "", f"environment variable {name} is not set (use ${{{name}:-default}})")
+            if keep_unset:
+                return match.group(0)
+            raise ManifestError(source, "", f"environment variable {name} is not set here (use ${{{name}:-default}})")
         return default
 
     return _ENV.sub(replace, text)
+
+
+def check_model_sources(manifest: Manifest, sources: ModelSources) -> None:
+    """The manifest's builder and path against what this machine accepts (a URL's addresses
+    are checked where it is downloaded); ManifestError naming the field."""
+    try:
+        if manifest.model.builder:
+            sources.check_builder(manifest.model.builder)
+        if manifest.model.path:
+            sources.check_path()
+    except SourceRefused as exc:
+        raise ManifestError(manifest.source, "model.builder" if manifest.model.builder else "model.path", str(exc)) from None
 
 
 class _Checker:
@@ -118,7 +167,7 @@ class _Checker:
         value = data[key]
         # YAML reads 1.0 as a float and yes as a bool; a bool is never a number here.
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-            raise self.fail(name, f"expected {_type_name(kind)}, got {_kind(value)} {value!r}")
+            raise self.fail(name, f"expected {_type_name(kind)}, got {_kind(value)} {short_repr(value)}")
         return value
 
     def choice(self, data: dict[str, Any], key: str, field: str, choices: tuple[str, ...], default: Any = ...) -> str:
@@ -196,17 +245,17 @@ def _framework(check: _Checker, top: dict[str, Any]) -> Framework:
 
 
 def _model(check: _Checker, top: dict[str, Any], framework: Framework) -> ModelAssets:
-    data = check.mapping(check.get(top, "model", "", dict), "model", ("builder", "path", "url", "sha256", "format", "train"))
+    data = check.mapping(check.get(top, "model", "", dict), "model", ("builder", "path", "url", "sha256", "format", "size", "train"))
     sources = [key for key in ("builder", "path", "url") if key in data]
     if len(sources) != 1:
         raise check.fail("model", "give exactly one of builder, path or url")
     if sources[0] == "builder":
         builder = check.get(data, "builder", "model", str)
-        if not _BUILDER.fullmatch(builder):
+        if not BUILDER_PATTERN.fullmatch(builder):
             raise check.fail("model.builder", f"{builder!r} must be 'package.module:function'")
         if framework.name != "pytorch":
             raise check.fail("model.builder", "builders make PyTorch models: framework.name must be pytorch")
-        for key in ("sha256", "format"):
+        for key in ("sha256", "format", "size"):
             if key in data:
                 raise check.fail(f"model.{key}", "only for a model from a path or url")
         return ModelAssets(builder=builder, training=_training(check, data))
@@ -223,7 +272,8 @@ def _model(check: _Checker, top: dict[str, Any], framework: Framework) -> ModelA
         raise check.fail("model.format", "an onnx graph needs framework.name onnxruntime")
     if asset_format == "torchscript" and framework.name != "pytorch":
         raise check.fail("model.format", "a torchscript file needs framework.name pytorch")
-    return ModelAssets(**{sources[0]: location}, sha256=sha256, format=asset_format)
+    size = check.positive(data, "size", "model", 0) if "size" in data else 0
+    return ModelAssets(**{sources[0]: location}, sha256=sha256, format=asset_format, size=size)
 
 
 def _training(check: _Checker, data: dict[str, Any]) -> Training | None:
@@ -248,7 +298,7 @@ def _tensors(check: _Checker, top: dict[str, Any], key: str, kinds: dict[str, St
     data = check.mapping(items[0], field, ("name", "shape", "dtype", steps_key))
     shape = check.get(data, "shape", field, list, [])
     if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape):
-        raise check.fail(f"{field}.shape", f"expected a list of positive integers, got {shape!r}")
+        raise check.fail(f"{field}.shape", f"expected a list of positive integers, got {short_repr(shape)}")
     steps = check.get(data, steps_key, field, list, [])
     return Tensor(
         name=check.get(data, "name", field, str),
@@ -268,7 +318,7 @@ def _step(check: _Checker, value: Any, field: str, kinds: dict[str, StepKind]) -
     else:
         raise check.fail(field, f"expected a step name or {{name: {{params}}}}, got {_kind(value)}")
     if op not in kinds:
-        raise check.fail(field, f"unknown step {op!r} (expected one of {', '.join(kinds)})")
+        raise check.fail(field, f"unknown step {short_repr(op)} (expected one of {', '.join(kinds)})")
     params = check.mapping(raw, f"{field}.{op}", tuple(kinds[op].params))
     return Step(op, {name: _param(check, params, name, spec, f"{field}.{op}") for name, spec in kinds[op].params.items()})
 
@@ -282,7 +332,7 @@ def _param(check: _Checker, params: dict[str, Any], name: str, spec: Param, fiel
     values = check.get(params, name, field, list, default)
     item_kind, noun = (int, "integers") if spec.kind == "ints" else ((int, float), "numbers")
     if not values or not all(isinstance(v, item_kind) and not isinstance(v, bool) for v in values):
-        raise check.fail(f"{field}.{name}", f"expected a non-empty list of {noun}, got {values!r}")
+        raise check.fail(f"{field}.{name}", f"expected a non-empty list of {noun}, got {short_repr(values)}")
     return tuple(values)
 
 

@@ -16,7 +16,7 @@ from packaging.specifiers import SpecifierSet
 
 from .assets import AssetCache
 from .datasets import load_dataset
-from .loader import ManifestError
+from .loader import ManifestError, check_model_sources
 from .model import Dataset, Manifest
 from .processing import preprocess
 
@@ -60,10 +60,11 @@ def _asset(manifest: Manifest, cache: AssetCache) -> Path:
     location = manifest.model.url or manifest.model.path
     if manifest.model.path and not Path(location).is_absolute():
         location = str(Path(manifest.source).parent / location)  # relative to the manifest file
-    return cache.fetch(location, manifest.model.sha256)
+    return cache.fetch(location, manifest.model.sha256, manifest.model.size)
 
 
-def _build(manifest: Manifest) -> torch.nn.Module:
+def _build(manifest: Manifest, cache: AssetCache) -> torch.nn.Module:
+    check_model_sources(manifest, cache.sources)  # before anything is imported: a remote manifest names no code
     module_name, function = manifest.model.builder.split(":")
     try:
         builder = getattr(importlib.import_module(module_name), function)
@@ -79,7 +80,7 @@ def torch_weights(manifest: Manifest, cache: AssetCache) -> tuple[torch.nn.Modul
 
     from .models import train_classifier
 
-    model = _build(manifest)
+    model = _build(manifest, cache)
 
     def produce(path: Path) -> None:
         if manifest.model.training is not None:

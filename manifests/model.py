@@ -39,13 +39,15 @@ class Training:
 @dataclass(frozen=True)
 class ModelAssets:
     """Either a builder (`package.module:function` returning a torch.nn.Module with seeded
-    weights) or a graph file from `path`/`url` with its sha256."""
+    weights) or a graph file from `path`/`url` with its sha256 (and, optionally, its size in
+    bytes: the most a download reads)."""
 
     builder: str = ""
     path: str = ""
     url: str = ""
     sha256: str = ""
     format: str = ""
+    size: int = 0
     training: Training | None = None
 
 
