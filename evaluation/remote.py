@@ -21,17 +21,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from mlscope.agents import default_endpoint
-from mlscope.manifests import AssetCache
+from mlscope.manifests import AssetCache, AssetError, ManifestError
+from mlscope.manifests.trust import bounded
 from mlscope.client import ServiceClient, ServiceError
 from mlscope.conventions import PREDICTOR_ID, PREDICTOR_NAME
 
-from .jobs import JobRequest, parse_job_request
+from .jobs import JobError, JobRequest, parse_job_request
 from .predictors import EXECUTION_PROVIDERS, PREDICTORS, PredictorError
 from .runner import EvaluationAgent, Origin, check_plan, evaluate
 from .system import System, this_system
@@ -69,6 +70,7 @@ class Identity:
     execution_providers: tuple[str, ...]  # "framework/provider" pairs that run here
     labels: tuple[tuple[str, str], ...]
     started_ns: int
+    allowed_builders: tuple[str, ...] = ()  # --allow-builder: told to the dispatch, which sends no job naming another
 
     def heartbeat(self) -> dict[str, Any]:
         return {
@@ -76,7 +78,7 @@ class Identity:
             "system": {"fingerprint": self.system.fingerprint, "name": self.system.name,
                        "description": self.system.description},
             "execution_providers": list(self.execution_providers), "labels": dict(self.labels),
-            "started_ns": self.started_ns,
+            "started_ns": self.started_ns, "allowed_builders": list(self.allowed_builders),
         }
 
 
@@ -93,22 +95,26 @@ def runnable_here() -> tuple[str, ...]:
     return tuple(pairs)
 
 
-def this_predictor(name: str | None, labels: Sequence[tuple[str, str]]) -> Identity:
+def this_predictor(name: str | None, labels: Sequence[tuple[str, str]],
+                   allowed_builders: Sequence[str] = ()) -> Identity:
     host = socket.gethostname()
     return Identity(predictor_id=uuid.uuid4().hex, name=name or f"{host}-{os.getpid()}", host=host, pid=os.getpid(),
                     system=this_system(), execution_providers=runnable_here(), labels=tuple(labels),
-                    started_ns=time.time_ns())
+                    started_ns=time.time_ns(), allowed_builders=tuple(allowed_builders))
 
 
 class PredictorProcess:
     """Heartbeats from a background thread; runs jobs one at a time on the caller's thread."""
 
     def __init__(self, client: ServiceClient, identity: Identity, endpoint: str | None,
-                 cache: AssetCache, poll_s: float = 1.0) -> None:
+                 cache: AssetCache, poll_s: float = 1.0, shared_env: Mapping[str, str] | None = None) -> None:
+        """`cache.sources` is what a job's models may be; `shared_env` the variables its
+        manifests' ${VAR}s may read (only those its owner named: a job's text is anyone's)."""
         self._client = client
         self.identity = identity
         self._endpoint = endpoint
         self._cache = cache
+        self._shared_env = dict(shared_env or {})
         self._poll_s = poll_s
         self._heartbeat_s = 5.0
 
@@ -166,15 +172,19 @@ class PredictorProcess:
         except Stopped:
             self._set_state(job_id, "failed", "the predictor was stopped during the job")
             raise
+        except (JobError, AssetError, ManifestError, PredictorError) as exc:  # the job's fault: said in one line
+            log.warning("job %s failed: %s", job_id, exc)
+            self._set_state(job_id, "failed", bounded(str(exc)))
+            return "failed"
         except Exception as exc:  # noqa: BLE001 - any job failure is reported, the predictor lives on
             log.exception("job %s failed", job_id)
-            self._set_state(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            self._set_state(job_id, "failed", bounded(f"{type(exc).__name__}: {exc}"))
             return "failed"
         self._set_state(job_id, "done", f"{results} results", results)
         return "done"
 
     def _evaluate(self, job: dict[str, Any]) -> int:
-        request: JobRequest = parse_job_request(json.loads(job["request"]))
+        request: JobRequest = parse_job_request(json.loads(job["request"]), self._shared_env, self._cache.sources)
         check_plan(request.plan)  # this machine's providers
         system = self.identity.system
         origin = Origin(run_id=job["run_id"], predictor=self.identity.name, job_id=job["job_id"])
