@@ -62,7 +62,8 @@ async def list_predictors(request: web.Request) -> web.Response:
 
 
 async def submit_jobs(request: web.Request) -> web.Response:
-    submission = parse_submission(await json_body(request))
+    # Parsing runs the manifests' YAML: in a worker thread, never on the loop the collector shares.
+    submission = await asyncio.to_thread(parse_submission, await json_body(request))
     return json_response(await asyncio.to_thread(request.app[DISPATCHER].submit, submission), status=201)
 
 
