@@ -14,9 +14,10 @@ from __future__ import annotations
 import grpc
 from aiohttp import web
 
+from mlscope.auth import NO_AUTH, AuthPolicy
 from mlscope.store import Store
 
-from .config import NO_GRPC, CollectorConfig
+from .config import NO_GRPC, CollectorConfig, default_spool_dir
 from .grpc_server import create_grpc_server
 from .http_server import create_otlp_app
 from .pipeline import IngestPipeline
@@ -26,16 +27,19 @@ _GRPC_STOP_GRACE_S = 10.0
 
 
 class Collector:
-    """The OTLP/HTTP and OTLP/gRPC servers in front of one ingest pipeline."""
+    """The OTLP/HTTP and OTLP/gRPC servers in front of one ingest pipeline; `auth` decides who
+    may send (an `ingest` token on both)."""
 
-    def __init__(self, store: Store, config: CollectorConfig) -> None:
+    def __init__(self, store: Store, config: CollectorConfig, auth: AuthPolicy = NO_AUTH) -> None:
         self.config = config
         self.http_port = config.http_port
+        self._auth = auth
         self.grpc_port = config.grpc_port
-        self._pipeline = IngestPipeline(store, Spool(config.spool_dir, config.max_spool_bytes), config)
+        spool_dir = config.spool_dir or default_spool_dir(store.url)
+        self._pipeline = IngestPipeline(store, Spool(spool_dir, config.max_spool_bytes), config)
         # auto_decompress off: http_server inflates gzip itself, bounded (see its docstring).
         self._runner = web.AppRunner(
-            create_otlp_app(self._pipeline, config.max_body_bytes), access_log=None, auto_decompress=False
+            create_otlp_app(self._pipeline, config.max_body_bytes, auth), access_log=None, auto_decompress=False
         )
         self._grpc: grpc.aio.Server | None = None
 
@@ -47,7 +51,7 @@ class Collector:
             await site.start()
             self.http_port = self._runner.addresses[0][1]
             if self.config.grpc_port != NO_GRPC:
-                self._grpc = create_grpc_server(self._pipeline, self.config.max_body_bytes)
+                self._grpc = create_grpc_server(self._pipeline, self.config.max_body_bytes, self._auth)
                 self.grpc_port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
                 await self._grpc.start()
         except BaseException:

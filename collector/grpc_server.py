@@ -1,5 +1,6 @@
 """OTLP/gRPC: TraceService/Export and MetricsService/Export on a grpc.aio server that shares the
-event loop, and so the pipeline, with the HTTP side."""
+event loop, and so the pipeline, with the HTTP side. With a token file (mlscope.auth) a call
+needs `authorization: Bearer <token>` metadata with the `ingest` scope."""
 
 from __future__ import annotations
 
@@ -12,14 +13,27 @@ from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
+from mlscope.auth import AuthPolicy, Scope, Verdict
+
 from .otlp import METRICS, TRACES, Signal
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
 # OTLP exporters read the retry delay from this trailer (a serialized google.rpc.RetryInfo).
 _RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
+_AUTHORIZATION_KEY = "authorization"  # gRPC metadata keys are lower case
+_REFUSALS = {
+    Verdict.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, "an ingest token is required (authorization: Bearer <token>)"),
+    Verdict.FORBIDDEN: (grpc.StatusCode.PERMISSION_DENIED, "this token lacks the ingest scope"),
+}
 
 
-async def _export(pipeline: IngestPipeline, signal: Signal, request: Message, context: grpc.aio.ServicerContext) -> Message:
+async def _export(
+    pipeline: IngestPipeline, auth: AuthPolicy, signal: Signal, request: Message, context: grpc.aio.ServicerContext
+) -> Message:
+    metadata = dict(context.invocation_metadata() or ())
+    verdict = auth.check(metadata.get(_AUTHORIZATION_KEY), Scope.INGEST)
+    if verdict in _REFUSALS:
+        await context.abort(*_REFUSALS[verdict])
     decoded = signal.decode(request)
     try:
         await pipeline.submit(Batch(signal.name, decoded, request.SerializeToString()))
@@ -31,24 +45,26 @@ async def _export(pipeline: IngestPipeline, signal: Signal, request: Message, co
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, pipeline: IngestPipeline) -> None:
+    def __init__(self, pipeline: IngestPipeline, auth: AuthPolicy) -> None:
         self._pipeline = pipeline
+        self._auth = auth
 
     async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 (gRPC name)
-        return await _export(self._pipeline, TRACES, request, context)
+        return await _export(self._pipeline, self._auth, TRACES, request, context)
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, pipeline: IngestPipeline) -> None:
+    def __init__(self, pipeline: IngestPipeline, auth: AuthPolicy) -> None:
         self._pipeline = pipeline
+        self._auth = auth
 
     async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 (gRPC name)
-        return await _export(self._pipeline, METRICS, request, context)
+        return await _export(self._pipeline, self._auth, METRICS, request, context)
 
 
-def create_grpc_server(pipeline: IngestPipeline, max_message_bytes: int) -> grpc.aio.Server:
+def create_grpc_server(pipeline: IngestPipeline, max_message_bytes: int, auth: AuthPolicy) -> grpc.aio.Server:
     """An unstarted server; the caller adds the port (add_insecure_port returns the bound one)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(pipeline), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(pipeline), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(pipeline, auth), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(pipeline, auth), server)
     return server

@@ -3,6 +3,7 @@
 Errors carry a google.rpc.Status in the request's encoding (JSON when the content type itself was
 refused). Bodies are decompressed here, not by aiohttp, so that the decompressed size is bounded
 while inflating: run the app with `auto_decompress=False` (the Collector's runner does).
+With a token file (mlscope.auth), both paths need an `ingest` token, checked before the body is read.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
+from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict
+
 from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
 PIPELINE_KEY = web.AppKey("pipeline", IngestPipeline)
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+AUTH_KEY = web.AppKey("auth", AuthPolicy)
 
 _ENCODINGS = {encoding.value: encoding for encoding in Encoding}
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -34,13 +38,14 @@ class _HttpError(Exception):
         self.retry_after_s = retry_after_s
 
 
-def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int) -> web.Application:
+def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, auth: AuthPolicy = NO_AUTH) -> web.Application:
     """The OTLP/HTTP app; its lifetime owns the pipeline's background tasks."""
     # The raw body is held to the same limit as the decompressed one: gzip never makes an OTLP
     # request bigger, and anything larger must not even be buffered.
     app = web.Application(client_max_size=max_body_bytes)
     app[PIPELINE_KEY] = pipeline
     app[MAX_BODY_KEY] = max_body_bytes
+    app[AUTH_KEY] = auth
     app.cleanup_ctx.append(_pipeline_lifetime)
     app.router.add_post("/v1/traces", _handler(TRACES))
     app.router.add_post("/v1/metrics", _handler(METRICS))
@@ -58,6 +63,7 @@ def _handler(signal: Signal) -> Callable[[web.Request], Awaitable[web.Response]]
     async def export(request: web.Request) -> web.Response:
         encoding = _ENCODINGS.get(request.content_type)
         try:
+            _authorize(request)
             if encoding is None:
                 raise _HttpError(
                     415,
@@ -81,6 +87,14 @@ def _handler(signal: Signal) -> Callable[[web.Request], Awaitable[web.Response]]
         return _message_response(200, signal.response(decoded), encoding)
 
     return export
+
+
+def _authorize(request: web.Request) -> None:
+    verdict = request.app[AUTH_KEY].check(request.headers.get("Authorization"), Scope.INGEST)
+    if verdict is Verdict.UNAUTHENTICATED:
+        raise _HttpError(401, code_pb2.UNAUTHENTICATED, "an ingest token is required (Authorization: Bearer <token>)")
+    if verdict is Verdict.FORBIDDEN:
+        raise _HttpError(403, code_pb2.PERMISSION_DENIED, "this token lacks the ingest scope")
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:

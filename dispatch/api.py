@@ -1,6 +1,8 @@
 """Dispatch over HTTP: an aiohttp app mounted at /api beside the query API (`dispatch_mount`),
 route table first, thin handlers (parse with core, call the Dispatcher in a worker thread,
-render). Errors answer as the query API's do (query/http.py).
+render). Errors answer as the query API's do (query/http.py), and so does auth: the query app's
+middleware checks the scope each route declares here. A predictor's token (`predictor` scope)
+beats, pulls its jobs and changes their state; submitting jobs and listing predictors is `admin`'s.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import asyncio
 
 from aiohttp import web
 
+from mlscope.auth import Scope, requires
 from mlscope.query.http import Mount, errors_as_json, flag, json_body, json_response
 
 from .core import check_id, parse_heartbeat, parse_job_filter, parse_state_change, parse_submission
@@ -48,6 +51,7 @@ def _job_id(request: web.Request) -> str:
     return check_id(request.match_info["job_id"], "job id")
 
 
+@requires(Scope.PREDICTOR)
 async def predictor_heartbeat(request: web.Request) -> web.Response:
     heartbeat = parse_heartbeat(await json_body(request))
     answer = await asyncio.to_thread(request.app[DISPATCHER].heartbeat, heartbeat)
@@ -55,27 +59,32 @@ async def predictor_heartbeat(request: web.Request) -> web.Response:
     return json_response({**answer, **({"otlp_http_port": port} if port else {})})
 
 
+@requires(Scope.ADMIN)
 async def list_predictors(request: web.Request) -> web.Response:
     alive_only = flag(request, "alive")
     predictors = await asyncio.to_thread(request.app[DISPATCHER].predictors)
     return json_response({"predictors": [predictor for predictor in predictors if predictor["alive"] or not alive_only]})
 
 
+@requires(Scope.ADMIN)
 async def submit_jobs(request: web.Request) -> web.Response:
     # Parsing runs the manifests' YAML: in a worker thread, never on the loop the collector shares.
     submission = await asyncio.to_thread(parse_submission, await json_body(request))
     return json_response(await asyncio.to_thread(request.app[DISPATCHER].submit, submission), status=201)
 
 
+@requires(Scope.PREDICTOR)
 async def list_jobs(request: web.Request) -> web.Response:
     job_filter = parse_job_filter(request.query)
     return json_response({"jobs": await asyncio.to_thread(request.app[DISPATCHER].jobs, job_filter)})
 
 
+@requires(Scope.PREDICTOR)
 async def get_job(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(request.app[DISPATCHER].job, _job_id(request)))
 
 
+@requires(Scope.PREDICTOR)
 async def change_job_state(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     change = parse_state_change(await json_body(request))

@@ -29,6 +29,7 @@ from mlscope.conventions import (
     FRAMEWORK_NAME,
     HOST_NAME,
     MODEL_NAME,
+    otlp_headers,
 )
 from mlscope.agents.otlp_exporter import EncodedSpanExporter, ExporterDecorator
 from mlscope.manifests import AssetCache, Manifest, check_framework, preprocessed_dataset
@@ -122,8 +123,9 @@ class EvaluationAgent:
     def check_collector(self, timeout_s: float = 10) -> None:
         """DeliveryFailed unless the collector accepts an (empty) OTLP export now: better to say
         so before a long run than to find every result lost after it."""
+        # The exporters' headers (OTEL_EXPORTER_OTLP_HEADERS): a collector with --auth wants the token.
         request = urllib.request.Request(f"{self.endpoint}/v1/traces", data=b"",
-                                         headers={"Content-Type": "application/x-protobuf"})
+                                         headers={**otlp_headers(), "Content-Type": "application/x-protobuf"})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s):
                 pass

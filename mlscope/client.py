@@ -5,7 +5,10 @@ the service's own `{"error": ...}` or why it was not reached. Used by the CLI (`
 
 It sits here, beside the conventions, rather than in query/ or dispatch/: those are the server
 side, and the clients (evaluation, cli) must not depend on a server's package. Standard library
-only, importing nothing of mlscope, so any component may use it.
+and the conventions only, so any component may use it.
+
+Every request carries `Authorization: Bearer <token>` when a token is given or MLSCOPE_TOKEN is
+set (a service run with `--auth` answers 401 without one, 403 when its scope does not suffice).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
+
+from mlscope.conventions import ENV_TOKEN, service_token
 
 
 class ServiceError(Exception):
@@ -28,19 +33,23 @@ class ServiceError(Exception):
 
 
 class ServiceClient:
-    """GET and POST of JSON against one base URL (http://host:port)."""
+    """GET and POST of JSON against one base URL (http://host:port), as the holder of `token`
+    (default: MLSCOPE_TOKEN; None sends no credentials)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 60) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 60, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout_s = timeout_s
+        token = token or service_token()
+        self._auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         query = f"?{urlencode(params)}" if params else ""
-        return self._send(urllib.request.Request(f"{self.base_url}{path}{query}"))
+        return self._send(urllib.request.Request(f"{self.base_url}{path}{query}", headers=self._auth_headers))
 
     def post(self, path: str, body: Any) -> Any:
         return self._send(urllib.request.Request(
-            f"{self.base_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}))
+            f"{self.base_url}{path}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **self._auth_headers}))
 
     def _send(self, request: urllib.request.Request) -> Any:
         try:
@@ -51,6 +60,8 @@ class ServiceClient:
                 reason = json.loads(error.read())["error"]
             except (ValueError, KeyError, TypeError):
                 reason = f"HTTP {error.code}"
+            if error.code in (401, 403):
+                reason = f"{reason} (mlscope sends the token in {ENV_TOKEN})"
             raise ServiceError(reason, error.code) from error
         except (urllib.error.URLError, OSError) as error:
             raise ServiceError(f"cannot reach {self.base_url}: {getattr(error, 'reason', error)}") from error

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mlscope.auth import NO_AUTH, AuthPolicy, Scope, public, requires
 from mlscope.conventions import parse_levels
 from mlscope.store import Store, StoreError
 from mlscope.ui import add_viewer
@@ -21,7 +22,7 @@ from mlscope.ui import add_viewer
 from .errors import BadRequest, NotFound
 from .evaluations import parse_evaluation_filter
 from .export import EXPORTERS
-from .http import Mount, error_response, errors_as_json, flag, json_body, json_response
+from .http import Mount, authorize, error_response, errors_as_json, flag, json_body, json_response
 from .listing import parse_trace_filter
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
@@ -57,12 +58,12 @@ _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
-    mounts: Sequence[Mount] = (),
+    mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
 ) -> web.Application:
     """The query API and the viewer over `store`, with `mounts` served beside them;
     `collector_status`, when given, is reported by /readyz (a collector running in the same
-    process)."""
-    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
+    process). `auth` decides who may call each route, the mounts' included."""
+    app = web.Application(middlewares=[errors_as_json, authorize(auth)], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[READER] = TraceReader(store, sql_limits)
     app[COLLECTOR_STATUS] = collector_status
@@ -96,10 +97,12 @@ async def _timeline(
 # --- handlers ---------------------------------------------------------------------------------
 
 
+@public
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+@public
 async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     status = request.app[COLLECTOR_STATUS]
@@ -114,20 +117,24 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", **extra})
 
 
+@public
 async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI])
 
 
+@public
 async def conventions(request: web.Request) -> web.Response:
     return json_response(conventions_document())
 
 
+@requires(Scope.READ)
 async def list_traces(request: web.Request) -> web.Response:
     trace_filter = parse_trace_filter(request.query)
     traces = await asyncio.to_thread(request.app[READER].list_traces, trace_filter)
     return json_response({"traces": traces})
 
 
+@requires(Scope.READ)
 async def get_trace(request: web.Request) -> web.Response:
     trace_id = _trace_id(request)
     levels = parse_levels(request.query.get("levels"))
@@ -135,6 +142,7 @@ async def get_trace(request: web.Request) -> web.Response:
     return json_response(timeline_json(timeline))
 
 
+@requires(Scope.READ)
 async def export_trace(request: web.Request) -> web.Response:
     trace_id = _trace_id(request)
     name = request.query.get("format", "")
@@ -146,6 +154,7 @@ async def export_trace(request: web.Request) -> web.Response:
     return json_response(exporter(timeline), headers={"Content-Disposition": disposition})
 
 
+@requires(Scope.READ)
 async def run_sql(request: web.Request) -> web.Response:
     body = await json_body(request)
     query = body.get("query") if isinstance(body, dict) else None
@@ -155,6 +164,7 @@ async def run_sql(request: web.Request) -> web.Response:
     return json_response(answer.to_json())
 
 
+@requires(Scope.READ)
 async def list_evaluations(request: web.Request) -> web.Response:
     evaluation_filter = parse_evaluation_filter(request.query)
     rows = await asyncio.to_thread(request.app[READER].evaluations, evaluation_filter)

@@ -1,6 +1,7 @@
 """How the service answers over HTTP, shared by the query API and what is mounted beside it
 (mlscope.dispatch): JSON bodies, one middleware that turns every error into `{"error": ...}`
-with its status code, and `Mount`, a component's routes served next to the query API.
+with its status code, one that checks each route's scope (mlscope.auth), and `Mount`, a
+component's routes served next to the query API.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mlscope.auth import AuthPolicy, Verdict, route_scope
 from mlscope.conventions import UnknownLevel
 from mlscope.store import StoreUnavailable
 
@@ -29,6 +31,10 @@ _ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnknownLevel, 400),
     (StoreUnavailable, 503),
 )
+
+_VERDICT_STATUS = {Verdict.UNAUTHENTICATED: 401, Verdict.FORBIDDEN: 403}
+# RFC 6750: a 401 names the scheme the client should use.
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mlscope"'}
 
 _FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
 
@@ -50,8 +56,10 @@ def json_response(data: Any, **kwargs: Any) -> web.Response:
     return web.json_response(data, dumps=_dumps, **kwargs)
 
 
-def error_response(http_status: int, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": message, **extra}, status=http_status)
+def error_response(
+    http_status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> web.Response:
+    return json_response({"error": message, **extra}, status=http_status, headers=headers)
 
 
 async def json_body(request: web.Request) -> Any:
@@ -89,3 +97,29 @@ async def errors_as_json(
             log.exception("%s %s failed", request.method, request.path)
             return error_response(500, "internal error")
         return error_response(status, str(exc))
+
+
+Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]
+
+
+def authorize(policy: AuthPolicy) -> Middleware:
+    """A middleware that answers 401/403 unless the request's bearer token has the scope its
+    route declares (`mlscope.auth.requires` / `public`; sub-apps' routes included). A path no
+    route matches goes on to its 404 or 405."""
+
+    @web.middleware
+    async def check_scope(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.match_info.http_exception is None:
+            scope = route_scope(request.match_info.handler)
+            if scope is not None:
+                verdict = policy.check(request.headers.get("Authorization"), scope)
+                if verdict is Verdict.UNAUTHENTICATED:
+                    return error_response(401, "a bearer token is required (Authorization: Bearer <token>)",
+                                          headers=_CHALLENGE)
+                if verdict is Verdict.FORBIDDEN:
+                    return error_response(403, f"this token lacks the {scope.value} scope")
+        return await handler(request)
+
+    return check_scope

@@ -4,6 +4,10 @@ links work in a new tab; app.js routes on location.pathname and reads the JSON A
 
 Untrusted strings (span names, attributes) reach the page only as text nodes, and a strict
 Content-Security-Policy keeps anything else from running even if one slipped through.
+
+The pages and static files are public: they hold no data. The data calls need a `read` token
+(mlscope.auth); on a 401 app.js asks for one once, keeps it in sessionStorage and sends it as a
+bearer header, never in a URL.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import importlib.resources
 
 from aiohttp import web
+
+from mlscope.auth import public
 
 PAGES = ("/", "/traces/{trace_id}", "/evaluations", "/compare", "/sql")
 _CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
@@ -48,9 +54,11 @@ def add_viewer(app: web.Application) -> None:
     files = _static_files()
     index_body, index_type = files["index.html"]
 
+    @public
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=index_body, content_type=index_type, charset="utf-8", headers=_NO_CACHE)
 
+    @public
     async def static(request: web.Request) -> web.Response:
         found = files.get(request.match_info["name"])
         if found is None:

@@ -257,11 +257,63 @@
       el("tr", null, el("td", null, k), el("td", null, typeof v === "string" ? v : JSON.stringify(v)))));
   }
 
+  // A service run with --auth answers 401 to data calls without a read token: the viewer asks
+  // once, keeps the token for this tab (sessionStorage) and sends it as a bearer header, never
+  // in a URL (URLs end up in logs and history).
+  const TOKEN_KEY = "mlscope.token";
+  let tokenDeclined = false;
+
+  function withToken(options, token) {
+    const headers = new Headers((options && options.headers) || {});
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+    return { ...options, headers };
+  }
+
+  // The token to retry with after a 401 to a request that carried `sent`: one another request
+  // already got (calls fail together), else the user's answer to one prompt; null to give up.
+  function tokenAfterRefusal(sent) {
+    const stored = sessionStorage.getItem(TOKEN_KEY);
+    if (stored && stored !== sent) return stored;
+    if (tokenDeclined) return null;
+    const answer = (window.prompt(sent ? "That token was refused. mlscope read token:" : "mlscope read token:") || "").trim();
+    if (!answer) {
+      tokenDeclined = true;
+      return null;
+    }
+    sessionStorage.setItem(TOKEN_KEY, answer);
+    return answer;
+  }
+
+  async function fetchWithToken(url, options) {
+    const sent = sessionStorage.getItem(TOKEN_KEY);
+    const response = await fetch(url, withToken(options, sent));
+    if (response.status !== 401) return response;
+    const token = tokenAfterRefusal(sent);
+    return token ? fetch(url, withToken(options, token)) : response;
+  }
+
   async function fetchJson(url, options) {
-    const response = await fetch(url, options);
+    const response = await fetchWithToken(url, options);
     const body = parseJson(await response.text());
     if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
     return body;
+  }
+
+  // A download link that carries the token: a plain link's request could not.
+  function downloadLink(url, filename, text) {
+    const link = el("a", { href: url, download: filename }, text);
+    link.addEventListener("click", async (event) => {
+      event.preventDefault();
+      const response = await fetchWithToken(url);
+      if (!response.ok) {
+        link.textContent = `${text} (${response.status})`;
+        return;
+      }
+      const saver = el("a", { href: URL.createObjectURL(await response.blob()), download: filename });
+      saver.click();
+      setTimeout(() => URL.revokeObjectURL(saver.href), 1000);  // after the download has started
+    });
+    return link;
   }
 
   function showError(main, error) {
@@ -384,8 +436,8 @@
         root ? el("span", null, formatTime(layout.startNs)) : null,
         el("span", { class: "total" }, formatDuration(layout.endNs - layout.startNs)),
         el("span", null, `${trace.spans.length} spans`),
-        el("a", { href: `${base}/export?format=perfetto` }, "Perfetto JSON"),
-        el("a", { href: `${base}/export?format=jaeger` }, "Jaeger JSON")),
+        downloadLink(`${base}/export?format=perfetto`, `trace-${trace.trace_id}.perfetto.json`, "Perfetto JSON"),
+        downloadLink(`${base}/export?format=jaeger`, `trace-${trace.trace_id}.jaeger.json`, "Jaeger JSON")),
       levelFilter(shown, onLevels),
       trace.warnings.length
         ? el("details", { class: "warnings" }, el("summary", null, `${trace.warnings.length} warnings`),
