@@ -4,6 +4,7 @@ pages and /healthz stay open). One backend (embedded): auth does not depend on t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,11 +18,15 @@ from mlscope.collector import Collector
 from mlscope.dispatch import Dispatcher, dispatch_mount
 from mlscope.query import create_query_app
 from mlscope.store import Store, open_store
+from mlscope.conventions import ENV_OTLP_HEADERS
 from tests.collector.collector_testing import post, quick_config, span_request
+from tests.collector.test_http import HERE as COLLECTOR_TESTS
+from tests.collector.test_http import run_program
 from tests.query.query_server import serve
 from tests.test_auth import TOKENS
 
 AUTH = parse_token_file(TOKENS, "tokens.yaml")
+SDK_PROGRAM = COLLECTOR_TESTS / "sdk_program.py"
 NO_TOKEN, INGEST, READ, PREDICTOR, ADMIN = None, "ingest-1", "reader-1", "predictor-1", "admin-1"
 
 
@@ -116,3 +121,18 @@ async def test_a_401_names_the_bearer_scheme(api_url: str) -> None:
         assert response.status == 401
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "bearer token" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+async def test_otel_sdk_exporters_deliver_with_the_token_in_otel_exporter_otlp_headers(
+    protocol: str, collector: Collector, embedded_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unmodified SDK program (mlscope's agents use the same SDK exporter, which reads the same
+    variable) sends its spans and metrics with the token; without it they are refused."""
+    endpoint = f"http://127.0.0.1:{collector.http_port if protocol == 'http' else collector.grpc_port}"
+    monkeypatch.setenv(ENV_OTLP_HEADERS, f"authorization=Bearer%20{INGEST}")
+
+    trace_id = (await run_program(str(SDK_PROGRAM), protocol, endpoint)).strip()
+
+    rows = (await asyncio.to_thread(embedded_store.execute, f"SELECT count() FROM spans WHERE trace_id = '{trace_id}'")).rows
+    assert rows == [(5,)]
