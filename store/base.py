@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import SchemaError, StoreError
-from .model import SCHEMA_MIGRATIONS, TABLES, Columns, QueryResult
+from .model import SCHEMA_MIGRATIONS, TABLES, Columns, QueryResult, blocks_by_partition
 
 Settings = Mapping[str, int | float | str]
 
@@ -72,11 +72,20 @@ class Store(ABC):
         """Runs one statement; raises StoreUnavailable when the store cannot be reached and
         StoreError (with ClickHouse's code) when the engine refuses it."""
 
-    @abstractmethod
     def insert(self, table: str, columns: Columns) -> None:
-        """Inserts rows into one of the physical tables of model.TABLES in one block, so that a
-        batch is stored whole or not at all. `columns` holds exactly the table's columns, in its
-        order (check_columns)."""
+        """Inserts rows into one of the physical tables of model.TABLES. `columns` holds exactly
+        the table's columns, in its order (check_columns). Rows spanning fewer than
+        MONTHS_PER_INSERT months go in one block, stored whole or not at all; more go in one
+        block per group of months (the engine refuses a block touching over 100 partitions), and
+        a failure part-way leaves the blocks before it stored, which a retry of the same rows
+        collapses with."""
+        names = check_columns(table, columns)
+        for block in blocks_by_partition(TABLES[table], columns):
+            self._insert_block(table, names, block)
+
+    @abstractmethod
+    def _insert_block(self, table: str, names: list[str], columns: Columns) -> None:
+        """Inserts `columns` (named `names`, checked) in one block."""
 
     @abstractmethod
     def close(self) -> None: ...

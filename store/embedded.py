@@ -13,7 +13,7 @@ import threading
 
 import pyarrow as pa
 
-from .base import Settings, Store, check_columns, setting_literal
+from .base import Settings, Store, setting_literal
 from .errors import StoreError, StoreUnavailable
 from .model import TABLES, Column, Columns, QueryResult, Table
 
@@ -77,8 +77,7 @@ class EmbeddedStore(Store):
         columns = tuple(Column(meta["name"], meta["type"]) for meta in payload["meta"])
         return QueryResult(columns=columns, rows=[tuple(row) for row in payload["data"]])
 
-    def insert(self, table: str, columns: Columns) -> None:
-        names = check_columns(table, columns)
+    def _insert_block(self, table: str, names: list[str], columns: Columns) -> None:
         arrow_table = pa.Table.from_pydict(columns, schema=_SCHEMAS[table])  # noqa: F841 (read by chdb)
         # chdb's Python() table function finds `arrow_table` in this frame's locals.
         self._run(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM Python(arrow_table)")

@@ -15,6 +15,8 @@ values are strings.
 from __future__ import annotations
 
 import json
+import time
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,9 @@ class Table:
 
     name: str
     columns: tuple[Column, ...]
+    partitioned_by_month_of: str = ""
+    """The nanosecond column whose month names a row's partition (PARTITION BY toYYYYMM of its
+    date); "" for an unpartitioned table."""
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -50,8 +55,8 @@ class Table:
         return ", ".join(f"{column.name} {column.type}" for column in self.columns)
 
 
-def _table(name: str, *columns: tuple[str, str]) -> Table:
-    return Table(name, tuple(Column(column, column_type) for column, column_type in columns))
+def _table(name: str, *columns: tuple[str, str], partitioned_by_month_of: str = "") -> Table:
+    return Table(name, tuple(Column(column, column_type) for column, column_type in columns), partitioned_by_month_of)
 
 
 # schema/001_spans.sql (start_date is computed from start_ns); read through the `spans` view.
@@ -79,6 +84,7 @@ SPAN_ROWS = _table(
     ("event_names", "Array(String)"),
     ("event_attrs_json", "Array(String)"),
     ("links_json", "String"),
+    partitioned_by_month_of="start_ns",
 )
 
 # schema/003_metrics.sql (date is computed from time_ns); read through the `metrics` view.
@@ -101,6 +107,7 @@ METRIC_POINTS = _table(
     ("resource_values", "Array(String)"),
     ("scope_name", "String"),
     ("series_hash", "UInt64"),
+    partitioned_by_month_of="time_ns",
 )
 
 # schema/006_dispatch.sql: a predictor's heartbeat (`predictors` view) and a job's state change
@@ -158,6 +165,34 @@ def extend_columns(target: Columns, source: Columns) -> None:
     """Appends `source` to `target` column by column (both of the same table)."""
     for name, values in source.items():
         target[name].extend(values)
+
+
+MONTHS_PER_INSERT = 50
+"""At most this many UTC months of rows go into one insert block. ClickHouse refuses a block
+that touches more than max_partitions_per_insert_block (100) partitions; the store's time zone
+can move a row into the neighbouring month, so each UTC month counts twice."""
+
+
+def _utc_month(time_ns: int) -> int:
+    moment = time.gmtime(time_ns // 1_000_000_000)
+    return moment.tm_year * 12 + moment.tm_mon
+
+
+def blocks_by_partition(table: Table, columns: Columns) -> list[Columns]:
+    """`columns` as insert blocks of at most MONTHS_PER_INSERT months each: one block (the same
+    object) when its rows span fewer, else the rows grouped by month, months in order."""
+    times = columns[table.partitioned_by_month_of] if table.partitioned_by_month_of else []
+    if not times or _utc_month(max(times)) - _utc_month(min(times)) < MONTHS_PER_INSERT:
+        return [columns]
+    rows_by_month: dict[int, list[int]] = defaultdict(list)
+    for row, time_ns in enumerate(times):
+        rows_by_month[_utc_month(time_ns)].append(row)
+    months = sorted(rows_by_month)
+    blocks = []
+    for first in range(0, len(months), MONTHS_PER_INSERT):
+        rows = [row for month in months[first : first + MONTHS_PER_INSERT] for row in rows_by_month[month]]
+        blocks.append({name: [values[row] for row in rows] for name, values in columns.items()})
+    return blocks
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from clickhouse_driver import Client, errors
 
-from .base import Settings, Store, check_columns
+from .base import Settings, Store
 from .errors import StoreError, StoreUnavailable
 from .model import Column, Columns, QueryResult
 
@@ -88,8 +88,7 @@ class ServerStore(Store):
         columns = tuple(Column(name, ch_type) for name, ch_type in column_types)
         return QueryResult(columns=columns, rows=[tuple(_plain(v) for v in row) for row in rows])
 
-    def insert(self, table: str, columns: Columns) -> None:
-        names = check_columns(table, columns)
+    def _insert_block(self, table: str, names: list[str], columns: Columns) -> None:
         client = self._client()
         self._call(
             client,

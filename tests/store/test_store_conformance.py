@@ -16,6 +16,7 @@ from mlscope.store import (
     sql_string,
 )
 from mlscope.store.base import schema_files
+from mlscope.store.model import MONTHS_PER_INSERT, SPAN_ROWS, blocks_by_partition
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 T0 = 1_764_000_000_000_000_000  # 2025-11-24, ns
@@ -158,3 +159,28 @@ def test_server_url_defaults() -> None:
     assert (parsed.host, parsed.port, parsed.database, parsed.user, parsed.password) == (
         "db.example", 9440, "traces", "u", "p@ss")
     assert parse_store_url("clickhouse://h").port == 9000
+
+
+MONTH_NS = 31 * 86_400 * 10**9
+
+
+def test_rows_spanning_more_months_than_one_insert_may_touch_are_stored(store: Store) -> None:
+    # ClickHouse refuses one insert block touching over 100 monthly partitions (chdb enforces
+    # it); insert() splits by month, so one caller's rows are stored however far apart they are.
+    rows = [span_row(f"{index + 1:016x}", "", f"month-{index}", T0 - index * MONTH_NS, T0 - index * MONTH_NS + 5)
+            for index in range(150)]
+
+    store.insert("span_rows", columns_of(rows))
+
+    assert store.execute("SELECT count(), uniqExact(toYYYYMM(start_date)) FROM span_rows").rows == [(150, 150)]
+
+
+def test_rows_within_a_few_months_go_in_one_block() -> None:
+    columns = columns_of([span_row(f"{index + 1:016x}", "", "s", T0 + index * MONTH_NS, T0 + index * MONTH_NS)
+                          for index in range(MONTHS_PER_INSERT - 1)])
+    assert blocks_by_partition(SPAN_ROWS, columns) == [columns]
+    spread = columns_of([span_row(f"{index + 1:016x}", "", "s", T0 + (index % 120) * MONTH_NS, T0)
+                         for index in range(240)])
+    blocks = blocks_by_partition(SPAN_ROWS, spread)
+    assert [len(block["span_id"]) for block in blocks] == [100, 100, 40]  # 50, 50, 20 months of 2 rows
+    assert sorted(span_id for block in blocks for span_id in block["span_id"]) == sorted(spread["span_id"])
