@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -197,6 +198,17 @@ def _service(resource_keys: list[str], resource_values: list[str]) -> str:
 
 # --- traces -----------------------------------------------------------------------------------
 
+EARLIEST_TIME_NS = 946_684_800 * 10**9  # 2000-01-01 UTC
+FUTURE_TOLERANCE_NS = 86_400 * 10**9  # one day of clock skew
+
+
+def time_window(now_ns: int | None = None) -> tuple[int, int]:
+    """The (earliest, latest) start time in ns the collector stores, inclusive. Each month is a
+    store partition: bounding the times bounds how many partitions one request can touch, and a
+    time outside it is a clock or encoding bug, not a moment anyone will look at."""
+    return EARLIEST_TIME_NS, (time.time_ns() if now_ns is None else now_ns) + FUTURE_TOLERANCE_NS
+
+
 
 def _span_problem(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> str | None:
     if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
@@ -208,9 +220,18 @@ def _span_problem(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> str
     return None
 
 
-def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
+def _time_problem(start: int, end: int, latest: int) -> str:
+    if start < EARLIEST_TIME_NS:
+        return f"start time {start} ns is before {time.strftime('%Y-%m-%d', time.gmtime(EARLIEST_TIME_NS // 10**9))}"
+    if start > latest:
+        return f"start time {start} ns is more than {FUTURE_TOLERANCE_NS // 10**9} s in the future"
+    return f"end time {end} ns is before start time {start} ns"
+
+
+def decode_traces(request: ExportTraceServiceRequest, window: tuple[int, int] | None = None) -> Decoded:
     """Span rows for every valid span; invalid ones are counted (with the first reason) for the
-    response's partial_success, and the rest of the request is kept.
+    response's partial_success, and the rest of the request is kept. A span must start inside
+    `window` (earliest, latest ns; default: `time_window()`) and end no earlier than it starts.
 
     The `level` column holds the level the span counts as (conventions.stored_level), so that SQL
     over `spans` groups exactly as the API does; the value the sender wrote stays among the
@@ -227,6 +248,7 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
     resource_key_lists, resource_value_lists = columns["resource_keys"], columns["resource_values"]
     event_time_lists, event_name_lists = columns["event_times_ns"], columns["event_names"]
     event_attr_lists, links = columns["event_attrs_json"], columns["links_json"]
+    earliest, latest = window or time_window()
     rejected = 0
     first_problem = ""
     for resource_spans in request.resource_spans:
@@ -242,8 +264,12 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
                     rejected += 1
                     first_problem = first_problem or problem
                     continue
-                attr_keys, attr_values = _attributes(span.attributes)
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                if not earliest <= start <= latest or end < start:
+                    rejected += 1
+                    first_problem = first_problem or _time_problem(start, end, latest)
+                    continue
+                attr_keys, attr_values = _attributes(span.attributes)
                 status = span.status
                 trace_ids.append(trace_id.hex())
                 span_ids.append(span_id.hex())
@@ -256,7 +282,7 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
                 levels.append(stored_level(attr_values[attr_keys.index(LEVEL)] if LEVEL in attr_keys else None))
                 starts.append(start)
                 ends.append(end)
-                durations.append(end - start if end > start else 0)
+                durations.append(end - start)
                 status_codes.append(_STATUS_CODES.get(status.code, "unset"))
                 status_messages.append(status.message)
                 scope_names.append(scope_name)
@@ -309,11 +335,13 @@ def series_hash(service: str, name: str, attributes: dict[str, str], resource: d
     return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "little")
 
 
-def decode_metrics(request: ExportMetricsServiceRequest) -> Decoded:
+def decode_metrics(request: ExportMetricsServiceRequest, window: tuple[int, int] | None = None) -> Decoded:
     """One row per data point. Gauge and sum points keep their value; histogram, exponential
     histogram and summary points keep sum and count (explicit histograms also their buckets).
-    Points of a metric without a name are rejected: a nameless series cannot be queried."""
+    Points of a metric without a name are rejected: a nameless series cannot be queried; so are
+    points whose time is outside `window` (default: `time_window()`)."""
     columns = METRIC_POINTS.empty_columns()
+    earliest, latest = window or time_window()
     rejected = 0
     first_problem = ""
     for resource_metrics in request.resource_metrics:
@@ -330,6 +358,11 @@ def decode_metrics(request: ExportMetricsServiceRequest) -> Decoded:
                     first_problem = first_problem or "a metric has no name"
                     continue
                 for point in points:
+                    if not earliest <= point.time_unix_nano <= latest:
+                        rejected += 1
+                        first_problem = first_problem or f"data point time {point.time_unix_nano} ns is outside " \
+                            f"the stored window [{earliest}, {latest}] ns"
+                        continue
                     attr_keys, attr_values = _attributes(point.attributes)
                     value, count, bounds, counts = _point_values(kind, point)
                     row = {

@@ -18,12 +18,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from mlscope.collector.otlp import (
     Encoding,
     MalformedRequest,
-    decode_metrics,
-    decode_traces,
     parse_metrics_request,
     parse_trace_request,
 )
-from tests.collector.test_otlp import CHILD_ID, ROOT_ID, TRACE_ID, attribute, trace_request
+from tests.collector.test_otlp import (
+    CHILD_ID, ROOT_ID, TRACE_ID, attribute, decode_metrics, decode_traces, trace_request,
+)
 
 FUZZ_INPUTS = int(os.environ.get("MLSCOPE_FUZZ_INPUTS", "20000"))
 

@@ -15,17 +15,26 @@ from mlscope.collector.otlp import (
     Encoding,
     MalformedRequest,
     any_value_text,
-    decode_metrics,
-    decode_traces,
     parse_metrics_request,
     parse_trace_request,
     series_hash,
 )
+from mlscope.collector import otlp
 from mlscope.store.model import METRIC_POINTS, SPAN_ROWS
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 ROOT_ID = bytes.fromhex("b7ad6b7169203331")
 CHILD_ID = bytes.fromhex("00f067aa0ba902b7")
+ANY_TIME = (0, 2**64 - 1)
+"""These tests are about fields and use small times; the stored time window has its own tests."""
+
+
+def decode_traces(request: ExportTraceServiceRequest) -> otlp.Decoded:
+    return otlp.decode_traces(request, ANY_TIME)
+
+
+def decode_metrics(request: ExportMetricsServiceRequest) -> otlp.Decoded:
+    return otlp.decode_metrics(request, ANY_TIME)
 
 
 def attribute(key: str, **value: object) -> KeyValue:
@@ -138,9 +147,9 @@ def test_span_fields_become_one_row_in_column_order() -> None:
 
 
 def test_defaults_for_spans_from_foreign_sdks() -> None:
-    # No service.name, no mlscope.level, no kind/status, end before start.
+    # No service.name, no mlscope.level, no kind/status, no end time past its start.
     request = trace_request(
-        Span(trace_id=TRACE_ID, span_id=CHILD_ID, parent_span_id=ROOT_ID, start_time_unix_nano=9, end_time_unix_nano=5),
+        Span(trace_id=TRACE_ID, span_id=CHILD_ID, parent_span_id=ROOT_ID, start_time_unix_nano=9, end_time_unix_nano=9),
         resource=[],
     )
 
@@ -148,6 +157,42 @@ def test_defaults_for_spans_from_foreign_sdks() -> None:
 
     assert (row["service"], row["level"], row["kind"], row["status_code"]) == ("unknown_service", "application", "unspecified", "unset")
     assert (row["parent_span_id"], row["duration_ns"], row["links_json"]) == ("b7ad6b7169203331", 0, "[]")
+
+
+NOW_NS = 1_700_000_000 * 10**9
+WINDOW = otlp.time_window(NOW_NS)
+
+
+@pytest.mark.parametrize("start, end, reason", [
+    (otlp.EARLIEST_TIME_NS - 1, otlp.EARLIEST_TIME_NS, "is before 2000-01-01"),
+    (0, 0, "is before 2000-01-01"),
+    (NOW_NS + otlp.FUTURE_TOLERANCE_NS + 1, NOW_NS + otlp.FUTURE_TOLERANCE_NS + 2, "more than 86400 s in the future"),
+    (NOW_NS, NOW_NS - 1, "is before start time"),
+])
+def test_spans_outside_the_stored_time_window_are_rejected_the_rest_kept(start: int, end: int, reason: str) -> None:
+    # Each month is a store partition: a time outside the window would let one request touch
+    # hundreds of them (and it is a clock bug, not a moment anyone looks at).
+    request = trace_request(
+        Span(trace_id=TRACE_ID, span_id=ROOT_ID, start_time_unix_nano=start, end_time_unix_nano=end),
+        Span(trace_id=TRACE_ID, span_id=CHILD_ID, start_time_unix_nano=otlp.EARLIEST_TIME_NS,
+             end_time_unix_nano=NOW_NS + otlp.FUTURE_TOLERANCE_NS),
+    )
+
+    decoded = otlp.decode_traces(request, WINDOW)
+
+    assert (decoded.rows, decoded.rejected, decoded.columns["span_id"]) == (1, 1, [CHILD_ID.hex()])
+    assert reason in decoded.error_message
+
+
+def test_metric_points_outside_the_stored_time_window_are_rejected_the_rest_kept() -> None:
+    request = metrics_request(metrics_pb2.Metric(name="temp", gauge={"data_points": [
+        {"time_unix_nano": 5, "as_double": 1.0}, {"time_unix_nano": NOW_NS, "as_double": 2.0},
+        {"time_unix_nano": WINDOW[1] + 1, "as_double": 3.0}]}))
+
+    decoded = otlp.decode_metrics(request, WINDOW)
+
+    assert (decoded.rows, decoded.rejected, decoded.columns["value"]) == (1, 2, [2.0])
+    assert "outside the stored window" in decoded.error_message
 
 
 @pytest.mark.parametrize("sent, stored", [("layer", "layer"), ("kernel", "application"), ("", "application")])
