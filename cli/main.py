@@ -18,8 +18,8 @@ from pathlib import Path
 from aiohttp import web
 
 from mlscope.conventions import (
-    DEFAULT_ENDPOINT, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, UnknownLevel, collector_endpoint,
-    data_dir, parse_level,
+    DEFAULT_ENDPOINT, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
+    parse_level,
 )
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 
@@ -35,7 +35,7 @@ async def _serve(
     port: int | None,
     otlp_http_port: int | None,
     otlp_grpc_port: int | None,
-    spool_dir: str,
+    spool_dir: str | None,
     on_ready: Callable[[dict[str, int]], None] | None = None,
     no_dispatch: bool = False,
 ) -> None:
@@ -95,8 +95,8 @@ def _open(args: argparse.Namespace) -> Store:
     return open_store(args.store or default_store_url())
 
 
-def _spool_dir(args: argparse.Namespace) -> str:
-    return args.spool_dir or os.path.join(data_dir(), SPOOL_DIR)
+def _spool_dir(args: argparse.Namespace) -> str | None:
+    return args.spool_dir  # None: the collector's default, one spool per store
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -322,7 +322,7 @@ def _add_no_dispatch(parser: argparse.ArgumentParser) -> None:
 def _add_collector(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--otlp-http-port", type=_port, default=OTLP_HTTP_PORT)
     parser.add_argument("--otlp-grpc-port", type=_port, default=OTLP_GRPC_PORT)
-    parser.add_argument("--spool-dir", help="write-ahead spool for when the store is down (default: <data dir>/spool)")
+    parser.add_argument("--spool-dir", help="write-ahead spool for when the store is down (default: <data dir>/spool/<hash of the store URL>; one collector at a time)")
 
 
 def build_parser() -> argparse.ArgumentParser:

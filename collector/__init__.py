@@ -17,7 +17,7 @@ from aiohttp import web
 from mlscope.auth import NO_AUTH, AuthPolicy
 from mlscope.store import Store
 
-from .config import NO_GRPC, CollectorConfig
+from .config import NO_GRPC, CollectorConfig, default_spool_dir
 from .grpc_server import create_grpc_server
 from .http_server import create_otlp_app
 from .pipeline import IngestPipeline
@@ -35,7 +35,8 @@ class Collector:
         self.http_port = config.http_port
         self._auth = auth
         self.grpc_port = config.grpc_port
-        self._pipeline = IngestPipeline(store, Spool(config.spool_dir, config.max_spool_bytes), config)
+        spool_dir = config.spool_dir or default_spool_dir(store.url)
+        self._pipeline = IngestPipeline(store, Spool(spool_dir, config.max_spool_bytes), config)
         # auto_decompress off: http_server inflates gzip itself, bounded (see its docstring).
         self._runner = web.AppRunner(
             create_otlp_app(self._pipeline, config.max_body_bytes, auth), access_log=None, auto_decompress=False

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from mlscope.conventions import LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, data_dir
 
 NO_GRPC = -1
 
 
-def _default_spool_dir() -> str:
-    return os.path.join(data_dir(), SPOOL_DIR)
+def default_spool_dir(store_url: str, env: Mapping[str, str] = os.environ) -> str:
+    """`<data dir>/spool/<hash of the store URL>`: one spool per store, so that collectors in
+    front of different stores never replay each other's spans. `store_url` is a Store's `url`,
+    which carries no password."""
+    return os.path.join(data_dir(env), SPOOL_DIR, hashlib.sha256(store_url.encode()).hexdigest()[:16])
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,7 @@ class CollectorConfig:
     host: str = LOOPBACK
     http_port: int = OTLP_HTTP_PORT  # 0 picks a free port
     grpc_port: int = OTLP_GRPC_PORT  # 0 picks a free port; NO_GRPC (-1) runs no gRPC server
-    spool_dir: str = field(default_factory=_default_spool_dir)
+    spool_dir: str | None = None  # None: default_spool_dir of the store
     max_body_bytes: int = 16 * 2**20  # per request, after decompression (HTTP and gRPC)
     max_spool_bytes: int = 1 * 2**30
     flush_rows: int = 20_000  # flush as soon as this many rows are pending ...

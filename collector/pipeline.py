@@ -28,7 +28,7 @@ from mlscope.store.model import Columns, empty_columns, extend_columns
 
 from .config import CollectorConfig
 from .otlp import METRIC_TABLE, SIGNALS, SPAN_TABLE, Decoded, Encoding, MalformedRequest
-from .spool import Spool, SpoolFile, SpoolFull
+from .spool import CorruptSpoolFile, Spool, SpoolFile, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class _Spooled:
+    """One request read back from the spool."""
+
+    payload: bytes
+    decoded: Decoded
+
+
+@dataclass(frozen=True)
 class _Waiting:
     batch: Batch
     done: asyncio.Future[None]
@@ -85,6 +93,7 @@ class IngestPipeline:
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-store")
         self._tasks: list[asyncio.Task[None]] = []
         self._refusals: dict[Path, int] = {}  # spool file -> consecutive refusals by a reachable store
+        self._set_aside_rows = {table: 0 for table in (SPAN_TABLE, METRIC_TABLE)}  # since start
 
     async def start(self) -> None:
         self._tasks = [
@@ -111,6 +120,7 @@ class IngestPipeline:
             await replayer
         # Waits (off the loop) for a replay insert already running in the store thread.
         await asyncio.get_running_loop().run_in_executor(None, self._store_thread.shutdown)
+        self._spool.close()
 
     def status(self) -> dict[str, int | bool | str]:
         return {
@@ -119,6 +129,9 @@ class IngestPipeline:
             "spooled_bytes": self._spool.bytes,
             "store_ok": self._store_ok,
             "replay_error": self._replay_error,
+            "set_aside_spans": self._set_aside_rows[SPAN_TABLE],
+            "set_aside_metric_points": self._set_aside_rows[METRIC_TABLE],
+            "set_aside_files": self._spool.set_aside_files,
         }
 
     async def submit(self, batch: Batch) -> None:
@@ -185,7 +198,7 @@ class IngestPipeline:
     async def _make_durable(self, table: str, batches: list[Batch]) -> None:
         if self._store_ok:
             try:
-                await self._in_store_thread(self._store.insert, table, _merged(table, batches))
+                await self._in_store_thread(self._store.insert, table, _merged(table, [batch.decoded for batch in batches]))
                 return
             except StoreError as exc:
                 # Until the replayer gets a spool file into the store, flushes go to the spool.
@@ -222,54 +235,77 @@ class IngestPipeline:
     async def replay_spool(self) -> None:
         """Inserts spooled files oldest first, deleting each once stored; stops at the first
         store failure (the next pass retries). With an empty spool after a failure, a ping
-        decides when inserts may go to the store again. A file that a reachable store refuses
-        `MAX_REFUSALS` times in a row is set aside, so that it cannot block the files behind it."""
+        decides when inserts may go to the store again."""
         spooled_files = await asyncio.to_thread(self._spool.files)
         try:
             if not spooled_files and not self._store_ok:
                 await self._in_store_thread(self._store.ping)
             for spooled in spooled_files:
-                try:
-                    await self._in_store_thread(self._replay_file, spooled)
-                except StoreUnavailable:
-                    raise
-                except StoreError as exc:
-                    await self._in_store_thread(self._store.ping)  # unavailable -> the outer except
-                    refusals = self._refusals.get(spooled.path, 0) + 1
-                    if refusals < MAX_REFUSALS:
-                        self._refusals[spooled.path] = refusals
-                        raise
-                    self._refusals.pop(spooled.path, None)
-                    await self._in_store_thread(
-                        self._spool.quarantine, spooled, f"refused {refusals} times: {exc}", ".rejected")
-                    continue
-                self._refusals.pop(spooled.path, None)
+                await self._in_store_thread(self._replay_file, spooled)
                 self._store_ok = True
         except StoreError as exc:
             self._store_ok = False
-            log.info("store still unavailable (%s); %d spooled bytes wait", exc, self._spool.bytes)
+            log.info("store still unavailable or refusing (%s); %d spooled bytes wait", exc, self._spool.bytes)
             return
         self._store_ok = True
 
     def _replay_file(self, spooled: SpoolFile) -> None:
+        """Stores one spool file's requests, or raises StoreError. A file the store refuses is
+        split down to the requests it refuses alone; when a reachable store has refused the file
+        `MAX_REFUSALS` times in a row, those requests alone are set aside (counted, logged,
+        kept as `.rejected`) and the file's other requests stay stored, so that one client's
+        bad request can neither block the files behind it nor take innocent requests with it."""
         signal = SIGNALS[spooled.signal]
         try:
-            decoded = signal.decode(signal.parse(self._spool.read(spooled), Encoding.PROTOBUF))
-        except MalformedRequest as exc:
+            payloads = self._spool.read(spooled)
+            requests = [_Spooled(payload, signal.decode(signal.parse(payload, Encoding.PROTOBUF)))
+                        for payload in payloads]
+        except (MalformedRequest, CorruptSpoolFile) as exc:
             self._spool.quarantine(spooled, str(exc))
             return
-        if decoded.rows:
-            self._store.insert(decoded.table, decoded.columns)
-        self._spool.remove(spooled)
+        refused = self._insert_isolating_refusals([request for request in requests if request.decoded.rows])
+        if not refused:
+            self._refusals.pop(spooled.path, None)
+            self._spool.remove(spooled)
+            return
+        self._store.ping()  # a store that went away refused nothing: StoreUnavailable stops the pass
+        refusals = self._refusals.get(spooled.path, 0) + 1
+        first_error = refused[0][1]
+        if refusals < MAX_REFUSALS:
+            self._refusals[spooled.path] = refusals
+            raise first_error
+        self._refusals.pop(spooled.path, None)
+        for request, _ in refused:
+            self._set_aside_rows[request.decoded.table] += request.decoded.rows
+        self._spool.set_aside(
+            spooled, [request.payload for request, _ in refused],
+            f"{sum(request.decoded.rows for request, _ in refused)} rows refused {refusals} times: {first_error}")
+
+    def _insert_isolating_refusals(self, requests: list[_Spooled]) -> list[tuple[_Spooled, StoreError]]:
+        """Inserts `requests` (one table's), halving a refused group until each refusal is one
+        request's; returns those requests with the store's reason. StoreUnavailable propagates."""
+        if not requests:
+            return []
+        table = requests[0].decoded.table
+        try:
+            self._store.insert(table, _merged(table, [request.decoded for request in requests]))
+            return []
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            if len(requests) == 1:
+                return [(requests[0], exc)]
+        half = len(requests) // 2
+        return self._insert_isolating_refusals(requests[:half]) + self._insert_isolating_refusals(requests[half:])
 
     async def _in_store_thread(self, function: Callable[..., object], *args: object) -> None:
         await asyncio.get_running_loop().run_in_executor(self._store_thread, function, *args)
 
 
-def _merged(table: str, batches: list[Batch]) -> Columns:
-    if len(batches) == 1:
-        return batches[0].decoded.columns
+def _merged(table: str, requests: list[Decoded]) -> Columns:
+    if len(requests) == 1:
+        return requests[0].columns
     columns = empty_columns(table)
-    for batch in batches:
-        extend_columns(columns, batch.decoded.columns)
+    for decoded in requests:
+        extend_columns(columns, decoded.columns)
     return columns

@@ -20,7 +20,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from tests.collector.collector_process import start_collector_process
 from tests.collector.collector_testing import post, quick_config, span_ids, span_request
 from mlscope.collector import Collector
-from mlscope.collector.spool import Spool
 from mlscope.store import Store, open_store, sql_string
 
 SPANS_PER_REQUEST = 50
@@ -80,7 +79,7 @@ async def test_acknowledged_spans_survive_kill_9(store_url: str, tmp_path: Path)
 
     # A restart replays whatever the spool holds; a graceful stop then releases the store.
     process, _ = await asyncio.to_thread(start_collector_process, store_url, spool_dir)
-    await wait_for(lambda: not Spool(str(spool_dir), 2**30).files())
+    await wait_for(lambda: not list(spool_dir.glob("*.pbd")))
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait) == 0
 
