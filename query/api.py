@@ -16,7 +16,7 @@ from aiohttp import web
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, public, requires
 from mlscope.conventions import parse_levels
-from mlscope.store import Store, StoreError
+from mlscope.store import Store
 from mlscope.ui import add_viewer
 
 from .errors import BadRequest, NotFound
@@ -106,11 +106,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     status = request.app[COLLECTOR_STATUS]
-    extra = {"store": store.url, **({"collector": status()} if status else {})}
-    try:
-        await asyncio.to_thread(store.ping)
-    except StoreError as exc:
-        return error_response(503, f"store unavailable: {exc}", status="unavailable", **extra)
+    health = await store.health.check()  # within a second, whatever the store does
+    extra = {"store": store.url, "store_state_age_s": round(health.age_s, 3),
+             **({"collector": status()} if status else {})}
+    if not health.ok:
+        return error_response(503, f"store unavailable: {health.error}", status="unavailable", **extra)
     replay_error = extra.get("collector", {}).get("replay_error")
     if replay_error:  # acknowledged spans wait in the spool until the replay works again
         return error_response(503, f"spool replay failing: {replay_error}", status="unavailable", **extra)

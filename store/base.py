@@ -6,6 +6,7 @@ migrations and literal quoting live here so that both backends behave the same.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 import time
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import SchemaError, StoreError
+from .health import HealthProbe
 from .model import SCHEMA_MIGRATIONS, TABLES, Columns, QueryResult, blocks_by_partition
 
 Settings = Mapping[str, int | float | str]
@@ -96,6 +98,11 @@ class Store(ABC):
 
     def ping(self) -> None:
         self.execute("SELECT 1")
+
+    @functools.cached_property
+    def health(self) -> HealthProbe:
+        """/readyz's view of this store, bounded in time (health.py)."""
+        return HealthProbe(self.ping)
 
     def migrate(self) -> list[str]:
         """Applies the schema files not yet recorded; returns the names applied. Idempotent:

@@ -33,7 +33,9 @@ async def api(served: Served) -> Served:
 
 async def test_health_and_readiness(api: Served) -> None:
     assert await api.get("/healthz") == (200, {"status": "ok"})
-    assert await api.get("/readyz") == (200, {"status": "ready", "store": api.store.url, "collector": COLLECTOR_STATUS})
+    status, body = await api.get("/readyz")
+    assert 0 <= body.pop("store_state_age_s") < 1
+    assert (status, body) == (200, {"status": "ready", "store": api.store.url, "collector": COLLECTOR_STATUS})
 
 
 async def test_openapi_documents_exactly_the_api_routes(api: Served) -> None:
