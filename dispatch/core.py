@@ -231,12 +231,11 @@ def parse_submission(body: Any) -> Submission:
     return Submission(job_request.to_json(), job_request.where, needs, builders)
 
 
-def refused_builders(submission: Submission, allowed: Mapping[str, frozenset[str]],
-                     predictors: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The submission's builders that none of `predictors` allows (`allowed`: each predictor's
-    `--allow-builder`s, as its heartbeats said): a manifest from the network names no other code."""
-    return [builder for builder in submission.builders
-            if not any(builder in allowed.get(predictor["predictor_id"], ()) for predictor in predictors)]
+def allows_builders(predictor: Mapping[str, Any], submission: Submission,
+                    allowed: Mapping[str, frozenset[str]]) -> bool:
+    """Whether the predictor allows every builder the submission names beyond the built-in ones
+    (`allowed`: each predictor's `--allow-builder`s, as its heartbeats said)."""
+    return set(submission.builders) <= allowed.get(predictor["predictor_id"], frozenset())
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from mlscope.store import Store
 from .core import (
     PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, check_transition,
     describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches, predictor_json,
-    refused_builders,
+    allows_builders,
 )
 
 
@@ -50,11 +50,13 @@ class Dispatcher:
         pair it needs; Conflict (naming the live predictors) when there is none."""
         alive = [predictor for predictor in self.predictors() if predictor["alive"]]
         chosen = [predictor for predictor in alive if matches(predictor, submission.where, submission.needs)]
-        refused = refused_builders(submission, self._allowed_builders, chosen or alive)
-        if refused:
-            raise BadRequest(f"model.builder {refused[0]!r} is not one of mlscope's built-in builders and no live "
-                             f"predictor{' matching' if chosen else ''} allows it (mlscope predictor --allow-builder "
-                             f"{refused[0]}): a manifest sent to a predictor names no other code")
+        allowing = [predictor for predictor in chosen if allows_builders(predictor, submission, self._allowed_builders)]
+        if chosen and not allowing:
+            builders = ", ".join(submission.builders)
+            raise BadRequest(f"model.builder {builders} is not one of mlscope's built-in builders and no matching live "
+                             f"predictor allows it (mlscope predictor --allow-builder MODULE:FUNCTION): a manifest sent "
+                             f"to a predictor names no other code")
+        chosen = allowing
         if not chosen:
             wanted = " and ".join([f"{key}={value}" for key, value in submission.where]
                                   + [f"runs {', '.join(submission.needs)}"])

@@ -35,6 +35,7 @@ from .trust import LOCAL_SOURCES, ModelSources, SourceRefused, bounded
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+_NAME_CHARS = 100
 
 
 class AssetError(Exception):
@@ -85,7 +86,8 @@ class AssetCache:
     def fetch(self, location: str, sha256: str, size: int = 0) -> Path:
         """The cached copy of `location` (a path or an http(s) URL) whose sha256 is `sha256`;
         `size`, when given, is its size in bytes and the most that is read."""
-        target = self.directory / "assets" / sha256 / (Path(location.split("?", 1)[0]).name or "asset")
+        # The location's file name, cut to what any file system takes (the sha256 folder makes it unique).
+        target = self.directory / "assets" / sha256 / (Path(location.split("?", 1)[0]).name[-_NAME_CHARS:] or "asset")
         if target.exists() and sha256_file(target) == sha256:
             return target
         cap = min(size, self.limits.max_bytes) if size else self.limits.max_bytes

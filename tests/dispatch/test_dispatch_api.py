@@ -6,6 +6,7 @@ serves none of it. The dispatch's pure parts are tested here too."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -199,3 +200,41 @@ async def test_the_query_app_alone_serves_no_dispatch_route(store: Store) -> Non
                 assert not {path for path in (await response.json())["paths"] if path.startswith(("/api/jobs", "/api/predictors"))}
     finally:
         await runner.cleanup()
+
+
+def manifest_job(text: str) -> dict:
+    return {"manifests": [{"source": "job.yaml", "text": text}], "plan": {"frameworks": ["pytorch"], "batch_sizes": [1]}}
+
+
+async def test_a_job_naming_code_no_predictor_allows_is_refused_at_submit(api: Api) -> None:
+    abort = manifest_job(DIGITS.text.replace("mlscope.manifests.models:digits_mlp", "os:abort"))
+    await api.post("/api/predictors", heartbeat(A, "pa", ["pytorch/cpu"]))
+    status, refused = await api.post("/api/jobs", abort)
+    assert status == 400 and refused["error"].startswith(
+        "model.builder os:abort is not one of mlscope's built-in builders and no matching live predictor allows it "
+        "(mlscope predictor --allow-builder MODULE:FUNCTION)")
+    await api.post("/api/predictors", {**heartbeat(B, "pb", ["pytorch/cpu"]), "allowed_builders": ["os:abort"]})
+    status, queued = await api.post("/api/jobs", abort)  # its owner allowed it: the job goes to pb alone
+    assert status == 201 and [job["predictor"] for job in queued["jobs"]] == ["pb"]
+    status, refused = await api.post("/api/jobs", {**abort, "where": {"name": "pa"}})
+    assert status == 400 and "no matching live predictor allows it" in refused["error"]
+
+
+async def test_a_yaml_bomb_is_refused_fast_and_the_loop_keeps_answering(api: Api) -> None:
+    laughs = "\n".join(['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+                       + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+                       + ["name: *i"])
+    started = asyncio.get_running_loop().time()
+    status, refused = await api.post("/api/jobs", manifest_job(laughs))
+    assert status == 400 and "aliases (*a) are not allowed" in refused["error"] and len(refused["error"]) < 600
+    assert asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_the_stored_request_keeps_variables_unexpanded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_NOTE", "a secret of the submitting machine")
+    text = DIGITS.text.replace("description: A two-layer", "description: ${MODEL_NOTE} A two-layer")
+    await api.post("/api/predictors", heartbeat(A, "pa", ["pytorch/cpu"]))
+    status, queued = await api.post("/api/jobs", manifest_job(text))
+    assert status == 201
+    _, job = await api.get(f"/api/jobs/{queued['jobs'][0]['job_id']}")
+    assert json.loads(job["request"])["manifests"][0]["text"] == text and "secret" not in job["request"]

@@ -9,7 +9,7 @@ import pytest
 
 from mlscope.evaluation import Plan
 from mlscope.evaluation.jobs import JobError, JobRequest, ManifestText, parse_job_request, parse_where
-from mlscope.manifests import manifest_from_text, read_manifest
+from mlscope.manifests import ModelSources, manifest_from_text, read_manifest
 
 DIGITS = ManifestText(*read_manifest("digits"))
 
@@ -72,3 +72,26 @@ def test_a_framework_the_model_cannot_run_in_is_refused() -> None:
 def test_where_pairs_need_an_equals_sign() -> None:
     with pytest.raises(JobError, match=r"^label: 'gpu' must be key=value"):
         parse_where(["gpu"], "label")
+
+
+def test_variables_travel_as_written_and_are_expanded_where_the_job_runs() -> None:
+    text = DIGITS.text.replace("samples: 450", "samples: ${SAMPLES:-450}").replace(
+        "description: A two-layer", "description: ${MODEL_NOTE} A two-layer")
+    body = {"manifests": [{"source": "digits.yaml", "text": text}], "plan": {"frameworks": ["pytorch"], "batch_sizes": [1]}}
+    queued = parse_job_request(body)  # where it is queued: defaults, and no one's environment
+    assert queued.to_json()["manifests"][0]["text"] == text
+    assert queued.plan.manifests[0].dataset.samples == 450
+    assert queued.plan.manifests[0].description.startswith("${MODEL_NOTE} ")
+    ran = parse_job_request(body, {"MODEL_NOTE": "shared", "SAMPLES": "10"})
+    assert (ran.plan.manifests[0].description.split()[0], ran.plan.manifests[0].dataset.samples) == ("shared", 10)
+    with pytest.raises(JobError, match="environment variable MODEL_NOTE is not set here"):
+        parse_job_request(body, {})
+
+
+def test_a_predictor_refuses_a_manifest_naming_code() -> None:
+    body = {"manifests": [{"source": "job.yaml", "text": DIGITS.text.replace("mlscope.manifests.models:digits_mlp", "os:abort")}],
+            "plan": {"frameworks": ["pytorch"], "batch_sizes": [1]}}
+    assert parse_job_request(body).plan.manifests[0].model.builder == "os:abort"  # well-formed; the predictor decides
+    with pytest.raises(JobError, match="job.yaml: model.builder: builder 'os:abort' is not allowed"):
+        parse_job_request(body, {}, ModelSources.remote())
+    parse_job_request(body, {}, ModelSources.remote(["os:abort"]))

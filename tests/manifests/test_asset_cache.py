@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mlscope.manifests import AssetCache, AssetError
+import time
+
+from mlscope.manifests import AssetCache, AssetError, DownloadLimits, ModelSources
+from mlscope.manifests import trust
 
 PAYLOAD = b"model bytes " * 1000
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -23,6 +26,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
+        if self.path == "/drip.onnx":  # a byte every 0.2 s, for ever
+            self.send_response(200)
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                return
         if self.path != "/model.onnx":
             self.send_error(404)
             return
@@ -107,3 +120,51 @@ def test_a_failed_producer_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         AssetCache(tmp_path).generated("models/m/model.onnx", produce)
     assert _files(tmp_path) == []
+
+
+def _parts(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if path.name.endswith(".part")]
+
+
+def test_a_download_stops_at_the_declared_size_or_the_cap(server: str, tmp_path: Path) -> None:
+    with pytest.raises(AssetError, match=f"model.onnx: larger than {len(PAYLOAD) - 1} bytes"):
+        AssetCache(tmp_path).fetch(f"{server}/model.onnx", SHA, size=len(PAYLOAD) - 1)
+    with pytest.raises(AssetError, match="model.onnx: larger than 1000 bytes"):
+        AssetCache(tmp_path, limits=DownloadLimits(max_bytes=1000)).fetch(f"{server}/model.onnx", SHA)
+    with pytest.raises(AssetError, match=f"{len(PAYLOAD)} bytes, not its declared {len(PAYLOAD) + 1}"):
+        AssetCache(tmp_path).fetch(f"{server}/model.onnx", SHA, size=len(PAYLOAD) + 1)
+    assert _files(tmp_path) == [] and AssetCache(tmp_path).fetch(f"{server}/model.onnx", SHA, size=len(PAYLOAD))
+
+
+def test_a_slow_drip_stops_at_the_deadline_and_leaves_nothing(server: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(AssetError, match=r"drip.onnx: not fetched within 1 s \(\d+ bytes so far\)"):
+        AssetCache(tmp_path, limits=DownloadLimits(deadline_s=1.0)).fetch(f"{server}/drip.onnx", SHA)
+    assert time.monotonic() - started < 2.5
+    assert _parts(tmp_path) == [] and _files(tmp_path) == []
+
+
+def test_a_remote_jobs_cache_refuses_paths_and_private_addresses(server: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = AssetCache(tmp_path / "cache", sources=ModelSources.remote())
+    secret = tmp_path / "secret"
+    secret.write_bytes(PAYLOAD)
+    with pytest.raises(AssetError, match="a model path is not allowed .*--allow-path"):
+        remote.fetch(str(secret), SHA)
+    with pytest.raises(AssetError, match=r"127.0.0.1 is a private, loopback or reserved address \(127.0.0.1\)"):
+        remote.fetch(f"{server}/model.onnx", SHA)
+    # A name that resolves to a public address, then connects to loopback (rebinding): the
+    # address the connection reached is checked too.
+    monkeypatch.setattr(trust, "resolved_addresses", lambda host: ["93.184.216.34"])
+    with pytest.raises(AssetError, match="private, loopback or reserved address"):
+        remote.fetch(f"{server}/model.onnx", SHA)
+    assert _Handler.requests == [] and _files(tmp_path / "cache") == []
+    allowed = AssetCache(tmp_path / "cache", sources=ModelSources.remote(paths=True, private_urls=True))
+    assert allowed.fetch(f"{server}/model.onnx", SHA).read_bytes() == PAYLOAD
+    assert allowed.fetch(str(secret), SHA).read_bytes() == PAYLOAD
+
+
+def test_error_messages_are_bounded(tmp_path: Path) -> None:
+    with pytest.raises(AssetError) as caught:
+        AssetCache(tmp_path).fetch(str(tmp_path / ("x" * 5000)), SHA)
+    assert len(str(caught.value)) < 600
