@@ -8,15 +8,20 @@ prints the store URL and serves until interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 SERVER_BINARY = "/usr/sbin/clickhouse-server"
+_TCP_LISTEN = "0A"  # the LISTEN state in /proc/net/tcp
 
 # <yandex> is the root element 18.x expects (newer servers accept it too).
 _CONFIG = """<?xml version="1.0"?>
@@ -85,18 +90,38 @@ def _launch(directory: Path) -> subprocess.Popen:
 
 
 def _wait_ready(port: int, process: subprocess.Popen, directory: Path, timeout_s: float = 60) -> None:
+    """Returns once `process` itself listens on `port`: a connection alone could reach another
+    process that holds the port while this server fails to bind it ("Address already in use")."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log = (directory / "server.err.log")
-            detail = log.read_text()[-2000:] if log.exists() else ""
+            detail = (log.read_text().strip().splitlines() or [""])[-1] if log.exists() else ""
             raise RuntimeError(f"clickhouse-server exited with {process.returncode}: {detail}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
+        if _listens(process.pid, port):
+            return
+        time.sleep(0.1)
     raise RuntimeError(f"clickhouse-server did not listen on {port} within {timeout_s} s")
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (Linux /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and state == _TCP_LISTEN:
+                listening.add(f"socket:[{inode}]")
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # the process is gone
+        return False
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):  # a descriptor closed while we look
+            if os.readlink(descriptor) in listening:
+                return True
+    return False
 
 
 def start(directory: str | None = None, port: int | None = None) -> LocalClickHouse:
@@ -110,8 +135,17 @@ def start(directory: str | None = None, port: int | None = None) -> LocalClickHo
     port = port or free_port()
     (root / "config.xml").write_text(_CONFIG.format(dir=root, port=port))
     process = _launch(root)
-    _wait_ready(port, process, root)
+    try:
+        _wait_ready(port, process, root)
+    except BaseException:  # not ready (or interrupted): leave no server behind
+        process.kill()
+        process.wait()
+        raise
     return LocalClickHouse(port=port, directory=root, process=process)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:
@@ -119,13 +153,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
-    server = start(args.dir, args.port)
+    # SIGTERM unwinds like Ctrl-C, through the cleanups below: the server is never left orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        server = start(args.dir, args.port)
+    except RuntimeError as exc:
+        print(f"clickhouse_local_server: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
     print(server.url, flush=True)
     try:
         server.process.wait()
     except KeyboardInterrupt:
-        server.stop()
+        pass
     finally:
+        server.stop()
         if args.dir is None:
             shutil.rmtree(server.directory, ignore_errors=True)
 
