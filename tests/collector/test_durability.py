@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from tests.collector.collector_process import start_collector_process
 from tests.collector.collector_testing import post, quick_config, span_ids, span_request
 from mlscope.collector import Collector
+from mlscope.collector.spool import frame
 from mlscope.store import Store, open_store, sql_string
 
 SPANS_PER_REQUEST = 50
@@ -130,7 +131,7 @@ async def test_store_outage_is_spooled_then_replayed(clickhouse_server, server_s
 
 
 async def test_store_down_and_spool_full_is_503_with_retry_after(clickhouse_server, server_store: Store, tmp_path: Path) -> None:
-    request_bytes = len(span_request(SPANS_PER_REQUEST).SerializeToString())
+    request_bytes = len(frame([span_request(SPANS_PER_REQUEST).SerializeToString()]))  # as spooled
     collector = Collector(server_store, quick_config(tmp_path, max_spool_bytes=3 * request_bytes))
     await collector.start()
     url = f"http://127.0.0.1:{collector.http_port}/v1/traces"
