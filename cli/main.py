@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import shutil
 import signal
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mlscope.auth import NO_AUTH, AuthPolicy, BadTokenFile, load_token_file
 from mlscope.conventions import (
-    DEFAULT_ENDPOINT, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
-    parse_level,
+    DEFAULT_ENDPOINT, ENV_AUTH_FILE, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
+    otlp_headers, parse_level,
 )
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 
@@ -38,10 +40,11 @@ async def _serve(
     spool_dir: str | None,
     on_ready: Callable[[dict[str, int]], None] | None = None,
     no_dispatch: bool = False,
+    auth: AuthPolicy = NO_AUTH,
 ) -> None:
     """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
     given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store) until
-    SIGINT/SIGTERM, printing each bound port as `name: port`."""
+    SIGINT/SIGTERM, printing each bound port as `name: port`. `auth` guards every port."""
     from mlscope.collector import NO_GRPC, Collector, CollectorConfig
 
     stop = asyncio.Event()
@@ -62,6 +65,7 @@ async def _serve(
                     grpc_port=NO_GRPC if otlp_grpc_port is None else otlp_grpc_port,
                     spool_dir=spool_dir,
                 ),
+                auth,
             )
             await collector.start()
             bound["otlp-http"] = collector.http_port
@@ -73,7 +77,7 @@ async def _serve(
 
             mounts = [] if no_dispatch else [
                 dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]
-            app = create_query_app(store, collector.status if collector else None, mounts=mounts)
+            app = create_query_app(store, collector.status if collector else None, mounts=mounts, auth=auth)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, host, port)
@@ -99,12 +103,40 @@ def _spool_dir(args: argparse.Namespace) -> str | None:
     return args.spool_dir  # None: the collector's default, one spool per store
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _auth_policy(args: argparse.Namespace) -> AuthPolicy:
+    """The token file's policy (--auth, else MLSCOPE_AUTH_FILE); without one, NO_AUTH, which only
+    loopback addresses get unless --insecure says otherwise."""
+    path = args.auth or os.environ.get(ENV_AUTH_FILE)
+    if not path:
+        if not _is_loopback(args.host) and not args.insecure:
+            raise UsageError(f"{args.command}: refusing to serve {args.host} without tokens: give --auth FILE "
+                             f"(or {ENV_AUTH_FILE}), or --insecure to let anyone who reaches it read and write")
+        return NO_AUTH
+    try:
+        policy, warning = load_token_file(path)
+    except BadTokenFile as exc:
+        raise UsageError(str(exc)) from exc
+    if warning:
+        print(f"mlscope: warning: {warning}", file=sys.stderr)
+    return policy
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    auth = _auth_policy(args)
     store = _open(args)
     try:
         asyncio.run(
             _serve(store, args.host, args.port, args.otlp_http_port, args.otlp_grpc_port, _spool_dir(args),
-                   no_dispatch=args.no_dispatch)
+                   no_dispatch=args.no_dispatch, auth=auth)
         )
     finally:
         store.close()
@@ -204,7 +236,9 @@ def _collector_unreachable(endpoint: str, timeout_s: float = 2.0) -> str | None:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{endpoint}/v1/traces", data=b"", headers={"Content-Type": "application/x-protobuf"})
+    # With the exporters' headers: a collector run with --auth answers 401 to a probe without its token.
+    headers = {**otlp_headers(), "Content-Type": "application/x-protobuf"}
+    request = urllib.request.Request(f"{endpoint}/v1/traces", data=b"", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s):
             return None
@@ -314,6 +348,14 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="store URL (default: MLSCOPE_STORE, else embedded under MLSCOPE_DATA)")
 
 
+def _add_auth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--auth", metavar="FILE",
+                        help=f"token file (YAML: tokens: [{{token, scopes}}]; default: {ENV_AUTH_FILE}); "
+                             "without one only loopback addresses are served")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve a non-loopback --host without a token file (anyone who reaches it can read and write)")
+
+
 def _add_no_dispatch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dispatch", action="store_true",
                         help="serve no predictors and jobs (/api/predictors, /api/jobs): one process per store may")
@@ -332,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="collector, query API and viewer in one process")
     _add_store(serve)
     serve.add_argument("--host", default=LOOPBACK)
+    _add_auth(serve)
     _add_collector(serve)
     serve.add_argument("--port", type=_port, default=HTTP_PORT, help="query API and viewer port")
     _add_no_dispatch(serve)
@@ -340,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     collector = commands.add_parser("collector", help="the OTLP collector alone")
     _add_store(collector)
     collector.add_argument("--host", default=LOOPBACK)
+    _add_auth(collector)
     _add_collector(collector)
     collector.set_defaults(handler=cmd_collector, no_dispatch=True)
 
     query = commands.add_parser("query", help="the query API and viewer alone")
     _add_store(query)
     query.add_argument("--host", default=LOOPBACK)
+    _add_auth(query)
     query.add_argument("--port", type=_port, default=HTTP_PORT)
     _add_no_dispatch(query)
     query.set_defaults(handler=cmd_query)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote
 
 # --- levels (CONTRACT.md "Levels") -----------------------------------------------------------
 
@@ -78,6 +79,10 @@ LAYER_PATH = "mlscope.layer.path"
 LAYER_TYPE = "mlscope.layer.type"
 LAYER_INPUT_SHAPES = "mlscope.layer.input_shapes"
 LAYER_OUTPUT_SHAPES = "mlscope.layer.output_shapes"
+
+# Training steps (model level): which part of a training step a span times.
+PHASE = "mlscope.phase"
+PHASES: tuple[str, ...] = ("forward", "loss", "backward", "optimizer", "data")
 
 # Library spans.
 LIBRARY_PROVIDER = "mlscope.library.provider"
@@ -190,6 +195,13 @@ ENV_TRACE_FILE = "MLSCOPE_TRACE_FILE"
 """Set by `mlscope run`: where the first bootstrapped process writes its trace id."""
 ENV_LEVELED_REPORT = "MLSCOPE_LEVELED_REPORT"
 """Set by `mlscope run --leveled`: where each process of a pass appends its span tally."""
+ENV_AUTH_FILE = "MLSCOPE_AUTH_FILE"
+"""`serve`, `collector`, `query`: the token file (`--auth FILE`); without one they serve loopback only."""
+ENV_TOKEN = "MLSCOPE_TOKEN"
+"""The bearer token mlscope's HTTP API clients send (`sql --url`, `report`, `evaluate --remote`, `predictor`)."""
+ENV_OTLP_HEADERS = "OTEL_EXPORTER_OTLP_HEADERS"
+ENV_OTLP_TRACES_HEADERS = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+"""Headers every OTLP exporter sends (`authorization=Bearer%20<token>`); the traces one wins."""
 
 # --- ports and directories -------------------------------------------------------------------
 
@@ -209,6 +221,20 @@ def collector_endpoint(env: Mapping[str, str] = os.environ) -> str:
     """The collector's OTLP/HTTP base URL: MLSCOPE_ENDPOINT (what `mlscope run --endpoint`
     sets), else OTEL_EXPORTER_OTLP_ENDPOINT (any OTel SDK's), else the local default."""
     return (env.get(ENV_ENDPOINT) or env.get(ENV_OTLP_ENDPOINT) or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def otlp_headers(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The headers OTLP exporters send, as the OTel SDK reads them: OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    else OTEL_EXPORTER_OTLP_HEADERS, `key=value` pairs separated by commas, values URL-encoded.
+    For mlscope's own probes of the collector, which must present the same token as the SDK."""
+    text = env.get(ENV_OTLP_TRACES_HEADERS) or env.get(ENV_OTLP_HEADERS) or ""
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {unquote(name).strip().lower(): unquote(value).strip() for name, value in pairs if name.strip()}
+
+
+def service_token(env: Mapping[str, str] = os.environ) -> str | None:
+    """MLSCOPE_TOKEN: the bearer token for the query service's HTTP API, None when unset."""
+    return env.get(ENV_TOKEN) or None
 
 
 def agent_level(env: Mapping[str, str] = os.environ) -> str:
