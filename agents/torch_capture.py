@@ -150,6 +150,9 @@ class TorchCapture:
             {module: _describe(path, module, root_name) for path, module in model.named_modules()}
         )
         self._warned = False
+        # A torch.compile'd model is one layer: module hooks inside the compiled graph would make
+        # Dynamo trace them (graph breaks, a recompile per call) and fire outside it only.
+        self._compiled = model if _is_compiled(model) else None
         # Loaded (built, the first time on a machine) here, not in the first traced call. The
         # native span writer serves the deferred worker; it has no shapes (they vary per call).
         wants_recorder = options.ops and not options.kineto_ops and not torch.cuda.is_available()
@@ -166,7 +169,9 @@ class TorchCapture:
         try:
             if self.options.ops:
                 recording.profiler = self._start_profiler()
-            if self.options.layers:
+            if self.options.layers and self._compiled is not None:
+                recording.events.append((self._compiled, time.perf_counter_ns(), ENTER, None))
+            elif self.options.layers:
                 pre, post = _hooks(recording.events, threading.get_ident(), self.options.shapes)
                 recording.handles += [
                     register_module_forward_pre_hook(pre),
@@ -184,6 +189,10 @@ class TorchCapture:
         recording is the hooks' list and the profiler's result, neither touched again by torch.
         Call it exactly once for each recording `start` returned."""
         try:
+            if self.options.layers and self._compiled is not None:
+                # Called from the model call's `finally`: an exception unwinding it is current.
+                ended = RAISE if sys.exc_info()[1] is not None else RETURN
+                recording.events.append((self._compiled, time.perf_counter_ns(), ended, None))
             recording.stop()
         finally:
             _CAPTURE_LOCK.release()
@@ -339,6 +348,12 @@ def _describe(path: str, module: nn.Module, root_name: str) -> _Module:
     kind = type(module).__name__
     attributes = {LEVEL: "layer", LAYER_PATH: path, LAYER_TYPE: kind}
     return _Module(path or root_name or kind, attributes)
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """`torch.compile(model)`'s wrapper (without importing Dynamo for models that are not)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
 
 
 def _describe_foreign(module: nn.Module) -> _Module:

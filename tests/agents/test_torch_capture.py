@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 
@@ -335,3 +336,29 @@ def test_an_unsampled_call_writes_nothing_below_it() -> None:
 def hooks_never_leak() -> Iterator[None]:
     yield
     assert no_global_hooks() and not torch.autograd.profiler._is_profiler_enabled
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_a_compiled_model_is_one_layer_and_dynamo_warns_of_nothing(
+    backend: str, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    agent, exporter = agent_at("library")
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    traced = agent.trace_model(torch.compile(model, backend=backend), name="tiny")
+    with torch.no_grad():
+        outputs = [traced(torch.full((3, 8), float(i))) for i in range(4)]
+    assert all(torch.allclose(output, model(torch.full((3, 8), float(i)))) for i, output in enumerate(outputs))
+    assert not [warning for warning in recwarn if "dynamo" in str(warning.filename) or "hook" in str(warning.message)]
+    assert not [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "recompile" not in capfd.readouterr().err
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # compiled once, never again
+    spans = exporter.get_finished_spans()
+    models, layers = at_level(spans, "model"), at_level(spans, "layer")
+    assert len(models) == 4 and [layer.name for layer in layers] == ["tiny"] * 4
+    assert {layer.parent.span_id for layer in layers} == {model.context.span_id for model in models}
+    layer_ids = {layer.context.span_id for layer in layers}
+    ops = at_level(spans, "library")
+    assert ops and all(op.parent.span_id in layer_ids for op in ops)
+    assert no_global_hooks()
