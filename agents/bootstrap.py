@@ -69,6 +69,7 @@ from mlscope.conventions import (
     ENV_TRACE_FILE,
     FRAMEWORK_VERSION,
     LEVELED_PASS,
+    PHASE,
     PROCESS_COMMAND_LINE,
     PROCESS_EXECUTABLE_PATH,
     PROCESS_EXIT_CODE,
@@ -81,6 +82,7 @@ from .model_spec import ModelSpec, batch_size
 from .leveled import SpanTally, append_report
 from .otlp_exporter import EncodedSpanExporter
 from .propagation import extract_env, inject_env
+from .training import TrainingInstrumentor
 from .run_config import program_name, run_config, undelivered_line, undelivered_report_path
 from .span_loss import dropped_attributes
 
@@ -164,6 +166,7 @@ class AutoInstrumentor:
         # creating one from the same SessionOptions object, which must not see it extended (or
         # restored) midway. Creating sessions one at a time is the cost, at profiling levels only.
         self._session_creation_lock = threading.Lock()
+        self._training = TrainingInstrumentor(agent)
 
     @property
     def instrumented(self) -> bool:
@@ -191,6 +194,7 @@ class AutoInstrumentor:
             else:  # patched again over us: restoring would drop that patch too
                 log.debug("mlscope: %s.%s was re-patched by someone else; left as is", owner.__name__, name)
         self._patches.clear()
+        self._training.uninstrument()
         self._specs = weakref.WeakKeyDictionary()
         for session in self._profiled_sessions:
             session.end_profiling()  # writes their spans (a no-op once the agent's shutdown did)
@@ -212,9 +216,11 @@ class AutoInstrumentor:
         def spec_of(module: Any) -> ModelSpec:
             spec = specs.get(module)
             if spec is None:
+                # A torch.compile'd model is named by the model it compiled, not its wrapper.
+                name = type(getattr(module, "_orig_mod", module)).__name__
                 spec = specs[module] = agent.model_spec(
-                    module, type(module).__name__, "pytorch", span_name="forward",
-                    attributes={FRAMEWORK_VERSION: framework_version},
+                    module, name, "pytorch", span_name="forward",
+                    attributes={FRAMEWORK_VERSION: framework_version, PHASE: "forward"},
                 )
             return spec
 
@@ -230,6 +236,7 @@ class AutoInstrumentor:
             return traced_call
 
         self._patch(torch.nn.Module, "__call__", wrap)
+        self._training.instrument(torch)
 
     def _patch_onnxruntime(self, onnxruntime: types.ModuleType) -> None:
         from .onnx_capture import session_attributes

@@ -217,3 +217,14 @@ def test_application_level_patches_nothing() -> None:
     instrumentor = AutoInstrumentor(agent)
     instrumentor.instrument()
     assert not instrumentor.instrumented and nn.Module.__call__ is original
+
+
+def test_a_compiled_model_is_named_after_the_model_it_compiled(instrumented, recwarn: pytest.WarningsRecorder) -> None:
+    _, exporter = instrumented
+    compiled = torch.compile(Outer(), backend="eager")
+    for batch in (2, 2, 2):
+        compiled(torch.zeros(batch, 4))
+    forwards = [span for span in exporter.get_finished_spans() if span.name == "forward"]
+    assert [span.attributes["mlscope.model.name"] for span in forwards] == ["Outer"] * 3
+    assert {span.attributes["mlscope.phase"] for span in forwards} == {"forward"}
+    assert not [str(warning.message) for warning in recwarn if "hook" in str(warning.message)]
