@@ -520,8 +520,9 @@ def start_agent(
         if wrap_exporter is not None:
             exporter = wrap_exporter(exporter)
         loss = SpanLoss()
-        exporter = DeliveryWatch(exporter, loss)
-        provider.add_span_processor(CountingBatchSpanProcessor(exporter, loss, MODEL_QUEUE_SPANS, EXPORT_BATCH_SPANS))
+        watch = exporter = DeliveryWatch(exporter, loss)
+        provider.add_span_processor(CountingBatchSpanProcessor(exporter, loss, MODEL_QUEUE_SPANS, EXPORT_BATCH_SPANS,
+                                                               failing=lambda: watch.failing))
         deep_spans = deep_span_writer(level, provider, exporter, chosen, loss)
         sampler = None
         if level == LEVELS[-1]:  # hardware

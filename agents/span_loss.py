@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.trace import ReadableSpan
@@ -83,23 +83,34 @@ dropped (and counted): long enough for one export to finish, short enough not to
 class CountingBatchSpanProcessor(BatchSpanProcessor):
     """The SDK's BatchSpanProcessor, but a span that finds the queue full waits up to
     QUEUE_FULL_WAIT_S for room and, if there is still none, is dropped and counted in `loss`
-    (the SDK would drop the oldest queued span, uncounted)."""
+    (the SDK would drop the oldest queued span, uncounted). Once a wait has run out, or while
+    `failing()` (the collector refuses exports), spans do not wait until the queue has drained
+    to half: a program whose collector cannot keep up is slowed once, not at every call."""
 
-    def __init__(self, exporter: SpanExporter, loss: SpanLoss, max_queue_size: int, max_export_batch_size: int) -> None:
+    def __init__(self, exporter: SpanExporter, loss: SpanLoss, max_queue_size: int, max_export_batch_size: int,
+                 failing: Callable[[], bool] = lambda: False) -> None:
         super().__init__(exporter, max_queue_size=max_queue_size, max_export_batch_size=max_export_batch_size)
         self._loss = loss
         self._queue_limit = max_queue_size
+        self._failing = failing
+        self._waits = True
 
     def on_end(self, span: ReadableSpan) -> None:
         if not span.context.trace_flags.sampled:
             return
         batch = self._batch_processor
-        if len(batch._queue) >= self._queue_limit:
-            batch._worker_awaken.set()
+        queued = len(batch._queue)
+        if queued < self._queue_limit:
+            self._waits = self._waits or queued <= self._queue_limit // 2
+            batch.emit(span)
+            return
+        batch._worker_awaken.set()
+        if self._waits and not self._failing():
             deadline = time.monotonic() + QUEUE_FULL_WAIT_S
             while len(batch._queue) >= self._queue_limit and time.monotonic() < deadline:
                 time.sleep(0.001)
-            if len(batch._queue) >= self._queue_limit:
-                self._loss.add({span_level(span): 1})
-                return
+        if len(batch._queue) >= self._queue_limit:
+            self._waits = False
+            self._loss.add({span_level(span): 1})
+            return
         batch.emit(span)
