@@ -23,6 +23,8 @@ from typing import Any
 
 from mlscope.conventions import LAYER_INPUT_SHAPES, LAYER_OUTPUT_SHAPES, LAYER_PATH, LAYER_TYPE, LEVELS, parse_level
 
+from mlscope.store import sql_string
+
 from .timeline import Timeline, TimelineSpan
 
 TOP = 20  # rows of each ranked table
@@ -289,6 +291,28 @@ def span_hardware(timeline: Timeline, samples: Iterable[MetricSample]) -> tuple[
             metrics = tuple(_summarize(window[name]) for name in sorted(window))
             rows.append(SpanHardware(span.span_id, span.name, metrics))
     return tuple(rows)
+
+
+# --- reading samples (SQL text only; the reader runs it) -----------------------------------------
+
+MAX_SAMPLES = 200_000  # a 100 ms sampler over a day of runs: far more than one trace's windows
+_SAMPLE_COLUMNS = "service, name, kind, unit, time_ns, value, attr_keys, attr_values"
+# The first sample after a span's end covers its tail (span_hardware): read a little past the trace.
+SAMPLE_SLACK_NS = 10 * 10**9
+
+
+def metric_samples_sql(services: Iterable[str], start_ns: int, end_ns: int) -> str:
+    """The samples of `services` from `start_ns` to `end_ns` + SAMPLE_SLACK_NS, oldest first."""
+    quoted = ", ".join(sql_string(service) for service in sorted(set(services))) or "''"
+    return (f"SELECT {_SAMPLE_COLUMNS} FROM metrics WHERE service IN ({quoted}) "
+            f"AND time_ns >= {int(start_ns)} AND time_ns <= {int(end_ns) + SAMPLE_SLACK_NS} "
+            f"ORDER BY time_ns LIMIT {MAX_SAMPLES}")
+
+
+def metric_sample(row: Sequence[Any]) -> MetricSample:
+    """A row of metric_samples_sql's result."""
+    service, name, kind, unit, time_ns, value, keys, values = row
+    return MetricSample(service, name, kind, unit, int(time_ns), float(value), dict(zip(keys, values)))
 
 
 def analyze(timeline: Timeline, samples: Iterable[MetricSample] = ()) -> Analysis:

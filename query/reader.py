@@ -7,11 +7,13 @@ through the deduplicating views or merges `trace_index`, never the physical tabl
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from mlscope.store import SPAN_ROWS, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string
 
+from .analysis import MetricSample, metric_sample, metric_samples_sql
 from .errors import BadRequest
 from .evaluations import EvaluationFilter, evaluations_sql
 from .listing import TraceFilter, trace_list_sql, trace_summary
@@ -90,6 +92,14 @@ class TraceReader:
             f"WHERE trace_id = {sql_string(trace_id)} ORDER BY start_ns, span_id"
         )
         return [span_from_row(dict(zip(_SPAN_COLUMN_NAMES, row))) for row in result.rows]
+
+    def metric_samples(self, services: Iterable[str], start_ns: int, end_ns: int) -> list[MetricSample]:
+        """The metric samples of `services` around [start_ns, end_ns], oldest first."""
+        return [metric_sample(row) for row in self._store.execute(metric_samples_sql(services, start_ns, end_ns)).rows]
+
+    def first_column(self, statement: str) -> list[Any]:
+        """The first column of a statement this package built (jaeger.py's lookups), never a user's SQL."""
+        return [row[0] for row in self._store.execute(statement).rows]
 
     def evaluations(self, evaluation_filter: EvaluationFilter) -> list[dict[str, Any]]:
         """Evaluation rows as {column: value} (NaN, a value not measured, as None); an empty list
