@@ -5,16 +5,22 @@
   complete ("X") event per span, a process per service, times in microseconds from the trace
   start. The importer nests events on a thread by time, so each service's spans are spread over
   as few threads ("lanes") as keep every thread's events properly nested: parallel children
-  get lanes of their own instead of being cut.
+  get lanes of their own instead of being cut. Hardware metrics sampled in the trace's window
+  are counter tracks ("C" events) of their service's process, on the same time axis: one track
+  per series (metric name and its attributes).
+
+Every exporter takes the timeline and the metric samples around it (query/analysis.py's
+MetricSample; only Perfetto shows them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mlscope.conventions import LEVEL
 
+from .analysis import MetricSample
 from .timeline import Span, Timeline, TimelineSpan
 
 _NS_PER_US = 1000
@@ -69,28 +75,39 @@ def _process_key(span: Span) -> tuple[str, tuple[tuple[str, str], ...]]:
     return (span.service, tuple(sorted(span.resource.items())))
 
 
-def to_jaeger(timeline: Timeline) -> dict[str, Any]:
+def jaeger_trace(timeline: Timeline) -> dict[str, Any]:
+    """One trace as Jaeger's query service renders it (ui.Trace in jaeger's model/json/model.go)."""
     processes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
     for item in timeline.spans:
         processes.setdefault(_process_key(item.span), f"p{len(processes) + 1}")
     spans = [_jaeger_span(timeline.trace_id, item, processes[_process_key(item.span)]) for item in timeline.spans]
     return {
-        "data": [
-            {
-                "traceID": timeline.trace_id,
-                "spans": spans,
-                "processes": {
-                    process_id: {"serviceName": service, "tags": _jaeger_tags(dict(resource))}
-                    for (service, resource), process_id in processes.items()
-                },
-                "warnings": list(timeline.warnings) or None,
-            }
-        ],
-        "total": 0,
+        "traceID": timeline.trace_id,
+        "spans": spans,
+        "processes": {
+            process_id: {"serviceName": service, "tags": _jaeger_tags(dict(resource))}
+            for (service, resource), process_id in processes.items()
+        },
+        "warnings": list(timeline.warnings) or None,
+    }
+
+
+def structured_response(data: Any, errors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The envelope of every answer of Jaeger's query API (structuredResponse in its
+    cmd/query/app/http_handler.go): `total` counts a list's items, `limit` and `offset` are 0,
+    `errors` null when there are none."""
+    return {
+        "data": data,
+        "total": len(data) if isinstance(data, list) else 0,
         "limit": 0,
         "offset": 0,
-        "errors": None,
+        "errors": list(errors) or None,
     }
+
+
+def to_jaeger(timeline: Timeline, samples: Iterable[MetricSample] = ()) -> dict[str, Any]:
+    """The JSON file Jaeger UI opens: its query API's answer for one trace."""
+    return structured_response([jaeger_trace(timeline)])
 
 
 # --- Perfetto / Chrome trace events -----------------------------------------------------------
@@ -123,7 +140,30 @@ def _metadata(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
     return {"ph": "M", "name": kind, "pid": pid, "tid": tid, "args": {"name": name}}
 
 
-def to_perfetto(timeline: Timeline) -> dict[str, Any]:
+def _series_label(sample: MetricSample) -> str:
+    """`hw.power` or `hw.power hw.id=gpu0`: the counter track of one series."""
+    attributes = " ".join(f"{key}={value}" for key, value in sorted(sample.attributes.items()))
+    return f"{sample.name} {attributes}" if attributes else sample.name
+
+
+def _counter_events(samples: Iterable[MetricSample], origin: int, pids: dict[str, int]) -> list[dict[str, Any]]:
+    """One "C" event per sample; a service with samples but no spans gets a process of its own."""
+    events = []
+    for sample in sorted(samples, key=lambda s: (s.time_ns, s.name)):
+        if sample.service not in pids:
+            pids[sample.service] = len(pids) + 1
+            events.append(_metadata("process_name", pids[sample.service], 0, sample.service or "(no service)"))
+        events.append({
+            "name": _series_label(sample),
+            "ph": "C",
+            "ts": (sample.time_ns - origin) / _NS_PER_US,
+            "pid": pids[sample.service],
+            "args": {sample.unit or "value": sample.value},
+        })
+    return events
+
+
+def to_perfetto(timeline: Timeline, samples: Iterable[MetricSample] = ()) -> dict[str, Any]:
     origin = min((item.span.start_ns for item in timeline.spans), default=0)
     services: dict[str, list[Span]] = {}
     for item in timeline.spans:
@@ -150,6 +190,7 @@ def to_perfetto(timeline: Timeline) -> dict[str, Any]:
             "args": {"span_id": span.span_id, "parent_span_id": span.parent_span_id, "self_ns": item.self_ns,
                      **span.attributes},
         })
+    events.extend(_counter_events(samples, origin, pids))
     return {
         "traceEvents": events,
         "displayTimeUnit": "ns",
@@ -157,4 +198,4 @@ def to_perfetto(timeline: Timeline) -> dict[str, Any]:
     }
 
 
-EXPORTERS: dict[str, Callable[[Timeline], dict[str, Any]]] = {"jaeger": to_jaeger, "perfetto": to_perfetto}
+EXPORTERS: dict[str, Callable[[Timeline, Iterable[MetricSample]], dict[str, Any]]] = {"jaeger": to_jaeger, "perfetto": to_perfetto}

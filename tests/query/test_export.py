@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from mlscope.conventions import HW_POWER_METRIC, SYSTEM_CPU_UTILIZATION
+from mlscope.query.analysis import MetricSample
 from mlscope.query.export import assign_lanes, to_jaeger, to_perfetto
 from mlscope.query.timeline import build_timeline
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, row, spans
@@ -60,3 +62,26 @@ def test_lanes_always_nest() -> None:
                 assert disjoint or nested, (a.name, b.name)
     # Only (15, 60) and (99, 120) stick out of a running span; equal intervals nest.
     assert sorted(name for name, lane in lanes.items() if lane) == ["03", "07"]
+
+
+def test_perfetto_counter_tracks_share_the_time_axis() -> None:
+    samples = [
+        MetricSample("svc", SYSTEM_CPU_UTILIZATION, "gauge", "1", T0 + 20 * MS, 0.5),
+        MetricSample("svc", HW_POWER_METRIC, "gauge", "W", T0 + 30 * MS, 75.0, {"hw.id": "gpu0"}),
+        MetricSample("sampler-only", SYSTEM_CPU_UTILIZATION, "gauge", "1", T0 + 40 * MS, 0.25),
+    ]
+    document = json.loads(json.dumps(to_perfetto(TIMELINE, samples)))
+    counters = [e for e in document["traceEvents"] if e["ph"] == "C"]
+    spans_pid = next(e["pid"] for e in document["traceEvents"] if e["ph"] == "X" and e["name"] == "pipeline")
+    assert [(e["name"], e["ts"], e["args"]) for e in counters] == [
+        (SYSTEM_CPU_UTILIZATION, 20_000, {"1": 0.5}), (f"{HW_POWER_METRIC} hw.id=gpu0", 30_000, {"W": 75.0}),
+        (SYSTEM_CPU_UTILIZATION, 40_000, {"1": 0.25})]
+    assert counters[0]["pid"] == counters[1]["pid"] == spans_pid
+    processes = {e["pid"]: e["args"]["name"] for e in document["traceEvents"] if e["name"] == "process_name"}
+    assert processes[counters[2]["pid"]] == "sampler-only"
+
+
+def test_jaeger_export_has_no_counters_and_the_query_api_envelope() -> None:
+    document = to_jaeger(TIMELINE, [MetricSample("svc", HW_POWER_METRIC, "gauge", "W", T0, 1.0)])
+    assert set(document) == {"data", "total", "limit", "offset", "errors"}
+    assert (document["total"], document["errors"]) == (1, None)
