@@ -1,12 +1,11 @@
 """The viewer in a real browser (Debian's Chromium driven by Playwright) over the query app on an
 embedded store: trace list -> timeline, deep links, level filter, detail panel, SQL page, and a
-span name that is an HTML injection attempt shown as plain text."""
+span name that is an HTML injection attempt shown as plain text. The timeline's own interactions
+(zoom, search, window deep links) are in test_timeline.py."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
-
 import pytest
 from playwright.async_api import Browser, Page, expect
 
@@ -44,10 +43,12 @@ async def open_page(browser: Browser, problems: list[str]) -> Page:
     return page
 
 
-async def timeline_rows(page: Page) -> list[tuple[str, str]]:
-    names = await page.locator(".row .name").all_text_contents()
-    durations = await page.locator(".row .dur").all_text_contents()
-    return list(zip(names, durations))
+READY = '[data-testid=timeline][data-ready="1"]'
+
+
+async def bar(page: Page, span: str) -> dict[str, float] | None:
+    rect: dict[str, float] | None = await page.evaluate("id => window.mlscopeTimeline.barRect(id)", span)
+    return rect
 
 
 async def test_list_then_timeline_shows_untrusted_names_as_text(base_url: str, browser: Browser) -> None:
@@ -60,27 +61,27 @@ async def test_list_then_timeline_shows_untrusted_names_as_text(base_url: str, b
     assert await link.text_content() == EVIL
     await link.click()
     await page.wait_for_url(f"{base_url}/traces/{TRACE}")
-    await page.locator(".row").nth(4).wait_for()
-    assert await timeline_rows(page) == [
-        (EVIL, "100 ms"), ("predict", "80 ms"), ("conv1", "30 ms"), ("relu", "30 ms"), ("postprocess", "5 ms")]
+    await page.locator(READY).wait_for()
     assert await page.locator("h1").text_content() == EVIL
     assert "null" not in await page.locator("main").inner_text()
     assert await page.locator("main img").count() == 0
     assert await page.evaluate("window.__pwned") is None
 
     # Bars sit on the time axis: predict starts at 10% of the trace and lasts 80% of it.
-    bar = page.locator(".row").nth(1).locator(".bar")
-    track = page.locator(".row").nth(1).locator(".track")
-    bar_box, track_box = await bar.bounding_box(), await track.bounding_box()
-    assert bar_box and track_box
-    assert abs((bar_box["x"] - track_box["x"]) / track_box["width"] - 0.10) < 0.01
-    assert abs(bar_box["width"] / track_box["width"] - 0.80) < 0.01
-    assert "level-model" in (await bar.get_attribute("class") or "")
+    predict = await bar(page, "00000000000000b2")
+    timeline = await page.locator("[data-testid=timeline]").bounding_box()
+    assert predict and timeline
+    inner = timeline["width"] - 2  # the border
+    assert abs((predict["x"] - timeline["x"] - 1) / inner - 0.10) < 0.01
+    assert abs(predict["width"] / inner - 0.80) < 0.01
 
-    await page.locator(".row").first.click()
-    detail = page.locator("aside.detail")
+    root = await bar(page, "00000000000000a1")
+    assert root
+    await page.mouse.click(root["x"] + 40, root["y"] + root["height"] / 2)
+    detail = page.locator("[data-testid=details]")
+    await detail.locator("h2").wait_for()
     assert await detail.locator("h2").text_content() == EVIL
-    assert "resnet18" in await detail.locator("table").nth(1).text_content()
+    assert "resnet18" in await detail.inner_text()
 
     await page.screenshot(path=SCREENSHOT, full_page=True)
     assert problems == []
@@ -90,35 +91,20 @@ async def test_deep_link_with_a_level_filter(base_url: str, browser: Browser) ->
     problems: list[str] = []
     page = await open_page(browser, problems)
     await page.goto(f"{base_url}/traces/{TRACE}?levels=application,layer")
-    await page.locator(".row").nth(3).wait_for()
-    assert [name for name, _ in await timeline_rows(page)] == [EVIL, "conv1", "relu", "postprocess"]
+    await page.locator(READY).wait_for()
+    assert "4 spans" in await page.locator(".meta").inner_text()
+    assert await bar(page, "00000000000000b2") is None  # predict is a model span
     checked = {level: await page.locator(f"input[value={level}]").is_checked()
                for level in ("application", "model", "layer", "library", "hardware")}
     assert checked == {"application": True, "model": False, "layer": True, "library": False, "hardware": False}
 
     await page.locator("input[value=model]").check()
-    await page.locator(".row").nth(4).wait_for()
+    await expect(page.locator(".meta")).to_contain_text("5 spans")
     assert page.url == f"{base_url}/traces/{TRACE}?levels=application%2Cmodel%2Clayer"
     await page.locator("input[value=layer]").uncheck()
-    await expect(page.locator(".row")).to_have_count(3)  # (wait_for_function would need eval: CSP refuses it)
+    await expect(page.locator(".meta")).to_contain_text("3 spans")  # (wait_for_function would need eval: CSP refuses it)
     assert await page.evaluate("window.__pwned") is None
     assert problems == []
-
-
-async def test_layout_rows_is_a_pure_transform(base_url: str, browser: Browser) -> None:
-    page = await open_page(browser, [])
-    await page.goto(f"{base_url}/sql")
-    await page.locator("#sql-query").wait_for()  # rendered: the conventions are loaded
-    spans = [{"name": "a", "depth": 0, "level": "model", "start_ns": 1000, "end_ns": 2000, "duration_ns": 1000},
-             {"name": "b", "depth": 1, "level": "weird", "start_ns": 1250, "end_ns": 1750, "duration_ns": 500}]
-    rows: list[dict[str, Any]] = await page.evaluate(
-        "spans => window.mlscopeViewer.layoutRows(spans).rows.map("
-        "r => ({depth: r.depth, offset: r.offsetPct, width: r.widthPct, level: r.level, label: r.label}))", spans)
-    assert rows == [{"depth": 0, "offset": 0, "width": 100, "level": "model", "label": "a 1 µs"},
-                    {"depth": 1, "offset": 25, "width": 50, "level": "application", "label": "b 500 ns"}]
-    # Nanosecond timestamps beyond 2**53 stay exact.
-    exact = await page.evaluate("String(window.mlscopeViewer.parseJson('{\"t\": 1764000000000000123}').t)")
-    assert exact == "1764000000000000123"
 
 
 async def test_sql_page_runs_and_refuses(base_url: str, browser: Browser) -> None:

@@ -1,7 +1,8 @@
 // mlscope viewer: the trace list, one trace's timeline, evaluations, compare, and a SQL page,
 // over the JSON API.
 //
-// Shape (after jaeger-ui): API data -> pure transforms (layoutRows, axisTicks, ...) -> DOM.
+// Shape (after jaeger-ui): API data -> pure transforms (parseLevels, compareTraces, ...) -> DOM;
+// the trace page's canvas timeline is timeline.js.
 // Every string from the API reaches the page through textContent or a text node, never as
 // markup; the server's Content-Security-Policy backs that up.
 "use strict";
@@ -40,47 +41,6 @@
 
   function formatTime(ns) {
     return new Date(Number(toBig(ns) / 1000000n)).toISOString().replace("T", " ").replace("Z", " UTC");
-  }
-
-  function levelOf(span) {
-    return LEVELS.includes(span.level) ? span.level : DEFAULT_LEVEL;
-  }
-
-  // Spans in pre-order -> one row per span: where its bar sits on the trace's time axis.
-  function layoutRows(spans) {
-    if (!spans.length) return { startNs: 0n, endNs: 0n, rows: [] };
-    let startNs = toBig(spans[0].start_ns);
-    let endNs = toBig(spans[0].end_ns);
-    for (const span of spans) {
-      const s = toBig(span.start_ns);
-      const e = toBig(span.end_ns);
-      if (s < startNs) startNs = s;
-      if (e > endNs) endNs = e;
-    }
-    const total = Number(endNs - startNs);
-    const percent = (ns) => (total > 0 ? Math.min(100, Math.max(0, (Number(ns) / total) * 100)) : 0);
-    const rows = spans.map((span) => {
-      const offsetPct = percent(toBig(span.start_ns) - startNs);
-      const widthPct = total > 0 ? Math.min(100 - offsetPct, percent(toBig(span.end_ns) - toBig(span.start_ns))) : 100;
-      return {
-        span,
-        depth: Number(span.depth) || 0,
-        offsetPct,
-        widthPct,
-        level: levelOf(span),
-        label: `${span.name} ${formatDuration(span.duration_ns)}`,
-      };
-    });
-    return { startNs, endNs, rows };
-  }
-
-  function axisTicks(totalNs, count) {
-    const ticks = [];
-    for (let i = 0; i < count; i += 1) {
-      const pct = (100 * i) / count;
-      ticks.push({ pct, label: formatDuration((Number(totalNs) * i) / count) });
-    }
-    return ticks;
   }
 
   // ?levels=a,b -> the set of levels shown (all when absent).
@@ -340,61 +300,54 @@
       table(["root span", "service", "start", "duration", "spans"], rows, "traces"));
   }
 
-  function renderDetail(panel, span, startNs) {
+  // A button that selects span `i` in the timeline (parent and children links).
+  function spanButton(timeline, i) {
+    const button = el("button", { type: "button", class: "span-link" }, timeline.model.labels[i]);
+    button.addEventListener("click", () => timeline.select(i, { reveal: true }));
+    return button;
+  }
+
+  const LISTED_CHILDREN = 50;
+
+  function relatives(timeline, i) {
+    const parent = timeline.model.parent[i];
+    const children = timeline.childrenOf(i);
+    return [
+      el("h3", null, "Parent"),
+      parent >= 0 ? spanButton(timeline, parent) : el("p", { class: "muted" }, "(root)"),
+      el("h3", null, `Children (${children.length})`),
+      children.length
+        ? el("ul", { class: "children" }, ...children.slice(0, LISTED_CHILDREN).map((c) => el("li", null, spanButton(timeline, c))),
+          children.length > LISTED_CHILDREN ? el("li", { class: "muted" }, `and ${children.length - LISTED_CHILDREN} more`) : null)
+        : el("p", { class: "muted" }, "none")];
+  }
+
+  function renderDetail(panel, timeline, i) {
+    if (i < 0) {
+      panel.replaceChildren(el("p", { class: "muted" }, "Click a span for its details."));
+      return;
+    }
+    const span = timeline.model.spans[i];
+    const startNs = timeline.model.origin;
     panel.replaceChildren(
-      el("h2", null, span.name),
+      el("h2", null, timeline.model.labels[i]),
       table(["field", "value"], [
-        ["span id", span.span_id], ["parent span id", span.parent_span_id || "(root)"],
-        ["service", span.service], ["level", span.level], ["kind", span.kind],
-        ["starts at", `+${formatDuration(toBig(span.start_ns) - startNs)}`],
+        ["name", span.name], ["level", span.level],
         ["duration", formatDuration(span.duration_ns)], ["self time", formatDuration(span.self_ns)],
+        ["starts at", `+${formatDuration(toBig(span.start_ns) - startNs)}`],
+        ["service", span.service], ["kind", span.kind],
         ["status", [span.status.code, span.status.message].filter(Boolean).join(": ")],
+        ["span id", span.span_id],
       ].map(([k, v]) => el("tr", null, el("td", null, k), el("td", null, String(v))))),
+      ...relatives(timeline, i),
       el("h3", null, "Attributes"), keyValueTable(span.attributes),
-      el("h3", null, "Resource"), keyValueTable(span.resource),
       el("h3", null, "Events"),
       span.events.length
         ? table(["at", "name", "attributes"], span.events.map((e) => el("tr", null,
           el("td", null, `+${formatDuration(toBig(e.time_ns) - startNs)}`), el("td", null, e.name),
           el("td", null, JSON.stringify(e.attributes)))))
-        : el("p", { class: "muted" }, "none"));
-  }
-
-  function timelineView(layout, detail) {
-    const total = layout.endNs - layout.startNs;
-    const axis = el("div", { class: "axis" }, el("div", { class: "name" }, "span"),
-      el("div", { class: "track" }, ...axisTicks(total, 5).map((tick) => {
-        const node = el("div", { class: "tick" }, tick.label);
-        node.style.left = `${tick.pct}%`;
-        return node;
-      })));
-    const rows = layout.rows.map((row) => {
-      const name = el("div", { class: "name", title: row.span.name }, row.span.name);
-      name.style.paddingLeft = `${6 + row.depth * 14}px`;
-      const bar = el("div", { class: `bar level-${row.level}` });
-      bar.style.left = `${row.offsetPct}%`;
-      bar.style.width = `${row.widthPct}%`;
-      const duration = el("span", { class: "dur" }, formatDuration(row.span.duration_ns));
-      // Past the bar's end; where that would run off the track, before its start; where
-      // neither side has room, inside the bar.
-      if (row.offsetPct + row.widthPct <= 80) duration.style.left = `${row.offsetPct + row.widthPct}%`;
-      else if (row.offsetPct >= 20) duration.style.right = `${100 - row.offsetPct}%`;
-      else {
-        duration.classList.add("inside");
-        duration.style.left = `${row.offsetPct}%`;
-      }
-      const node = el("div", { class: "row", role: "button", tabindex: "0", title: row.label },
-        name, el("div", { class: "track" }, bar, duration));
-      const select = () => {
-        for (const other of node.parentNode.querySelectorAll(".row.selected")) other.classList.remove("selected");
-        node.classList.add("selected");
-        renderDetail(detail, row.span, layout.startNs);
-      };
-      node.addEventListener("click", select);
-      node.addEventListener("keydown", (event) => { if (event.key === "Enter") select(); });
-      return node;
-    });
-    return el("div", { class: "timeline" }, axis, ...rows);
+        : el("p", { class: "muted" }, "none"),
+      el("h3", null, "Resource"), keyValueTable(span.resource));
   }
 
   function levelFilter(shown, onChange) {
@@ -410,6 +363,46 @@
     return el("div", { class: "levels" }, el("span", { class: "muted" }, "levels:"), ...labels);
   }
 
+  // The trace page's URL keeps the visible window (?start=&end=, nanoseconds after the trace's
+  // start) and the selected span (?span=), so a pasted link shows the same thing.
+  function parseWindow(search) {
+    const params = new URLSearchParams(search);
+    const start = Number(params.get("start"));
+    const end = Number(params.get("end"));
+    return {
+      initialView: params.has("start") && params.has("end") && end > start ? { t0: start, t1: end } : null,
+      selectedId: params.get("span"),
+    };
+  }
+
+  function replaceUrlParams(values) {
+    const url = new URL(location.href);
+    for (const [name, value] of Object.entries(values)) {
+      if (value === null) url.searchParams.delete(name);
+      else url.searchParams.set(name, String(value));
+    }
+    history.replaceState(null, "", url);
+  }
+
+  // Enter selects the next match, Shift+Enter the previous; typing highlights the matches.
+  function searchBox(timeline) {
+    const input = el("input", { type: "search", "data-testid": "search", placeholder: "search spans (Enter: next)" });
+    const count = el("span", { class: "muted search-count" });
+    input.addEventListener("input", () => {
+      const found = timeline.setSearch(input.value);
+      count.textContent = input.value.trim() ? `${found} matches` : "";
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter") return;
+      event.preventDefault();
+      timeline.setSearch(input.value);
+      timeline.selectMatch(event.shiftKey ? -1 : 1);
+    });
+    return el("label", { class: "search" }, input, count);
+  }
+
+  let activeTimeline = null;
+
   async function renderTrace(main, traceId) {
     document.title = `mlscope: trace ${traceId}`;
     const shown = parseLevels(location.search);
@@ -418,34 +411,39 @@
     const trace = shown.size
       ? await fetchJson(param === null ? base : `${base}?levels=${encodeURIComponent(param)}`)
       : { trace_id: traceId, spans: [], warnings: [] };
-    const layout = layoutRows(trace.spans);
-    const detail = el("aside", { class: "detail" }, el("p", { class: "muted" }, "Click a span for its details."));
+    const detail = el("aside", { class: "detail", "data-testid": "details" });
+    if (activeTimeline) activeTimeline.destroy();
+    const timeline = window.mlscopeTimelineLib.createTimeline({
+      spans: trace.spans, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, toBig, ...parseWindow(location.search),
+      onSelect: (i) => renderDetail(detail, timeline, i),
+      onViewChange: (view) => replaceUrlParams({ start: view.startNs, end: view.endNs, span: view.selected }),
+    });
+    activeTimeline = timeline;
+    window.mlscopeTimeline = timeline;
     const root = trace.spans[0];
     const onLevels = (levels) => {
-      const next = levelsParam(levels);
-      const url = new URL(location.href);
-      if (next === null) url.searchParams.delete("levels");
-      else url.searchParams.set("levels", next);
-      history.replaceState(null, "", url);
+      replaceUrlParams({ levels: levelsParam(levels) });
       renderTrace(main, traceId).catch((error) => showError(main, error));
     };
     const parts = [
       el("h1", null, root ? root.name : "(no spans at these levels)"),
       el("div", { class: "meta" },
         el("span", null, `trace ${trace.trace_id}`),
-        root ? el("span", null, formatTime(layout.startNs)) : null,
-        el("span", { class: "total" }, formatDuration(layout.endNs - layout.startNs)),
+        root ? el("span", null, formatTime(timeline.model.origin)) : null,
+        el("span", { class: "total" }, formatDuration(timeline.model.totalNs)),
         el("span", null, `${trace.spans.length} spans`),
         downloadLink(`${base}/export?format=perfetto`, `trace-${trace.trace_id}.perfetto.json`, "Perfetto JSON"),
         downloadLink(`${base}/export?format=jaeger`, `trace-${trace.trace_id}.jaeger.json`, "Jaeger JSON")),
-      levelFilter(shown, onLevels),
+      el("div", { class: "toolbar" }, levelFilter(shown, onLevels), searchBox(timeline),
+        el("span", { class: "muted keys" }, "W/S zoom · A/D pan · wheel zooms · drag pans · shift+drag zooms to a range")),
       trace.warnings.length
         ? el("details", { class: "warnings" }, el("summary", null, `${trace.warnings.length} warnings`),
           el("ul", null, ...trace.warnings.map((w) => el("li", null, w))))
         : null,
-      timelineView(layout, detail),
-      detail];
+      el("div", { class: "trace-view" }, timeline.element, detail)];
     main.replaceChildren(...parts.filter((part) => part !== null));
+    const selected = parseWindow(location.search).selectedId;
+    renderDetail(detail, timeline, selected && timeline.model.byId.has(selected) ? timeline.model.byId.get(selected) : -1);
   }
 
   function renderSql(main) {
@@ -652,7 +650,7 @@
     LEVELS = Object.freeze([...conventions.levels]);
     DEFAULT_LEVEL = conventions.default_level;
     window.mlscopeViewer = {
-      layoutRows, axisTicks, formatDuration, parseLevels, levelsParam, parseJson,
+      formatDuration, parseLevels, levelsParam, parseJson,
       parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, compareTraces, compareEvaluations,
     };
     window.addEventListener("popstate", route);

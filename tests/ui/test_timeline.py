@@ -1,0 +1,198 @@
+"""The trace page's canvas timeline in a real browser (Debian's Chromium driven by Playwright):
+zoom with keys and the wheel until an op is a clickable bar, its details, search landing on a
+layer, a level toggle, deep links that restore the window and the selection, and an HTML
+injection attempt as a span name shown as text. Bars are read through the page's test hook
+window.mlscopeTimeline.barRect(spanId) (there is no DOM node per span to find).
+
+Screenshots are saved under tests/ui/artifacts/ (ignored by git) to be looked at."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page
+
+from mlscope.query import create_query_app
+from mlscope.store import Store
+from tests.query.query_server import serve
+from tests.query.trace_fixtures import insert
+from tests.ui.deep_trace import DEEP_TRACE, deep_trace_rows, span_id
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+EVIL = "<img src=x onerror=window.__pwned=1>"
+PROCESS, MODEL, LAYER, OP = (span_id(n) for n in (1, 2, 3, 4))  # the first call's first layer and op
+THIRD_LAYER = span_id(11)  # features.2 (ReLU) of the first call: 2 + 2 * (1 + 3) + 1
+ROWS = [{**r, "name": EVIL} if r["span_id"] == span_id(5) else r for r in deep_trace_rows()]
+READY = '[data-testid=timeline][data-ready="1"]'
+
+pytestmark = [pytest.mark.parametrize("store_url", ["embedded"], indirect=True)]
+
+
+@pytest.fixture
+async def base_url(store: Store) -> AsyncIterator[str]:
+    insert(store, ROWS)
+    runner, url = await serve(create_query_app(store))
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+async def open_trace(browser: Browser, url: str, problems: list[str]) -> Page:
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    await page.goto(url)
+    await page.locator(READY).wait_for()
+    return page
+
+
+async def bar(page: Page, span: str) -> dict[str, float] | None:
+    rect: dict[str, float] | None = await page.evaluate("id => window.mlscopeTimeline.barRect(id)", span)
+    return rect
+
+
+async def view(page: Page) -> dict[str, Any]:
+    return await page.evaluate("window.mlscopeTimeline.currentView()")
+
+
+async def until(page: Page, check: Callable[[], Awaitable[bool]], seconds: float = 10) -> bool:
+    """Polls `check` (wait_for_function would need eval, which the page's CSP refuses)."""
+    for _ in range(int(seconds * 20)):
+        if await check():
+            return True
+        await page.wait_for_timeout(50)
+    return False
+
+
+async def selected_is_not(page: Page, span: str) -> bool:
+    return (await view(page))["selected"] != span
+
+
+async def url_has(page: Page, *parts: str) -> bool:
+    return all(part in page.url for part in parts)
+
+
+async def no_bar(page: Page, span: str) -> bool:
+    return await bar(page, span) is None
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name))
+
+
+async def zoom_onto(page: Page, span: str, width_px: float) -> dict[str, float]:
+    """Zooms around `span`'s bar, alternately holding W and turning the wheel with the mouse on
+    the bar, until the bar is wider than `width_px`. Both inputs zoom around the cursor, so the
+    bar stays under it however slow the machine is."""
+    for attempt in range(40):
+        rect = await bar(page, span)
+        assert rect is not None, f"{span} left the view"
+        if rect["width"] > width_px:
+            return rect
+        await page.mouse.move(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
+        if attempt % 2:
+            await page.mouse.wheel(0, -400)
+        else:
+            await page.keyboard.down("w")
+            await page.wait_for_timeout(250)
+            await page.keyboard.up("w")
+        await page.wait_for_timeout(50)  # one frame
+    raise AssertionError(f"{span} never grew wider than {width_px} px")
+
+
+async def test_zoom_until_an_op_is_wide_then_click_it(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    first = await bar(page, OP)
+    assert first is not None and first["width"] < 2  # an op is a sliver of the whole process
+    await screenshot(page, "timeline-whole.png")
+
+    rect = await zoom_onto(page, OP, 50)
+    await page.mouse.click(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
+    details = page.locator("[data-testid=details]")
+    await details.locator("h2", has_text="aten::conv2d").wait_for()
+    text = await details.inner_text()
+    assert "library" in text and "self time" in text and "mlscope.op.index" in text
+    assert await details.locator("button.span-link").first.text_content() == "features.0 (Conv2d)"  # the parent
+    await screenshot(page, "timeline-op.png")
+
+    # The parent link selects the layer and brings it into view.
+    await details.locator("button.span-link").first.click()
+    await details.locator("h2", has_text="features.0 (Conv2d)").wait_for()
+    assert (await view(page))["selected"] == LAYER
+    assert problems == []
+
+
+async def test_search_lands_on_a_layer_and_the_link_restores_it(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    search = page.locator("[data-testid=search]")
+    await search.fill("features.2")
+    await search.press("Enter")
+    details = page.locator("[data-testid=details]")
+    await details.locator("h2", has_text="features.2 (ReLU)").wait_for()
+    assert (await view(page))["selected"] == THIRD_LAYER
+    rect = await bar(page, THIRD_LAYER)
+    box = await page.locator("[data-testid=timeline]").bounding_box()
+    assert rect and box and rect["width"] > 20
+    assert box["x"] <= rect["x"] and rect["x"] + rect["width"] <= box["x"] + box["width"]
+    await screenshot(page, "timeline-search.png")
+    await search.press("Enter")  # the next call's features.2
+    assert await until(page, lambda: selected_is_not(page, THIRD_LAYER))
+
+    # The URL keeps the window and the selection (written a moment after the view settles).
+    shown = await view(page)
+    assert await until(page, lambda: url_has(page, f"span={shown['selected']}", f"start={shown['startNs']}"))
+    pasted = await open_trace(browser, page.url, problems)
+    assert await view(pasted) == shown
+    await pasted.locator("[data-testid=details] h2", has_text="features.2 (ReLU)").wait_for()
+    assert problems == []
+
+
+async def test_level_toggle_keeps_the_window(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    await zoom_onto(page, LAYER, 100)
+    before = await view(page)
+    await page.wait_for_timeout(400)  # the URL catches up with the view
+    await page.locator("input[value=library]").uncheck()
+    await page.locator(READY).wait_for()
+    assert await until(page, lambda: no_bar(page, OP))  # ops are gone
+    assert await bar(page, LAYER) is not None
+    assert "levels=application%2Cmodel%2Clayer%2Chardware" in page.url
+    after = await view(page)
+    assert (after["startNs"], after["endNs"]) == (before["startNs"], before["endNs"])
+    await screenshot(page, "timeline-levels.png")
+    assert problems == []
+
+
+async def test_an_html_span_name_is_text(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    search = page.locator("[data-testid=search]")
+    await search.fill("onerror")
+    await search.press("Enter")
+    details = page.locator("[data-testid=details]")
+    await details.locator("h2").filter(has_text="onerror").wait_for()
+    assert await details.locator("h2").text_content() == EVIL
+    assert await page.locator("main img").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+    await screenshot(page, "timeline-evil.png")
+    assert problems == []
+
+
+async def test_ruler_relabels_with_the_zoom(base_url: str, browser: Browser) -> None:
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", [])
+    ticks = "(args) => window.mlscopeTimelineLib.niceTicks(...args).map(t => t.label)"
+    assert await page.evaluate(ticks, [0, 1e9, 1000]) == ["0.0 s", "0.1 s", "0.2 s", "0.3 s", "0.4 s", "0.5 s",
+                                                          "0.6 s", "0.7 s", "0.8 s", "0.9 s", "1.0 s"]
+    assert await page.evaluate(ticks, [100_200_000, 100_600_000, 400]) == [
+        "100.2 ms", "100.3 ms", "100.4 ms", "100.5 ms", "100.6 ms"]
+    labels = await page.evaluate("window.mlscopeTimelineLib.spanLabel({name: '3', attributes: "
+                                 "{'mlscope.layer.path': 'features.3', 'mlscope.layer.type': 'Conv2d'}})")
+    assert labels == "features.3 (Conv2d)"

@@ -1,0 +1,652 @@
+// mlscope viewer: the trace page's flame-chart timeline, drawn on one canvas.
+//
+// No DOM node per span: a trace of 100k spans must pan at 60 fps, so spans live in typed arrays
+// grouped into tracks (one per service/process, a sub-track per thread) and rows (depth inside
+// the track), and each frame draws only the bars inside the visible window. Bars narrower than a
+// pixel are merged into one grey sliver per row. Names reach the canvas only through fillText.
+//
+// Input follows Perfetto: W/S zoom, A/D pan (held keys animate), the wheel zooms around the
+// cursor (shift+wheel scrolls tracks), drag pans, shift+drag or a drag on the ruler zooms to the
+// dragged range, a click selects a span, a click on a track's header collapses it.
+"use strict";
+
+(() => {
+  const RULER_H = 24;
+  const HEADER_H = 18;
+  const ROW_H = 18;
+  const FONT = "11px system-ui, sans-serif";
+  const SLIVER = "#9ca3af";
+  const MIN_WINDOW_NS = 20;
+  const KEY_ZOOM_PER_MS = 0.0025; // held W/S: about 12x a second
+  const KEY_PAN_PER_MS = 0.0008; // held A/D: 0.8 window widths a second
+  const KEY_TAP_MS = 80; // a key press moves at least this long's worth, so a tap is seen
+  const CLICK_SLOP_PX = 4;
+  const URL_DEBOUNCE_MS = 200;
+  const PROCESS_PID = "process.pid";
+  const THREAD_ID = "thread.id";
+  const THREAD_NAME = "thread.name";
+  const LAYER_PATH = "mlscope.layer.path";
+  const LAYER_TYPE = "mlscope.layer.type";
+
+  // --- pure model (no DOM) --------------------------------------------------------------------
+
+  // A layer span reads as its module path and class ("features.3 (Conv2d)"), not its bare name.
+  function spanLabel(span) {
+    const attributes = span.attributes || {};
+    const path = attributes[LAYER_PATH];
+    const type = attributes[LAYER_TYPE];
+    if (path === undefined && type === undefined) return span.name;
+    const base = path && path !== "?" ? String(path) : span.name;
+    return type && base !== type ? `${base} (${type})` : base;
+  }
+
+  function attributeOf(span, key) {
+    const value = (span.attributes && span.attributes[key]) ?? (span.resource && span.resource[key]);
+    return value === undefined || value === null ? null : String(value);
+  }
+
+  function lowerBound(sorted, value) {
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (sorted[mid] < value) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  // Which track each span sits on: its service and process (process.pid, inherited from the
+  // nearest ancestor that has one), and its thread (thread.id, likewise) as a sub-track.
+  function assignTracks(spans, parent) {
+    const trackOf = new Int32Array(spans.length);
+    const pid = new Array(spans.length);
+    const thread = new Array(spans.length);
+    const keys = new Map();
+    const tracks = [];
+    spans.forEach((span, i) => {
+      const up = parent[i];
+      pid[i] = attributeOf(span, PROCESS_PID) ?? (up >= 0 ? pid[up] : null);
+      thread[i] = attributeOf(span, THREAD_ID) ?? (up >= 0 ? thread[up] : null);
+      const processKey = `${span.service}\u0000${pid[i]}`;
+      const key = `${processKey}\u0000${thread[i]}`;
+      if (!keys.has(key)) {
+        keys.set(key, tracks.length);
+        const process = tracks.find((t) => t.processKey === processKey);
+        tracks.push({
+          processKey, processOrder: process ? process.processOrder : tracks.length, order: tracks.length,
+          title: thread[i] === null
+            ? `${span.service}${pid[i] === null ? "" : ` · pid ${pid[i]}`}`
+            : `thread ${attributeOf(span, THREAD_NAME) || thread[i]}`,
+          isThread: thread[i] !== null, baseDepth: Infinity, maxDepth: 0, collapsed: false,
+        });
+      }
+      const track = tracks[keys.get(key)];
+      trackOf[i] = keys.get(key);
+      track.baseDepth = Math.min(track.baseDepth, span.depth);
+      track.maxDepth = Math.max(track.maxDepth, span.depth);
+    });
+    return { trackOf, tracks };
+  }
+
+  // Each track's rows: span indices sorted by start, and the running maximum of their ends (so a
+  // binary search finds the first bar that reaches into the window even if bars overlap).
+  function buildRows(tracks, trackOf, depth, starts, ends) {
+    const lists = tracks.map((track) => Array.from({ length: track.maxDepth - track.baseDepth + 1 }, () => []));
+    for (let i = 0; i < trackOf.length; i += 1) lists[trackOf[i]][depth[i] - tracks[trackOf[i]].baseDepth].push(i);
+    tracks.forEach((track, t) => {
+      track.rows = lists[t].map((list) => {
+        list.sort((a, b) => starts[a] - starts[b] || a - b);
+        const index = Int32Array.from(list);
+        const maxEnd = new Float64Array(index.length);
+        let running = -Infinity;
+        index.forEach((k, j) => { running = Math.max(running, ends[k]); maxEnd[j] = running; });
+        return { index, maxEnd };
+      });
+    });
+  }
+
+  // Spans in pre-order (with depth) -> the columns the timeline draws from. Times become float
+  // nanoseconds after the trace's start: exact to the nanosecond for traces under 104 days.
+  function buildModel(spans, levels, defaultLevel, toBig) {
+    const n = spans.length;
+    let origin = n ? toBig(spans[0].start_ns) : 0n;
+    let last = origin;
+    for (const span of spans) {
+      const s = toBig(span.start_ns);
+      const e = toBig(span.end_ns);
+      if (s < origin) origin = s;
+      if (e > last) last = e;
+    }
+    const starts = new Float64Array(n);
+    const ends = new Float64Array(n);
+    const depth = new Int32Array(n);
+    const level = new Uint8Array(n);
+    const parent = new Int32Array(n);
+    const firstChild = new Int32Array(n).fill(-1);
+    const nextSibling = new Int32Array(n).fill(-1);
+    const lastChild = [];
+    const ancestors = [];
+    const labels = new Array(n);
+    const byId = new Map();
+    spans.forEach((span, i) => {
+      starts[i] = Number(toBig(span.start_ns) - origin);
+      ends[i] = Math.max(starts[i], Number(toBig(span.end_ns) - origin));
+      const d = Math.min(Number(span.depth) || 0, ancestors.length);
+      depth[i] = d;
+      ancestors.length = d;
+      parent[i] = d > 0 ? ancestors[d - 1] : -1;
+      if (parent[i] >= 0) {
+        if (lastChild[parent[i]] === undefined) firstChild[parent[i]] = i;
+        else nextSibling[lastChild[parent[i]]] = i;
+        lastChild[parent[i]] = i;
+      }
+      ancestors.push(i);
+      const at = levels.indexOf(span.level);
+      level[i] = at >= 0 ? at : Math.max(0, levels.indexOf(defaultLevel));
+      labels[i] = spanLabel(span);
+      byId.set(span.span_id, i);
+    });
+    const { trackOf, tracks } = assignTracks(spans, parent);
+    buildRows(tracks, trackOf, depth, starts, ends);
+    // A process's thread sub-tracks sit under its main track.
+    const order = tracks.map((_, t) => t).sort((a, b) =>
+      tracks[a].processOrder - tracks[b].processOrder || tracks[a].order - tracks[b].order);
+    const position = new Int32Array(order.length);
+    order.forEach((t, p) => { position[t] = p; });
+    for (let i = 0; i < n; i += 1) trackOf[i] = position[trackOf[i]];
+    return {
+      spans, origin, totalNs: Number(last - origin), starts, ends, depth, level, parent, firstChild,
+      nextSibling, labels, byId, trackOf, tracks: order.map((t) => tracks[t]),
+    };
+  }
+
+  function childrenOf(model, i) {
+    const children = [];
+    for (let c = model.firstChild[i]; c >= 0; c = model.nextSibling[c]) children.push(c);
+    return children;
+  }
+
+  // Ruler ticks: a 1-2-5 step giving about one label per 100 px, labelled in the unit that
+  // suits the step with as many decimals as the step needs (so labels change as you zoom).
+  function niceTicks(t0, t1, widthPx) {
+    const span = Math.max(t1 - t0, 1e-9);
+    const rough = (span * 100) / Math.max(widthPx, 1);
+    const power = 10 ** Math.floor(Math.log10(rough));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
+    const unit = [[1e9, "s"], [1e6, "ms"], [1e3, "µs"], [1, "ns"]].find(([scale]) => scale <= step * 10) || [1, "ns"];
+    const decimals = Math.max(0, Math.ceil(-Math.log10(step / unit[0]) - 1e-9));
+    const ticks = [];
+    for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+      ticks.push({ ns: t, label: `${(t / unit[0]).toFixed(Math.min(decimals, 6))} ${unit[1]}` });
+    }
+    return ticks;
+  }
+
+  // "#rrggbb" mixed with white: the colour of a bar that does not match the search.
+  function faded(hex) {
+    const match = /^#([0-9a-f]{6})$/i.exec(hex);
+    if (!match) return hex;
+    const value = parseInt(match[1], 16);
+    const mix = (shift) => Math.round(((value >> shift) & 255) * 0.3 + 255 * 0.7);
+    return `rgb(${mix(16)}, ${mix(8)}, ${mix(0)})`;
+  }
+
+  // --- the view: window, scroll, selection, search --------------------------------------------
+
+  function clampView(view, totalNs) {
+    const total = Math.max(totalNs, MIN_WINDOW_NS);
+    const margin = total * 0.05;
+    const width = Math.min(Math.max(view.t1 - view.t0, MIN_WINDOW_NS), total + 2 * margin);
+    const t0 = Math.min(Math.max(view.t0, -margin), total + margin - width);
+    return { t0, t1: t0 + width };
+  }
+
+  function zoomAround(view, factor, anchorNs) {
+    return { t0: anchorNs - (anchorNs - view.t0) * factor, t1: anchorNs + (view.t1 - anchorNs) * factor };
+  }
+
+  function createTimeline(options) {
+    const { spans, levels, defaultLevel, toBig, onSelect, onViewChange } = options;
+    const model = buildModel(spans, levels, defaultLevel, toBig);
+    const rootStyle = getComputedStyle(document.documentElement);
+    const colours = levels.map((lvl) => rootStyle.getPropertyValue(`--${lvl}`).trim() || "#6b7280");
+    const fadedColours = colours.map(faded);
+    const canvas = document.createElement("canvas");
+    const element = document.createElement("div");
+    element.className = "flame";
+    element.setAttribute("data-testid", "timeline");
+    element.tabIndex = 0;
+    element.append(canvas);
+    const ctx = canvas.getContext("2d");
+
+    let view = clampView(options.initialView || { t0: 0, t1: model.totalNs }, model.totalNs);
+    let scrollY = 0;
+    let selected = -1;
+    let matches = null; // Uint8Array while a search is active
+    let widthPx = 0;
+    let heightPx = 0;
+    let mouseX = null;
+    let drag = null;
+    let framePending = false;
+    let lastFrame = 0;
+    let urlTimer = 0;
+    const held = new Set();
+    const drawMs = []; // recent draw costs, read by bench/ui.py
+    let charWidth = 6;
+
+    // --- layout ---
+    function trackTops() {
+      let y = 0;
+      return model.tracks.map((track) => {
+        const top = y;
+        y += HEADER_H + (track.collapsed ? 0 : track.rows.length * ROW_H);
+        return top;
+      });
+    }
+    let tops = trackTops();
+    const contentHeight = () => {
+      const last = model.tracks.length - 1;
+      return last < 0 ? 0 : tops[last] + HEADER_H + (model.tracks[last].collapsed ? 0 : model.tracks[last].rows.length * ROW_H);
+    };
+    const scale = () => widthPx / (view.t1 - view.t0);
+    const xOf = (ns) => (ns - view.t0) * scale();
+    const nsAt = (x) => view.t0 + x / scale();
+
+    const trackFor = (i) => model.tracks[model.trackOf[i]];
+    const isShown = (i) => !trackFor(i).collapsed;
+    function rowTop(i) {
+      return RULER_H + tops[model.trackOf[i]] + HEADER_H + (model.depth[i] - trackFor(i).baseDepth) * ROW_H - scrollY;
+    }
+
+    // --- drawing ---
+    function drawRuler() {
+      ctx.fillStyle = "#f9fafb";
+      ctx.fillRect(0, 0, widthPx, RULER_H);
+      ctx.fillStyle = "#d8dce3";
+      ctx.fillRect(0, RULER_H - 1, widthPx, 1);
+      ctx.fillStyle = "#6b7280";
+      for (const tick of niceTicks(view.t0, view.t1, widthPx)) {
+        const x = Math.round(xOf(tick.ns)) + 0.5;
+        ctx.fillRect(x, RULER_H - 8, 1, 8);
+        ctx.fillText(tick.label, x + 3, 14);
+      }
+    }
+
+    function drawGrid() {
+      ctx.fillStyle = "#f1f3f6";
+      for (const tick of niceTicks(view.t0, view.t1, widthPx)) ctx.fillRect(Math.round(xOf(tick.ns)), RULER_H, 1, heightPx);
+    }
+
+    function drawLabel(i, x0, x1, y) {
+      const room = Math.min(x1, widthPx) - Math.max(x0, 0) - 6;
+      if (room < 3 * charWidth) return;
+      const label = model.labels[i];
+      const fits = Math.floor(room / charWidth);
+      ctx.fillText(label.length > fits ? `${label.slice(0, Math.max(1, fits - 1))}…` : label, Math.max(x0, 0) + 3, y + 12.5);
+    }
+
+    function drawRow(row, y) {
+      const { index, maxEnd } = row;
+      const { starts, ends, level } = model;
+      const k = scale();
+      let sliverFrom = 0;
+      let sliverTo = -Infinity;
+      const flushSliver = () => {
+        if (sliverTo === -Infinity) return;
+        ctx.fillStyle = SLIVER;
+        ctx.fillRect(sliverFrom, y + 1, Math.max(1, sliverTo - sliverFrom), ROW_H - 2);
+        sliverTo = -Infinity;
+      };
+      for (let j = lowerBound(maxEnd, view.t0); j < index.length; j += 1) {
+        const i = index[j];
+        if (starts[i] > view.t1) break;
+        if (ends[i] < view.t0) continue;
+        const x0 = (starts[i] - view.t0) * k;
+        const x1 = (ends[i] - view.t0) * k;
+        if (x1 - x0 < 1) {
+          if (x0 > sliverTo + 1) { flushSliver(); sliverFrom = x0; }
+          sliverTo = Math.max(sliverTo, x1);
+          continue;
+        }
+        flushSliver();
+        const left = Math.max(x0, -2);
+        const right = Math.min(x1, widthPx + 2);
+        ctx.fillStyle = matches && !matches[i] ? fadedColours[level[i]] : colours[level[i]];
+        ctx.fillRect(left, y + 1, Math.max(1, right - left - 0.5), ROW_H - 2);
+        if (matches && matches[i]) {
+          ctx.strokeStyle = "#facc15";
+          ctx.lineWidth = 2;
+          ctx.strokeRect(left + 1, y + 2, right - left - 2, ROW_H - 4);
+        }
+        ctx.fillStyle = matches && !matches[i] ? "#6b7280" : "#fff";
+        drawLabel(i, x0, x1, y);
+      }
+      flushSliver();
+    }
+
+    function drawTrack(track, top) {
+      ctx.fillStyle = track.isThread ? "#f9fafb" : "#eef0f4";
+      ctx.fillRect(0, top, widthPx, HEADER_H);
+      ctx.fillStyle = "#374151";
+      ctx.fillText(`${track.collapsed ? "▸" : "▾"} ${track.title}`, track.isThread ? 16 : 4, top + 13);
+      if (track.collapsed) return;
+      track.rows.forEach((row, r) => {
+        const y = top + HEADER_H + r * ROW_H;
+        if (y + ROW_H >= RULER_H && y < heightPx) drawRow(row, y);
+      });
+    }
+
+    function drawSelection() {
+      if (selected < 0 || !isShown(selected)) return;
+      const x0 = Math.max(xOf(model.starts[selected]), -2);
+      const x1 = Math.min(xOf(model.ends[selected]), widthPx + 2);
+      ctx.strokeStyle = "#111827";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x0, rowTop(selected) + 1, Math.max(2, x1 - x0), ROW_H - 2);
+    }
+
+    function drawDragRange() {
+      if (!drag || drag.mode !== "range") return;
+      ctx.fillStyle = "rgba(29, 78, 216, 0.15)";
+      ctx.fillRect(Math.min(drag.x0, drag.x), RULER_H, Math.abs(drag.x - drag.x0), heightPx);
+    }
+
+    function draw() {
+      const started = performance.now();
+      const dpr = window.devicePixelRatio || 1;
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, widthPx, heightPx);
+      ctx.font = FONT;
+      drawGrid();
+      ctx.save();
+      ctx.beginPath();
+      ctx.rect(0, RULER_H, widthPx, heightPx - RULER_H);
+      ctx.clip();
+      model.tracks.forEach((track, t) => {
+        const top = RULER_H + tops[t] - scrollY;
+        const bottom = top + HEADER_H + (track.collapsed ? 0 : track.rows.length * ROW_H);
+        if (bottom >= RULER_H && top < heightPx) drawTrack(track, top);
+      });
+      drawSelection();
+      drawDragRange();
+      ctx.restore();
+      drawRuler();
+      drawMs.push(performance.now() - started);
+      if (drawMs.length > 2000) drawMs.splice(0, 1000);
+      if (widthPx > 0) element.setAttribute("data-ready", "1");
+    }
+
+    // --- frames: one draw per animation frame; held keys move the view every frame ---
+    function applyHeldKeys(dt) {
+      const anchor = mouseX === null ? (view.t0 + view.t1) / 2 : nsAt(mouseX);
+      if (held.has("w")) view = zoomAround(view, Math.exp(-KEY_ZOOM_PER_MS * dt), anchor);
+      if (held.has("s")) view = zoomAround(view, Math.exp(KEY_ZOOM_PER_MS * dt), anchor);
+      const pan = (view.t1 - view.t0) * KEY_PAN_PER_MS * dt;
+      if (held.has("a")) view = { t0: view.t0 - pan, t1: view.t1 - pan };
+      if (held.has("d")) view = { t0: view.t0 + pan, t1: view.t1 + pan };
+      view = clampView(view, model.totalNs);
+    }
+
+    function frame(now) {
+      framePending = false;
+      if (held.size) {
+        applyHeldKeys(Math.min(now - lastFrame, 50));
+        lastFrame = now;
+        requestFrame();
+      }
+      draw();
+    }
+
+    function requestFrame() {
+      if (framePending) return;
+      framePending = true;
+      requestAnimationFrame(frame);
+    }
+
+    function viewChanged() {
+      view = clampView(view, model.totalNs);
+      requestFrame();
+      clearTimeout(urlTimer);
+      urlTimer = setTimeout(() => onViewChange(currentView()), URL_DEBOUNCE_MS);
+    }
+
+    function scrollBy(dy) {
+      const max = Math.max(0, contentHeight() - (heightPx - RULER_H));
+      scrollY = Math.min(Math.max(scrollY + dy, 0), max);
+      requestFrame();
+    }
+
+    // --- hit testing ---
+    function trackAt(y) {
+      const contentY = y - RULER_H + scrollY;
+      for (let t = model.tracks.length - 1; t >= 0; t -= 1) {
+        if (contentY >= tops[t]) return { t, offset: contentY - tops[t] };
+      }
+      return null;
+    }
+
+    function spanAt(x, y) {
+      const hit = trackAt(y);
+      if (!hit || hit.offset < HEADER_H) return -1;
+      const track = model.tracks[hit.t];
+      const row = track.collapsed ? null : track.rows[Math.floor((hit.offset - HEADER_H) / ROW_H)];
+      if (!row) return -1;
+      const t = nsAt(x);
+      const slop = 3 / scale();
+      let best = -1;
+      let bestDistance = Infinity;
+      for (let j = lowerBound(row.maxEnd, t - slop); j < row.index.length; j += 1) {
+        const i = row.index[j];
+        if (model.starts[i] > t + slop) break;
+        const distance = Math.max(model.starts[i] - t, t - model.ends[i], 0);
+        if (distance <= slop && distance < bestDistance) { best = i; bestDistance = distance; }
+      }
+      return best;
+    }
+
+    // --- selection and search ---
+    function reveal(i) {
+      const track = trackFor(i);
+      if (track.collapsed) {
+        track.collapsed = false;
+        tops = trackTops();
+      }
+      const width = view.t1 - view.t0;
+      const spanWidth = model.ends[i] - model.starts[i];
+      const visible = model.starts[i] >= view.t0 && model.ends[i] <= view.t1;
+      if (!visible || spanWidth * scale() < 4) {
+        const fitted = Math.max(spanWidth * 1.5, Math.min(width, spanWidth * 20), MIN_WINDOW_NS);
+        const middle = (model.starts[i] + model.ends[i]) / 2;
+        view = { t0: middle - fitted / 2, t1: middle + fitted / 2 };
+      }
+      const y = rowTop(i);
+      if (y < RULER_H + HEADER_H || y + ROW_H > heightPx) scrollBy(y - (RULER_H + heightPx) / 2);
+      viewChanged();
+    }
+
+    function select(i, options) {
+      selected = i;
+      if (i >= 0 && options && options.reveal) reveal(i);
+      requestFrame();
+      onSelect(i);
+      viewChanged();
+    }
+
+    function setSearch(query) {
+      const needle = query.trim().toLowerCase();
+      if (!needle) {
+        matches = null;
+        requestFrame();
+        return 0;
+      }
+      matches = new Uint8Array(spans.length);
+      let count = 0;
+      model.labels.forEach((label, i) => {
+        if (label.toLowerCase().includes(needle) || spans[i].name.toLowerCase().includes(needle)) {
+          matches[i] = 1;
+          count += 1;
+        }
+      });
+      requestFrame();
+      return count;
+    }
+
+    // The next (direction 1) or previous (-1) match after the selection, in pre-order, wrapping.
+    function selectMatch(direction) {
+      if (!matches) return -1;
+      const n = spans.length;
+      for (let step = 1; step <= n; step += 1) {
+        const i = (((selected < 0 && direction < 0 ? 0 : selected) + direction * step) % n + n) % n;
+        if (matches[i]) {
+          select(i, { reveal: true });
+          return i;
+        }
+      }
+      return -1;
+    }
+
+    function currentView() {
+      return { startNs: Math.round(view.t0), endNs: Math.round(view.t1), selected: selected >= 0 ? spans[selected].span_id : null };
+    }
+
+    // --- input ---
+    function isTyping(event) {
+      const tag = event.target && event.target.tagName;
+      return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT";
+    }
+
+    function onKeyDown(event) {
+      const key = event.key.toLowerCase();
+      if (!"wasd".includes(key) || key.length !== 1 || isTyping(event) || event.ctrlKey || event.metaKey || event.altKey) return;
+      event.preventDefault();
+      if (held.has(key)) return;
+      held.add(key);
+      applyHeldKeys(KEY_TAP_MS);
+      lastFrame = performance.now();
+      viewChanged();
+    }
+
+    function onKeyUp(event) {
+      held.delete(event.key.toLowerCase());
+      viewChanged();
+    }
+
+    function onWheel(event) {
+      event.preventDefault();
+      const unit = event.deltaMode === 1 ? 16 : event.deltaMode === 2 ? heightPx : 1;
+      const dx = event.deltaX * unit;
+      const dy = event.deltaY * unit;
+      if (event.shiftKey) {
+        scrollBy(dy || dx);
+      } else if (Math.abs(dx) > Math.abs(dy)) {
+        view = { t0: view.t0 + dx / scale(), t1: view.t1 + dx / scale() };
+        viewChanged();
+      } else {
+        view = zoomAround(view, Math.exp(dy * 0.002), nsAt(event.offsetX));
+        viewChanged();
+      }
+    }
+
+    function onPointerDown(event) {
+      if (event.button !== 0) return;
+      canvas.setPointerCapture(event.pointerId);
+      const mode = event.shiftKey || event.offsetY < RULER_H ? "range" : "pan";
+      drag = { mode, x0: event.offsetX, y0: event.offsetY, x: event.offsetX, y: event.offsetY, view, scrollY, moved: false };
+    }
+
+    function onPointerMove(event) {
+      mouseX = event.offsetX;
+      if (!drag) return;
+      drag.x = event.offsetX;
+      drag.y = event.offsetY;
+      drag.moved = drag.moved || Math.hypot(drag.x - drag.x0, drag.y - drag.y0) > CLICK_SLOP_PX;
+      if (drag.mode === "pan" && drag.moved) {
+        const shift = (drag.x - drag.x0) / (widthPx / (drag.view.t1 - drag.view.t0));
+        view = { t0: drag.view.t0 - shift, t1: drag.view.t1 - shift };
+        scrollY = drag.scrollY;
+        scrollBy(drag.y0 - drag.y);
+        viewChanged();
+      } else {
+        requestFrame();
+      }
+    }
+
+    function onClick(x, y) {
+      const hit = trackAt(y);
+      if (hit && y >= RULER_H && hit.offset < HEADER_H) {
+        model.tracks[hit.t].collapsed = !model.tracks[hit.t].collapsed;
+        tops = trackTops();
+        scrollBy(0);
+        return;
+      }
+      select(spanAt(x, y));
+    }
+
+    function onPointerUp() {
+      if (!drag) return;
+      const done = drag;
+      drag = null;
+      if (!done.moved) onClick(done.x0, done.y0);
+      else if (done.mode === "range" && Math.abs(done.x - done.x0) > CLICK_SLOP_PX) {
+        view = { t0: nsAt(Math.min(done.x0, done.x)), t1: nsAt(Math.max(done.x0, done.x)) };
+        viewChanged();
+      }
+      requestFrame();
+    }
+
+    function resize() {
+      const dpr = window.devicePixelRatio || 1;
+      widthPx = element.clientWidth;
+      heightPx = element.clientHeight;
+      canvas.width = Math.round(widthPx * dpr);
+      canvas.height = Math.round(heightPx * dpr);
+      canvas.style.width = `${widthPx}px`;
+      canvas.style.height = `${heightPx}px`;
+      ctx.font = FONT;
+      charWidth = ctx.measureText("abcdefghijklmnopqrstuvwxyz0123456789").width / 36;
+      scrollBy(0);
+      draw();
+    }
+
+    const observer = new ResizeObserver(resize);
+    observer.observe(element);
+    canvas.addEventListener("wheel", onWheel, { passive: false });
+    canvas.addEventListener("pointerdown", onPointerDown);
+    canvas.addEventListener("pointermove", onPointerMove);
+    canvas.addEventListener("pointerup", onPointerUp);
+    canvas.addEventListener("pointerleave", () => { mouseX = null; });
+    window.addEventListener("keydown", onKeyDown);
+    window.addEventListener("keyup", onKeyUp);
+    window.addEventListener("blur", () => held.clear());
+
+    if (options.selectedId && model.byId.has(options.selectedId)) selected = model.byId.get(options.selectedId);
+
+    return {
+      element, model,
+      select, setSearch, selectMatch, currentView,
+      childrenOf: (i) => childrenOf(model, i),
+      // Where span `spanId`'s bar is drawn, in page (client) pixels; null when not drawn.
+      barRect(spanId) {
+        const i = model.byId.get(spanId);
+        if (i === undefined || !isShown(i)) return null;
+        const box = canvas.getBoundingClientRect();
+        const x0 = Math.max(xOf(model.starts[i]), 0);
+        const x1 = Math.min(xOf(model.ends[i]), widthPx);
+        const y = rowTop(i);
+        if (x1 <= x0 || y + ROW_H <= RULER_H || y >= heightPx) return null;
+        return { x: box.left + x0, y: box.top + y + 1, width: x1 - x0, height: ROW_H - 2 };
+      },
+      view: () => ({ ...view }),
+      drawTimes: () => drawMs.slice(),
+      destroy() {
+        observer.disconnect();
+        window.removeEventListener("keydown", onKeyDown);
+        window.removeEventListener("keyup", onKeyUp);
+        clearTimeout(urlTimer);
+      },
+    };
+  }
+
+  window.mlscopeTimelineLib = { createTimeline, buildModel, niceTicks, spanLabel, clampView };
+})();
