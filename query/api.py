@@ -20,9 +20,12 @@ from mlscope.store import Store
 from mlscope.ui import add_viewer
 
 from .errors import BadRequest, NotFound
-from .evaluations import parse_evaluation_filter
+from .analysis import MetricSample, analysis_json, analyze
+from .diff import diff_json, diff_timelines, subtree
+from .evaluations import EvaluationFilter, parse_evaluation_filter
 from .export import EXPORTERS
 from .http import Mount, authorize, error_response, errors_as_json, flag, json_body, json_response
+from .jaeger import jaeger_routes
 from .listing import parse_trace_filter
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
@@ -45,6 +48,8 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/traces/{trace_id}/export", export_trace),
         web.post("/api/sql", run_sql),
         web.get("/api/evaluations", list_evaluations),
+        web.get("/api/traces/{trace_id}/analysis", analyze_trace),
+        web.get("/api/diff", diff_traces),
     ]
 
 
@@ -68,7 +73,7 @@ def create_query_app(
     app[READER] = TraceReader(store, sql_limits)
     app[COLLECTOR_STATUS] = collector_status
     app[OPENAPI] = openapi_document(mounts)
-    app.add_routes(_routes())
+    app.add_routes([*_routes(), *jaeger_routes(app[READER])])
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
     add_viewer(app)
@@ -151,7 +156,8 @@ async def export_trace(request: web.Request) -> web.Response:
         raise BadRequest(f"format must be one of {', '.join(sorted(EXPORTERS))}, not {name[:32]!r}")
     timeline = await _timeline(request, trace_id)
     disposition = f'attachment; filename="trace-{timeline.trace_id}.{name}.json"'
-    return json_response(exporter(timeline), headers={"Content-Disposition": disposition})
+    samples = await _samples_around(request, timeline)
+    return json_response(exporter(timeline, samples), headers={"Content-Disposition": disposition})
 
 
 @requires(Scope.READ)
@@ -169,3 +175,49 @@ async def list_evaluations(request: web.Request) -> web.Response:
     evaluation_filter = parse_evaluation_filter(request.query)
     rows = await asyncio.to_thread(request.app[READER].evaluations, evaluation_filter)
     return json_response({"evaluations": rows})
+
+
+async def _samples_around(request: web.Request, timeline: Timeline) -> list[MetricSample]:
+    """The metric samples of the timeline's services over its time range."""
+    if not timeline.spans:
+        return []
+    spans = [item.span for item in timeline.spans]
+    services = {span.service for span in spans}
+    start_ns, end_ns = min(span.start_ns for span in spans), max(span.end_ns for span in spans)
+    return await asyncio.to_thread(request.app[READER].metric_samples, services, start_ns, end_ns)
+
+
+@requires(Scope.READ)
+async def analyze_trace(request: web.Request) -> web.Response:
+    timeline = await _timeline(request, _trace_id(request))
+    samples = await _samples_around(request, timeline)
+    return json_response(analysis_json(analyze(timeline, samples)))
+
+
+_EVALUATION_ID = re.compile(r"[0-9a-fA-F]{16}")
+
+
+async def _diff_side(request: web.Request, name: str) -> tuple[Timeline, str]:
+    """`?a=` / `?b=`: a trace id (32 hex digits), or an evaluation id (16: the `span_id` of its
+    `evaluations` row), which stands for its `mlscope.evaluation` span's subtree of its trace."""
+    value = request.query.get(name, "")
+    if _TRACE_ID.fullmatch(value):
+        trace_id = value.lower()
+        return await _timeline(request, trace_id), trace_id
+    if not _EVALUATION_ID.fullmatch(value):
+        raise BadRequest(f"{name} must be a trace id (32 hex digits) or an evaluation id (16), not {value[:64]!r}")
+    span_id = value.lower()
+    rows = await asyncio.to_thread(request.app[READER].evaluations, EvaluationFilter(span_id=span_id))
+    if not rows:
+        raise NotFound(f"evaluation {span_id} not found")
+    trace_id = rows[0]["trace_id"]
+    evaluation = subtree(await _timeline(request, trace_id), span_id)
+    if evaluation is None:
+        raise NotFound(f"evaluation {span_id}: its span is not in trace {trace_id}")
+    return evaluation, f"{trace_id}/{span_id}"
+
+
+@requires(Scope.READ)
+async def diff_traces(request: web.Request) -> web.Response:
+    (a, a_label), (b, b_label) = await _diff_side(request, "a"), await _diff_side(request, "b")
+    return json_response(diff_json(diff_timelines(a, b, a_label, b_label)))

@@ -17,6 +17,9 @@ from .evaluations import NUMBER_FILTERS as EVALUATION_NUMBER_FILTERS
 from .evaluations import TEXT_FILTERS as EVALUATION_TEXT_FILTERS
 from .export import EXPORTERS
 from .http import Mount
+from .jaeger import DEFAULT_LIMIT as JAEGER_DEFAULT_LIMIT
+from .jaeger import MAX_LIMIT as JAEGER_MAX_LIMIT
+from .jaeger import PREFIX as JAEGER_PREFIX
 from .listing import MAX_LIMIT, NUMBER_FILTERS, TEXT_FILTERS
 
 
@@ -119,6 +122,37 @@ def conventions_document() -> dict[str, Any]:
     return {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL}
 
 
+def _jaeger_paths() -> dict[str, Any]:
+    """Jaeger's query API (query/jaeger.py): its own shapes, `{"data", "total", "limit", "offset",
+    "errors"}`, errors included."""
+    answer = json_content({"type": "object", "properties": {
+        "data": {}, "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
+        "errors": {"type": "array", "nullable": True, "items": {"type": "object"}}}}, "Jaeger's structuredResponse")
+    search = [
+        {**query_param("service", {"type": "string"}, "required"), "required": True},
+        query_param("operation", {"type": "string"}, "span name"),
+        query_param("tags", {"type": "string"}, 'JSON object of span attributes, e.g. {"k": "v"}'),
+        *(query_param(name, INTEGER, "microseconds since the epoch") for name in ("start", "end")),
+        *(query_param(name, {"type": "string"}, "Go duration (10ms, 1.5s)") for name in ("minDuration", "maxDuration")),
+        query_param("limit", {"type": "integer", "minimum": 1, "maximum": JAEGER_MAX_LIMIT,
+                              "default": JAEGER_DEFAULT_LIMIT}, "at most"),
+    ]
+    service = {"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}
+    trace_id = {"name": "trace_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{1,32}$"}}
+    return {
+        f"{JAEGER_PREFIX}/services": {"get": {"summary": "Jaeger: service names", "responses": {"200": answer}}},
+        f"{JAEGER_PREFIX}/services/{{service}}/operations": {"get": {
+            "summary": "Jaeger: a service's span names", "parameters": [service], "responses": {"200": answer}}},
+        f"{JAEGER_PREFIX}/traces": {"get": {
+            "summary": "Jaeger: traces with a matching span, newest first", "parameters": search,
+            "responses": {"200": answer, "400": answer}}},
+        f"{JAEGER_PREFIX}/traces/{{trace_id}}": {"get": {
+            "summary": "Jaeger: one trace", "parameters": [trace_id],
+            "responses": {"200": answer, "400": answer, "404": answer}}},
+    }
+
+
 def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
     list_params = [
         *(query_param(name, {"type": "string"}, f"exact {name}") for name in TEXT_FILTERS),
@@ -172,6 +206,28 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                 "summary": "one read-only SQL statement, run under limits",
                 "requestBody": json_body_of("SqlRequest"),
                 "responses": {"200": json_content(ref("SqlResult"), "the result"), "400": ERROR, "503": ERROR}}},
+            "/api/traces/{trace_id}/analysis": {"get": {
+                "summary": "where the trace's time goes (query/analysis.py): by_level, top_self, op_types, "
+                           "layers (by module path), critical_path (from the longest root, each step the child "
+                           "that ends last), idle, hardware (metric samples per model span)",
+                "parameters": [_TRACE_ID],
+                "responses": {"200": json_content({"type": "object", "properties": {
+                    name: {"type": "array", "items": {"type": "object"}} for name in (
+                        "by_level", "top_self", "op_types", "layers", "critical_path", "idle", "hardware")}},
+                    "the analysis"), "400": ERROR, "404": ERROR}}},
+            "/api/diff": {"get": {
+                "summary": "two traces (or two evaluations' subtrees) compared: layers matched by module path, "
+                           "op types, levels; a_ns, b_ns, delta_ns, ratio; unmatched layers in a_only/b_only",
+                "parameters": [
+                    {**query_param(side, {"type": "string", "pattern": "^([0-9a-fA-F]{16}|[0-9a-fA-F]{32})$"},
+                                   "a trace id (32 hex digits) or an evaluation id (the 16-hex span_id of its "
+                                   "evaluations row)"), "required": True}
+                    for side in ("a", "b")],
+                "responses": {"200": json_content({"type": "object", "properties": {
+                    name: {"type": "array", "items": {"type": "object"}} for name in (
+                        "layers", "a_only", "b_only", "ops", "levels")}}, "the diff"),
+                    "400": ERROR, "404": ERROR}}},
+            **_jaeger_paths(),
             **{path: item for mount in mounts for path, item in mount.paths.items()},
         },
         "components": {"schemas": {**SCHEMAS, **{name: schema for mount in mounts for name, schema in mount.schemas.items()}}},

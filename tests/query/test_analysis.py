@@ -8,7 +8,7 @@ from mlscope.conventions import HW_ENERGY_METRIC, SYSTEM_CPU_UTILIZATION
 from mlscope.query.analysis import MetricSample, analysis_json, analyze
 from mlscope.query.timeline import build_timeline
 from tests.query.model_trace import RUN_TRACE, model_run
-from tests.query.trace_fixtures import MS, T0, spans
+from tests.query.trace_fixtures import MS, T0, insert, spans
 
 
 @pytest.fixture
@@ -84,3 +84,21 @@ def test_no_hardware_without_samples_and_empty_timeline(timeline) -> None:
     assert analysis_json(analyze(timeline))["hardware"] == []
     empty = analysis_json(analyze(build_timeline(RUN_TRACE, [])))
     assert empty["critical_path"] == [] and empty["layers"] == [] and empty["by_level"] == []
+
+
+# --- over HTTP, both store backends -------------------------------------------------------------
+
+
+async def test_analysis_route(served) -> None:
+    insert(served.store, model_run())
+    status, body = await served.get(f"/api/traces/{RUN_TRACE.upper()}/analysis")
+    assert status == 200
+    assert [step["name"] for step in body["critical_path"]] == ["run", "predict", "TinyNet", "block.conv", "aten::conv2d"]
+    assert {row["path"] for row in body["layers"]} == {"", "conv1", "relu", "block.conv"}
+    assert body["op_types"][0]["name"] == "aten::conv2d" and body["hardware"] == []
+
+
+async def test_analysis_route_errors(served) -> None:
+    assert (await served.get("/api/traces/nothex/analysis"))[0] == 400
+    status, body = await served.get(f"/api/traces/{'f' * 32}/analysis")
+    assert status == 404 and "not found" in body["error"]
