@@ -25,7 +25,7 @@ from mlscope.conventions import (
 )
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 
-from . import evaluate
+from . import evaluate, traces
 from .common import CommandFailed, UsageError, render_rows
 
 # --- serving ---------------------------------------------------------------------------------
@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     evaluate.add_commands(commands)
+    traces.add_commands(commands)
 
     demo = commands.add_parser("demo", help="serve, trace a small real pipeline, print its timeline URL")
     _add_store(demo)
