@@ -1,0 +1,150 @@
+"""Viewer benchmark: the trace page's canvas timeline on a large trace in headless Chromium.
+
+    .venv/bin/python bench/ui.py [--spans 100000] [--spans 1000000] [--seconds 1.5]
+
+For each size it generates a library-level trace (process -> model calls -> layers -> ops, as
+tests/ui/deep_trace.py builds them) into an embedded store in a temporary directory, serves the
+query app with the viewer, opens /traces/{id} in Debian's Chromium and prints:
+
+- time to the first complete draw (navigation start -> data-ready="1"), and how much of it was
+  the API response arriving (the resource timing of /api/traces/{id});
+- frame times while zooming (W, S held), panning (A, D held) and turning the wheel: intervals
+  between requestAnimationFrame callbacks in the page (a frame that takes too long shows as a
+  longer interval), median and p95, and the timeline's own draw cost per frame.
+
+Goals (issue 13): first draw <= 1 s for 100k spans, <= 2 s for 1M; frames <= 16 ms median and
+<= 33 ms p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Page, async_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: the trace builder lives with the viewer's tests
+
+from mlscope.query import create_query_app  # noqa: E402
+from mlscope.store import open_store  # noqa: E402
+from tests.query.query_server import serve  # noqa: E402
+from tests.query.trace_fixtures import insert  # noqa: E402
+from tests.ui.conftest import CHROMIUM  # noqa: E402
+from tests.ui.deep_trace import DEEP_TRACE, deep_trace_rows  # noqa: E402
+
+LAYERS, OPS = 20, 4  # one model call is 1 + 20 * (1 + 4) = 101 spans
+INSERT_BATCH = 50_000
+
+# Installed in the page: requestAnimationFrame intervals until stopped.
+START_FRAMES = """() => {
+  window.__frames = []; window.__framing = true;
+  let last = performance.now();
+  const tick = (now) => { window.__frames.push(now - last); last = now; if (window.__framing) requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+}"""
+STOP_FRAMES = "() => { window.__framing = false; return window.__frames; }"
+FIRST_DRAW = """() => ({
+  ready: window.mlscopeTimeline.firstDrawAt(),
+  api: performance.getEntriesByType('resource').filter(e => e.name.includes('/api/traces/'))
+         .map(e => e.responseEnd).reduce((a, b) => Math.max(a, b), 0),
+})"""
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def fill_store(url: str, spans: int) -> int:
+    """Writes a trace of about `spans` spans; returns how many it has."""
+    calls = max(1, spans // (1 + LAYERS * (1 + OPS)))
+    rows = deep_trace_rows(calls=calls, layers=LAYERS, ops=OPS)
+    store = open_store(url)
+    try:
+        for at in range(0, len(rows), INSERT_BATCH):
+            insert(store, rows[at:at + INSERT_BATCH])
+    finally:
+        store.close()
+    return len(rows)
+
+
+async def hold(page: Page, key: str, seconds: float) -> None:
+    await page.keyboard.down(key)
+    await asyncio.sleep(seconds)
+    await page.keyboard.up(key)
+
+
+async def turn_wheel(page: Page, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    direction = -1
+    while time.monotonic() < deadline:
+        for _ in range(5):
+            await page.mouse.wheel(0, 120 * direction)
+            await asyncio.sleep(0.03)
+        direction = -direction
+
+
+async def measure(page: Page, seconds: float) -> dict[str, list[float]]:
+    """Frame intervals per interaction, and the timeline's draw costs over all of them."""
+    box = await page.locator("[data-testid=timeline]").bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+    phases: dict[str, list[float]] = {}
+    drawn_before = len(await page.evaluate("window.mlscopeTimeline.drawTimes()"))
+    for name, action in (("zoom in (W)", lambda: hold(page, "w", seconds)),
+                         ("pan (D)", lambda: hold(page, "d", seconds)),
+                         ("pan (A)", lambda: hold(page, "a", seconds)),
+                         ("zoom out (S)", lambda: hold(page, "s", seconds)),
+                         ("wheel", lambda: turn_wheel(page, seconds))):
+        await page.evaluate(START_FRAMES)
+        await action()
+        phases[name] = (await page.evaluate(STOP_FRAMES))[1:]  # the first interval began before the phase
+    phases["draw cost"] = (await page.evaluate("window.mlscopeTimeline.drawTimes()"))[drawn_before:]
+    return phases
+
+
+async def bench(spans: int, seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"embedded://{folder}/store"
+        started = time.monotonic()
+        count = fill_store(url, spans)
+        print(f"\n{count:,} spans (stored in {time.monotonic() - started:.1f} s)")
+        store = open_store(url)
+        runner, base = await serve(create_query_app(store))
+        try:
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+                page = await browser.new_page(viewport={"width": 1600, "height": 900})
+                await page.goto(f"{base}/traces/{DEEP_TRACE}")
+                await page.locator('[data-testid=timeline][data-ready="1"]').wait_for(timeout=600_000)
+                first = await page.evaluate(FIRST_DRAW)
+                print(f"  first complete draw {first['ready']:.0f} ms after navigation "
+                      f"(API response complete at {first['api']:.0f} ms)")
+                for name, values in (await measure(page, seconds)).items():
+                    if values:
+                        print(f"  {name:13} median {statistics.median(values):6.1f} ms  p95 {percentile(values, 0.95):6.1f} ms"
+                              f"  max {max(values):6.1f} ms  ({len(values)} frames)")
+                await browser.close()
+        finally:
+            await runner.cleanup()
+            store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", type=int, action="append", help="trace size (repeatable; default 100000)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="how long each interaction lasts")
+    args = parser.parse_args()
+    for spans in args.spans or [100_000]:
+        asyncio.run(bench(spans, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
