@@ -8,6 +8,7 @@ Store calls block, so they run in worker threads (asyncio.to_thread) and never s
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,9 @@ from .jaeger import jaeger_routes
 from .listing import parse_trace_filter
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
-from .timeline import Timeline, build_timeline, timeline_json
+from .params import int_between, one_of, parse_params
+from .timeline import Timeline, build_timeline, compact_json, timeline_json, window_json
+from .traces import TraceQuery, read_trace, read_window
 
 CollectorStatus = Callable[[], dict[str, Any]]
 
@@ -46,6 +49,7 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/traces", list_traces),
         web.get("/api/traces/{trace_id}", get_trace),
         web.get("/api/traces/{trace_id}/export", export_trace),
+        web.get("/api/traces/{trace_id}/window", get_trace_window),
         web.post("/api/sql", run_sql),
         web.get("/api/evaluations", list_evaluations),
         web.get("/api/traces/{trace_id}/analysis", analyze_trace),
@@ -90,13 +94,34 @@ def _trace_id(request: web.Request) -> str:
     return text.lower()
 
 
-async def _timeline(
-    request: web.Request, trace_id: str, levels: frozenset[str] | None = None, raw: bool = False
-) -> Timeline:
+async def _timeline(request: web.Request, trace_id: str) -> Timeline:
     spans = await asyncio.to_thread(request.app[READER].trace_spans, trace_id)
     if not spans:
         raise NotFound(f"trace {trace_id} not found")
-    return build_timeline(trace_id, spans, levels=levels, raw=raw)
+    return build_timeline(trace_id, spans)
+
+
+_NANOSECONDS = int_between(0, 2**64 - 1)
+TRACE_PARAMS = {"max_depth": int_between(0, 10_000), "start_ns": _NANOSECONDS, "end_ns": _NANOSECONDS,
+                "format": one_of(("json", "compact"))}
+WINDOW_PARAMS = {"start_ns": _NANOSECONDS, "end_ns": _NANOSECONDS, "resolution_ns": int_between(1, 2**63),
+                 "pixels": int_between(1, 100_000)}
+DEFAULT_PIXELS = 2_000
+
+
+def _window(params: dict[str, int], bounds: tuple[int, int] = (0, 2**64 - 1)) -> tuple[int, int]:
+    window = (params.get("start_ns", bounds[0]), params.get("end_ns", bounds[1]))
+    if window[1] < window[0]:
+        raise BadRequest("end_ns must not be before start_ns")
+    return window
+
+
+def _json_text(document: Any) -> str:
+    return json.dumps(document, ensure_ascii=False, allow_nan=False)
+
+
+def _json_text_response(text: str) -> web.Response:
+    return web.Response(text=text, content_type="application/json")
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -142,9 +167,42 @@ async def list_traces(request: web.Request) -> web.Response:
 @requires(Scope.READ)
 async def get_trace(request: web.Request) -> web.Response:
     trace_id = _trace_id(request)
-    levels = parse_levels(request.query.get("levels"))
-    timeline = await _timeline(request, trace_id, levels=levels, raw=flag(request, "raw"))
-    return json_response(timeline_json(timeline))
+    params = parse_params(request.query, TRACE_PARAMS)
+    windowed = "start_ns" in params or "end_ns" in params
+    query = TraceQuery(levels=parse_levels(request.query.get("levels")), max_depth=params.get("max_depth"),
+                       window=_window(params) if windowed else None, raw=flag(request, "raw"))
+    render = compact_json if params.get("format") == "compact" else timeline_json
+
+    def read_and_render() -> str | None:  # a big trace takes a while to encode: off the loop
+        read = read_trace(request.app[READER], trace_id, query)
+        return None if read is None else _json_text(render(trace_id, read.columns, read.tree))
+
+    text = await asyncio.to_thread(read_and_render)
+    if text is None:
+        raise NotFound(f"trace {trace_id} not found")
+    return _json_text_response(text)
+
+
+@requires(Scope.READ)
+async def get_trace_window(request: web.Request) -> web.Response:
+    trace_id = _trace_id(request)
+    params = parse_params(request.query, WINDOW_PARAMS)
+    reader = request.app[READER]
+
+    def read_and_render() -> str | None:
+        bounds = reader.trace_bounds(trace_id)
+        if bounds is None:
+            return None
+        window = _window(params, bounds)
+        pixels = params.get("pixels", DEFAULT_PIXELS)
+        resolution = params.get("resolution_ns") or max(1, -(-(window[1] - window[0]) // pixels))
+        read = read_window(reader, trace_id, window, resolution)
+        return None if read is None else _json_text(window_json(trace_id, window, resolution, read.entries, read.span_ids))
+
+    text = await asyncio.to_thread(read_and_render)
+    if text is None:
+        raise NotFound(f"trace {trace_id} not found")
+    return _json_text_response(text)
 
 
 @requires(Scope.READ)

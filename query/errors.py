@@ -14,3 +14,7 @@ class NotFound(LookupError):
 class Conflict(Exception):
     """The request is well formed but the state does not allow it (a job already finished, no
     live predictor matches): 409."""
+
+
+class Busy(Exception):
+    """The service already runs as many requests of this kind as it allows; retry soon: 429."""

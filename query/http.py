@@ -19,7 +19,7 @@ from mlscope.auth import AuthPolicy, Verdict, route_scope
 from mlscope.conventions import UnknownLevel
 from mlscope.store import StoreUnavailable
 
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Busy, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,10 @@ _ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (BadRequest, 400),
     (UnknownLevel, 400),
     (StoreUnavailable, 503),
+    (Busy, 429),
 )
+# How long a client told 429 waits before it retries.
+_RETRY_AFTER = {"Retry-After": "1"}
 
 _VERDICT_STATUS = {Verdict.UNAUTHENTICATED: 401, Verdict.FORBIDDEN: 403}
 # RFC 6750: a 401 names the scheme the client should use.
@@ -96,7 +99,7 @@ async def errors_as_json(
         if status is None:
             log.exception("%s %s failed", request.method, request.path)
             return error_response(500, "internal error")
-        return error_response(status, str(exc))
+        return error_response(status, str(exc), headers=_RETRY_AFTER if status == 429 else None)
 
 
 Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]

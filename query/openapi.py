@@ -84,6 +84,39 @@ SCHEMAS: dict[str, Any] = {
             "warnings": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "CompactTimeline": {
+        "type": "object",
+        "description": "?format=compact: the timeline as parallel arrays in pre-order (index i of every array is "
+                       "span i); name, service and level are indexes into `strings`; start_ns is an offset from "
+                       "origin_ns, so every number stays below 2**53",
+        "properties": {
+            "trace_id": {"type": "string"}, "format": {"type": "string", "enum": ["compact"]},
+            "origin_ns": {"type": "string", "description": "the first start, ns since the epoch, in decimal"},
+            "span_id": {"type": "array", "items": {"type": "string"}, "description": "16 hex digits"},
+            "parent": {"type": "array", "items": {"type": "integer"}, "description": "the parent's index, -1 for a root"},
+            "name": {"type": "array", "items": {"type": "integer"}},
+            "service": {"type": "array", "items": {"type": "integer"}},
+            "level": {"type": "array", "items": {"type": "integer"}},
+            "start_ns": {"type": "array", "items": INTEGER}, "duration_ns": {"type": "array", "items": INTEGER},
+            "self_ns": {"type": "array", "items": INTEGER}, "depth": {"type": "array", "items": INTEGER},
+            "strings": {"type": "array", "items": {"type": "string"}},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "TraceWindow": {
+        "type": "object",
+        "description": "the spans overlapping a window at a resolution: a span at least resolution_ns long is an "
+                       "entry of its own (count 1, its span_id); narrower ones are merged per track (service), "
+                       "depth and resolution-wide slot (span_id '')",
+        "properties": {
+            "trace_id": {"type": "string"}, "start_ns": INTEGER, "end_ns": INTEGER, "resolution_ns": INTEGER,
+            "entries": {"type": "array", "items": {"type": "object", "properties": {
+                "track": {"type": "string"}, "depth": INTEGER, "start_ns": INTEGER, "end_ns": INTEGER,
+                "count": INTEGER, "total_ns": {**INTEGER, "description": "summed duration of the merged spans"},
+                "name": {"type": "string", "description": "the name holding most of total_ns"},
+                "span_id": {"type": "string"}}}},
+        },
+    },
     "Evaluation": {
         "type": "object",
         "description": "one row of the `evaluations` table (docs/manifests.md lists the columns); "
@@ -186,8 +219,27 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                     query_param("levels", {"type": "string"}, f"comma-separated subset of {', '.join(LEVELS)}"),
                     query_param("raw", {"type": "string", "enum": ["0", "1", "true", "false"]},
                            "1: stored rows, no adjusters, no tree"),
+                    query_param("max_depth", {"type": "integer", "minimum": 0}, "leave out spans deeper than this "
+                                "(depth after the levels filter)"),
+                    query_param("start_ns", INTEGER, "only spans overlapping [start_ns, end_ns]"),
+                    query_param("end_ns", INTEGER, "only spans overlapping [start_ns, end_ns]"),
+                    query_param("format", {"type": "string", "enum": ["json", "compact"], "default": "json"},
+                                "compact: the CompactTimeline schema"),
                 ],
-                "responses": {"200": json_content(ref("Timeline"), "the timeline"), "400": ERROR, "404": ERROR}}},
+                "responses": {"200": {"description": "the timeline", "content": {"application/json": {"schema": {
+                    "oneOf": [ref("Timeline"), ref("CompactTimeline")]}}}}, "400": ERROR, "404": ERROR}}},
+            "/api/traces/{trace_id}/window": {"get": {
+                "summary": "one trace's spans in a time window at a level of detail (spans narrower than the "
+                           "resolution merged)",
+                "parameters": [
+                    _TRACE_ID,
+                    query_param("start_ns", INTEGER, "the window's start (default: the trace's)"),
+                    query_param("end_ns", INTEGER, "the window's end (default: the trace's)"),
+                    query_param("resolution_ns", {"type": "integer", "minimum": 1}, "nanoseconds per pixel"),
+                    query_param("pixels", {"type": "integer", "minimum": 1, "maximum": 100000, "default": 2000},
+                                "the window's width in pixels, when resolution_ns is not given"),
+                ],
+                "responses": {"200": json_content(ref("TraceWindow"), "the window"), "400": ERROR, "404": ERROR}}},
             "/api/traces/{trace_id}/export": {"get": {
                 "summary": "one trace in Jaeger UI JSON or Chrome/Perfetto trace-event JSON",
                 "parameters": [_TRACE_ID, query_param("format", {"type": "string", "enum": sorted(EXPORTERS)}, "")],

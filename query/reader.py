@@ -1,4 +1,4 @@
-"""The query service's only door to the store: four reads, each one statement.
+"""The query service's only door to the store: its reads, each one statement.
 
 Blocking (the store's calls are); the HTTP layer runs them in worker threads. Every read goes
 through the deduplicating views or merges `trace_index`, never the physical tables.
@@ -7,11 +7,14 @@ through the deduplicating views or merges `trace_index`, never the physical tabl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlscope.store import SPAN_ROWS, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string
+from mlscope.conventions import DEFAULT_LEVEL, LEVELS
+from mlscope.store import (
+    SPAN_ROWS, Columns, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
+)
 
 from .analysis import MetricSample, metric_sample, metric_samples_sql
 from .errors import BadRequest
@@ -63,6 +66,15 @@ def limit_settings(limits: SqlLimits) -> dict[str, int | str]:
     }
 
 
+def level_condition(levels: frozenset[str]) -> str:
+    """SQL keeping the spans whose stored_level is one of `levels`: a span without a known level
+    counts as DEFAULT_LEVEL."""
+    condition = f"level IN ({', '.join(sql_string(level) for level in sorted(levels))})"
+    if DEFAULT_LEVEL in levels:
+        condition = f"({condition} OR level NOT IN ({', '.join(sql_string(level) for level in LEVELS)}))"
+    return condition
+
+
 def _json_value(value: Any) -> Any:
     """Values as JSON can carry them: NaN and infinities become null (as the embedded engine's
     JSON output already does), so both backends answer the same."""
@@ -84,14 +96,42 @@ class TraceReader:
         """Trace summaries, newest first; an empty list when nothing matches."""
         return [trace_summary(row) for row in self._store.execute(trace_list_sql(trace_filter)).rows]
 
+    def trace_bounds(self, trace_id: str) -> tuple[int, int] | None:
+        """(first start, last end) of `trace_id` (lowercase hex) from the trace index; None for
+        a trace the store does not hold."""
+        rows = self._store.execute(
+            "SELECT count(), minMerge(start_ns), maxMerge(end_ns) FROM trace_index "
+            f"WHERE trace_id = {sql_string(trace_id)}").rows
+        return (int(rows[0][1]), int(rows[0][2])) if rows and rows[0][0] else None
+
+    def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
+                      levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,
+                      span_ids: Collection[str] | None = None) -> Columns:
+        """The `names` columns of the spans of `trace_id`, by start time then span id: only the
+        partitions of its `bounds` are read, and the level filter (levels as stored_level counts
+        them), the time window (spans overlapping it) and a list of span ids are applied by the
+        store."""
+        first_day, last_day = (f"toDate(toDateTime(intDiv({time_ns}, 1000000000)))" for time_ns in bounds)
+        conditions = [f"trace_id = {sql_string(trace_id)}", f"start_date >= {first_day}", f"start_date <= {last_day}"]
+        if levels is not None:
+            conditions.append(level_condition(levels))
+        if window is not None:
+            conditions.append(f"start_ns <= {int(window[1])} AND end_ns >= {int(window[0])}")
+        if span_ids is not None:
+            conditions.append(f"span_id IN ({', '.join(map(sql_string, span_ids)) or sql_string('')})")
+        columns = self._store.execute_columns(
+            f"SELECT {', '.join(names)} FROM spans WHERE {' AND '.join(conditions)} ORDER BY start_ns, span_id")
+        return {name: columns.get(name, []) for name in names}
+
     def trace_spans(self, trace_id: str) -> list[Span]:
         """Every span of `trace_id` (lowercase hex) by start time, then span id; an empty list
         for a trace the store does not hold."""
-        result = self._store.execute(
-            f"SELECT {', '.join(_SPAN_COLUMN_NAMES)} FROM spans "
-            f"WHERE trace_id = {sql_string(trace_id)} ORDER BY start_ns, span_id"
-        )
-        return [span_from_row(dict(zip(_SPAN_COLUMN_NAMES, row))) for row in result.rows]
+        bounds = self.trace_bounds(trace_id)
+        if bounds is None:
+            return []
+        columns = self.trace_columns(trace_id, bounds)
+        return [span_from_row({name: columns[name][row] for name in _SPAN_COLUMN_NAMES})
+                for row in range(len(columns["span_id"]))]
 
     def metric_samples(self, services: Iterable[str], start_ns: int, end_ns: int) -> list[MetricSample]:
         """The metric samples of `services` around [start_ns, end_ns], oldest first."""

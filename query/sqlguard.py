@@ -13,7 +13,11 @@ Refused anywhere outside string literals: statement keywords that write or chang
 (INSERT, DROP, SET, ...), SETTINGS, FORMAT, INTO OUTFILE, any reference to the `system` or
 `information_schema` databases (they expose the server: users, processes, other queries), and
 calls of functions that reach files, URLs, processes, other servers or dictionaries (`file(...)`,
-`url(...)`, `remote(...)`, chdb's `Python(...)`, ...), whatever their case or quoting.
+`url(...)`, `remote(...)`, chdb's `Python(...)`, ...), whatever their case or quoting; functions
+that tell about the machine rather than the data (`hostName()`, `version()`, `getSetting(...)`,
+`filesystemAvailable()`, ...); table functions that generate rows of unbounded size
+(`generateRandom`); and the tables the caller may not read (`hidden_tables`: the physical tables
+behind the views, for callers without the admin scope).
 """
 
 from __future__ import annotations
@@ -81,6 +85,22 @@ REFUSED_FUNCTIONS = frozenset({
     "jdbc", "odbc", "bigquery", "ytsaurus", "arrowflight", "arrowstream", "python", "eval", "input",
     "merge", "loop", "catboostpool", "catboostevaluate", "modelevaluate", "shardbyhash", "fuzzjson",
     "fuzzquery", "viewexplain", "viewifpermitted", "sqlstandardvalues",
+    # One row of random nested arrays can take gigabytes before any limit sees it.
+    "generaterandom", "generaterandomstructure",
+    # Writes to the server's log.
+    "logtrace",
+})
+# Functions that reveal the machine, the server's configuration or other sessions (host name,
+# kernel and build, data path through settings, disks, users, query ids), not mlscope's data.
+ENVIRONMENT_FUNCTIONS = frozenset({
+    "hostname", "fqdn", "version", "revision", "buildid", "uptime", "serveruuid", "getoskernelversion",
+    "getsetting", "getsettingordefault", "getserversetting", "getmergetreesetting", "getmacro",
+    "getserverport", "tcpport", "displayname", "currentuser", "user", "current_user", "sessionuser",
+    "session_user", "currentprofiles", "currentroles", "enabledroles", "defaultroles", "queryid",
+    "initialqueryid", "query_id", "initial_query_id", "initialquerystarttime", "connectionid",
+    "connection_id", "getclienthttpheader", "zookeepersessionuptime", "shardnum", "shardcount",
+    "filesystemavailable", "filesystemcapacity", "filesystemfree", "filesystemunreserved",
+    "currentschemas", "current_schemas", "gethttpheader",
 })
 REFUSED_FUNCTION_PREFIXES = (
     "file", "remote", "cluster", "s3", "hdfs", "azure", "executable", "dict", "iceberg", "deltalake",
@@ -89,7 +109,7 @@ REFUSED_FUNCTION_PREFIXES = (
 # Table functions that only generate or reshape data; every table function an engine lists must
 # be here or refused (a test checks both backends' system.table_functions).
 SAFE_TABLE_FUNCTIONS = frozenset({
-    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "generaterandom",
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
     "values", "null", "view", "primes", "format",
 })
 
@@ -224,7 +244,9 @@ def _statement_prefix(tokens: list[Token]) -> int:
     return index + 3
 
 
-def _check_token(token: Token, following: Token | None, previous: Token | None) -> None:
+def _check_token(
+    token: Token, following: Token | None, previous: Token | None, hidden_tables: frozenset[str]
+) -> None:
     called = following is not None and following.kind is Kind.PUNCT and following.value == "("
     if token.kind is Kind.WORD:
         keyword = token.value.upper()
@@ -238,15 +260,26 @@ def _check_token(token: Token, following: Token | None, previous: Token | None) 
     if called and is_refused_function(token.value):
         raise _refuse(
             f"function {token.value}() is not allowed: it reaches files, URLs, processes, "
-            "dictionaries or other servers",
+            "dictionaries or other servers, or generates rows of unbounded size",
+            token.start,
+        )
+    if called and token.value.lower() in ENVIRONMENT_FUNCTIONS:
+        raise _refuse(f"function {token.value}() is not allowed: it tells about the server, not the data", token.start)
+    if token.value.lower() in hidden_tables and not called:
+        raise _refuse(
+            f"{token.value} is an internal table (read the views spans, metrics, evaluations, "
+            "predictors, jobs; the admin scope may read it)",
             token.start,
         )
 
 
-def check_query(text: str) -> str:
+def check_query(text: str, hidden_tables: frozenset[str] = frozenset()) -> str:
     """Returns the statement to run (the text from its first to its last token: no trailing
     comment or `;`, so settings appended after it cannot end up inside a comment), or raises
-    RefusedQuery saying why it is not allowed."""
+    RefusedQuery saying why it is not allowed. A name in `hidden_tables` (lower case) is refused
+    wherever it stands, in any case or quoting (a column of that name too: the guard does not
+    resolve names, and no view has such a column)."""
+    hidden_tables = frozenset(name.lower() for name in hidden_tables)
     tokens = tokenize(text)
     if not tokens:
         raise RefusedQuery("the query is empty")
@@ -259,5 +292,5 @@ def check_query(text: str) -> str:
     for index in range(_statement_prefix(statement), len(statement)):
         following = statement[index + 1] if index + 1 < len(statement) else None
         previous = statement[index - 1] if index else None
-        _check_token(statement[index], following, previous)
+        _check_token(statement[index], following, previous, hidden_tables)
     return text[statement[0].start : statement[-1].end]

@@ -1,8 +1,9 @@
 """Span rows -> one trace's timeline: the span tree in pre-order with depth and self time.
 
-Pure: no I/O. The stored rows are first fixed up by small ordered adjusters (in the manner of
-Jaeger's query adjusters); every problem they meet becomes a warning on the timeline, never a
-failed request. Then the tree is ordered:
+Pure: no I/O, and over columns (`span_tree`: row indexes, no object per span). The stored rows
+are first fixed up (duplicate ids, missing parents, parent loops, unknown levels, children
+outside their parent, in the manner of Jaeger's query adjusters); every problem met becomes a
+warning on the timeline, never a failed request. Then the tree is ordered:
 
 - pre-order: a parent before its children, siblings by start time, ties by span id;
 - a span whose parent is not in the trace is kept as a root (depth 0), with a warning;
@@ -10,7 +11,10 @@ failed request. Then the tree is ordered:
   span, so overlapping (parallel) children are not counted twice. It is a property of the whole
   trace: filtering levels changes depths, not self times;
 - `levels`: only spans of those levels are kept; a kept span whose ancestors were dropped hangs
-  from its nearest kept ancestor.
+  from its nearest kept ancestor; `max_depth` then leaves out what lies deeper.
+
+Rendered as the documented JSON, as the viewer's compact columnar form, or, for a time window at
+a resolution, as a level of detail: spans narrower than a pixel merged per track and depth.
 
 `raw=True` skips the adjusters and the tree: the rows as stored (duplicates and unknown levels
 included), ordered by start time then span id, each at depth 0 with `self_ns == duration_ns`,
@@ -19,12 +23,13 @@ and no warnings. It shows what the collector wrote when the adjusted view looks 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
 from mlscope.conventions import stored_level
-from mlscope.store.model import Span
+from mlscope.store.model import Columns, Span
 
 
 @dataclass(frozen=True)
@@ -41,158 +46,158 @@ class Timeline:
     warnings: tuple[str, ...]
 
 
-# --- adjusters: list of spans -> fixed list of spans, plus warnings ---------------------------
-
-Adjuster = Callable[[list[Span]], tuple[list[Span], list[str]]]
-
-
-def dedupe_span_ids(spans: list[Span]) -> tuple[list[Span], list[str]]:
-    """Keeps the first copy of a span id: the tree needs unique ids, and the store's view
-    already folds exact retries, so a duplicate here is a client reusing an id."""
-    kept: dict[str, Span] = {}
-    copies: dict[str, int] = {}
-    for span in spans:
-        if span.span_id in kept:
-            copies[span.span_id] = copies.get(span.span_id, 1) + 1
-        else:
-            kept[span.span_id] = span
-    warnings = [f"span {span_id}: {count} spans share this id; kept the first" for span_id, count in copies.items()]
-    return list(kept.values()), warnings
+# --- the tree, over columns -------------------------------------------------------------------
+#
+# Rows are indexes into parallel columns (ids, parents, starts, ends): no object per span, so the
+# same core serves the JSON timeline, the compact form and the windowed read.
 
 
-def normalize_levels(spans: list[Span]) -> tuple[list[Span], list[str]]:
-    """An empty level is the documented default (no warning); an unknown one is worth one."""
-    adjusted, warnings = [], []
-    for span in spans:
-        level = stored_level(span.level)
-        if level != span.level:
-            if span.level:
-                warnings.append(f"span {span.span_id}: unknown level {span.level!r}, shown as {level}")
-            span = replace(span, level=level)
-        adjusted.append(span)
-    return adjusted, warnings
+@dataclass(frozen=True)
+class SpanTree:
+    """One trace's rows in tree order. `order` holds row indexes in pre-order (a row left out of
+    it was a duplicate id, or filtered); `depths` is aligned with `order`; `self_ns` is by row."""
+
+    order: list[int]
+    depths: list[int]
+    self_ns: list[int]
+    warnings: tuple[str, ...]
 
 
-def break_parent_cycles(spans: list[Span]) -> tuple[list[Span], list[str]]:
-    """Makes a root of the earliest span of every parent loop (a -> b -> a, or a span that is
-    its own parent): spans in a loop are reachable from no root and would vanish otherwise."""
-    by_id = {span.span_id: span for span in spans}
-    settled: set[str] = set()  # ids whose parent chain is known to end at a root
-    warnings = []
-    for span in spans:
-        path: list[str] = []
-        on_path: set[str] = set()
-        current = span.span_id
-        while current not in settled:
-            if current in on_path:
-                loop = path[path.index(current):]
-                breaker = min((by_id[span_id] for span_id in loop), key=Span.sort_key)
-                by_id[breaker.span_id] = replace(breaker, parent_span_id="")
-                chain = " -> ".join([*loop, current])
-                warnings.append(f"span {breaker.span_id}: parent chain loops ({chain}); shown as a root")
-                break
-            path.append(current)
-            on_path.add(current)
-            parent = by_id[current].parent_span_id
-            if not parent or parent not in by_id:  # a root or an orphan: the chain ends
-                break
-            current = parent
-        settled.update(path)
-    return [by_id[span.span_id] for span in spans], warnings
-
-
-def warn_missing_parents(spans: list[Span]) -> tuple[list[Span], list[str]]:
-    ids = {span.span_id for span in spans}
-    warnings = [
-        f"span {span.span_id}: parent {span.parent_span_id} not in trace"
-        for span in spans
-        if span.parent_span_id and span.parent_span_id not in ids
-    ]
-    return spans, warnings
-
-
-def warn_outside_parent(spans: list[Span]) -> tuple[list[Span], list[str]]:
-    """Clock skew between machines shows as a child outside its parent: worth knowing, but the
-    times are kept as measured (self time clips the child to the parent)."""
-    by_id = {span.span_id: span for span in spans}
-    warnings = []
-    for span in spans:
-        parent = by_id.get(span.parent_span_id) if span.parent_span_id else None
-        if parent and (span.start_ns < parent.start_ns or span.end_ns > parent.end_ns):
-            warnings.append(f"span {span.span_id}: outside the time of its parent {parent.span_id}")
-    return spans, warnings
-
-
-# Order matters: later adjusters rely on unique ids and known levels.
-ADJUSTERS: tuple[Adjuster, ...] = (
-    dedupe_span_ids,
-    normalize_levels,
-    warn_missing_parents,
-    break_parent_cycles,
-    warn_outside_parent,
-)
-
-
-def adjust(spans: Iterable[Span], adjusters: Sequence[Adjuster] = ADJUSTERS) -> tuple[list[Span], list[str]]:
-    adjusted, warnings = list(spans), []
-    for adjuster in adjusters:
-        adjusted, found = adjuster(adjusted)
-        warnings.extend(found)
-    return adjusted, warnings
-
-
-# --- the tree ---------------------------------------------------------------------------------
-
-
-def _children_of(spans: Sequence[Span], parent_of: Mapping[str, str]) -> tuple[list[Span], dict[str, list[Span]]]:
-    """(roots, parent id -> children), each list by start time then span id."""
-    ids = {span.span_id for span in spans}
-    roots: list[Span] = []
-    children: dict[str, list[Span]] = {}
-    for span in sorted(spans, key=Span.sort_key):
-        parent = parent_of[span.span_id]
-        if parent and parent in ids:
-            children.setdefault(parent, []).append(span)
-        else:
-            roots.append(span)
-    return roots, children
-
-
-def _pre_order(roots: list[Span], children: Mapping[str, list[Span]]) -> list[tuple[Span, int]]:
-    """(span, depth) in pre-order; iterative, as deep traces would exhaust Python's stack."""
-    ordered = []
-    stack = [(root, 0) for root in reversed(roots)]
-    while stack:
-        span, depth = stack.pop()
-        ordered.append((span, depth))
-        stack.extend((child, depth + 1) for child in reversed(children.get(span.span_id, ())))
-    return ordered
+def _covered_self(start: int, end: int, children: Iterable[tuple[int, int]]) -> int:
+    """Duration minus the union of the (start, end) intervals, sorted by start, clipped to it."""
+    covered = 0
+    reach = start  # the end of the union so far
+    for child_start, child_end in children:
+        low = max(child_start, reach)
+        high = min(child_end, end)
+        if high > low:
+            covered += high - low
+            reach = high
+    return max(0, end - start - covered)
 
 
 def self_time(span: Span, children: Iterable[Span]) -> int:
     """Duration minus the union of the children's intervals clipped to the span."""
-    covered = 0
-    reach = span.start_ns  # the end of the union so far; children come sorted by start
-    for child in sorted(children, key=Span.sort_key):
-        start = max(child.start_ns, reach)
-        end = min(child.end_ns, span.end_ns)
-        if end > start:
-            covered += end - start
-            reach = end
-    return max(0, span.end_ns - span.start_ns - covered)
+    intervals = [(child.start_ns, child.end_ns) for child in sorted(children, key=Span.sort_key)]
+    return _covered_self(span.start_ns, span.end_ns, intervals)
 
 
-def _nearest_kept_parents(ordered: Sequence[tuple[Span, int]], keep: Callable[[Span], bool]) -> dict[str, str]:
-    """span id -> id of its nearest kept ancestor ("" if none), for the kept spans."""
-    parents: dict[str, str] = {}
-    ancestors: list[tuple[Span, bool]] = []  # the current root-to-here path, with kept flags
-    for span, depth in ordered:
-        del ancestors[depth:]
-        kept = keep(span)
-        if kept:
-            parents[span.span_id] = next((a.span_id for a, a_kept in reversed(ancestors) if a_kept), "")
-        ancestors.append((span, kept))
+def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequence[int],
+                 ends: Sequence[int]) -> tuple[list[int], list[int], list[str]]:
+    """(rows kept, parent row of each row or -1, warnings): the first copy of a duplicate id is
+    kept; a parent not in the trace makes a root; every parent loop is broken at its earliest
+    span; a child outside its parent's time is worth a warning (clock skew), nothing more."""
+    row_of: dict[str, int] = {}
+    copies: dict[str, int] = {}
+    for row, span_id in enumerate(span_ids):
+        if span_id in row_of:
+            copies[span_id] = copies.get(span_id, 1) + 1
+        else:
+            row_of[span_id] = row
+    warnings = [f"span {span_id}: {count} spans share this id; kept the first" for span_id, count in copies.items()]
+    kept = sorted(row_of.values())
+    parent = [-1] * len(span_ids)
+    for row in kept:
+        parent_id = parent_ids[row]
+        if parent_id:
+            parent[row] = row_of.get(parent_id, -1)
+            if parent[row] < 0:
+                warnings.append(f"span {span_ids[row]}: parent {parent_id} not in trace")
+    settled = [False] * len(span_ids)  # rows whose parent chain is known to end at a root
+    for row in kept:
+        path: list[int] = []
+        on_path: set[int] = set()
+        current = row
+        while not settled[current]:
+            if current in on_path:
+                loop = path[path.index(current):]
+                breaker = min(loop, key=lambda r: (starts[r], span_ids[r]))
+                parent[breaker] = -1
+                chain = " -> ".join(span_ids[r] for r in [*loop, current])
+                warnings.append(f"span {span_ids[breaker]}: parent chain loops ({chain}); shown as a root")
+                break
+            path.append(current)
+            on_path.add(current)
+            if parent[current] < 0:
+                break
+            current = parent[current]
+        for visited in path:
+            settled[visited] = True
+    for row in kept:
+        up = parent[row]
+        if up >= 0 and (starts[row] < starts[up] or ends[row] > ends[up]):
+            warnings.append(f"span {span_ids[row]}: outside the time of its parent {span_ids[up]}")
+    return kept, parent, warnings
+
+
+def _pre_order(rows_by_start: Sequence[int], parent: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(rows in pre-order, their depths) for `rows_by_start` (sorted by start time then span id),
+    each under `parent[row]` when that is one of them; iterative, as deep traces would exhaust
+    Python's stack."""
+    members = set(rows_by_start)
+    roots: list[int] = []
+    children: dict[int, list[int]] = {}
+    for row in rows_by_start:
+        up = parent[row]
+        if up >= 0 and up in members:
+            children.setdefault(up, []).append(row)
+        else:
+            roots.append(row)
+    order: list[int] = []
+    depths: list[int] = []
+    stack = [(root, 0) for root in reversed(roots)]
+    while stack:
+        row, depth = stack.pop()
+        order.append(row)
+        depths.append(depth)
+        stack.extend((child, depth + 1) for child in reversed(children.get(row, ())))
+    return order, depths
+
+
+def _nearest_kept_parents(order: Sequence[int], depths: Sequence[int], keep: Sequence[bool], size: int) -> list[int]:
+    """Row -> row of its nearest kept ancestor (-1 if none), for the kept rows."""
+    parents = [-1] * size
+    ancestors: list[int] = []  # kept rows on the current root-to-here path
+    ancestor_depths: list[int] = []
+    for row, depth in zip(order, depths):
+        while ancestor_depths and ancestor_depths[-1] >= depth:
+            ancestors.pop()
+            ancestor_depths.pop()
+        if keep[row]:
+            parents[row] = ancestors[-1] if ancestors else -1
+            ancestors.append(row)
+            ancestor_depths.append(depth)
     return parents
+
+
+def span_tree(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequence[int], ends: Sequence[int],
+              keep: Sequence[bool] | None = None, max_depth: int | None = None) -> SpanTree:
+    """The pre-order of a trace's rows with depth and self time. `keep` (by row) leaves only
+    those rows, each under its nearest kept ancestor; `max_depth` then cuts what lies deeper.
+    Self times are those of the whole trace: filtering changes depths, not self times."""
+    kept, parent, warnings = _parent_rows(span_ids, parent_ids, starts, ends)
+    by_start = sorted(kept, key=lambda row: (starts[row], span_ids[row]))
+    children: dict[int, list[int]] = {}
+    for row in by_start:
+        if parent[row] >= 0:
+            children.setdefault(parent[row], []).append(row)
+    self_ns = [ends[row] - starts[row] if ends[row] > starts[row] else 0 for row in range(len(span_ids))]
+    for up, rows in children.items():
+        self_ns[up] = _covered_self(starts[up], ends[up], ((starts[row], ends[row]) for row in rows))
+    order, depths = _pre_order(by_start, parent)
+    if keep is not None:
+        parent = _nearest_kept_parents(order, depths, keep, len(span_ids))
+        order, depths = _pre_order([row for row in by_start if keep[row]], parent)
+    if max_depth is not None:
+        shallow = [index for index, depth in enumerate(depths) if depth <= max_depth]
+        order, depths = [order[index] for index in shallow], [depths[index] for index in shallow]
+    return SpanTree(order, depths, self_ns, tuple(warnings))
+
+
+def level_warnings(span_ids: Sequence[str], levels: Sequence[str], rows: Iterable[int]) -> list[str]:
+    """An empty level is the documented default (no warning); an unknown one is worth one."""
+    return [f"span {span_ids[row]}: unknown level {levels[row]!r}, shown as {stored_level(levels[row])}"
+            for row in rows if levels[row] and stored_level(levels[row]) != levels[row]]
 
 
 def build_timeline(
@@ -206,47 +211,171 @@ def build_timeline(
         spans = tuple(TimelineSpan(span, 0, span.duration_ns) for span in stored if keep(span))
         return Timeline(trace_id, spans, ())
 
-    spans, warnings = adjust(rows)
-    roots, children = _children_of(spans, {span.span_id: span.parent_span_id for span in spans})
-    ordered = _pre_order(roots, children)
-    self_ns = {span.span_id: self_time(span, children.get(span.span_id, ())) for span in spans}
-    if levels is not None:
-        parents = _nearest_kept_parents(ordered, keep)
-        kept = [span for span, _ in ordered if span.span_id in parents]
-        ordered = _pre_order(*_children_of(kept, parents))
-    timeline_spans = tuple(TimelineSpan(span, depth, self_ns[span.span_id]) for span, depth in ordered)
-    return Timeline(trace_id, timeline_spans, tuple(warnings))
+    stored = list(rows)
+    span_ids = [span.span_id for span in stored]
+    tree = span_tree(span_ids, [span.parent_span_id for span in stored], [span.start_ns for span in stored],
+                     [span.end_ns for span in stored], keep=None if levels is None else [keep(s) for s in stored])
+    warnings = level_warnings(span_ids, [span.level for span in stored], sorted(set(tree.order)))
+    spans = tuple(
+        TimelineSpan(replace(stored[row], level=stored_level(stored[row].level)), depth, tree.self_ns[row])
+        for row, depth in zip(tree.order, tree.depths)
+    )
+    return Timeline(trace_id, spans, (*warnings, *tree.warnings))
 
 
-# --- rendering --------------------------------------------------------------------------------
+# --- rendering from columns ------------------------------------------------------------------
 
 
-def span_json(item: TimelineSpan) -> dict[str, Any]:
-    span = item.span
+def _loads(text: str, default: Any) -> Any:
+    """JSON text written by the collector; a damaged value must not cost the whole trace."""
+    try:
+        return json.loads(text) if text else default
+    except ValueError:
+        return default
+
+
+def span_json(columns: Columns, row: int, depth: int, self_ns: int) -> dict[str, Any]:
+    """One span of GET /api/traces/{id} (the documented form), from a `spans` row's columns."""
     return {
-        "span_id": span.span_id,
-        "parent_span_id": span.parent_span_id,
-        "name": span.name,
-        "kind": span.kind,
-        "service": span.service,
-        "level": span.level,
-        "start_ns": span.start_ns,
-        "end_ns": span.end_ns,
-        "duration_ns": span.duration_ns,
-        "self_ns": item.self_ns,
-        "depth": item.depth,
-        "attributes": dict(span.attributes),
-        "resource": dict(span.resource),
-        "events": [{"time_ns": e.time_ns, "name": e.name, "attributes": e.attributes} for e in span.events],
-        "links": list(span.links),
-        "status": {"code": span.status_code, "message": span.status_message},
-        "scope": {"name": span.scope_name, "version": span.scope_version},
+        "span_id": columns["span_id"][row],
+        "parent_span_id": columns["parent_span_id"][row],
+        "name": columns["name"][row],
+        "kind": columns["kind"][row],
+        "service": columns["service"][row],
+        "level": stored_level(columns["level"][row]),
+        "start_ns": columns["start_ns"][row],
+        "end_ns": columns["end_ns"][row],
+        "duration_ns": columns["duration_ns"][row],
+        "self_ns": self_ns,
+        "depth": depth,
+        "attributes": dict(zip(columns["attr_keys"][row], columns["attr_values"][row])),
+        "resource": dict(zip(columns["resource_keys"][row], columns["resource_values"][row])),
+        "events": [{"time_ns": time_ns, "name": name, "attributes": _loads(attributes, {})}
+                   for time_ns, name, attributes in zip(columns["event_times_ns"][row], columns["event_names"][row],
+                                                        columns["event_attrs_json"][row])],
+        "links": _loads(columns["links_json"][row], []),
+        "status": {"code": columns["status_code"][row], "message": columns["status_message"][row]},
+        "scope": {"name": columns["scope_name"][row], "version": columns["scope_version"][row]},
     }
 
 
-def timeline_json(timeline: Timeline) -> dict[str, Any]:
+def timeline_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
     return {
-        "trace_id": timeline.trace_id,
-        "spans": [span_json(item) for item in timeline.spans],
-        "warnings": list(timeline.warnings),
+        "trace_id": trace_id,
+        "spans": [span_json(columns, row, depth, tree.self_ns[row]) for row, depth in zip(tree.order, tree.depths)],
+        "warnings": list(tree.warnings),
+    }
+
+
+def _parent_positions(depths: Sequence[int]) -> list[int]:
+    """For a pre-order's depths: each entry's parent position in it, -1 for a root."""
+    parents, path = [], []  # path: positions of the current root-to-here chain
+    for position, depth in enumerate(depths):
+        del path[depth:]
+        parents.append(path[-1] if path else -1)
+        path.append(position)
+    return parents
+
+
+class StringTable:
+    """Strings interned in order of first use: each value becomes its index in `strings`."""
+
+    def __init__(self) -> None:
+        self.strings: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def indexes(self, values: Iterable[str]) -> list[int]:
+        index = self._index
+        found = []
+        for value in values:
+            position = index.get(value)
+            if position is None:
+                position = index[value] = len(self.strings)
+                self.strings.append(value)
+            found.append(position)
+        return found
+
+
+def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
+    """?format=compact: the timeline as parallel arrays in pre-order, names, services and levels
+    as indexes into `strings`, times as offsets from `origin_ns` (a decimal string, exact) so
+    that every number stays below 2**53 and reads exactly in JavaScript."""
+    order = tree.order
+    starts = [columns["start_ns"][row] for row in order]
+    origin = min(starts, default=0)
+    table = StringTable()
+    return {
+        "trace_id": trace_id,
+        "format": "compact",
+        "origin_ns": str(origin),
+        "span_id": [columns["span_id"][row] for row in order],
+        "parent": _parent_positions(tree.depths),
+        "name": table.indexes(columns["name"][row] for row in order),
+        "service": table.indexes(columns["service"][row] for row in order),
+        "level": table.indexes(stored_level(columns["level"][row]) for row in order),
+        "start_ns": [start - origin for start in starts],
+        "duration_ns": [columns["duration_ns"][row] for row in order],
+        "self_ns": [tree.self_ns[row] for row in order],
+        "depth": tree.depths,
+        "strings": table.strings,
+        "warnings": list(tree.warnings),
+    }
+
+
+# --- level of detail --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetailEntry:
+    """A span wide enough to draw (count 1), or spans narrower than the resolution on one track
+    and depth merged: their count, summed time and the name holding most of it."""
+
+    track: str
+    depth: int
+    start_ns: int
+    end_ns: int
+    count: int
+    total_ns: int
+    name: str
+    row: int  # the span's row when count is 1, else -1
+
+
+def level_of_detail(tracks: Sequence[str], depths: Sequence[int], starts: Sequence[int], ends: Sequence[int],
+                    names: Sequence[str], rows: Iterable[int], window_start_ns: int,
+                    resolution_ns: int) -> list[DetailEntry]:
+    """The `rows` as drawn at `resolution_ns` per pixel from `window_start_ns`: a span at least
+    one pixel wide stays itself; narrower ones fall into the pixel their start is in, one entry
+    per (track, depth, pixel). Entries by track, depth, then start."""
+    entries: list[DetailEntry] = []
+    merged: dict[tuple[str, int, int], list[Any]] = {}  # key -> [start, end, count, total, {name: ns}]
+    for row in rows:
+        start, end = starts[row], ends[row]
+        duration = max(0, end - start)
+        if duration >= resolution_ns:
+            entries.append(DetailEntry(tracks[row], depths[row], start, end, 1, duration, names[row], row))
+            continue
+        key = (tracks[row], depths[row], (start - window_start_ns) // resolution_ns)
+        bucket = merged.get(key)
+        if bucket is None:
+            merged[key] = [start, end, 1, duration, {names[row]: duration}, row]
+            continue
+        bucket[0], bucket[1] = min(bucket[0], start), max(bucket[1], end)
+        bucket[2] += 1
+        bucket[3] += duration
+        bucket[4][names[row]] = bucket[4].get(names[row], 0) + duration
+    for (track, depth, _), (start, end, count, total, by_name, row) in merged.items():
+        dominant = max(by_name.items(), key=lambda item: (item[1], item[0]))[0]
+        entries.append(DetailEntry(track, depth, start, end, count, total, dominant, row if count == 1 else -1))
+    entries.sort(key=lambda entry: (entry.track, entry.depth, entry.start_ns))
+    return entries
+
+
+def window_json(trace_id: str, window: tuple[int, int], resolution_ns: int, entries: Sequence[DetailEntry],
+                span_ids: Sequence[str]) -> dict[str, Any]:
+    return {
+        "trace_id": trace_id,
+        "start_ns": window[0], "end_ns": window[1], "resolution_ns": resolution_ns,
+        "entries": [{"track": entry.track, "depth": entry.depth, "start_ns": entry.start_ns, "end_ns": entry.end_ns,
+                     "count": entry.count, "total_ns": entry.total_ns, "name": entry.name,
+                     "span_id": span_ids[entry.row] if entry.row >= 0 else ""} for entry in entries],
     }

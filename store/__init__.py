@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .base import Store, sql_string
+from .base import CappedResult, OutputCap, Store, sql_string
 from .errors import SchemaError, StoreError, StoreUnavailable
 from .model import (
     METRIC_POINTS,
@@ -44,10 +44,12 @@ def open_store(url: str, migrate: bool = True) -> Store:
 
 __all__ = [
     "BadStoreUrl",
+    "CappedResult",
     "Column",
     "Columns",
     "Event",
     "METRIC_POINTS",
+    "OutputCap",
     "QueryResult",
     "SPAN_ROWS",
     "Span",

@@ -74,6 +74,12 @@ class Store(ABC):
         """Runs one statement; raises StoreUnavailable when the store cannot be reached and
         StoreError (with ClickHouse's code) when the engine refuses it."""
 
+    def execute_columns(self, sql: str) -> Columns:
+        """Runs one query of the store's own and returns its result by column (name -> values):
+        the shape bulk readers want, without a tuple per row where the backend can avoid it."""
+        result = self.execute(sql)
+        return {column.name: [row[index] for row in result.rows] for index, column in enumerate(result.columns)}
+
     def insert(self, table: str, columns: Columns) -> None:
         """Inserts rows into one of the physical tables of model.TABLES. `columns` holds exactly
         the table's columns, in its order (check_columns). Rows spanning fewer than

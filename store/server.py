@@ -10,7 +10,7 @@ from typing import Any
 
 from clickhouse_driver import Client, errors
 
-from .base import Settings, Store
+from .base import CappedResult, OutputCap, Settings, Store
 from .errors import StoreError, StoreUnavailable
 from .model import Column, Columns, QueryResult
 
@@ -87,6 +87,33 @@ class ServerStore(Store):
         )
         columns = tuple(Column(name, ch_type) for name, ch_type in column_types)
         return QueryResult(columns=columns, rows=[tuple(_plain(v) for v in row) for row in rows])
+
+    def read_untrusted(self, sql: str, settings: Settings, cap: OutputCap) -> CappedResult:
+        """Streams the rows in blocks on this thread's connection (the server runs each
+        connection's query apart; no lock of the store is taken) and counts each row's text
+        form against the byte cap; stopping early drops the connection, which cancels the
+        query on the server (the next call reconnects)."""
+        client = self._client()
+        rows: list[tuple[Any, ...]] = []
+        size = 0
+        truncated = False
+
+        def read() -> tuple[Any, ...]:
+            nonlocal size, truncated
+            stream = client.execute_iter(sql, with_column_types=True, settings=dict(settings))
+            column_types = next(stream, [])
+            for row in stream:
+                size += len(repr(row))
+                if len(rows) == cap.max_rows or size > cap.max_bytes:
+                    truncated = True
+                    client.disconnect()
+                    break
+                rows.append(tuple(_plain(value) for value in row))
+            return column_types
+
+        column_types = self._call(client, read)
+        columns = tuple(Column(name, ch_type) for name, ch_type in column_types)
+        return CappedResult(QueryResult(columns=columns, rows=rows), truncated)
 
     def _insert_block(self, table: str, names: list[str], columns: Columns) -> None:
         client = self._client()

@@ -131,6 +131,61 @@ async def test_raw_returns_stored_rows(api: Served) -> None:
         ("pipeline", 0), ("predict", 0), ("conv1", 0), ("relu", 0), ("postprocess", 0)]
 
 
+async def test_levels_filter_read_by_the_store_keeps_whole_trace_self_times(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}?levels=layer")
+    assert status == 200
+    assert [(s["name"], s["depth"], s["self_ns"] / MS) for s in body["spans"]] == [("conv1", 0, 30), ("relu", 0, 30)]
+    assert body["spans"][0]["attributes"] == {} and body["spans"][0]["events"][0]["name"] == "started"
+
+
+async def test_max_depth_and_time_window(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}?max_depth=1")
+    assert (status, [(s["name"], s["depth"]) for s in body["spans"]]) == (
+        200, [("pipeline", 0), ("predict", 1), ("postprocess", 1)])
+    status, body = await api.get(f"/api/traces/{TRACE}?start_ns={T0 + 60 * MS}&end_ns={T0 + 92 * MS}")
+    assert (status, [(s["name"], s["depth"]) for s in body["spans"]]) == (
+        200, [("pipeline", 0), ("predict", 1), ("relu", 2), ("postprocess", 1)])
+
+
+async def test_compact_form(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}?format=compact&levels=application,model")
+    assert status == 200
+    assert [body["strings"][i] for i in body["name"]] == ["pipeline", "predict", "postprocess"]
+    assert (body["parent"], body["origin_ns"], body["start_ns"]) == ([-1, 0, 0], str(T0), [0, 10 * MS, 90 * MS])
+
+
+async def test_window_merges_spans_narrower_than_a_pixel(api: Served) -> None:
+    status, body = await api.get(f"/api/traces/{TRACE}/window?pixels=2")  # 50 ms a pixel
+    assert (status, body["resolution_ns"], body["start_ns"]) == (200, 50 * MS, T0)
+    entries = [(e["depth"], e["count"], e["name"], e["total_ns"] // MS) for e in body["entries"]]
+    # pipeline and predict are a pixel wide or more; conv1 and relu (30 ms each) start in the
+    # first pixel at depth 2: merged; postprocess (5 ms) alone in the second pixel.
+    assert entries == [(0, 1, "pipeline", 100), (1, 1, "predict", 80), (1, 1, "postprocess", 5), (2, 2, "relu", 60)]
+    status, body = await api.get(f"/api/traces/{TRACE}/window?start_ns={T0 + 20 * MS}&end_ns={T0 + 30 * MS}"
+                                 "&resolution_ns=1000")
+    assert [e["name"] for e in body["entries"]] == ["pipeline", "predict", "conv1"]
+    assert body["entries"][2]["span_id"] == "00000000000000c3"
+
+
+@pytest.mark.parametrize(
+    "path, status, error",
+    [
+        (f"/api/traces/{TRACE}?max_depth=-1", 400, "max_depth must be between 0 and 10000, not '-1'"),
+        (f"/api/traces/{TRACE}?format=xml", 400, "format must be one of json, compact, not 'xml'"),
+        (f"/api/traces/{TRACE}?start_ns=9&end_ns=3", 400, "end_ns must not be before start_ns"),
+        (f"/api/traces/{TRACE}/window?pixels=0", 400, "pixels must be between 1 and 100000, not '0'"),
+        (f"/api/traces/{TRACE}/window?start_ns=x", 400, "start_ns must be an integer, not 'x'"),
+        (f"/api/traces/{TRACE}/window?start_ns={2**70}", 400,
+         f"start_ns must be between 0 and {2**64 - 1}, not '{2**70}'"),
+        ("/api/traces/0000000000000000000000000000cafe/window", 404, "trace 0000000000000000000000000000cafe not found"),
+        ("/api/traces/0000000000000000000000000000cafe?levels=model", 404,
+         "trace 0000000000000000000000000000cafe not found"),
+    ],
+)
+async def test_trace_read_parameters_are_checked(api: Served, path: str, status: int, error: str) -> None:
+    assert await api.get(path) == (status, {"error": error})
+
+
 @pytest.mark.parametrize(
     "path, status, error",
     [

@@ -6,8 +6,16 @@ from __future__ import annotations
 import pytest
 
 from mlscope.conventions import UnknownLevel, parse_levels
-from mlscope.query.timeline import Timeline, build_timeline, self_time, timeline_json
-from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, row, spans
+from mlscope.query.timeline import (
+    Timeline,
+    build_timeline,
+    compact_json,
+    level_of_detail,
+    self_time,
+    span_tree,
+    timeline_json,
+)
+from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, columns_of, row, spans
 
 
 def shape(timeline: Timeline) -> list[tuple[str, int, float]]:
@@ -148,7 +156,9 @@ def test_parse_levels_names_the_unknown_level() -> None:
 
 
 def test_json_shape_follows_the_contract() -> None:
-    document = timeline_json(build_timeline(TRACE, spans(KNOWN)))
+    columns = columns_of(KNOWN)
+    tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
+    document = timeline_json(TRACE, columns, tree)
     assert document["trace_id"] == TRACE and document["warnings"] == []
     root = document["spans"][0]
     assert root == {
@@ -160,3 +170,45 @@ def test_json_shape_follows_the_contract() -> None:
         "events": [{"time_ns": T0, "name": "started", "attributes": {"step": 1}}],
         "links": [], "status": {"code": "unset", "message": ""}, "scope": {"name": "tests", "version": "1"},
     }
+
+
+def _tree(rows: list[dict], **filters) -> tuple[dict, object]:
+    columns = columns_of(rows)
+    return columns, span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"],
+                              **filters)
+
+
+def test_max_depth_cuts_deeper_spans_and_keeps_whole_trace_self_times() -> None:
+    columns, tree = _tree(KNOWN, max_depth=1)
+    assert [(columns["name"][r], d, tree.self_ns[r] / MS) for r, d in zip(tree.order, tree.depths)] == [
+        ("pipeline", 0, 15), ("predict", 1, 30), ("postprocess", 1, 5)]
+
+
+def test_compact_form_interns_strings_and_keeps_numbers_exact() -> None:
+    columns, tree = _tree(KNOWN)
+    compact = compact_json(TRACE, columns, tree)
+    names = [compact["strings"][i] for i in compact["name"]]
+    assert names == [name for name, _, _ in KNOWN_SHAPE]
+    assert compact["parent"] == [-1, 0, 1, 1, 0] and compact["depth"] == [0, 1, 2, 2, 1]
+    assert compact["origin_ns"] == str(T0) and compact["start_ns"] == [0, 10 * MS, 20 * MS, 40 * MS, 90 * MS]
+    assert [compact["strings"][i] for i in compact["service"]] == ["svc"] * 5
+    assert compact["self_ns"] == [15 * MS, 30 * MS, 30 * MS, 30 * MS, 5 * MS]
+    assert max(compact["start_ns"] + compact["duration_ns"]) < 2**53
+
+
+def test_level_of_detail_merges_spans_narrower_than_the_resolution() -> None:
+    # One wide span and, below it, 10 narrow ones: 4 named "a" (1 ns each), 6 "b" (in two pixels).
+    starts = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 15]
+    ends = [100, 2, 3, 4, 5, 11, 12, 13, 14, 15, 16]
+    names = ["wide", "a", "a", "a", "a", "b", "b", "b", "b", "b", "b"]
+    depths = [0] + [1] * 10
+    entries = level_of_detail(["svc"] * 11, depths, starts, ends, names, range(11), 0, 10)
+    assert [(e.depth, e.start_ns, e.end_ns, e.count, e.total_ns, e.name, e.row) for e in entries] == [
+        (0, 0, 100, 1, 100, "wide", 0), (1, 1, 5, 4, 4, "a", -1), (1, 10, 16, 6, 6, "b", -1)]
+
+
+def test_level_of_detail_keeps_tracks_and_depths_apart_and_names_the_dominant() -> None:
+    entries = level_of_detail(["p", "p", "q", "p"], [1, 1, 1, 2], [0, 2, 0, 0], [1, 5, 1, 1], ["x", "y", "x", "x"],
+                              range(4), 0, 10)
+    assert [(e.track, e.depth, e.count, e.name) for e in entries] == [("p", 1, 2, "y"), ("p", 2, 1, "x"),
+                                                                      ("q", 1, 1, "x")]

@@ -1,0 +1,104 @@
+"""One trace read for the API: what to read from the store for a request, then the tree.
+
+Blocking (the reader is); the HTTP layer runs these in worker threads. The filters go to the
+store: with none, one read of every column; with levels, a depth limit or a time window, a read
+of the columns the tree needs (ids, parents, times) for the whole trace (self times and nearest
+kept ancestors need every span), then every column of the kept spans only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlscope.conventions import stored_level
+from mlscope.store import Columns
+
+from .reader import TraceReader
+from .timeline import DetailEntry, SpanTree, level_of_detail, span_tree
+
+TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
+WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service")
+# Up to this many kept spans are named to the store by id; more are read by level and window
+# and picked here (a longer IN list costs the store more than the rows it saves).
+MAX_IDS_IN_QUERY = 10_000
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    levels: frozenset[str] | None = None
+    max_depth: int | None = None
+    window: tuple[int, int] | None = None  # spans overlapping [start_ns, end_ns]
+    raw: bool = False
+
+
+@dataclass(frozen=True)
+class TraceRead:
+    columns: Columns  # every column of the spans read
+    tree: SpanTree  # rows of `columns`
+
+
+def _rows_of_kept(columns: Columns, tree: SpanTree, read: Columns) -> SpanTree:
+    """`tree` (over `columns`) re-indexed to the rows of `read`, which holds its kept spans."""
+    row_of: dict[str, int] = {}
+    for row, span_id in enumerate(read["span_id"]):
+        row_of.setdefault(span_id, row)
+    self_ns = [0] * len(read["span_id"])
+    order, depths = [], []
+    for row, depth in zip(tree.order, tree.depths):
+        found = row_of.get(columns["span_id"][row])
+        if found is not None:
+            order.append(found)
+            depths.append(depth)
+            self_ns[found] = tree.self_ns[row]
+    return SpanTree(order, depths, self_ns, tree.warnings)
+
+
+def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery) -> TraceRead | None:
+    """The spans of `trace_id` the query keeps, in tree order; None for an unknown trace."""
+    bounds = reader.trace_bounds(trace_id)
+    if bounds is None:
+        return None
+    if query.raw:
+        columns = reader.trace_columns(trace_id, bounds, levels=query.levels, window=query.window)
+        rows = list(range(len(columns["span_id"])))
+        return TraceRead(columns, SpanTree(rows, [0] * len(rows), list(columns["duration_ns"]), ()))
+    if query.levels is None and query.max_depth is None and query.window is None:
+        columns = reader.trace_columns(trace_id, bounds)
+        tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
+        return TraceRead(columns, tree)
+    skeleton = reader.trace_columns(trace_id, bounds, TREE_COLUMNS)
+    starts, ends = skeleton["start_ns"], skeleton["end_ns"]
+    keep = [
+        (query.levels is None or stored_level(level) in query.levels)
+        and (query.window is None or (start <= query.window[1] and end >= query.window[0]))
+        for level, start, end in zip(skeleton["level"], starts, ends)
+    ]
+    tree = span_tree(skeleton["span_id"], skeleton["parent_span_id"], starts, ends, keep=keep,
+                     max_depth=query.max_depth)
+    kept_ids = [skeleton["span_id"][row] for row in tree.order]
+    named = kept_ids if query.max_depth is not None and len(kept_ids) <= MAX_IDS_IN_QUERY else None
+    read = reader.trace_columns(trace_id, bounds, levels=query.levels, window=query.window, span_ids=named)
+    return TraceRead(read, _rows_of_kept(skeleton, tree, read))
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    span_ids: list[str]
+    entries: list[DetailEntry]
+
+
+def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> WindowRead | None:
+    """The spans of `trace_id` overlapping `window`, read by the store, as drawn at
+    `resolution_ns`; depth counts the ancestors within the window (an ancestor overlaps its
+    children, so it is there too, clock skew aside). None for an unknown trace."""
+    bounds = reader.trace_bounds(trace_id)
+    if bounds is None:
+        return None
+    columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS, window=window)
+    tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
+    depths = [0] * len(columns["span_id"])
+    for row, depth in zip(tree.order, tree.depths):
+        depths[row] = depth
+    entries = level_of_detail(columns["service"], depths, columns["start_ns"], columns["end_ns"], columns["name"],
+                              tree.order, window[0], resolution_ns)
+    return WindowRead(columns["span_id"], entries)
