@@ -27,7 +27,7 @@ from .evaluations import EvaluationFilter, parse_evaluation_filter
 from .export import EXPORTERS
 from .http import Mount, authorize, error_response, errors_as_json, flag, json_body, json_response
 from .jaeger import jaeger_routes
-from .listing import parse_trace_filter
+from .listing import parse_trace_filter, trace_page
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
 from .params import int_between, one_of, parse_params
@@ -159,9 +159,10 @@ async def conventions(request: web.Request) -> web.Response:
 
 @requires(Scope.READ)
 async def list_traces(request: web.Request) -> web.Response:
-    trace_filter = parse_trace_filter(request.query)
-    traces = await asyncio.to_thread(request.app[READER].list_traces, trace_filter)
-    return json_response({"traces": traces})
+    trace_filter = parse_trace_filter(request.query, request.query.getall("attr", []))
+    summaries = await asyncio.to_thread(request.app[READER].list_traces, trace_filter)
+    traces, next_cursor = trace_page(summaries, trace_filter)
+    return json_response({"traces": traces, "next_cursor": next_cursor})
 
 
 @requires(Scope.READ)

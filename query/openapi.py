@@ -20,7 +20,7 @@ from .http import Mount
 from .jaeger import DEFAULT_LIMIT as JAEGER_DEFAULT_LIMIT
 from .jaeger import MAX_LIMIT as JAEGER_MAX_LIMIT
 from .jaeger import PREFIX as JAEGER_PREFIX
-from .listing import MAX_LIMIT, NUMBER_FILTERS, TEXT_FILTERS
+from .listing import MAX_LIMIT, NUMBER_FILTERS, STATUSES, TEXT_FILTERS
 
 
 def ref(name: str) -> dict[str, str]:
@@ -191,6 +191,12 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
         *(query_param(name, {"type": "string"}, f"exact {name}") for name in TEXT_FILTERS),
         *(query_param(name, INTEGER, "nanoseconds") for name in NUMBER_FILTERS),
         query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}, "at most"),
+        {**query_param("attr", {"type": "array", "items": {"type": "string"}},
+                       "key=value, repeatable: traces with a span carrying every one"), "explode": True},
+        query_param("level", {"type": "string", "enum": list(LEVELS)}, "traces with a span of this level"),
+        query_param("status", {"type": "string", "enum": list(STATUSES)}, "traces with a span of this status"),
+        query_param("name", {"type": "string"}, "traces with a span of this name"),
+        query_param("cursor", {"type": "string"}, "the next_cursor of the previous page"),
     ]
     return {
         "openapi": "3.0.3",
@@ -210,7 +216,10 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                 "summary": "traces, newest first", "parameters": list_params,
                 "responses": {
                     "200": json_content({"type": "object", "properties": {
-                        "traces": {"type": "array", "items": ref("TraceSummary")}}}, "trace summaries"),
+                        "traces": {"type": "array", "items": ref("TraceSummary")},
+                        "next_cursor": {"type": "string", "nullable": True,
+                                        "description": "set when the page is full: pass it as cursor"}}},
+                        "trace summaries"),
                     "400": ERROR}}},
             "/api/traces/{trace_id}": {"get": {
                 "summary": "one trace's timeline",
