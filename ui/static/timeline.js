@@ -622,7 +622,8 @@
     canvas.addEventListener("pointerleave", () => { mouseX = null; });
     window.addEventListener("keydown", onKeyDown);
     window.addEventListener("keyup", onKeyUp);
-    window.addEventListener("blur", () => held.clear());
+    const releaseKeys = () => held.clear(); // a key released in another window never sends keyup here
+    window.addEventListener("blur", releaseKeys);
 
     if (options.selectedId && model.byId.has(options.selectedId)) selected = model.byId.get(options.selectedId);
 
@@ -648,6 +649,7 @@
         observer.disconnect();
         window.removeEventListener("keydown", onKeyDown);
         window.removeEventListener("keyup", onKeyUp);
+        window.removeEventListener("blur", releaseKeys);
         clearTimeout(urlTimer);
       },
     };
