@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mlscope.auth import NO_AUTH, AuthPolicy, Scope, public, requires
+from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict, public, requires
 from mlscope.conventions import parse_levels
 from mlscope.store import Store
 from mlscope.ui import add_viewer
@@ -61,6 +61,7 @@ READER = web.AppKey("reader", TraceReader)
 STORE = web.AppKey("store", Store)
 COLLECTOR_STATUS: web.AppKey[CollectorStatus | None] = web.AppKey("collector_status")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+AUTH = web.AppKey("auth", AuthPolicy)
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -77,6 +78,7 @@ def create_query_app(
     app[READER] = TraceReader(store, sql_limits)
     app[COLLECTOR_STATUS] = collector_status
     app[OPENAPI] = openapi_document(mounts)
+    app[AUTH] = auth
     app.add_routes([*_routes(), *jaeger_routes(app[READER])])
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
@@ -225,7 +227,9 @@ async def run_sql(request: web.Request) -> web.Response:
     query = body.get("query") if isinstance(body, dict) else None
     if not isinstance(query, str):
         raise BadRequest('the body must be {"query": "<SQL>"}')
-    answer = await asyncio.to_thread(request.app[READER].run_sql, query)
+    # The physical tables are the admin scope's (without --auth, everyone's: loopback only).
+    admin = request.app[AUTH].check(request.headers.get("Authorization"), Scope.ADMIN) is Verdict.ALLOWED
+    answer = await asyncio.to_thread(request.app[READER].run_sql, query, admin)
     return json_response(answer.to_json())
 
 

@@ -7,17 +7,19 @@ through the deduplicating views or merges `trace_index`, never the physical tabl
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
 from mlscope.store import (
-    SPAN_ROWS, Columns, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
+    SPAN_ROWS, TABLES, Columns, OutputCap, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
 )
 
 from .analysis import MetricSample, metric_sample, metric_samples_sql
-from .errors import BadRequest
+from .errors import BadRequest, Busy
 from .evaluations import EvaluationFilter, evaluations_sql
 from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
@@ -29,13 +31,24 @@ class QueryFailed(BadRequest):
     """ClickHouse refused or failed a user's SQL (syntax, unknown column, a limit hit...)."""
 
 
+# The tables writers insert into, behind the deduplicating views: only `admin` reads them.
+INTERNAL_TABLES = frozenset(TABLES)
+# A user's query gets a quarter of the cores (at least one), so ingest keeps the rest.
+_USER_SQL_THREADS = max(1, (os.cpu_count() or 1) // 4)
+
+
 @dataclass(frozen=True)
 class SqlLimits:
-    """Server-side limits on a user's SQL; `max_rows` also caps the rows returned."""
+    """Limits on users' SQL. `max_rows` and `max_bytes` (the rows' text) cap what is read of
+    any query's output, whatever its shape; `max_concurrent` queries run at once, more are
+    answered 429."""
 
     max_rows: int = 10_000
+    max_bytes: int = 32 * 2**20
     max_execution_time_s: int = 10
     max_memory_bytes: int = 2 * 2**30
+    max_threads: int = _USER_SQL_THREADS
+    max_concurrent: int = 2
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,10 @@ def limit_settings(limits: SqlLimits) -> dict[str, int | str]:
     return {
         "max_execution_time": limits.max_execution_time_s,
         "max_result_rows": limits.max_rows + 1,
+        "max_result_bytes": limits.max_bytes,
         "result_overflow_mode": "break",
         "max_memory_usage": limits.max_memory_bytes,
+        "max_threads": limits.max_threads,
         "readonly": 1,
     }
 
@@ -91,6 +106,7 @@ class TraceReader:
     def __init__(self, store: Store, sql_limits: SqlLimits = SqlLimits()) -> None:
         self._store = store
         self._sql_limits = sql_limits
+        self._sql_slots = threading.BoundedSemaphore(sql_limits.max_concurrent)
 
     def list_traces(self, trace_filter: TraceFilter) -> list[dict[str, Any]]:
         """Trace summaries, newest first; an empty list when nothing matches."""
@@ -148,20 +164,28 @@ class TraceReader:
         names = [column.name for column in result.columns]
         return [{name: _json_value(value) for name, value in zip(names, row)} for row in result.rows]
 
-    def run_sql(self, query: str) -> SqlAnswer:
-        """Runs a user's query once the guard lets it through (RefusedQuery otherwise), under
-        the limits; QueryFailed when ClickHouse rejects it, StoreUnavailable passes through."""
-        statement = check_query(query)
+    def run_sql(self, query: str, internal_tables: bool = False) -> SqlAnswer:
+        """Runs a user's query once the guard lets it through (RefusedQuery otherwise; the
+        physical tables only with `internal_tables`, the admin scope's), apart from the insert
+        path and under the limits; Busy when `max_concurrent` queries are running, QueryFailed
+        when ClickHouse rejects it, StoreUnavailable passes through."""
+        statement = check_query(query, hidden_tables=frozenset() if internal_tables else INTERNAL_TABLES)
         limits = self._sql_limits
+        if not self._sql_slots.acquire(blocking=False):
+            raise Busy(f"{limits.max_concurrent} SQL queries are running; retry when one has finished")
         try:
-            result = self._store.execute(statement, limit_settings(limits))
+            capped = self._store.read_untrusted(
+                statement, limit_settings(limits), OutputCap(max_rows=limits.max_rows, max_bytes=limits.max_bytes)
+            )
         except StoreUnavailable:
             raise
         except StoreError as exc:
-            raise QueryFailed(f"the query failed: {exc}") from exc
-        rows = [[_json_value(value) for value in row] for row in result.rows[: limits.max_rows]]
+            raise QueryFailed(f"the query failed: {str(exc)[:2000]}") from exc
+        finally:
+            self._sql_slots.release()
+        result = capped.result
         return SqlAnswer(
             columns=tuple((column.name, column.type) for column in result.columns),
-            rows=rows,
-            truncated=len(result.rows) > limits.max_rows,
+            rows=[[_json_value(value) for value in row] for row in result.rows],
+            truncated=capped.truncated,
         )

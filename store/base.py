@@ -22,6 +22,21 @@ Settings = Mapping[str, int | float | str]
 
 
 @dataclass(frozen=True)
+class OutputCap:
+    """How much of an untrusted query's output is read before the query is stopped: rows, and
+    bytes as the rows' text form (whatever the query's shape: a UNION's branches, one huge row)."""
+
+    max_rows: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class CappedResult:
+    result: QueryResult  # at most the cap's rows
+    truncated: bool  # the query had more output than the cap, and was stopped
+
+
+@dataclass(frozen=True)
 class SchemaFile:
     version: int
     name: str
@@ -79,6 +94,13 @@ class Store(ABC):
         the shape bulk readers want, without a tuple per row where the backend can avoid it."""
         result = self.execute(sql)
         return {column.name: [row[index] for row in result.rows] for index, column in enumerate(result.columns)}
+
+    @abstractmethod
+    def read_untrusted(self, sql: str, settings: Settings, cap: OutputCap) -> CappedResult:
+        """Runs a user's read apart from the insert path (its own engine session or connection,
+        none of the store's locks), streaming its output and stopping the query once `cap` is
+        reached; a query that fails or is stopped leaves nothing behind for the next one.
+        Raises as execute does."""
 
     def insert(self, table: str, columns: Columns) -> None:
         """Inserts rows into one of the physical tables of model.TABLES. `columns` holds exactly

@@ -8,9 +8,10 @@ from deploy import clickhouse_local_server
 import pytest
 
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
-from mlscope.query import SqlLimits, TraceReader, create_query_app
-from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, is_refused_function
-from mlscope.store import Store, open_store
+from mlscope.query import SqlLimits, create_query_app
+from mlscope.query.reader import limit_settings
+from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, check_query, is_refused_function
+from mlscope.store import OutputCap, Store, open_store
 from mlscope.ui import PAGES
 from tests.query.query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
 from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row
@@ -241,14 +242,15 @@ def test_embedded_sql_limits_hold_after_a_trailing_comment(tmp_path) -> None:
     # Only the embedded backend appends its SETTINGS clause to the statement's text (the server
     # backend sends settings beside the query): a trailing comment must not swallow it, or the
     # limits and readonly would silently be off.
+    # getSetting is refused to users, so the settings are read by a statement run directly.
+    statement = "SELECT getSetting('readonly') AS ro, getSetting('max_result_rows') AS r"
+    assert check_query("SELECT 1 AS one -- c") == "SELECT 1 AS one"
     store = open_store(f"embedded://{tmp_path / 'store'}")
     try:
-        answer = TraceReader(store, SqlLimits(max_rows=7)).run_sql(
-            "SELECT getSetting('readonly') AS ro, getSetting('max_result_rows') AS r -- c"
-        )
+        capped = store.read_untrusted(statement, limit_settings(SqlLimits(max_rows=7)), OutputCap(7, 2**20))
     finally:
         store.close()
-    assert answer.rows == [[1, 8]]
+    assert capped.result.rows == [(1, 8)]
 
 
 async def test_sql_non_finite_floats_are_null(api: Served) -> None:
