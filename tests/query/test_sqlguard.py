@@ -174,3 +174,32 @@ def test_harmless_functions_pass(name: str) -> None:
 
 def test_safe_and_refused_table_functions_do_not_overlap() -> None:
     assert not [name for name in SAFE_TABLE_FUNCTIONS if is_refused_function(name)]
+
+
+HIDDEN = frozenset({"span_rows", "job_states"})
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["SELECT * FROM span_rows", 'SELECT * FROM "SPAN_ROWS"', "SELECT * FROM mlscope.`job_states`",
+     "SELECT count() FROM spans WHERE span_id IN (SELECT span_id FROM Span_Rows)", "SHOW CREATE TABLE span_rows"],
+)
+def test_hidden_tables_are_refused_in_any_case_or_quoting(query: str) -> None:
+    with pytest.raises(RefusedQuery, match="internal table"):
+        check_query(query, hidden_tables=HIDDEN)
+    check_query(query.replace("SHOW CREATE TABLE", "SELECT 1 FROM"))  # nothing hidden: an admin's read
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["SELECT hostName()", "SELECT FQDN()", "SELECT version()", "SELECT getSetting('max_threads')",
+     "SELECT filesystemAvailable()", 'SELECT "getOSKernelVersion"()', "SELECT currentUser()", "SELECT uptime()"],
+)
+def test_functions_that_tell_about_the_server_are_refused(query: str) -> None:
+    with pytest.raises(RefusedQuery, match="not allowed"):  # filesystem*() also falls under file*
+        check_query(query)
+
+
+def test_generate_random_is_refused() -> None:
+    with pytest.raises(RefusedQuery, match="unbounded size"):
+        check_query("SELECT * FROM generateRandom('a Array(Array(String))', 1, 1000000, 1000000) LIMIT 100")
