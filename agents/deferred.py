@@ -235,7 +235,7 @@ class DeferredSpans(DeepSpans):
         resource: Resource,
         new_span_id: Callable[[], int],
         native: bool = False,
-        max_queue_size: int = 64,
+        max_queue_size: int = 512,
         max_export_spans: int = 4096,
         schedule_delay_s: float = 5.0,
         loss: SpanLoss | None = None,
