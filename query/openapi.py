@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mlscope.conventions import DEFAULT_LEVEL, LEVELS
+from mlscope.conventions import DEFAULT_LEVEL, LAYER_PATH, LAYER_TYPE, LEVELS, PROCESS_PID, THREAD_ID, THREAD_NAME
 
 from .evaluations import NUMBER_FILTERS as EVALUATION_NUMBER_FILTERS
 from .evaluations import TEXT_FILTERS as EVALUATION_TEXT_FILTERS
@@ -151,8 +151,11 @@ SCHEMAS: dict[str, Any] = {
 
 def conventions_document() -> dict[str, Any]:
     """What the viewer takes from mlscope.conventions instead of a copy of its own: the levels,
-    shallowest first, and the level a span without one counts as."""
-    return {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL}
+    shallowest first, the level a span without one counts as, and the names of the attributes
+    it reads (tracks by process and thread, layer labels)."""
+    attributes = {"process_pid": PROCESS_PID, "thread_id": THREAD_ID, "thread_name": THREAD_NAME,
+                  "layer_path": LAYER_PATH, "layer_type": LAYER_TYPE}
+    return {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL, "attributes": attributes}
 
 
 def _jaeger_paths() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import aiohttp
 from deploy import clickhouse_local_server
 import pytest
 
-from mlscope.conventions import DEFAULT_LEVEL, LEVELS
+from mlscope.conventions import DEFAULT_LEVEL, LAYER_PATH, LAYER_TYPE, LEVELS, PROCESS_PID, THREAD_ID, THREAD_NAME
 from mlscope.query import SqlLimits, create_query_app
 from mlscope.query.reader import limit_settings
 from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, check_query, is_refused_function
@@ -52,7 +52,10 @@ async def test_openapi_documents_exactly_the_api_routes(api: Served) -> None:
 
 
 async def test_conventions_come_from_the_conventions_module(api: Served) -> None:
-    assert await api.get("/api/conventions") == (200, {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL})
+    status, body = await api.get("/api/conventions")
+    assert (status, body["levels"], body["default_level"]) == (200, list(LEVELS), DEFAULT_LEVEL)
+    assert body["attributes"] == {"process_pid": PROCESS_PID, "thread_id": THREAD_ID, "thread_name": THREAD_NAME,
+                                  "layer_path": LAYER_PATH, "layer_type": LAYER_TYPE}
 
 
 # --- listing ----------------------------------------------------------------------------------

@@ -650,6 +650,7 @@
     LEVELS = Object.freeze([...conventions.levels]);
     DEFAULT_LEVEL = conventions.default_level;
     window.mlscopeViewer = {
+      attributes: Object.freeze({ ...conventions.attributes }),
       formatDuration, parseLevels, levelsParam, parseJson,
       parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, compareTraces, compareEvaluations,
     };

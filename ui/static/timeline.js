@@ -22,19 +22,17 @@
   const KEY_TAP_MS = 80; // a key press moves at least this long's worth, so a tap is seen
   const CLICK_SLOP_PX = 4;
   const URL_DEBOUNCE_MS = 200;
-  const PROCESS_PID = "process.pid";
-  const THREAD_ID = "thread.id";
-  const THREAD_NAME = "thread.name";
-  const LAYER_PATH = "mlscope.layer.path";
-  const LAYER_TYPE = "mlscope.layer.type";
+  // The attribute names it reads, from GET /api/conventions (mlscope.conventions): app.js fetches
+  // them before any page renders, after this file has loaded.
+  const attributeName = (key) => window.mlscopeViewer.attributes[key];
 
   // --- pure model (no DOM) --------------------------------------------------------------------
 
   // A layer span reads as its module path and class ("features.3 (Conv2d)"), not its bare name.
   function spanLabel(span) {
     const attributes = span.attributes || {};
-    const path = attributes[LAYER_PATH];
-    const type = attributes[LAYER_TYPE];
+    const path = attributes[attributeName("layer_path")];
+    const type = attributes[attributeName("layer_type")];
     if (path === undefined && type === undefined) return span.name;
     const base = path && path !== "?" ? String(path) : span.name;
     return type && base !== type ? `${base} (${type})` : base;
@@ -66,8 +64,8 @@
     const tracks = [];
     spans.forEach((span, i) => {
       const up = parent[i];
-      pid[i] = attributeOf(span, PROCESS_PID) ?? (up >= 0 ? pid[up] : null);
-      thread[i] = attributeOf(span, THREAD_ID) ?? (up >= 0 ? thread[up] : null);
+      pid[i] = attributeOf(span, attributeName("process_pid")) ?? (up >= 0 ? pid[up] : null);
+      thread[i] = attributeOf(span, attributeName("thread_id")) ?? (up >= 0 ? thread[up] : null);
       const processKey = `${span.service}\u0000${pid[i]}`;
       const key = `${processKey}\u0000${thread[i]}`;
       if (!keys.has(key)) {
@@ -77,7 +75,7 @@
           processKey, processOrder: process ? process.processOrder : tracks.length, order: tracks.length,
           title: thread[i] === null
             ? `${span.service}${pid[i] === null ? "" : ` · pid ${pid[i]}`}`
-            : `thread ${attributeOf(span, THREAD_NAME) || thread[i]}`,
+            : `thread ${attributeOf(span, attributeName("thread_name")) || thread[i]}`,
           isThread: thread[i] !== null, baseDepth: Infinity, maxDepth: 0, collapsed: false,
         });
       }
