@@ -37,6 +37,7 @@ _TABLE: tuple[tuple[str, str, Any], ...] = (
     ("top-1 agree", "divergence_top1_agreement", lambda value: f"{value:.3f}"),
     ("system", "system_name", str),
     ("predictor", "predictor", str),
+    ("lost spans", "spans_dropped", lambda count: f"{count}*" if count else "-"),
 )
 
 
@@ -57,6 +58,16 @@ def table(rows: Sequence[Row]) -> dict[str, list]:
         "columns": [{"name": header} for header, _, _ in _TABLE],
         "rows": [[_cell(row, column, formatter) for _, column, formatter in _TABLE] for row in rows],
     }
+
+
+def lost_spans_footnote(rows: Sequence[Row]) -> str:
+    """The line under the table for configurations whose trace lost spans ("" when none did)."""
+    affected = [row for row in rows if row.get("spans_dropped")]
+    if not affected:
+        return ""
+    lost = sum(int(row["spans_dropped"]) for row in affected)
+    return (f"* {len(affected)} configuration(s) lost {lost} spans of their trace (dropped under load or refused "
+            "by the collector): their figures were measured, but their traces are incomplete\n")
 
 
 def _latest(rows: Sequence[Row], *keys: str) -> dict[tuple, Row]:

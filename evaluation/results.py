@@ -49,6 +49,7 @@ class EvaluationResult:
     divergence_top1_agreement: float | None = None
     predictor: str = ""  # the `mlscope predictor` that ran it; "" for a local `mlscope evaluate`
     job_id: str = ""  # the queued job it answers; "" when local
+    spans_dropped: int = 0  # its measurement's spans the agent did not deliver: its trace is incomplete
 
     def span_attributes(self) -> dict[str, str | int | float | bool]:
         return {PREFIX + name: value for name, value in asdict(self).items() if value is not None}

@@ -32,6 +32,7 @@ from mlscope.conventions import (
     otlp_headers,
 )
 from mlscope.agents.otlp_exporter import EncodedSpanExporter, ExporterDecorator
+from mlscope.agents.span_loss import dropped_attributes
 from mlscope.manifests import AssetCache, Manifest, check_framework, preprocessed_dataset
 from mlscope.manifests.datasets import load_dataset
 
@@ -233,6 +234,14 @@ def _predict_all(predictor: Predictor, inputs: np.ndarray, batch_size: int) -> n
                            for start in range(0, len(inputs), batch_size)])
 
 
+DROPPED_FLUSH_S = 30.0
+"""How long a configuration waits for its deep spans to be sent before counting what they lost."""
+
+
+def _difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {level: count - before.get(level, 0) for level, count in after.items() if count > before.get(level, 0)}
+
+
 _CLOCK = scenarios.Clock(time.perf_counter_ns, lambda ns: time.sleep(ns / 1e9))
 
 
@@ -285,6 +294,7 @@ class _Configuration:
         attributes = {MODEL_NAME: self.manifest.name, FRAMEWORK_NAME: self.predictor.framework,
                       BATCH_SIZE: self.batch_size, EVALUATION_PREFIX + "scenario": scenario}
         with agent.span(SPAN_NAME, attributes=attributes) as span:
+            dropped_before = agent.dropped_spans()
             self._prepare(agent, samples)
             server_qps, bound_ns = None, 0
             if scenario == "server":
@@ -295,9 +305,12 @@ class _Configuration:
                 run = scenarios.back_to_back(self._issue, self.plan.repetitions, _CLOCK)
                 if scenario == "single-stream":
                     self._service_ns += run.latencies_ns
-            result = self._result(scenario, run, server_qps, bound_ns)
+            # The measurement's deep spans written and sent first, so what they lost is counted here.
+            agent.flush_deep_spans(DROPPED_FLUSH_S)
+            dropped = _difference(agent.dropped_spans(), dropped_before)
+            result = replace(self._result(scenario, run, server_qps, bound_ns), spans_dropped=sum(dropped.values()))
             if span is not None:
-                span.set_attributes(result.span_attributes())
+                span.set_attributes({**result.span_attributes(), **dropped_attributes(dropped)})
             return result
 
     def _server_targets(self) -> tuple[float, int]:
