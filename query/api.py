@@ -17,7 +17,7 @@ from aiohttp import web
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict, public, requires
 from mlscope.conventions import parse_levels
-from mlscope.store import Store
+from mlscope.store import SPAN_ROWS, Store
 from mlscope.ui import add_viewer
 
 from .errors import BadRequest, NotFound
@@ -31,7 +31,7 @@ from .listing import parse_trace_filter, trace_page
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
 from .params import int_between, one_of, parse_params
-from .timeline import Timeline, build_timeline, compact_json, timeline_json, window_json
+from .timeline import COMPACT_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
 from .traces import TraceQuery, read_trace, read_window
 
 CollectorStatus = Callable[[], dict[str, Any]]
@@ -174,10 +174,11 @@ async def get_trace(request: web.Request) -> web.Response:
     windowed = "start_ns" in params or "end_ns" in params
     query = TraceQuery(levels=parse_levels(request.query.get("levels")), max_depth=params.get("max_depth"),
                        window=_window(params) if windowed else None, raw=flag(request, "raw"))
-    render = compact_json if params.get("format") == "compact" else timeline_json
+    compact = params.get("format") == "compact"
+    render, names = (compact_json, COMPACT_COLUMNS) if compact else (timeline_json, SPAN_ROWS.column_names)
 
     def read_and_render() -> str | None:  # a big trace takes a while to encode: off the loop
-        read = read_trace(request.app[READER], trace_id, query)
+        read = read_trace(request.app[READER], trace_id, query, names)
         return None if read is None else _json_text(render(trace_id, read.columns, read.tree))
 
     text = await asyncio.to_thread(read_and_render)

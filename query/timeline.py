@@ -296,6 +296,10 @@ class StringTable:
         return found
 
 
+COMPACT_COLUMNS = ("span_id", "parent_span_id", "name", "service", "level", "start_ns", "end_ns", "duration_ns")
+"""The columns compact_json reads (the rest is for the documented JSON)."""
+
+
 def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
     """?format=compact: the timeline as parallel arrays in pre-order, names, services and levels
     as indexes into `strings`, times as offsets from `origin_ns` (a decimal string, exact) so

@@ -8,10 +8,11 @@ kept ancestors need every span), then every column of the kept spans only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlscope.conventions import stored_level
-from mlscope.store import Columns
+from mlscope.store import SPAN_ROWS, Columns
 
 from .reader import TraceReader
 from .timeline import DetailEntry, SpanTree, level_of_detail, span_tree
@@ -53,17 +54,19 @@ def _rows_of_kept(columns: Columns, tree: SpanTree, read: Columns) -> SpanTree:
     return SpanTree(order, depths, self_ns, tree.warnings)
 
 
-def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery) -> TraceRead | None:
-    """The spans of `trace_id` the query keeps, in tree order; None for an unknown trace."""
+def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
+               names: Sequence[str] = SPAN_ROWS.column_names) -> TraceRead | None:
+    """The `names` columns of the spans of `trace_id` the query keeps, in tree order; None for
+    an unknown trace."""
     bounds = reader.trace_bounds(trace_id)
     if bounds is None:
         return None
     if query.raw:
-        columns = reader.trace_columns(trace_id, bounds, levels=query.levels, window=query.window)
+        columns = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window)
         rows = list(range(len(columns["span_id"])))
         return TraceRead(columns, SpanTree(rows, [0] * len(rows), list(columns["duration_ns"]), ()))
     if query.levels is None and query.max_depth is None and query.window is None:
-        columns = reader.trace_columns(trace_id, bounds)
+        columns = reader.trace_columns(trace_id, bounds, names)
         tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
         return TraceRead(columns, tree)
     skeleton = reader.trace_columns(trace_id, bounds, TREE_COLUMNS)
@@ -77,7 +80,7 @@ def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery) -> TraceRe
                      max_depth=query.max_depth)
     kept_ids = [skeleton["span_id"][row] for row in tree.order]
     named = kept_ids if query.max_depth is not None and len(kept_ids) <= MAX_IDS_IN_QUERY else None
-    read = reader.trace_columns(trace_id, bounds, levels=query.levels, window=query.window, span_ids=named)
+    read = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window, span_ids=named)
     return TraceRead(read, _rows_of_kept(skeleton, tree, read))
 
 

@@ -1,0 +1,133 @@
+"""Query benchmark: trace reads out of a loaded store, as the API answers them (read, tree,
+render, JSON text), without HTTP.
+
+    .venv/bin/python bench/query.py [--total 600000] [--runs 10] [--server]
+
+Loads `--total` spans of a realistic shape (bench/query_traces.py): one 100k-span trace, one big
+trace of half the total (1M at the full size of 10M) and 1k-span traces for the rest, into the
+embedded store in a temporary directory (and a throwaway clickhouse-server with --server). Then
+prints p50/p99 for: a 1k-span trace (JSON, compact); the 100k-span trace (JSON, compact,
+?levels=application,model, ?max_depth=1) beside the Span-object path (reader.trace_spans +
+build_timeline, which exports still use); windowed reads of the big trace at 2,000 pixels
+from the whole run down to a 1/10,000 of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: bench/ and deploy/ are folders of the repository
+
+from bench.query_traces import trace_columns, trace_id_of  # noqa: E402
+from mlscope.store import SPAN_ROWS, Store, open_store  # noqa: E402
+from mlscope.query.reader import TraceReader  # noqa: E402
+from mlscope.query.timeline import COMPACT_COLUMNS, build_timeline, compact_json, timeline_json, window_json  # noqa: E402
+from mlscope.query.traces import TraceQuery, read_trace, read_window  # noqa: E402
+
+T0 = 1_764_000_000_000_000_000
+MID_SPANS = 100_000
+SMALL_SPANS = 1_000
+PIXELS = 2_000
+ZOOMS = (1, 10, 100, 1_000, 10_000)
+
+
+def load(store: Store, total: int) -> tuple[str, str, str]:
+    """(a 1k-span trace, the 100k-span trace, the big trace) after inserting about `total` spans."""
+    big_spans = max(SMALL_SPANS, total // 2)
+    small_count = max(1, (total - big_spans - MID_SPANS) // SMALL_SPANS)
+    plan = [(1, MID_SPANS), (2, big_spans)] + [(10 + number, SMALL_SPANS) for number in range(small_count)]
+    for offset, (number, spans) in enumerate(plan):
+        store.insert("span_rows", trace_columns(number, spans, T0 + offset * 10**9))
+    return trace_id_of(10), trace_id_of(1), trace_id_of(2)
+
+
+def timed(action: Callable[[], object], runs: int) -> str:
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        seconds.append(time.perf_counter() - started)
+    seconds.sort()
+    p99 = seconds[min(len(seconds) - 1, round(0.99 * (len(seconds) - 1)))]
+    return f"p50 {statistics.median(seconds) * 1e3:8.1f} ms  p99 {p99 * 1e3:8.1f} ms"
+
+
+def fetch(reader: TraceReader, trace_id: str, query: TraceQuery, render=timeline_json) -> Callable[[], str]:
+    def run() -> str:
+        read = read_trace(reader, trace_id, query, COMPACT_COLUMNS if render is compact_json else SPAN_ROWS.column_names)
+        assert read is not None
+        return json.dumps(render(trace_id, read.columns, read.tree), ensure_ascii=False)
+    return run
+
+
+def span_objects_path(reader: TraceReader, trace_id: str) -> Callable[[], object]:
+    return lambda: build_timeline(trace_id, reader.trace_spans(trace_id))
+
+
+def window(reader: TraceReader, trace_id: str, zoom: int) -> Callable[[], str]:
+    start, end = reader.trace_bounds(trace_id)
+    width = (end - start) // zoom
+    middle = start + (end - start) // 2
+    bounds = (middle - width // 2, middle + width // 2)
+    resolution = max(1, width // PIXELS)
+
+    def run() -> str:
+        read = read_window(reader, trace_id, bounds, resolution)
+        assert read is not None
+        return json.dumps(window_json(trace_id, bounds, resolution, read.entries, read.span_ids))
+    return run
+
+
+def bench(store: Store, total: int, runs: int) -> None:
+    started = time.perf_counter()
+    small, mid, big = load(store, total)
+    print(f"{store.url}: {total:,} spans loaded in {time.perf_counter() - started:.1f} s")
+    reader = TraceReader(store)
+    rows = [
+        ("1k trace, JSON", fetch(reader, small, TraceQuery()), runs),
+        ("1k trace, compact", fetch(reader, small, TraceQuery(), compact_json), runs),
+        ("100k trace, JSON", fetch(reader, mid, TraceQuery()), max(3, runs // 4)),
+        ("100k trace, compact", fetch(reader, mid, TraceQuery(), compact_json), max(3, runs // 4)),
+        ("100k trace, ?levels=application,model", fetch(reader, mid, TraceQuery(levels=frozenset({"application", "model"}))), runs),
+        ("100k trace, ?max_depth=1", fetch(reader, mid, TraceQuery(max_depth=1)), runs),
+        ("100k trace, Span objects (export's path, no JSON)", span_objects_path(reader, mid), max(3, runs // 4)),
+        *((f"big trace window 1/{zoom} at {PIXELS} px", window(reader, big, zoom), max(3, runs // 4)) for zoom in ZOOMS),
+    ]
+    for label, action, count in rows:
+        print(f"  {label:<52} {timed(action, count)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--total", type=int, default=600_000, help="spans loaded (the full run: 10000000)")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--server", action="store_true", help="also a throwaway clickhouse-server")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        store = open_store(f"embedded://{directory}/store")
+        try:
+            bench(store, args.total, args.runs)
+        finally:
+            store.close()
+        if args.server:
+            from deploy import clickhouse_local_server
+
+            server = clickhouse_local_server.start(f"{directory}/ch")
+            store = open_store(server.url)
+            try:
+                bench(store, args.total, args.runs)
+            finally:
+                store.close()
+                server.stop()
+
+
+if __name__ == "__main__":
+    main()
