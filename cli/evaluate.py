@@ -218,6 +218,20 @@ def _scenarios() -> Sequence[str]:
     return SCENARIOS
 
 
+def _manifest_argument(text: str) -> str:
+    """A manifest file that exists (or is named as one), or a built-in model's name; else the
+    reason lists the built-in models."""
+    from mlscope.manifests.loader import builtin_manifests
+
+    if Path(text).exists() or Path(text).suffix in (".yaml", ".yml"):
+        return text
+    builtins = sorted(builtin_manifests())
+    if text not in builtins:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a manifest file nor a built-in model "
+                                         f"(built-in: {', '.join(builtins)})")
+    return text
+
+
 def _levels(text: str) -> list[str]:
     try:
         levels = [parse_level(part.strip()) for part in text.split(",")]
@@ -269,7 +283,8 @@ def _positive_float(text: str) -> float:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate model manifests across frameworks and batch sizes")
-    evaluate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a manifest file, or a built-in's name")
+    evaluate.add_argument("manifests", nargs="+", metavar="MANIFEST", type=_manifest_argument,
+                          help="a manifest file, or a built-in model's name")
     evaluate.add_argument("--framework", type=_names(_frameworks),
                           help="comma-separated of pytorch, torchscript, onnxruntime; the first is the divergence "
                                "reference (default: the manifest's framework)")

@@ -21,7 +21,7 @@ from aiohttp import web
 from mlscope.auth import NO_AUTH, AuthPolicy, BadTokenFile, load_token_file
 from mlscope.conventions import (
     DEFAULT_ENDPOINT, ENV_AUTH_FILE, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
-    otlp_headers, parse_level,
+    LEVELS, otlp_headers, parse_level,
 )
 from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
 
@@ -93,6 +93,14 @@ async def _serve(
             await runner.cleanup()
         if collector:
             await collector.stop()
+
+
+def _level(text: str) -> str:
+    """--level's value; argparse prints the reason, which lists the levels."""
+    try:
+        return parse_level(text)
+    except UnknownLevel as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _open(args: argparse.Namespace) -> Store:
@@ -403,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(handler=cmd_sql)
 
     run = commands.add_parser("run", help="trace an unmodified program: mlscope run [options] -- COMMAND [ARGS...]")
-    run.add_argument("--level", type=parse_level, help="how deep to trace (default: MLSCOPE_LEVEL, else model)")
+    run.add_argument("--level", type=_level, help=f"how deep to trace: {', '.join(LEVELS)} (default: MLSCOPE_LEVEL, else model)")
     run.add_argument("--endpoint", help=f"collector OTLP/HTTP URL (default: OTEL_EXPORTER_OTLP_ENDPOINT, else {DEFAULT_ENDPOINT})")
     run.add_argument("--service", help="service name (default: OTEL_SERVICE_NAME, else the program's name)")
     run.add_argument("--leveled", action="store_true",
@@ -420,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default=LOOPBACK)
     demo.add_argument("--port", type=_port, default=HTTP_PORT)
     demo.add_argument("--spool-dir", help=argparse.SUPPRESS)
-    demo.add_argument("--level", type=parse_level, default="library", help="how deep to trace (default: library)")
+    demo.add_argument("--level", type=_level, default="library", help=f"how deep to trace: {', '.join(LEVELS)} (default: library)")
     demo.add_argument("--exit", action="store_true", help="stop once the trace is stored instead of serving")
     demo.set_defaults(handler=cmd_demo)
     return parser
