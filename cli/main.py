@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import os
 import shutil
 import signal
@@ -436,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The ClickHouse driver logs each failed connection with a traceback; the store's own error
+    # (one line, below) says the same.
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
     try:
         return args.handler(args)
     except (UsageError, BadStoreUrl, UnknownLevel) as exc:

@@ -32,3 +32,9 @@ def test_report_with_an_unknown_baseline_says_so(monkeypatch: pytest.MonkeyPatch
     assert main(["report", "--model", "resnet18", "--url", "http://127.0.0.1:9", "--baseline", "nobox"]) == 2
     assert capsys.readouterr().err == ("mlscope: no evaluations of model 'resnet18' on system 'nobox'; "
                                        "its systems: 0123456789abcdef, box\n")
+
+
+def test_an_unreachable_store_is_one_line_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sql", "--store", "clickhouse://127.0.0.1:1/mlscope", "SELECT 1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mlscope: store error: ") and err.count("\n") == 1 and "Traceback" not in err
