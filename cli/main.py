@@ -24,7 +24,7 @@ from mlscope.conventions import (
     DEFAULT_ENDPOINT, ENV_AUTH_FILE, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
     LEVELS, otlp_headers, parse_level,
 )
-from mlscope.store import BadStoreUrl, Store, StoreError, default_store_url, open_store
+from mlscope.store import BadStoreUrl, Store, StoreError, StoreUnavailable, default_store_url, open_store
 
 from . import evaluate, traces
 from .common import CommandFailed, UsageError, render_rows
@@ -166,6 +166,18 @@ def cmd_query(args: argparse.Namespace) -> int:
 # --- sql ---------------------------------------------------------------------------------------
 
 
+def _open_for_sql(args: argparse.Namespace) -> Store:
+    """The store `sql` reads; when it is an embedded store another process (`serve`) holds, the
+    error says how to ask that process instead."""
+    try:
+        return _open(args)
+    except StoreUnavailable as exc:
+        if not (args.store or default_store_url()).startswith("embedded:"):
+            raise
+        raise StoreUnavailable(f"{exc}; to query it while serve runs, ask its API: "
+                               f"mlscope sql --url http://{LOOPBACK}:{HTTP_PORT} \"QUERY\"") from exc
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     """Runs a read-only query through the same guard and limits as /api/sql: against a running
     query service (--url; the way to reach an embedded store that `serve` owns) or a store."""
@@ -174,7 +186,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     else:
         from mlscope.query import BadRequest, TraceReader
 
-        store = _open(args)
+        store = _open_for_sql(args)
         try:
             answer = TraceReader(store).run_sql(args.query).to_json()
         except BadRequest as exc:

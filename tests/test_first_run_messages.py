@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mlscope.cli.main import main
 from mlscope.client import ServiceClient
+from tests.e2e.served_process import REPO
 
 
 def test_a_misspelt_level_lists_the_levels_and_help_does_too(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,3 +42,30 @@ def test_an_unreachable_store_is_one_line_without_a_traceback(capsys: pytest.Cap
     assert main(["sql", "--store", "clickhouse://127.0.0.1:1/mlscope", "SELECT 1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mlscope: store error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sql_on_an_embedded_store_serve_holds_suggests_url(tmp_path) -> None:
+    store_url = f"embedded://{tmp_path / 'store'}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_STORE, store_url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = subprocess.run([sys.executable, "-m", "mlscope", "sql", "--store", store_url, "SELECT 1"],
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        holder.communicate("", timeout=60)
+    # chdb itself prints the lock's exception (from C++) before mlscope's line.
+    last = result.stderr.splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert last.startswith("mlscope: store error: cannot open embedded store ")
+    assert last.endswith('to query it while serve runs, ask its API: mlscope sql --url http://127.0.0.1:8765 "QUERY"')
+
+
+HOLD_STORE = """
+import sys
+from mlscope.store import open_store
+store = open_store(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()
+store.close()
+"""
