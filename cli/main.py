@@ -304,6 +304,19 @@ def _run_leveled(command: Sequence[str], args: argparse.Namespace, scratch: Path
 # --- demo ------------------------------------------------------------------------------------
 
 
+def _free_or_any(host: str, port: int) -> int:
+    """`port` when nothing listens on it, else 0 (any free port): the demo's collector takes the
+    default OTLP port where it can, so `mlscope run` without --endpoint finds it."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return 0
+    return port
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serves on the embedded store, runs the traced demo pipeline in a second process (a real
     OTLP client), waits until its trace is stored and prints the timeline's URL."""
@@ -317,7 +330,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
     try:
-        asyncio.run(_serve(store, args.host, args.port, 0, None, _spool_dir(args), on_ready=run_pipeline))
+        asyncio.run(_serve(store, args.host, args.port, _free_or_any(args.host, OTLP_HTTP_PORT), None, _spool_dir(args),
+                           on_ready=run_pipeline))
     finally:
         store.close()
     return 0 if ready else 1
@@ -349,6 +363,7 @@ async def _run_demo_pipeline(store: Store, host: str, bound: dict[str, int], lev
     if exit_after:
         os.kill(os.getpid(), signal.SIGTERM)
     else:
+        print(f"trace your program: mlscope run --endpoint {endpoint} -- python app.py", flush=True)
         print("serving; press Ctrl-C to stop", flush=True)
 
 

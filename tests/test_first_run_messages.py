@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from mlscope.cli.main import main
 from mlscope.client import ServiceClient
-from tests.e2e.served_process import REPO
+from tests.e2e.served_process import REPO, start_mlscope
 
 
 def test_a_misspelt_level_lists_the_levels_and_help_does_too(capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,3 +70,30 @@ print("held", flush=True)
 sys.stdin.read()
 store.close()
 """
+
+
+def test_the_demo_takes_the_default_otlp_port_only_when_it_is_free() -> None:
+    from mlscope.cli.main import _free_or_any
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert _free_or_any("127.0.0.1", taken.getsockname()[1]) == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert _free_or_any("127.0.0.1", free) == free
+
+
+def test_the_demo_prints_the_run_line_for_its_collector(tmp_path) -> None:
+    process, ports = start_mlscope(["demo", "--store", f"embedded://{tmp_path / 'store'}", "--port", "0"],
+                                   tmp_path, ("http", "otlp-http"))
+    try:
+        for line in process.stdout:
+            if line.startswith("trace your program: "):
+                break
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+    assert line == (f"trace your program: mlscope run --endpoint http://127.0.0.1:{ports['otlp-http']} "
+                    "-- python app.py\n")
