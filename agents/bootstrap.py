@@ -4,9 +4,11 @@
 then imports the `sitecustomize.py` there, which calls `autoload()` here before the program's
 first line. From the environment (`run_environment` writes it) this:
 
-- starts an Agent and opens the process span: application level, named after the script (or
-  `-m` module), the child of TRACEPARENT when the environment has one, and current for the
-  program's main thread, so everything the program traces nests under it. TRACEPARENT is then
+- starts an Agent and opens the process span: application level, named after what the process
+  is (the script or `-m` module, a multiprocessing worker, a DataLoader worker, a torch.compile
+  worker: `process_span_name`; a worker learns what it is after start-up, so the span is named
+  again at its end, and marked when its parent has gone by then), the child of TRACEPARENT
+  when the environment has one, and current for the program's main thread, so everything the program traces nests under it. TRACEPARENT is then
   set to the process span, so Python subprocesses of the program (which inherit the environment
   and the bootstrap) join the same trace;
 - instruments, at model level and deeper, top-level `torch.nn.Module` calls and every
@@ -47,6 +49,7 @@ import importlib.util
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -55,7 +58,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +76,7 @@ from mlscope.conventions import (
     PROCESS_COMMAND_LINE,
     PROCESS_EXECUTABLE_PATH,
     PROCESS_EXIT_CODE,
+    PROCESS_ORPHANED,
     PROCESS_PID,
     PROCESS_SIGNAL,
 )
@@ -310,6 +314,46 @@ def _onnx_model_name(session: Any) -> str:
 # --- the process span -------------------------------------------------------------------------
 
 
+COMPILE_WORKER_ENTRY = ("torch/_inductor/compile_worker", "torch._inductor.compile_worker")
+"""How the command (or, in a process spawned from it, the parent's `sys.argv`) of inductor's
+compile workers points at them: the script's folder, or the `-m` module."""
+
+
+MULTIPROCESSING_HELPER = re.compile(r"from (multiprocessing\.\w+) import main\b")
+"""The `python -c` command of multiprocessing's own helpers (`multiprocessing.resource_tracker`,
+`multiprocessing.forkserver`), named after their module."""
+
+
+def process_span_name(command: Sequence[str], script_argv: Sequence[str], multiprocessing_name: str | None,
+                      dataloader_worker_id: int | None) -> str:
+    """What this process is, as its process span's name: `DataLoader worker N`, `torch.compile
+    worker` (with the multiprocessing name of its own pool's processes), a `multiprocessing`
+    process's name (`ForkPoolWorker-2`, `SpawnPoolWorker-1`, `SpawnProcess-1`), a multiprocessing
+    helper's module, else the program's name (`program_name`). `command` is `sys.orig_argv`; `script_argv` is `sys.argv`,
+    which a spawned multiprocessing child takes over from its parent."""
+    if dataloader_worker_id is not None:
+        return f"DataLoader worker {dataloader_worker_id}"
+    worker = multiprocessing_name if multiprocessing_name not in (None, "MainProcess") else None
+    if any(entry in arg for arg in (*command, *script_argv[:1]) for entry in COMPILE_WORKER_ENTRY):
+        return f"torch.compile worker ({worker})" if worker else "torch.compile worker"
+    if worker:
+        return worker
+    helper = next((match for arg in command[1:] if (match := MULTIPROCESSING_HELPER.match(arg))), None)
+    return helper.group(1) if helper else program_name(command)
+
+
+def current_process_name() -> str:
+    """`process_span_name` of this process now. Spawned children learn their multiprocessing
+    name, and DataLoader workers their id, only after start-up: the process span asks again at
+    its end. Imports nothing: a module the program has not imported has nothing to say."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    data = sys.modules.get("torch.utils.data")
+    worker_info = data.get_worker_info() if data is not None else None
+    return process_span_name(sys.orig_argv, sys.argv,
+                             multiprocessing.current_process().name if multiprocessing is not None else None,
+                             getattr(worker_info, "id", None))
+
+
 SIGTERM_SHUTDOWN_S = 2.0
 """How long a SIGTERM'd process may take to export what it holds before it dies of the signal:
 a process manager (Pool.terminate, systemd, docker stop) expects it gone at once."""
@@ -321,9 +365,12 @@ most this much; a reachable one takes what it needs to receive the spans, well u
 class ProcessSpan:
     """The span of this whole process: started now, current in this thread, ended once by
     `end()` (at exit, on SIGTERM, or by the caller), which then calls `at_end`'s callbacks.
-    In the child of a fork it starts again (`restart_in_child`): the child's own process span."""
+    In the child of a fork it starts again (`restart_in_child`): the child's own process span.
+    `name` says what the process is: asked at the start and again at the end, when a worker
+    knows what it is (`current_process_name`)."""
 
-    def __init__(self, agent: Agent, name: str, attributes: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    def __init__(self, agent: Agent, name: Callable[[], str], attributes: Mapping[str, Any],
+                 env: Mapping[str, str]) -> None:
         self._agent = agent
         self._name = name
         self.at_end: list[Callable[[], None]] = []
@@ -333,7 +380,8 @@ class ProcessSpan:
         self._start(attributes, extract_env(env))
 
     def _start(self, attributes: Mapping[str, Any], parent: otel_context.Context | None) -> None:
-        self.span = self._agent.start_span(self._name, "application", attributes, context=parent)
+        self.span = self._agent.start_span(self._name(), "application", attributes, context=parent)
+        self._parent_pid = os.getppid()
         # Current in this thread; the parent of what other threads trace without a span of their own.
         self._agent.default_parent = trace.set_span_in_context(self.span)
         self._token = otel_context.attach(self._agent.default_parent)
@@ -397,7 +445,10 @@ class ProcessSpan:
 
     def _end(self, reason: str | None, timeout_s: float) -> None:
         code = self._exit_code or 0
+        self.span.update_name(self._name())
         self.span.set_attribute(PROCESS_EXIT_CODE, code)
+        if _outlived(self._parent_pid):  # a helper its parent left running: marked, not an error
+            self.span.set_attribute(PROCESS_ORPHANED, True)
         if self._signal:
             self.span.set_attribute(PROCESS_SIGNAL, self._signal)
         if reason or code:
@@ -422,6 +473,24 @@ class ProcessSpan:
                 callback()
             except Exception:  # at exit: one failing clean-up must not stop the others
                 log.exception("mlscope: clean-up at exit failed")
+
+
+PF_EXITING = 0x4
+"""Linux's flag (in /proc/<pid>/stat) of a process that has begun to exit."""
+
+
+def _outlived(parent_pid: int) -> bool:
+    """Whether this process's parent (`parent_pid` at the start) has gone: it was re-parented,
+    or, on Linux, the parent is exiting (a helper such as multiprocessing's resource tracker ends
+    when its parent's exit closes their pipe, a moment before the kernel re-parents it)."""
+    if os.getppid() != parent_pid:
+        return True
+    try:
+        stat = Path(f"/proc/{parent_pid}/stat").read_text()
+    except OSError:
+        return False
+    # The fields after the command's closing parenthesis: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    return bool(int(stat.rpartition(")")[2].split()[6]) & PF_EXITING)
 
 
 def _watch_exit(process: ProcessSpan) -> None:
@@ -535,7 +604,7 @@ def autoload(env: Mapping[str, str] | None = None) -> Bootstrapped:
                         wrap_exporter=tallied if leveled_report else None)
     resource = agent.resource_attributes()
     attributes = {key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource}
-    process = ProcessSpan(agent, program_name(sys.orig_argv), attributes, env)
+    process = ProcessSpan(agent, current_process_name, attributes, env)
     leveled = None
     if leveled_report:
         def leveled() -> None:  # the newest tally: a forked child's agent counts with its own

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import onnxruntime
 import pytest
 import torch
 from tests.agents.agent_testing import agent_at
-from mlscope.agents.bootstrap import AutoInstrumentor, _PostImportFinder
+from mlscope.agents.bootstrap import AutoInstrumentor, _outlived, _PostImportFinder, process_span_name
 from mlscope.agents.run_config import AUTOLOAD_DIR, program_name, run_config, run_environment
 from onnx import TensorProto, helper
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -38,6 +40,42 @@ from mlscope.conventions import UnknownLevel
 def test_program_name(argv: list[str], name: str) -> None:
     assert program_name(argv) == name
 
+
+SPAWN_MAIN = ["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)",
+              "--multiprocessing-fork"]
+COMPILE_WORKER = ["python", "/venv/torch/_inductor/compile_worker/__main__.py", "--kind=fork", "--workers=4"]
+
+
+@pytest.mark.parametrize("command, script_argv, multiprocessing_name, dataloader_worker, name", [
+    (["python", "app.py"], ["app.py"], "MainProcess", None, "app.py"),
+    (["python", "app.py"], ["app.py"], None, None, "app.py"),  # multiprocessing never imported
+    (["python", "app.py"], ["app.py"], "ForkPoolWorker-2", None, "ForkPoolWorker-2"),  # forked: the parent's argv
+    (SPAWN_MAIN, ["app.py"], "SpawnPoolWorker-1", None, "SpawnPoolWorker-1"),  # not `python -c`
+    (SPAWN_MAIN, ["app.py"], "SpawnProcess-1", 1, "DataLoader worker 1"),
+    (["python", "train.py"], ["train.py"], "Process-3", 0, "DataLoader worker 0"),
+    (COMPILE_WORKER, COMPILE_WORKER[1:], "MainProcess", None, "torch.compile worker"),
+    (COMPILE_WORKER, COMPILE_WORKER[1:], "ForkProcess-2", None, "torch.compile worker (ForkProcess-2)"),
+    (SPAWN_MAIN, COMPILE_WORKER[1:], "SpawnProcess-1", None, "torch.compile worker (SpawnProcess-1)"),
+    (["python", "-m", "torch._inductor.compile_worker", "--workers=2"], ["x"], "MainProcess", None,
+     "torch.compile worker"),
+    (["python", "-c", "from multiprocessing.resource_tracker import main;main(9)"], ["-c"], "MainProcess", None,
+     "multiprocessing.resource_tracker"),
+    (["python", "-c", "print(1)"], ["-c"], "MainProcess", None, "python -c"),
+])
+def test_a_process_span_says_what_the_process_is(command: list[str], script_argv: list[str],
+                                                  multiprocessing_name: str | None, dataloader_worker: int | None,
+                                                  name: str) -> None:
+    assert process_span_name(command, script_argv, multiprocessing_name, dataloader_worker) == name
+
+
+def test_a_process_has_outlived_its_parent_once_the_parent_has_exited() -> None:
+    assert not _outlived(os.getppid())
+    # The launcher starts a child and exits at once; the child, re-parented by then, says so.
+    child = ("import sys, time; time.sleep(1); "
+             "from mlscope.agents.bootstrap import _outlived; print(_outlived(int(sys.argv[1])))")
+    launcher = f"import os, subprocess, sys; subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])"
+    result = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, "True\n"), result.stderr
 
 def test_run_environment_prepends_the_autoload_dir_and_keeps_what_is_not_given() -> None:
     env = run_environment({"PYTHONPATH": "/mine", "MLSCOPE_LEVEL": "layer"}, endpoint="http://c:4318", service="svc")
