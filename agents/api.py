@@ -326,7 +326,9 @@ class Agent:
                     log.exception("mlscope: capture of a %s call not ended", spec.span_name)
                     recording = None
                 else:
-                    end_ns = recording.end_wall_ns  # the model's end, before the profiler stopped
+                    # The model's end, before the profiler stopped; read on the capture's clock,
+                    # which may sit a microsecond behind the SDK's that stamped the start.
+                    end_ns = max(recording.end_wall_ns, model_span.start_time)
             if self._sampler is not None:
                 model_span.set_attributes(self._sampler.span_attributes(model_span.start_time, end_ns))
             # An unsampled model span (no SDK span) has no deep spans to write.

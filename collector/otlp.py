@@ -220,18 +220,18 @@ def _span_problem(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> str
     return None
 
 
-def _time_problem(start: int, end: int, latest: int) -> str:
+def _time_problem(start: int) -> str:
     if start < EARLIEST_TIME_NS:
         return f"start time {start} ns is before {time.strftime('%Y-%m-%d', time.gmtime(EARLIEST_TIME_NS // 10**9))}"
-    if start > latest:
-        return f"start time {start} ns is more than {FUTURE_TOLERANCE_NS // 10**9} s in the future"
-    return f"end time {end} ns is before start time {start} ns"
+    return f"start time {start} ns is more than {FUTURE_TOLERANCE_NS // 10**9} s in the future"
 
 
 def decode_traces(request: ExportTraceServiceRequest, window: tuple[int, int] | None = None) -> Decoded:
     """Span rows for every valid span; invalid ones are counted (with the first reason) for the
     response's partial_success, and the rest of the request is kept. A span must start inside
-    `window` (earliest, latest ns; default: `time_window()`) and end no earlier than it starts.
+    `window` (earliest, latest ns; default: `time_window()`). A span that ends before it starts
+    (clocks of two sources, a clock stepped back) is kept with a duration of 0: its time is
+    wrong, but refusing it would lose its children's parent.
 
     The `level` column holds the level the span counts as (conventions.stored_level), so that SQL
     over `spans` groups exactly as the API does; the value the sender wrote stays among the
@@ -265,9 +265,9 @@ def decode_traces(request: ExportTraceServiceRequest, window: tuple[int, int] | 
                     first_problem = first_problem or problem
                     continue
                 start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                if not earliest <= start <= latest or end < start:
+                if not earliest <= start <= latest:
                     rejected += 1
-                    first_problem = first_problem or _time_problem(start, end, latest)
+                    first_problem = first_problem or _time_problem(start)
                     continue
                 attr_keys, attr_values = _attributes(span.attributes)
                 status = span.status
@@ -282,7 +282,7 @@ def decode_traces(request: ExportTraceServiceRequest, window: tuple[int, int] | 
                 levels.append(stored_level(attr_values[attr_keys.index(LEVEL)] if LEVEL in attr_keys else None))
                 starts.append(start)
                 ends.append(end)
-                durations.append(end - start)
+                durations.append(end - start if end > start else 0)
                 status_codes.append(_STATUS_CODES.get(status.code, "unset"))
                 status_messages.append(status.message)
                 scope_names.append(scope_name)
