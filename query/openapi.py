@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mlscope.conventions import DEFAULT_LEVEL, LAYER_PATH, LAYER_TYPE, LEVELS, PROCESS_PID, THREAD_ID, THREAD_NAME
+from mlscope.conventions import DEFAULT_LEVEL, LEVELS
 
 from .evaluations import NUMBER_FILTERS as EVALUATION_NUMBER_FILTERS
 from .evaluations import TEXT_FILTERS as EVALUATION_TEXT_FILTERS
@@ -21,6 +21,7 @@ from .jaeger import DEFAULT_LIMIT as JAEGER_DEFAULT_LIMIT
 from .jaeger import MAX_LIMIT as JAEGER_MAX_LIMIT
 from .jaeger import PREFIX as JAEGER_PREFIX
 from .listing import MAX_LIMIT, NUMBER_FILTERS, STATUSES, TEXT_FILTERS
+from .timeline import VIEWER_ATTRIBUTES
 
 
 def ref(name: str) -> dict[str, str]:
@@ -99,6 +100,10 @@ SCHEMAS: dict[str, Any] = {
             "level": {"type": "array", "items": {"type": "integer"}},
             "start_ns": {"type": "array", "items": INTEGER}, "duration_ns": {"type": "array", "items": INTEGER},
             "self_ns": {"type": "array", "items": INTEGER}, "depth": {"type": "array", "items": INTEGER},
+            "attributes": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                           "description": "the attributes the viewer draws with (the values of /api/conventions' "
+                                          "attributes): per key, each span's value (its attribute, else its "
+                                          "resource's) as an index into `strings`, -1 where it has none"},
             "strings": {"type": "array", "items": {"type": "string"}},
             "warnings": {"type": "array", "items": {"type": "string"}},
         },
@@ -153,9 +158,7 @@ def conventions_document() -> dict[str, Any]:
     """What the viewer takes from mlscope.conventions instead of a copy of its own: the levels,
     shallowest first, the level a span without one counts as, and the names of the attributes
     it reads (tracks by process and thread, layer labels)."""
-    attributes = {"process_pid": PROCESS_PID, "thread_id": THREAD_ID, "thread_name": THREAD_NAME,
-                  "layer_path": LAYER_PATH, "layer_type": LAYER_TYPE}
-    return {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL, "attributes": attributes}
+    return {"levels": list(LEVELS), "default_level": DEFAULT_LEVEL, "attributes": dict(VIEWER_ATTRIBUTES)}
 
 
 def _jaeger_paths() -> dict[str, Any]:

@@ -21,6 +21,7 @@ from mlscope.store import (
 from .analysis import MetricSample, metric_sample, metric_samples_sql
 from .errors import BadRequest, Busy
 from .evaluations import EvaluationFilter, evaluations_sql
+from .timeline import ATTRIBUTE_COLUMN
 from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
 
@@ -102,6 +103,16 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _select(name: str) -> str:
+    """A stored column, or `attribute:KEY` (timeline.ATTRIBUTE_COLUMN): the span's attribute KEY,
+    else its resource's; '' when neither has it (ClickHouse reads index 0 of an array as '')."""
+    if not name.startswith(ATTRIBUTE_COLUMN):
+        return name
+    key = sql_string(name[len(ATTRIBUTE_COLUMN):])
+    return (f"if(has(attr_keys, {key}), attr_values[indexOf(attr_keys, {key})], "
+            f"resource_values[indexOf(resource_keys, {key})]) AS `{name}`")
+
+
 class TraceReader:
     def __init__(self, store: Store, sql_limits: SqlLimits = SqlLimits()) -> None:
         self._store = store
@@ -120,6 +131,13 @@ class TraceReader:
             f"WHERE trace_id = {sql_string(trace_id)}").rows
         return (int(rows[0][1]), int(rows[0][2])) if rows and rows[0][0] else None
 
+    def span_count(self, trace_id: str) -> int:
+        """How many distinct spans the trace index counts for `trace_id` (0 for an unknown trace),
+        read before any span is: what a response's span cap is checked against."""
+        rows = self._store.execute(
+            f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}").rows
+        return int(rows[0][0]) if rows else 0
+
     def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,
                       span_ids: Collection[str] | None = None) -> Columns:
@@ -136,7 +154,7 @@ class TraceReader:
         if span_ids is not None:
             conditions.append(f"span_id IN ({', '.join(map(sql_string, span_ids)) or sql_string('')})")
         columns = self._store.execute_columns(
-            f"SELECT {', '.join(names)} FROM spans WHERE {' AND '.join(conditions)} ORDER BY start_ns, span_id")
+            f"SELECT {', '.join(map(_select, names))} FROM spans WHERE {' AND '.join(conditions)} ORDER BY start_ns, span_id")
         return {name: columns.get(name, []) for name in names}
 
     def trace_spans(self, trace_id: str) -> list[Span]:

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlscope.conventions import stored_level
+from mlscope.conventions import LAYER_PATH, LAYER_TYPE, PROCESS_PID, THREAD_ID, THREAD_NAME, stored_level
 from mlscope.store.model import Columns, Span
 
 
@@ -296,8 +296,22 @@ class StringTable:
         return found
 
 
-COMPACT_COLUMNS = ("span_id", "parent_span_id", "name", "service", "level", "start_ns", "end_ns", "duration_ns")
+VIEWER_ATTRIBUTES = {"process_pid": PROCESS_PID, "thread_id": THREAD_ID, "thread_name": THREAD_NAME,
+                     "layer_path": LAYER_PATH, "layer_type": LAYER_TYPE}
+"""The attributes the viewer draws with (tracks by process and thread, layer labels): the compact
+form carries them; the viewer fetches the rest of a span when it is selected."""
+ATTRIBUTE_COLUMN = "attribute:"
+"""A column name `attribute:KEY` asks the reader for a span's attribute KEY (else its resource's,
+'' when neither has it), computed in the store rather than reading every attribute."""
+
+COMPACT_COLUMNS = ("span_id", "parent_span_id", "name", "service", "level", "start_ns", "end_ns", "duration_ns",
+                   *(ATTRIBUTE_COLUMN + key for key in VIEWER_ATTRIBUTES.values()))
 """The columns compact_json reads (the rest is for the documented JSON)."""
+
+
+def _interned_or_absent(table: StringTable, values: Iterable[str]) -> list[int]:
+    """Each value's index in `table`, -1 for '' (the span has no such attribute)."""
+    return [-1 if value == "" else table.indexes((value,))[0] for value in values]
 
 
 def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
@@ -321,6 +335,8 @@ def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, A
         "duration_ns": [columns["duration_ns"][row] for row in order],
         "self_ns": [tree.self_ns[row] for row in order],
         "depth": tree.depths,
+        "attributes": {key: _interned_or_absent(table, (columns[ATTRIBUTE_COLUMN + key][row] for row in order))
+                       for key in VIEWER_ATTRIBUTES.values()},
         "strings": table.strings,
         "warnings": list(tree.warnings),
     }

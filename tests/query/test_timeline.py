@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mlscope.conventions import UnknownLevel, parse_levels
+from mlscope.conventions import LAYER_PATH, PROCESS_PID, UnknownLevel, parse_levels
 from mlscope.query.timeline import (
+    ATTRIBUTE_COLUMN,
+    VIEWER_ATTRIBUTES,
     Timeline,
     build_timeline,
     compact_json,
@@ -186,6 +188,9 @@ def test_max_depth_cuts_deeper_spans_and_keeps_whole_trace_self_times() -> None:
 
 def test_compact_form_interns_strings_and_keeps_numbers_exact() -> None:
     columns, tree = _tree(KNOWN)
+    for key in VIEWER_ATTRIBUTES.values():  # as the reader computes them: '' where a span has none
+        columns[ATTRIBUTE_COLUMN + key] = [""] * len(columns["span_id"])
+    columns[ATTRIBUTE_COLUMN + PROCESS_PID][0] = "4242"
     compact = compact_json(TRACE, columns, tree)
     names = [compact["strings"][i] for i in compact["name"]]
     assert names == [name for name, _, _ in KNOWN_SHAPE]
@@ -194,6 +199,9 @@ def test_compact_form_interns_strings_and_keeps_numbers_exact() -> None:
     assert [compact["strings"][i] for i in compact["service"]] == ["svc"] * 5
     assert compact["self_ns"] == [15 * MS, 30 * MS, 30 * MS, 30 * MS, 5 * MS]
     assert max(compact["start_ns"] + compact["duration_ns"]) < 2**53
+    by_key = compact["attributes"]
+    assert [compact["strings"][i] if i >= 0 else None for i in by_key[PROCESS_PID]] == ["4242", None, None, None, None]
+    assert by_key[LAYER_PATH] == [-1] * 5
 
 
 def test_level_of_detail_merges_spans_narrower_than_the_resolution() -> None:
