@@ -252,9 +252,11 @@
     return token ? fetch(url, withToken(options, token)) : response;
   }
 
-  async function fetchJson(url, options) {
+  // `parse` is parseJson unless the body has no integer beyond 2^53 (the compact trace form):
+  // a reviver costs seconds on a 100k-span trace.
+  async function fetchJson(url, options, parse = parseJson) {
     const response = await fetchWithToken(url, options);
-    const body = parseJson(await response.text());
+    const body = parse(await response.text());
     if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
     return body;
   }
@@ -322,32 +324,68 @@
         : el("p", { class: "muted" }, "none")];
   }
 
-  function renderDetail(panel, timeline, i) {
-    if (i < 0) {
-      panel.replaceChildren(el("p", { class: "muted" }, "Click a span for its details."));
-      return;
-    }
-    const span = timeline.model.spans[i];
-    const startNs = timeline.model.origin;
-    panel.replaceChildren(
-      el("h2", null, timeline.model.labels[i]),
-      table(["field", "value"], [
-        ["name", span.name], ["level", span.level],
-        ["duration", formatDuration(span.duration_ns)], ["self time", formatDuration(span.self_ns)],
-        ["starts at", `+${formatDuration(toBig(span.start_ns) - startNs)}`],
-        ["service", span.service], ["kind", span.kind],
-        ["status", [span.status.code, span.status.message].filter(Boolean).join(": ")],
-        ["span id", span.span_id],
-      ].map(([k, v]) => el("tr", null, el("td", null, k), el("td", null, String(v))))),
-      ...relatives(timeline, i),
+  // The compact form the timeline is built from has no attributes, events or status: the
+  // selected span's come from the JSON form read over the span's own interval, cut at its depth
+  // (so its ancestors and overlapping siblings come along, never its subtree).
+  function spanDetailUrl(base, levelsQuery, model, i) {
+    const params = new URLSearchParams(levelsQuery);
+    params.set("start_ns", String(model.origin + BigInt(model.starts[i])));
+    params.set("end_ns", String(model.origin + BigInt(model.ends[i])));
+    params.set("max_depth", String(model.depth[i]));
+    return `${base}?${params}`;
+  }
+
+  async function fetchSpanDetail(base, levelsQuery, model, i) {
+    const { spans } = await fetchJson(spanDetailUrl(base, levelsQuery, model, i));
+    return spans.find((span) => span.span_id === model.spanIds[i]) || null;
+  }
+
+  function detailSections(span, origin) {
+    if (span === null) return [el("p", { class: "muted" }, "Attributes and events could not be read for this span.")];
+    return [
       el("h3", null, "Attributes"), keyValueTable(span.attributes),
       el("h3", null, "Events"),
       span.events.length
         ? table(["at", "name", "attributes"], span.events.map((e) => el("tr", null,
-          el("td", null, `+${formatDuration(toBig(e.time_ns) - startNs)}`), el("td", null, e.name),
+          el("td", null, `+${formatDuration(toBig(e.time_ns) - origin)}`), el("td", null, e.name),
           el("td", null, JSON.stringify(e.attributes)))))
         : el("p", { class: "muted" }, "none"),
-      el("h3", null, "Resource"), keyValueTable(span.resource));
+      el("h3", null, "Resource"), keyValueTable(span.resource)];
+  }
+
+  // Span `i` from the timeline's columns and `span`, its JSON form (null when it could not be read).
+  function renderDetail(panel, timeline, i, span) {
+    const { model } = timeline;
+    const text = (index) => model.strings[index];
+    const fields = [
+      ["name", text(model.nameOf[i])], ["level", text(model.levelOf[i])],
+      ["duration", formatDuration(model.ends[i] - model.starts[i])], ["self time", formatDuration(model.selfNs[i])],
+      ["starts at", `+${formatDuration(model.starts[i])}`], ["service", text(model.serviceOf[i])],
+      ...(span ? [["kind", span.kind], ["status", [span.status.code, span.status.message].filter(Boolean).join(": ")]] : []),
+      ["span id", model.spanIds[i]],
+    ];
+    panel.replaceChildren(
+      el("h2", null, model.labels[i]),
+      table(["field", "value"], fields.map(([k, v]) => el("tr", null, el("td", null, k), el("td", null, String(v))))),
+      ...relatives(timeline, i), ...detailSections(span, model.origin));
+  }
+
+  // Shows the selected span once its details arrive; a later selection wins over a slower answer.
+  function detailPanel(base, levelsQuery) {
+    const panel = el("aside", { class: "detail", "data-testid": "details" });
+    let latest = 0;
+    const show = async (timeline, i) => {
+      latest += 1;
+      const request = latest;
+      if (i < 0) {
+        panel.replaceChildren(el("p", { class: "muted" }, "Click a span for its details."));
+        return;
+      }
+      panel.replaceChildren(el("p", { class: "muted" }, `${timeline.model.labels[i]}: loading…`));
+      const span = await fetchSpanDetail(base, levelsQuery, timeline.model, i).catch(() => null);
+      if (request === latest) renderDetail(panel, timeline, i, span);
+    };
+    return { panel, show };
   }
 
   function levelFilter(shown, onChange) {
@@ -402,48 +440,54 @@
   }
 
   let activeTimeline = null;
+  // What the trace page draws when every level is switched off (the compact form, empty).
+  const EMPTY_TRACE = Object.freeze({
+    origin_ns: "0", span_id: [], parent: [], name: [], service: [], level: [], start_ns: [], duration_ns: [],
+    self_ns: [], depth: [], strings: [], warnings: [], attributes: {},
+  });
 
   async function renderTrace(main, traceId) {
     document.title = `mlscope: trace ${traceId}`;
     const shown = parseLevels(location.search);
     const param = levelsParam(shown);
     const base = `/api/traces/${encodeURIComponent(traceId)}`;
+    const levelsQuery = param === null ? "" : `levels=${encodeURIComponent(param)}`;
     const trace = shown.size
-      ? await fetchJson(param === null ? base : `${base}?levels=${encodeURIComponent(param)}`)
-      : { trace_id: traceId, spans: [], warnings: [] };
-    const detail = el("aside", { class: "detail", "data-testid": "details" });
+      ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
+      : EMPTY_TRACE;
+    const detail = detailPanel(base, levelsQuery);
     if (activeTimeline) activeTimeline.destroy();
     const timeline = window.mlscopeTimelineLib.createTimeline({
-      spans: trace.spans, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, toBig, ...parseWindow(location.search),
-      onSelect: (i) => renderDetail(detail, timeline, i),
+      columns: trace, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, ...parseWindow(location.search),
+      onSelect: (i) => detail.show(timeline, i),
       onViewChange: (view) => replaceUrlParams({ start: view.startNs, end: view.endNs, span: view.selected }),
     });
     activeTimeline = timeline;
     window.mlscopeTimeline = timeline;
-    const root = trace.spans[0];
+    const count = timeline.model.count;
     const onLevels = (levels) => {
       replaceUrlParams({ levels: levelsParam(levels) });
       renderTrace(main, traceId).catch((error) => showError(main, error));
     };
     const parts = [
-      el("h1", null, root ? root.name : "(no spans at these levels)"),
+      el("h1", null, count ? trace.strings[trace.name[0]] : "(no spans at these levels)"),
       el("div", { class: "meta" },
-        el("span", null, `trace ${trace.trace_id}`),
-        root ? el("span", null, formatTime(timeline.model.origin)) : null,
+        el("span", null, `trace ${traceId}`),
+        count ? el("span", null, formatTime(timeline.model.origin)) : null,
         el("span", { class: "total" }, formatDuration(timeline.model.totalNs)),
-        el("span", null, `${trace.spans.length} spans`),
-        downloadLink(`${base}/export?format=perfetto`, `trace-${trace.trace_id}.perfetto.json`, "Perfetto JSON"),
-        downloadLink(`${base}/export?format=jaeger`, `trace-${trace.trace_id}.jaeger.json`, "Jaeger JSON")),
+        el("span", null, `${count} spans`),
+        downloadLink(`${base}/export?format=perfetto`, `trace-${traceId}.perfetto.json`, "Perfetto JSON"),
+        downloadLink(`${base}/export?format=jaeger`, `trace-${traceId}.jaeger.json`, "Jaeger JSON")),
       el("div", { class: "toolbar" }, levelFilter(shown, onLevels), searchBox(timeline),
         el("span", { class: "muted keys" }, "W/S zoom · A/D pan · wheel zooms · drag pans · shift+drag zooms to a range")),
       trace.warnings.length
         ? el("details", { class: "warnings" }, el("summary", null, `${trace.warnings.length} warnings`),
           el("ul", null, ...trace.warnings.map((w) => el("li", null, w))))
         : null,
-      el("div", { class: "trace-view" }, timeline.element, detail)];
+      el("div", { class: "trace-view" }, timeline.element, detail.panel)];
     main.replaceChildren(...parts.filter((part) => part !== null));
     const selected = parseWindow(location.search).selectedId;
-    renderDetail(detail, timeline, selected && timeline.model.byId.has(selected) ? timeline.model.byId.get(selected) : -1);
+    detail.show(timeline, selected && timeline.model.byId.has(selected) ? timeline.model.byId.get(selected) : -1);
   }
 
   function renderSql(main) {

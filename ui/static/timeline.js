@@ -29,18 +29,18 @@
   // --- pure model (no DOM) --------------------------------------------------------------------
 
   // A layer span reads as its module path and class ("features.3 (Conv2d)"), not its bare name.
-  function spanLabel(span) {
-    const attributes = span.attributes || {};
-    const path = attributes[attributeName("layer_path")];
-    const type = attributes[attributeName("layer_type")];
-    if (path === undefined && type === undefined) return span.name;
-    const base = path && path !== "?" ? String(path) : span.name;
+  function layerLabel(name, path, type) {
+    if (path === null && type === null) return name;
+    const base = path && path !== "?" ? path : name;
     return type && base !== type ? `${base} (${type})` : base;
   }
 
-  function attributeOf(span, key) {
-    const value = (span.attributes && span.attributes[key]) ?? (span.resource && span.resource[key]);
-    return value === undefined || value === null ? null : String(value);
+  function spanLabel(span) {
+    const value = (key) => {
+      const found = (span.attributes || {})[attributeName(key)];
+      return found === undefined || found === null ? null : String(found);
+    };
+    return layerLabel(span.name, value("layer_path"), value("layer_type"));
   }
 
   function lowerBound(sorted, value) {
@@ -56,34 +56,42 @@
 
   // Which track each span sits on: its service and process (process.pid, inherited from the
   // nearest ancestor that has one), and its thread (thread.id, likewise) as a sub-track.
-  function assignTracks(spans, parent) {
-    const trackOf = new Int32Array(spans.length);
-    const pid = new Array(spans.length);
-    const thread = new Array(spans.length);
+  function assignTracks(columns, parent) {
+    const { strings, depth } = columns;
+    const own = (key) => columns.attributes[attributeName(key)];
+    const ownPid = own("process_pid");
+    const ownThread = own("thread_id");
+    const threadName = own("thread_name");
+    const n = parent.length;
+    const trackOf = new Int32Array(n);
+    const pid = new Int32Array(n); // string indexes, -1 for none
+    const thread = new Int32Array(n);
     const keys = new Map();
     const tracks = [];
-    spans.forEach((span, i) => {
+    for (let i = 0; i < n; i += 1) {
       const up = parent[i];
-      pid[i] = attributeOf(span, attributeName("process_pid")) ?? (up >= 0 ? pid[up] : null);
-      thread[i] = attributeOf(span, attributeName("thread_id")) ?? (up >= 0 ? thread[up] : null);
-      const processKey = `${span.service}\u0000${pid[i]}`;
+      pid[i] = ownPid[i] >= 0 ? ownPid[i] : (up >= 0 ? pid[up] : -1);
+      thread[i] = ownThread[i] >= 0 ? ownThread[i] : (up >= 0 ? thread[up] : -1);
+      const service = strings[columns.service[i]];
+      const processKey = `${service}\u0000${pid[i]}`;
       const key = `${processKey}\u0000${thread[i]}`;
-      if (!keys.has(key)) {
-        keys.set(key, tracks.length);
-        const process = tracks.find((t) => t.processKey === processKey);
+      let t = keys.get(key);
+      if (t === undefined) {
+        t = tracks.length;
+        keys.set(key, t);
+        const process = tracks.find((track) => track.processKey === processKey);
         tracks.push({
-          processKey, processOrder: process ? process.processOrder : tracks.length, order: tracks.length,
-          title: thread[i] === null
-            ? `${span.service}${pid[i] === null ? "" : ` · pid ${pid[i]}`}`
-            : `thread ${attributeOf(span, attributeName("thread_name")) || thread[i]}`,
-          isThread: thread[i] !== null, baseDepth: Infinity, maxDepth: 0, collapsed: false,
+          processKey, processOrder: process ? process.processOrder : t, order: t,
+          title: thread[i] < 0
+            ? `${service}${pid[i] < 0 ? "" : ` · pid ${strings[pid[i]]}`}`
+            : `thread ${strings[threadName[i] >= 0 ? threadName[i] : thread[i]]}`,
+          isThread: thread[i] >= 0, baseDepth: Infinity, maxDepth: 0, collapsed: false,
         });
       }
-      const track = tracks[keys.get(key)];
-      trackOf[i] = keys.get(key);
-      track.baseDepth = Math.min(track.baseDepth, span.depth);
-      track.maxDepth = Math.max(track.maxDepth, span.depth);
-    });
+      trackOf[i] = t;
+      tracks[t].baseDepth = Math.min(tracks[t].baseDepth, depth[i]);
+      tracks[t].maxDepth = Math.max(tracks[t].maxDepth, depth[i]);
+    }
     return { trackOf, tracks };
   }
 
@@ -104,48 +112,53 @@
     });
   }
 
-  // Spans in pre-order (with depth) -> the columns the timeline draws from. Times become float
-  // nanoseconds after the trace's start: exact to the nanosecond for traces under 104 days.
-  function buildModel(spans, levels, defaultLevel, toBig) {
-    const n = spans.length;
-    let origin = n ? toBig(spans[0].start_ns) : 0n;
-    let last = origin;
-    for (const span of spans) {
-      const s = toBig(span.start_ns);
-      const e = toBig(span.end_ns);
-      if (s < origin) origin = s;
-      if (e > last) last = e;
-    }
-    const starts = new Float64Array(n);
-    const ends = new Float64Array(n);
-    const depth = new Int32Array(n);
-    const level = new Uint8Array(n);
-    const parent = new Int32Array(n);
+  // Labels: a span's name, or for a layer its module path and class.
+  function spanLabels(columns) {
+    const { strings, name, attributes } = columns;
+    const path = attributes[attributeName("layer_path")];
+    const type = attributes[attributeName("layer_type")];
+    const text = (index) => (index >= 0 ? strings[index] : null);
+    return Array.from(name, (nameIndex, i) => (path[i] < 0 && type[i] < 0
+      ? strings[nameIndex] : layerLabel(strings[nameIndex], text(path[i]), text(type[i]))));
+  }
+
+  // The first-child / next-sibling lists of a tree given by parent index in pre-order (so a
+  // parent comes before its children and siblings come in order).
+  function childLists(parent) {
+    const n = parent.length;
     const firstChild = new Int32Array(n).fill(-1);
     const nextSibling = new Int32Array(n).fill(-1);
-    const lastChild = [];
-    const ancestors = [];
-    const labels = new Array(n);
+    const lastChild = new Int32Array(n).fill(-1);
+    for (let i = 0; i < n; i += 1) {
+      const up = parent[i];
+      if (up < 0) continue;
+      if (lastChild[up] < 0) firstChild[up] = i;
+      else nextSibling[lastChild[up]] = i;
+      lastChild[up] = i;
+    }
+    return { firstChild, nextSibling };
+  }
+
+  // The compact trace (GET /api/traces/{id}?format=compact: parallel arrays in pre-order, times
+  // as nanosecond offsets from origin_ns) -> the typed arrays the timeline draws from. Offsets
+  // are exact as doubles for traces under 104 days, so no per-span object or BigInt is made.
+  function buildModel(columns, levels, defaultLevel) {
+    const n = columns.span_id.length;
+    const starts = Float64Array.from(columns.start_ns);
+    const ends = new Float64Array(n);
+    let totalNs = 0;
+    for (let i = 0; i < n; i += 1) {
+      ends[i] = starts[i] + columns.duration_ns[i];
+      if (ends[i] > totalNs) totalNs = ends[i];
+    }
+    const fallback = Math.max(0, levels.indexOf(defaultLevel));
+    const levelOfString = columns.strings.map((text) => (levels.includes(text) ? levels.indexOf(text) : fallback));
+    const level = Uint8Array.from(columns.level, (index) => levelOfString[index]);
+    const parent = Int32Array.from(columns.parent);
+    const depth = Int32Array.from(columns.depth);
     const byId = new Map();
-    spans.forEach((span, i) => {
-      starts[i] = Number(toBig(span.start_ns) - origin);
-      ends[i] = Math.max(starts[i], Number(toBig(span.end_ns) - origin));
-      const d = Math.min(Number(span.depth) || 0, ancestors.length);
-      depth[i] = d;
-      ancestors.length = d;
-      parent[i] = d > 0 ? ancestors[d - 1] : -1;
-      if (parent[i] >= 0) {
-        if (lastChild[parent[i]] === undefined) firstChild[parent[i]] = i;
-        else nextSibling[lastChild[parent[i]]] = i;
-        lastChild[parent[i]] = i;
-      }
-      ancestors.push(i);
-      const at = levels.indexOf(span.level);
-      level[i] = at >= 0 ? at : Math.max(0, levels.indexOf(defaultLevel));
-      labels[i] = spanLabel(span);
-      byId.set(span.span_id, i);
-    });
-    const { trackOf, tracks } = assignTracks(spans, parent);
+    columns.span_id.forEach((id, i) => byId.set(id, i));
+    const { trackOf, tracks } = assignTracks(columns, parent);
     buildRows(tracks, trackOf, depth, starts, ends);
     // A process's thread sub-tracks sit under its main track.
     const order = tracks.map((_, t) => t).sort((a, b) =>
@@ -154,8 +167,10 @@
     order.forEach((t, p) => { position[t] = p; });
     for (let i = 0; i < n; i += 1) trackOf[i] = position[trackOf[i]];
     return {
-      spans, origin, totalNs: Number(last - origin), starts, ends, depth, level, parent, firstChild,
-      nextSibling, labels, byId, trackOf, tracks: order.map((t) => tracks[t]),
+      count: n, origin: BigInt(columns.origin_ns), totalNs, starts, ends, depth, level, parent,
+      ...childLists(parent), labels: spanLabels(columns), strings: columns.strings, nameOf: columns.name,
+      levelOf: columns.level, serviceOf: columns.service, selfNs: columns.self_ns, spanIds: columns.span_id, byId, trackOf,
+      tracks: order.map((t) => tracks[t]),
     };
   }
 
@@ -205,8 +220,8 @@
   }
 
   function createTimeline(options) {
-    const { spans, levels, defaultLevel, toBig, onSelect, onViewChange } = options;
-    const model = buildModel(spans, levels, defaultLevel, toBig);
+    const { columns, levels, defaultLevel, onSelect, onViewChange } = options;
+    const model = buildModel(columns, levels, defaultLevel);
     const rootStyle = getComputedStyle(document.documentElement);
     const colours = levels.map((lvl) => rootStyle.getPropertyValue(`--${lvl}`).trim() || "#6b7280");
     const fadedColours = colours.map(faded);
@@ -482,10 +497,10 @@
         requestFrame();
         return 0;
       }
-      matches = new Uint8Array(spans.length);
+      matches = new Uint8Array(model.count);
       let count = 0;
       model.labels.forEach((label, i) => {
-        if (label.toLowerCase().includes(needle) || spans[i].name.toLowerCase().includes(needle)) {
+        if (label.toLowerCase().includes(needle) || model.strings[model.nameOf[i]].toLowerCase().includes(needle)) {
           matches[i] = 1;
           count += 1;
         }
@@ -497,7 +512,7 @@
     // The next (direction 1) or previous (-1) match after the selection, in pre-order, wrapping.
     function selectMatch(direction) {
       if (!matches) return -1;
-      const n = spans.length;
+      const n = model.count;
       for (let step = 1; step <= n; step += 1) {
         const i = (((selected < 0 && direction < 0 ? 0 : selected) + direction * step) % n + n) % n;
         if (matches[i]) {
@@ -509,7 +524,7 @@
     }
 
     function currentView() {
-      return { startNs: Math.round(view.t0), endNs: Math.round(view.t1), selected: selected >= 0 ? spans[selected].span_id : null };
+      return { startNs: Math.round(view.t0), endNs: Math.round(view.t1), selected: selected >= 0 ? model.spanIds[selected] : null };
     }
 
     // --- input ---
