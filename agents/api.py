@@ -328,7 +328,8 @@ class Agent:
                 else:
                     # The model's end, before the profiler stopped; read on the capture's clock,
                     # which may sit a microsecond behind the SDK's that stamped the start.
-                    end_ns = max(recording.end_wall_ns, model_span.start_time)
+                    # (An unsampled span has no start time: nothing of it is written.)
+                    end_ns = max(recording.end_wall_ns, getattr(model_span, "start_time", 0))
             if self._sampler is not None:
                 model_span.set_attributes(self._sampler.span_attributes(model_span.start_time, end_ns))
             # An unsampled model span (no SDK span) has no deep spans to write.
@@ -518,10 +519,10 @@ def start_agent(
         chosen = choose_writer(level, provider_ids, writer)
         attributes = {**stack_attributes(), SERVICE_NAME: service, **(resource or {}), AGENT_WRITER: chosen.value}
         provider = TracerProvider(resource=Resource.create(attributes), id_generator=provider_ids)
-        exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces")
+        loss = SpanLoss()
+        exporter: EncodedSpanExporter = FastOTLPSpanExporter(endpoint=f"{base}/v1/traces", on_rejected=loss.refused)
         if wrap_exporter is not None:
             exporter = wrap_exporter(exporter)
-        loss = SpanLoss()
         watch = exporter = DeliveryWatch(exporter, loss)
         provider.add_span_processor(CountingBatchSpanProcessor(exporter, loss, MODEL_QUEUE_SPANS, EXPORT_BATCH_SPANS,
                                                                failing=lambda: watch.failing))

@@ -17,12 +17,14 @@ batch processor) and `export_encoded` (requests the deferred worker encoded, age
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
@@ -33,8 +35,28 @@ from .span_loss import SpanLoss, request_levels, span_level
 log = logging.getLogger(__name__)
 
 
+Rejected = Callable[[bytes, int, int, str], None]
+"""Called with a request's body, its span count, how many of its spans the collector refused
+(partial_success) and the collector's reason."""
+
+
 class FastOTLPSpanExporter(OTLPSpanExporter):
-    """OTLPSpanExporter (same constructor) whose requests are encoded by `encode_spans`."""
+    """OTLPSpanExporter (same constructor, plus `on_rejected`) whose requests are encoded by
+    `encode_spans`. A 200 may still refuse some spans (partial_success: a bad id, a start time
+    outside the collector's window); the SDK's client does not read the answer, so this keeps
+    each export thread's last HTTP result and hands what was refused to `on_rejected`."""
+
+    def __init__(self, *args: Any, on_rejected: Rejected | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_rejected = on_rejected
+        self._last_result = threading.local()  # several export threads share this exporter
+        submit = self._client._submit
+
+        def submit_keeping_the_answer(data: bytes, timeout: float) -> Any:
+            self._last_result.value = result = submit(data, timeout)
+            return result
+
+        self._client._submit = submit_keeping_the_answer
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -63,12 +85,29 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
                     f"Serialized span request size {len(body)} bytes exceeds max_request_size {self._max_request_size} bytes."
                 )
                 return SpanExportResult.FAILURE
+            self._last_result.value = None
             sent = self._client.export(body)
             if not sent.success:
                 result.error = sent.error
                 result.error_attrs = {HTTP_RESPONSE_STATUS_CODE: sent.status_code} if sent.status_code is not None else None
                 return SpanExportResult.FAILURE
+        refused, reason = partial_success(self._last_result.value)
+        if refused and self._on_rejected is not None:
+            self._on_rejected(body, spans, refused, reason)
         return SpanExportResult.SUCCESS
+
+
+def partial_success(answer: Any) -> tuple[int, str]:
+    """(spans refused, the collector's reason) from an OTLP/HTTP answer; (0, "") for none or an
+    answer that is not an ExportTraceServiceResponse."""
+    try:
+        content = answer.content() if answer is not None else b""
+        response = ExportTraceServiceResponse.FromString(content) if content else None
+    except Exception:  # an answer we cannot read refuses nothing we can count
+        return 0, ""
+    if response is None or not response.HasField("partial_success"):
+        return 0, ""
+    return response.partial_success.rejected_spans, response.partial_success.error_message
 
 
 class EncodedSpanExporter(Protocol):

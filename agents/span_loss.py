@@ -12,6 +12,7 @@ as of opentelemetry-sdk 1.45; tests/agents/test_span_loss.py exercises them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +21,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from mlscope.conventions import DROPPED_ATTRIBUTES, LEVEL, LEVELS
+from mlscope.conventions import DROPPED_ATTRIBUTES, LEVEL, LEVELS, REFUSED
+
+log = logging.getLogger(__name__)
 
 
 class SpanLoss:
@@ -29,6 +32,17 @@ class SpanLoss:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._refusal_logged = False
+
+    def refused(self, body: bytes, spans: int, refused: int, reason: str) -> None:
+        """The collector took a request but refused `refused` of its `spans` spans
+        (partial_success): counted per level when it refused them all, else as REFUSED (the
+        answer does not say which); the first reason is logged once."""
+        self.add(request_levels(body, spans) if refused >= spans else {REFUSED: refused})
+        with self._lock:
+            first, self._refusal_logged = not self._refusal_logged, True
+        if first:
+            log.warning("mlscope: the collector refused %d of %d spans: %s", refused, spans, reason[:200])
 
     def add(self, counts: Mapping[str, int]) -> None:
         with self._lock:

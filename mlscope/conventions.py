@@ -164,7 +164,12 @@ THREAD_NAME = "thread.name"
 DROPPED_MODEL = "mlscope.dropped.model"
 DROPPED_LAYER = "mlscope.dropped.layer"
 DROPPED_LIBRARY = "mlscope.dropped.library"
-DROPPED_ATTRIBUTES: Mapping[str, str] = {"model": DROPPED_MODEL, "layer": DROPPED_LAYER, "library": DROPPED_LIBRARY}
+DROPPED_REFUSED = "mlscope.dropped.refused"
+REFUSED = "refused"
+"""Spans the collector refused in a request it otherwise took (partial_success), when its answer
+does not say of which level: counted under this key beside the levels."""
+DROPPED_ATTRIBUTES: Mapping[str, str] = {
+    "model": DROPPED_MODEL, "layer": DROPPED_LAYER, "library": DROPPED_LIBRARY, REFUSED: DROPPED_REFUSED}
 """Per level: spans an agent did not deliver (dropped under load or refused by the collector);
 on the process span and on `mlscope.evaluation` spans, when any."""
 
