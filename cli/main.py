@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from mlscope.auth import NO_AUTH, AuthPolicy, BadTokenFile, load_token_file
 from mlscope.conventions import (
     DEFAULT_ENDPOINT, ENV_AUTH_FILE, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
@@ -47,7 +45,10 @@ async def _serve(
     given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store) until
     SIGINT/SIGTERM, printing each bound port as `name: port`. `auth` guards every port."""
     from mlscope.collector import NO_GRPC, Collector, CollectorConfig
+    from mlscope.listener import GuardedSite, ListenerLimits, listener_runner, rate_limit_logs
 
+    rate_limit_logs()  # a flood of failing requests must not become a flood of log lines
+    limits = ListenerLimits()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -65,6 +66,7 @@ async def _serve(
                     http_port=otlp_http_port,
                     grpc_port=NO_GRPC if otlp_grpc_port is None else otlp_grpc_port,
                     spool_dir=spool_dir,
+                    listener=limits,
                 ),
                 auth,
             )
@@ -78,11 +80,11 @@ async def _serve(
 
             mounts = [] if no_dispatch else [
                 dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]
-            app = create_query_app(store, collector.status if collector else None, mounts=mounts, auth=auth)
-            runner = web.AppRunner(app, access_log=None)
+            app = create_query_app(store, collector.status if collector else None, mounts=mounts, auth=auth,
+                                   body_timeout_s=limits.body_timeout_s)
+            runner = listener_runner(app, limits, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, host, port)
-            await site.start()
+            await GuardedSite(runner, host, port, limits.max_connections).start()
             bound["http"] = runner.addresses[0][1]
         for name, value in bound.items():
             print(f"{name}: {value}", flush=True)

@@ -12,9 +12,9 @@ store and falls back to the on-disk `spool` while the store is down.
 from __future__ import annotations
 
 import grpc
-from aiohttp import web
 
 from mlscope.auth import NO_AUTH, AuthPolicy
+from mlscope.listener import GuardedSite, listener_runner
 from mlscope.store import Store
 
 from .config import NO_GRPC, CollectorConfig, default_spool_dir
@@ -38,8 +38,9 @@ class Collector:
         spool_dir = config.spool_dir or default_spool_dir(store.url)
         self._pipeline = IngestPipeline(store, Spool(spool_dir, config.max_spool_bytes), config)
         # auto_decompress off: http_server inflates gzip itself, bounded (see its docstring).
-        self._runner = web.AppRunner(
-            create_otlp_app(self._pipeline, config.max_body_bytes, auth), access_log=None, auto_decompress=False
+        self._runner = listener_runner(
+            create_otlp_app(self._pipeline, config.max_body_bytes, auth, config.listener.body_timeout_s),
+            config.listener, access_log=None, auto_decompress=False,
         )
         self._grpc: grpc.aio.Server | None = None
 
@@ -47,11 +48,12 @@ class Collector:
         """Starts the pipeline (which replays the spool) and binds the ports."""
         await self._runner.setup()
         try:
-            site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+            site = GuardedSite(self._runner, self.config.host, self.config.http_port,
+                               self.config.listener.max_connections)
             await site.start()
             self.http_port = self._runner.addresses[0][1]
             if self.config.grpc_port != NO_GRPC:
-                self._grpc = create_grpc_server(self._pipeline, self.config.max_body_bytes, self._auth)
+                self._grpc = create_grpc_server(self._pipeline, self.config, self._auth)
                 self.grpc_port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
                 await self._grpc.start()
         except BaseException:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlscope.conventions import LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, SPOOL_DIR, data_dir
+from mlscope.listener import ListenerLimits
 
 NO_GRPC = -1
 
@@ -35,3 +36,8 @@ class CollectorConfig:
     replay_interval_s: float = 1.0  # how often the spool is retried while it holds files
     overloaded_retry_after_s: float = 1.0  # Retry-After of a 429
     unavailable_retry_after_s: float = 5.0  # Retry-After of a 503 (store down and spool full)
+    # Slow and numerous clients (mlscope.listener): the header timeout is also gRPC's handshake
+    # timeout, max_connections holds for each port.
+    listener: ListenerLimits = field(default_factory=ListenerLimits)
+    grpc_max_streams_per_connection: int = 100
+    grpc_max_concurrent_rpcs: int = 1_000  # over the whole server; more: RESOURCE_EXHAUSTED

@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from mlscope.auth import AuthPolicy, Scope, Verdict
 
+from .config import CollectorConfig
 from .otlp import METRICS, TRACES, Signal
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
@@ -62,9 +63,18 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
         return await _export(self._pipeline, self._auth, METRICS, request, context)
 
 
-def create_grpc_server(pipeline: IngestPipeline, max_message_bytes: int, auth: AuthPolicy) -> grpc.aio.Server:
-    """An unstarted server; the caller adds the port (add_insecure_port returns the bound one)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
+def create_grpc_server(pipeline: IngestPipeline, config: CollectorConfig, auth: AuthPolicy) -> grpc.aio.Server:
+    """An unstarted server; the caller adds the port (add_insecure_port returns the bound one).
+    Bounded like the HTTP port: message size, connections, streams per connection and calls at
+    once, and a connection that has not finished its HTTP/2 handshake within the header timeout
+    is closed (a slow client)."""
+    options = [
+        ("grpc.max_receive_message_length", config.max_body_bytes),
+        ("grpc.max_allowed_incoming_connections", config.listener.max_connections),
+        ("grpc.max_concurrent_streams", config.grpc_max_streams_per_connection),
+        ("grpc.server_handshake_timeout_ms", round(config.listener.header_timeout_s * 1000)),
+    ]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.grpc_max_concurrent_rpcs)
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(pipeline, auth), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(pipeline, auth), server)
     return server

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict
+from mlscope.listener import ListenerLimits, body_deadline
 
 from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
@@ -38,11 +39,13 @@ class _HttpError(Exception):
         self.retry_after_s = retry_after_s
 
 
-def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, auth: AuthPolicy = NO_AUTH) -> web.Application:
-    """The OTLP/HTTP app; its lifetime owns the pipeline's background tasks."""
+def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, auth: AuthPolicy = NO_AUTH,
+                    body_timeout_s: float = ListenerLimits.body_timeout_s) -> web.Application:
+    """The OTLP/HTTP app; its lifetime owns the pipeline's background tasks. A body still
+    arriving `body_timeout_s` after its head closes the connection (mlscope.listener)."""
     # The raw body is held to the same limit as the decompressed one: gzip never makes an OTLP
     # request bigger, and anything larger must not even be buffered.
-    app = web.Application(client_max_size=max_body_bytes)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[body_deadline(body_timeout_s)])
     app[PIPELINE_KEY] = pipeline
     app[MAX_BODY_KEY] = max_body_bytes
     app[AUTH_KEY] = auth

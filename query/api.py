@@ -17,6 +17,7 @@ from aiohttp import web
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict, public, requires
 from mlscope.conventions import parse_levels
+from mlscope.listener import ListenerLimits, body_deadline
 from mlscope.store import SPAN_ROWS, Store
 from mlscope.ui import add_viewer
 
@@ -69,11 +70,14 @@ _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
     mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
+    body_timeout_s: float = ListenerLimits.body_timeout_s,
 ) -> web.Application:
     """The query API and the viewer over `store`, with `mounts` served beside them;
     `collector_status`, when given, is reported by /readyz (a collector running in the same
-    process). `auth` decides who may call each route, the mounts' included."""
-    app = web.Application(middlewares=[errors_as_json, authorize(auth)], client_max_size=MAX_BODY_BYTES)
+    process). `auth` decides who may call each route, the mounts' included. A request body still
+    arriving `body_timeout_s` after its head closes the connection (mlscope.listener)."""
+    app = web.Application(middlewares=[errors_as_json, authorize(auth), body_deadline(body_timeout_s)],
+                          client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[READER] = TraceReader(store, sql_limits)
     app[COLLECTOR_STATUS] = collector_status

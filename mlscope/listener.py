@@ -1,0 +1,193 @@
+"""What every mlscope HTTP port (the collector's OTLP/HTTP, the query API and viewer) does about
+slow and numerous clients, and the log-line budget that keeps an attack from filling the disk.
+
+    runner = listener_runner(app, limits, access_log=None)
+    await runner.setup()
+    await GuardedSite(runner, host, port, limits.max_connections).start()
+    # and in the app: web.Application(middlewares=[..., body_deadline(limits.body_timeout_s)])
+
+- Header timeout: a connection must deliver a whole request head within `header_timeout_s` of
+  being accepted or of its previous response. aiohttp has no header-read timeout; its keep-alive
+  timer is one, since it closes a connection still waiting for a complete head (idle keep-alive
+  connections are closed after the same time).
+- Body timeout: a request's body must have arrived `body_timeout_s` after the handler started,
+  else the connection is closed and the handler sees `web.HTTPRequestTimeout`.
+- Connection limit: beyond `max_connections` open connections on one port, a new one is answered
+  503 and closed at once, so that a flood cannot take the file descriptors the other ports, the
+  store and the spool need.
+
+Pure of mlscope: imports aiohttp only, so any component may use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+# A fixed answer for connections past the limit: no parsing, no handler, no log line.
+_TURNED_AWAY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections; retry soon"
+)
+
+
+def default_max_connections() -> int:
+    """A quarter of the process's file-descriptor limit per port (serve runs three), between 64
+    and 4,096: the rest stays for the store, the spool and the other ports."""
+    soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft_limit == resource.RLIM_INFINITY:
+        return 4_096
+    return max(64, min(4_096, soft_limit // 4))
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    header_timeout_s: float = 10.0  # to receive a request's head (and the longest idle keep-alive)
+    body_timeout_s: float = 30.0  # to receive a request's body once its handler has started
+    max_connections: int = field(default_factory=default_max_connections)  # per port
+
+
+def listener_runner(app: web.Application, limits: ListenerLimits, **runner_args: Any) -> web.AppRunner:
+    """An AppRunner whose connections time out waiting for a request head (module docstring)."""
+    return web.AppRunner(app, keepalive_timeout=limits.header_timeout_s, **runner_args)
+
+
+class _TurnAway(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_TURNED_AWAY)
+        transport.close()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site of `runner` that turns away connections past `max_connections` (a 503, closed)."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._max_connections = max_connections
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        assert server is not None  # the runner is set up before a site starts
+        if len(server.connections) >= self._max_connections:
+            return _TurnAway()
+        return server()
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(self._protocol, self._host, self._port)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_deadline(timeout_s: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """A middleware (put it last, nearest the handler) that closes a connection whose request body
+    is still arriving `timeout_s` after the handler started; the handler's read then raises, and
+    the request ends as `web.HTTPRequestTimeout` (the answer cannot reach the closed connection,
+    but the handler's error path and logs see a timeout, not a crash)."""
+
+    @web.middleware
+    async def within_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        expired = False
+
+        def close_if_body_unfinished() -> None:
+            nonlocal expired
+            if not request.content.is_eof() and request.transport is not None:
+                expired = True
+                request.transport.close()
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, close_if_body_unfinished)
+        try:
+            return await handler(request)
+        except Exception:
+            if expired:
+                raise web.HTTPRequestTimeout(text=f"request body not received within {timeout_s:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+
+    return within_deadline
+
+
+# --- log lines ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _OriginCount:
+    interval_start: float
+    passed: int = 0
+    suppressed: int = 0
+
+
+class LineBudget:
+    """How many lines from one origin (a code location) pass per interval: the first
+    `lines_per_interval`, then none until the interval ends. Pure: the caller gives the time."""
+
+    def __init__(self, lines_per_interval: int, interval_s: float) -> None:
+        self.lines_per_interval = lines_per_interval
+        self.interval_s = interval_s
+        # One entry per code location that logs: bounded by the code, not by the traffic.
+        self._origins: dict[tuple[str, int], _OriginCount] = {}
+
+    def admit(self, origin: tuple[str, int], now: float) -> int | None:
+        """None: drop this line. Otherwise it passes, and the number is how many lines from
+        `origin` were dropped since the last one that passed (0 mostly)."""
+        count = self._origins.get(origin)
+        if count is None or now - count.interval_start >= self.interval_s:
+            suppressed = count.suppressed if count else 0
+            count = self._origins[origin] = _OriginCount(interval_start=now)
+        else:
+            suppressed = 0
+        if count.passed >= self.lines_per_interval:
+            count.suppressed += 1
+            return None
+        count.passed += 1
+        # A drop counted in this interval is reported by the next interval's first line.
+        return suppressed
+
+
+class RateLimitFilter(logging.Filter):
+    """A handler filter: at most `lines_per_interval` lines per code location per interval; the
+    first line after a suppression says how many lines were left out."""
+
+    def __init__(self, lines_per_interval: int = 20, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._budget = LineBudget(lines_per_interval, interval_s)
+        self._clock = clock
+        self._lock = threading.Lock()  # worker threads log too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            suppressed = self._budget.admit((record.pathname, record.lineno), self._clock())
+        if suppressed is None:
+            return False
+        if suppressed:
+            record.msg = (f"{record.getMessage()} [suppressed {suppressed} lines from here in the last "
+                          f"{self._budget.interval_s:g} s]")
+            record.args = ()
+        return True
+
+
+def rate_limit_logs() -> None:
+    """Puts a RateLimitFilter on each of the root logger's handlers (or on logging's last-resort
+    handler, which prints when none is configured), once."""
+    handlers = logging.getLogger().handlers or [logging.lastResort]
+    for handler in handlers:
+        if handler is not None and not any(isinstance(kind, RateLimitFilter) for kind in handler.filters):
+            handler.addFilter(RateLimitFilter())
