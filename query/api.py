@@ -33,7 +33,7 @@ from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
 from .params import int_between, one_of, parse_params
 from .timeline import COMPACT_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
-from .traces import TraceQuery, read_trace, read_window
+from .traces import SpanCap, TraceQuery, read_trace, read_window
 
 CollectorStatus = Callable[[], dict[str, Any]]
 
@@ -63,6 +63,7 @@ STORE = web.AppKey("store", Store)
 COLLECTOR_STATUS: web.AppKey[CollectorStatus | None] = web.AppKey("collector_status")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 AUTH = web.AppKey("auth", AuthPolicy)
+SPAN_CAP = web.AppKey("span_cap", SpanCap)
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -70,12 +71,13 @@ _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
     mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
-    body_timeout_s: float = ListenerLimits.body_timeout_s,
+    body_timeout_s: float = ListenerLimits.body_timeout_s, span_cap: SpanCap = SpanCap(),
 ) -> web.Application:
     """The query API and the viewer over `store`, with `mounts` served beside them;
     `collector_status`, when given, is reported by /readyz (a collector running in the same
     process). `auth` decides who may call each route, the mounts' included. A request body still
-    arriving `body_timeout_s` after its head closes the connection (mlscope.listener)."""
+    arriving `body_timeout_s` after its head closes the connection (mlscope.listener); a trace
+    past `span_cap` is answered 413."""
     app = web.Application(middlewares=[errors_as_json, authorize(auth), body_deadline(body_timeout_s)],
                           client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
@@ -83,6 +85,7 @@ def create_query_app(
     app[COLLECTOR_STATUS] = collector_status
     app[OPENAPI] = openapi_document(mounts)
     app[AUTH] = auth
+    app[SPAN_CAP] = span_cap
     app.add_routes([*_routes(), *jaeger_routes(app[READER])])
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
@@ -101,6 +104,8 @@ def _trace_id(request: web.Request) -> str:
 
 
 async def _timeline(request: web.Request, trace_id: str) -> Timeline:
+    span_count = await asyncio.to_thread(request.app[READER].span_count, trace_id)
+    request.app[SPAN_CAP].check(trace_id, span_count)
     spans = await asyncio.to_thread(request.app[READER].trace_spans, trace_id)
     if not spans:
         raise NotFound(f"trace {trace_id} not found")
@@ -182,7 +187,7 @@ async def get_trace(request: web.Request) -> web.Response:
     render, names = (compact_json, COMPACT_COLUMNS) if compact else (timeline_json, SPAN_ROWS.column_names)
 
     def read_and_render() -> str | None:  # a big trace takes a while to encode: off the loop
-        read = read_trace(request.app[READER], trace_id, query, names)
+        read = read_trace(request.app[READER], trace_id, query, names, request.app[SPAN_CAP], compact)
         return None if read is None else _json_text(render(trace_id, read.columns, read.tree))
 
     text = await asyncio.to_thread(read_and_render)

@@ -18,3 +18,7 @@ class Conflict(Exception):
 
 class Busy(Exception):
     """The service already runs as many requests of this kind as it allows; retry soon: 429."""
+
+
+class TooLarge(Exception):
+    """The answer would hold more than the service returns at once (a trace past the span cap): 413."""

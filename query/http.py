@@ -19,7 +19,7 @@ from mlscope.auth import AuthPolicy, Verdict, route_scope
 from mlscope.conventions import UnknownLevel
 from mlscope.store import StoreUnavailable
 
-from .errors import BadRequest, Busy, Conflict, NotFound
+from .errors import BadRequest, Busy, Conflict, NotFound, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ _ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnknownLevel, 400),
     (StoreUnavailable, 503),
     (Busy, 429),
+    (TooLarge, 413),
 )
 # How long a client told 429 waits before it retries.
 _RETRY_AFTER = {"Retry-After": "1"}

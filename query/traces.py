@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mlscope.conventions import stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
+from .errors import TooLarge
 from .reader import TraceReader
 from .timeline import DetailEntry, SpanTree, level_of_detail, span_tree
 
@@ -22,6 +23,26 @@ WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "se
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
 MAX_IDS_IN_QUERY = 10_000
+
+
+@dataclass(frozen=True)
+class SpanCap:
+    """The most spans one response holds: a whole trace is built in memory before it is sent
+    (a 300k-span trace took 1.5 GB), so past the cap the answer is 413 with the ways to read less."""
+
+    full: int = 200_000  # every column of each span: ?format=json, export, analysis, diff
+    compact: int = 1_000_000  # ?format=compact: a few numbers per span, names in a string table
+
+    def check(self, trace_id: str, span_count: int, compact: bool = False) -> None:
+        """Raises TooLarge when `span_count` spans are more than a response of this kind holds."""
+        limit = self.compact if compact else self.full
+        if span_count <= limit:
+            return
+        compact_hint = "" if compact else f", ?format=compact (up to {self.compact:,} spans)"
+        raise TooLarge(
+            f"trace {trace_id} has {span_count:,} spans, more than one response holds ({limit:,}): read part "
+            f"of it with GET /api/traces/{trace_id}?levels=application,model, ?max_depth=N or "
+            f"?start_ns=&end_ns={compact_hint}, or draw it with /api/traces/{trace_id}/window")
 
 
 @dataclass(frozen=True)
@@ -55,12 +76,18 @@ def _rows_of_kept(columns: Columns, tree: SpanTree, read: Columns) -> SpanTree:
 
 
 def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
-               names: Sequence[str] = SPAN_ROWS.column_names) -> TraceRead | None:
+               names: Sequence[str] = SPAN_ROWS.column_names, cap: SpanCap = SpanCap(),
+               compact: bool = False) -> TraceRead | None:
     """The `names` columns of the spans of `trace_id` the query keeps, in tree order; None for
-    an unknown trace."""
+    an unknown trace. TooLarge past `cap` (the `compact` one for ?format=compact): checked on
+    the trace index's count before any span is read, or, with filters, on the spans kept
+    before their columns are."""
     bounds = reader.trace_bounds(trace_id)
     if bounds is None:
         return None
+    filtered = not query.raw and (query.levels is not None or query.max_depth is not None or query.window is not None)
+    if not filtered:
+        cap.check(trace_id, reader.span_count(trace_id), compact)
     if query.raw:
         columns = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window)
         rows = list(range(len(columns["span_id"])))
@@ -78,6 +105,7 @@ def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
     ]
     tree = span_tree(skeleton["span_id"], skeleton["parent_span_id"], starts, ends, keep=keep,
                      max_depth=query.max_depth)
+    cap.check(trace_id, len(tree.order), compact)
     kept_ids = [skeleton["span_id"][row] for row in tree.order]
     named = kept_ids if query.max_depth is not None and len(kept_ids) <= MAX_IDS_IN_QUERY else None
     read = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window, span_ids=named)
