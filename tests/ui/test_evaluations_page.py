@@ -24,7 +24,7 @@ from tests.ui.test_viewer import open_page
 from tests.query.trace_fixtures import KNOWN, row
 from tests.query.trace_fixtures import insert as insert_rows
 
-SHOTS = Path("/tmp")
+SHOTS = Path(__file__).parent / "artifacts"
 EVIL = "<img src=x onerror=window.__pwned=1>"
 TRACE_A = KNOWN[0]["trace_id"]
 TRACE_B = "0123456789abcdef0123456789abcdef"
@@ -102,7 +102,7 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     ]
     assert await page.locator("table.evaluations a.trace-link").nth(0).get_attribute("href") == f"/traces/{EVAL_TRACE_2}"
     assert await page.locator("main img").count() == 0
-    await page.screenshot(path=str(SHOTS / "mlscope-evaluations.png"), full_page=True)
+    await page.screenshot(path=str(SHOTS / "evaluations.png"), full_page=True)
 
     # Filtering writes the URL; the URL pasted into a new tab filters the same way.
     await page.locator("input[name=model]").fill("resnet18")
@@ -136,6 +136,38 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     assert problems == []
 
 
+async def test_evaluation_charts_link_points_to_traces_and_pick_two(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/evaluations")
+    batch = page.locator("#figure-batch svg.chart")
+    # Fig. 3: one line per framework-and-model, a point per batch size; tooltips are text.
+    await expect(batch.locator(".mark")).to_have_count(3)
+    assert sorted(await batch.locator(".legend title").all_text_contents()) == sorted([f"{EVIL} · pytorch", "resnet18 · onnxruntime"])
+    titles = await batch.locator(".mark title").all_text_contents()
+    assert "resnet18 · onnxruntime\nbatch 32: p50 latency 28 ms" in titles
+    # Fig. 4 across frameworks (one system here): resnet18 at batch 8 on pytorch is not in the
+    # data, so only the onnxruntime baselines themselves are drawn, at 1x.
+    normalised = page.locator("#figure-normalised svg.chart")
+    await page.locator("#figure-normalised select[name=dimension]").select_option("framework")
+    await page.locator("#figure-normalised select[name=baseline]").select_option("onnxruntime")
+    assert [t.split("(")[-1] for t in await normalised.locator(".mark title").all_text_contents()] == [
+        "1× onnxruntime)", "1× onnxruntime)"]
+    await page.locator("#figure-batch select[name=metric]").select_option("throughput")
+    assert "resnet18 · onnxruntime\nbatch 32: throughput 1025" in await batch.locator(".mark title").all_text_contents()
+    await page.screenshot(path=str(SHOTS / "evaluations-charts.png"), full_page=True)
+
+    # Shift-click picks two points for compare (the table's boxes follow); a plain click opens the trace.
+    await batch.locator(f".mark[data-key='{EVAL_1}']").click(modifiers=["Shift"])
+    await batch.locator(f".mark[data-key='{EVAL_2}']").click(modifiers=["Shift"])
+    assert await page.locator(f"input[value='{EVAL_2}']").is_checked()
+    assert await page.locator("#compare-selected").get_attribute("href") == f"/compare?a={EVAL_1}&b={EVAL_2}"
+    await batch.locator(f".mark[data-key='{EVAL_2}']").click()
+    await page.wait_for_url(f"{base_url}/traces/{EVAL_TRACE_1}")
+    assert await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
 async def test_compare_two_traces_per_name_ratio(base_url: str, browser: Browser) -> None:
     problems: list[str] = []
     page = await open_page(browser, problems)
@@ -151,7 +183,7 @@ async def test_compare_two_traces_per_name_ratio(base_url: str, browser: Browser
     assert root[1:] == ["100 ms", "150 ms", "1.5×"]
     assert await page.locator("main img").count() == 0
     assert await page.evaluate("window.__pwned") is None
-    await page.screenshot(path=str(SHOTS / "mlscope-compare.png"), full_page=True)
+    await page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
 
     bad = await open_page(browser, [])
     await bad.goto(f"{base_url}/compare?a={TRACE_A}&b={EVAL_1}")

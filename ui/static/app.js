@@ -57,7 +57,7 @@
 
   // --- evaluations and compare: pure transforms --------------------------------------------------
 
-  const EVALUATION_FILTERS = ["model", "framework", "batch_size"];
+  const EVALUATION_FILTERS = ["model", "framework", "batch_size", "system", "level", "scenario"];
   const TRACE_ID = /^[0-9a-f]{32}$/;
   const EVALUATION_ID = /^[0-9a-f]{16}$/; // an evaluation row's span_id
   const COMPARE_LEVELS = new Set(["model", "layer"]);
@@ -555,55 +555,117 @@
     ];
   }
 
-  async function renderEvaluations(main) {
-    document.title = "mlscope: evaluations";
-    const filter = parseEvaluationFilter(location.search);
-    const [{ evaluations }, dispatch] = await Promise.all([
-      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`),
-      // A query process started with --no-dispatch serves no predictors or jobs: evaluations still show.
-      Promise.all([fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]).catch((error) => error)]);
-    const inputs = {
-      model: el("input", { type: "text", name: "model", placeholder: "model" }),
-      framework: el("input", { type: "text", name: "framework", placeholder: "framework" }),
-      batch_size: el("input", { type: "number", name: "batch_size", min: "0", placeholder: "batch size" }),
-    };
-    for (const [name, input] of Object.entries(inputs)) input.value = filter[name] || "";
+  // --- evaluations charts: pure transforms -----------------------------------------------------
+
+  // The configuration fields a chart series or group is told apart by (batch size is the x axis).
+  const CONFIG_FIELDS = [["model", "model"], ["framework", "framework"], ["execution_provider", "provider"],
+    ["system_name", "system"], ["scenario", "scenario"], ["level", "level"]];
+  const CHART_METRICS = COMPARED_METRICS.filter(([field]) => field !== "latency_mean_ns");
+
+  function fieldText(e, field) {
+    return field === "system_name" ? String(e.system_name || e.system) : String(e[field] ?? "");
+  }
+
+  // The fields whose value differs between rows: a label made of them tells rows apart.
+  function varyingFields(evaluations, fields) {
+    return fields.filter(([field]) => new Set(evaluations.map((e) => fieldText(e, field))).size > 1);
+  }
+
+  function configLabel(e, fields) {
+    return fields.map(([field]) => fieldText(e, field)).join(" · ") || fieldText(e, "framework");
+  }
+
+  function pointOf(e, value, title) {
+    const traceId = TRACE_ID.test(e.trace_id || "") ? e.trace_id : null;
+    return { key: e.span_id, title, href: traceId ? `/traces/${encodeURIComponent(traceId)}` : null, value };
+  }
+
+  function metricText(value, unit) {
+    return unit === "ns" ? formatDuration(value) : formatNumber(value);
+  }
+
+  // Fig. 3: one series per configuration (all but batch size), `field` against batch size.
+  function batchSeries(evaluations, [field, label, unit]) {
+    const fields = varyingFields(evaluations, CONFIG_FIELDS);
+    const series = new Map();
+    for (const e of evaluations) {
+      if (e[field] === null || e[field] === undefined) continue;
+      const name = configLabel(e, fields);
+      if (!series.has(name)) series.set(name, { name, points: [] });
+      const value = Number(e[field]);
+      series.get(name).points.push({ ...pointOf(e, value, `${name}\nbatch ${e.batch_size}: ${label} ${metricText(value, unit)}`),
+        x: Number(e.batch_size), y: value });
+    }
+    return [...series.values()];
+  }
+
+  // Fig. 4: each configuration's p50 latency on every value of `dimension` (system or framework)
+  // divided by its latency on `baseline`; configurations without a baseline row are left out.
+  function normalisedGroups(evaluations, dimension, baseline) {
+    const others = [...CONFIG_FIELDS.filter(([field]) => field !== dimension), ["batch_size", "batch"]];
+    const names = [...new Set(evaluations.map((e) => fieldText(e, dimension)))].sort();
+    const shown = varyingFields(evaluations, others);
+    const groups = new Map();
+    for (const e of evaluations) {
+      if (!(Number(e.latency_p50_ns) > 0)) continue;
+      const key = others.map(([field]) => fieldText(e, field)).join("\u0000");
+      if (!groups.has(key)) groups.set(key, { name: configLabel(e, shown), rows: [] });
+      groups.get(key).rows.push(e);
+    }
+    const result = [];
+    for (const group of groups.values()) {
+      const base = group.rows.find((e) => fieldText(e, dimension) === baseline);
+      if (!base) continue;
+      result.push({ name: group.name, bars: group.rows.map((e) => {
+        const ratio = Number(e.latency_p50_ns) / Number(base.latency_p50_ns);
+        const on = fieldText(e, dimension);
+        return { ...pointOf(e, ratio, `${group.name}\n${on}: ${formatDuration(e.latency_p50_ns)} (${formatRatio(ratio)} ${baseline})`),
+          series: names.indexOf(on) };
+      }) });
+    }
+    return { names, groups: result };
+  }
+
+  // --- evaluations page -----------------------------------------------------------------------
+
+  function filterForm(filter, evaluations, onSubmit) {
+    const inputs = {};
+    const lists = [];
+    for (const name of EVALUATION_FILTERS) {
+      const numeric = name === "batch_size";
+      const input = el("input", { type: numeric ? "number" : "text", name, placeholder: name.replace("_", " "),
+        list: numeric ? null : `values-${name}`, min: numeric ? "0" : null });
+      input.value = filter[name] || "";
+      inputs[name] = input;
+      // Suggestions from the rows shown; values go in as properties, never markup.
+      const values = [...new Set(evaluations.map((e) => String(e[name] ?? "")))].filter(Boolean).sort();
+      lists.push(el("datalist", { id: `values-${name}` }, ...values.map((value) => {
+        const option = el("option");
+        option.value = value;
+        return option;
+      })));
+    }
     const form = el("form", { class: "filters", id: "evaluation-filter" },
       ...Object.entries(inputs).map(([name, input]) => el("label", null, `${name.replace("_", " ")} `, input)),
-      el("button", { type: "submit" }, "Filter"),
-      el("a", { href: "/evaluations" }, "clear"));
+      ...lists, el("button", { type: "submit" }, "Filter"), el("a", { href: "/evaluations" }, "clear"));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      const next = {};
-      for (const [name, input] of Object.entries(inputs)) next[name] = input.value;
-      history.pushState(null, "", `/evaluations${evaluationFilterQuery(next)}`);
-      renderEvaluations(main).catch((error) => showError(main, error));
+      onSubmit(Object.fromEntries(Object.entries(inputs).map(([name, input]) => [name, input.value])));
     });
 
     const picked = [];
-    const compareLink = el("a", { id: "compare-selected", class: "disabled" }, "Compare 2 selected");
-    const updateCompare = () => {
-      if (picked.length === 2) {
-        compareLink.setAttribute("href", `/compare?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`);
-        compareLink.classList.remove("disabled");
-      } else {
-        compareLink.removeAttribute("href");
-        compareLink.classList.add("disabled");
-      }
+    const link = el("a", { id: "compare-selected", class: "disabled" }, "Compare 2 selected");
+    const sync = () => {
+      for (const box of main.querySelectorAll("table.evaluations input[type=checkbox]")) box.checked = picked.includes(box.value);
+      for (const node of main.querySelectorAll(".chart .mark")) node.classList.toggle("picked", picked.includes(node.dataset.key));
+      const ready = picked.length === 2;
+      link.classList.toggle("disabled", !ready);
+      if (ready) link.setAttribute("href", `/compare?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`);
+      else link.removeAttribute("href");
     };
     const rows = evaluationRows(evaluations).map((row) => {
       const box = el("input", { type: "checkbox", value: row.id, title: "select for compare" });
-      box.addEventListener("change", () => {
-        if (box.checked) picked.push(row.id);
-        else picked.splice(picked.indexOf(row.id), 1);
-        while (picked.length > 2) {
-          const dropped = picked.shift();
-          for (const other of main.querySelectorAll("table.evaluations input[type=checkbox]")) {
-            if (other.value === dropped) other.checked = false;
-          }
-        }
-        updateCompare();
-      });
+      box.addEventListener("change", () => picker.toggle(row.id));
       const cells = row.cells.map((cell, index) => el("td",
         NUMERIC_COLUMNS.has(EVALUATION_COLUMNS[index][0]) ? { class: "num" } : null, cell));
       const trace = row.traceId
@@ -614,8 +676,11 @@
     main.replaceChildren(
       el("h1", null, "Evaluations"), form,
       evaluations.length
-        ? el("div", null, el("p", { class: "muted" }, `${evaluations.length} evaluations `, compareLink),
-          table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations"))
+        ? el("div", null,
+          el("div", { class: "charts" }, batchFigure(evaluations, picker), normalisedFigure(evaluations, picker)),
+          el("p", { class: "muted" }, "A point opens its trace; shift-click picks it for compare. ",
+            `${evaluations.length} evaluations `, picker.link),
+          evaluationTable(evaluations, picker))
         : el("p", { class: "muted" }, "No evaluations match."),
       ...(dispatch instanceof Error
         ? [el("p", { class: "muted" }, `Predictors and jobs: ${dispatch.message}`)]
@@ -634,7 +699,12 @@
     const b = (params.get("b") || "").trim().toLowerCase();
     const kind = compareKind(a, b);
     if (kind === null) {
+    return form;
+  }
       throw new Error("compare needs ?a=&b= with two trace ids (32 hex) or two evaluation ids (16 hex)");
+  // Up to two evaluations picked for /compare, from the table's boxes or by shift-clicking chart
+  // points; every view of the pick is redrawn from `picked`.
+  function comparePicker(main) {
     }
     if (kind === "trace") {
       const [traceA, traceB] = await Promise.all(
@@ -646,6 +716,61 @@
         el("h1", null, "Compare traces"),
         el("div", { class: "meta" }, el("span", null, "a: ", link(a)), el("span", null, "b: ", link(b))),
         compareTable(["root", "a", "b", "b/a"],
+    const toggle = (id) => {
+      if (picked.includes(id)) picked.splice(picked.indexOf(id), 1);
+      else picked.push(id);
+      if (picked.length > 2) picked.shift();
+      sync();
+    };
+    return { link, toggle, has: (id) => picked.includes(id) };
+  }
+
+  function select(name, options, value, onChange) {
+    const node = el("select", { name }, ...options.map(([v, label]) => el("option", { value: v }, label)));
+    node.value = value;
+    node.addEventListener("change", () => onChange(node.value));
+    return node;
+  }
+
+  // Fig. 3: a metric (p50 latency first) against batch size, one line per configuration.
+  function batchFigure(evaluations, picker) {
+    const holder = el("div");
+    const draw = (field) => {
+      const metric = CHART_METRICS.find(([f]) => f === field);
+      holder.replaceChildren(window.mlscopeCharts.lineChart(batchSeries(evaluations, metric), {
+        title: `${metric[1]} against batch size`, xLabel: "batch size", yLabel: metric[1],
+        yFormat: (v) => metricText(v, metric[2]), onPick: picker.toggle, picked: picker }));
+    };
+    const chooser = select("metric", CHART_METRICS.map(([field, label]) => [field, label]), CHART_METRICS[0][0], draw);
+    draw(chooser.value);
+    return el("figure", { class: "figure", id: "figure-batch" },
+      el("figcaption", null, "Latency against batch size (Fig. 3) ", chooser), holder);
+  }
+
+  // Fig. 4: p50 latency across systems (or frameworks) divided by a baseline's.
+  function normalisedFigure(evaluations, picker) {
+    const holder = el("div");
+    const state = { dimension: new Set(evaluations.map((e) => fieldText(e, "system_name"))).size > 1 ? "system_name" : "framework" };
+    const baselineSelect = el("select", { name: "baseline" });
+    const draw = () => {
+      const names = [...new Set(evaluations.map((e) => fieldText(e, state.dimension)))].sort();
+      if (!names.includes(state.baseline)) state.baseline = names[0];
+      baselineSelect.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
+      baselineSelect.value = state.baseline;
+      const { groups } = normalisedGroups(evaluations, state.dimension, state.baseline);
+      holder.replaceChildren(window.mlscopeCharts.barChart(groups, names, {
+        title: "p50 latency normalised to the baseline", xLabel: "configuration", yLabel: `p50 / ${state.baseline}`,
+        yFormat: (v) => `${v}×`, reference: 1, onPick: picker.toggle, picked: picker }));
+    };
+    baselineSelect.addEventListener("change", () => { state.baseline = baselineSelect.value; draw(); });
+    const dimension = select("dimension", [["system_name", "across systems"], ["framework", "across frameworks"]], state.dimension,
+      (value) => { state.dimension = value; draw(); });
+    draw();
+    return el("figure", { class: "figure", id: "figure-normalised" },
+      el("figcaption", null, "Latency normalised to a baseline (Fig. 4) ", dimension, " baseline ", baselineSelect), holder);
+  }
+
+  function evaluationTable(evaluations, picker) {
           [[`${traceA.spans[0] ? traceA.spans[0].name : "(none)"} / ${traceB.spans[0] ? traceB.spans[0].name : "(none)"}`,
             show(result.rootA), show(result.rootB), formatRatio(result.rootRatio)]], "roots"),
         el("h3", null, "Model and layer spans, total duration per name"),
@@ -666,6 +791,21 @@
     const [evalA, evalB] = await Promise.all([find(a), find(b)]);
     const result = compareEvaluations(evalA, evalB);
     const traceLink = (e) => (TRACE_ID.test(e.trace_id || "")
+    return table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations");
+  }
+
+  async function renderEvaluations(main) {
+    document.title = "mlscope: evaluations";
+    const filter = parseEvaluationFilter(location.search);
+    const [{ evaluations }, dispatch] = await Promise.all([
+      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`),
+      // A query process started with --no-dispatch serves no predictors or jobs: evaluations still show.
+      Promise.all([fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]).catch((error) => error)]);
+    const form = filterForm(filter, evaluations, (next) => {
+      history.pushState(null, "", `/evaluations${evaluationFilterQuery(next)}`);
+      renderEvaluations(main).catch((error) => showError(main, error));
+    });
+    const picker = comparePicker(main);
       ? el("a", { href: `/traces/${encodeURIComponent(e.trace_id)}` }, "trace") : null);
     main.replaceChildren(
       el("h1", null, "Compare evaluations"),
