@@ -652,7 +652,12 @@
       event.preventDefault();
       onSubmit(Object.fromEntries(Object.entries(inputs).map(([name, input]) => [name, input.value])));
     });
+    return form;
+  }
 
+  // Up to two evaluations picked for /compare, from the table's boxes or by shift-clicking chart
+  // points; every view of the pick is redrawn from `picked`.
+  function comparePicker(main) {
     const picked = [];
     const link = el("a", { id: "compare-selected", class: "disabled" }, "Compare 2 selected");
     const sync = () => {
@@ -663,59 +668,6 @@
       if (ready) link.setAttribute("href", `/compare?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`);
       else link.removeAttribute("href");
     };
-    const rows = evaluationRows(evaluations).map((row) => {
-      const box = el("input", { type: "checkbox", value: row.id, title: "select for compare" });
-      box.addEventListener("change", () => picker.toggle(row.id));
-      const cells = row.cells.map((cell, index) => el("td",
-        NUMERIC_COLUMNS.has(EVALUATION_COLUMNS[index][0]) ? { class: "num" } : null, cell));
-      const trace = row.traceId
-        ? el("a", { class: "trace-link", href: `/traces/${encodeURIComponent(row.traceId)}` }, "trace")
-        : el("span", { class: "muted" }, "—");
-      return el("tr", null, el("td", null, box), ...cells, el("td", null, trace));
-    });
-    main.replaceChildren(
-      el("h1", null, "Evaluations"), form,
-      evaluations.length
-        ? el("div", null,
-          el("div", { class: "charts" }, batchFigure(evaluations, picker), normalisedFigure(evaluations, picker)),
-          el("p", { class: "muted" }, "A point opens its trace; shift-click picks it for compare. ",
-            `${evaluations.length} evaluations `, picker.link),
-          evaluationTable(evaluations, picker))
-        : el("p", { class: "muted" }, "No evaluations match."),
-      ...(dispatch instanceof Error
-        ? [el("p", { class: "muted" }, `Predictors and jobs: ${dispatch.message}`)]
-        : dispatchSections(dispatch[0].predictors, dispatch[1].jobs)));
-  }
-
-  function compareTable(headers, rows, className) {
-    return table(headers, rows.map((cells) => el("tr", null,
-      ...cells.map((cell, index) => el("td", index ? { class: "num" } : null, cell)))), `compare ${className}`);
-  }
-
-  async function renderCompare(main) {
-    document.title = "mlscope: compare";
-    const params = new URLSearchParams(location.search);
-    const a = (params.get("a") || "").trim().toLowerCase();
-    const b = (params.get("b") || "").trim().toLowerCase();
-    const kind = compareKind(a, b);
-    if (kind === null) {
-    return form;
-  }
-      throw new Error("compare needs ?a=&b= with two trace ids (32 hex) or two evaluation ids (16 hex)");
-  // Up to two evaluations picked for /compare, from the table's boxes or by shift-clicking chart
-  // points; every view of the pick is redrawn from `picked`.
-  function comparePicker(main) {
-    }
-    if (kind === "trace") {
-      const [traceA, traceB] = await Promise.all(
-        [a, b].map((id) => fetchJson(`/api/traces/${encodeURIComponent(id)}`)));
-      const result = compareTraces(traceA.spans, traceB.spans);
-      const link = (id) => el("a", { href: `/traces/${encodeURIComponent(id)}` }, id);
-      const show = (ns) => (ns === null ? "—" : formatDuration(ns));
-      main.replaceChildren(
-        el("h1", null, "Compare traces"),
-        el("div", { class: "meta" }, el("span", null, "a: ", link(a)), el("span", null, "b: ", link(b))),
-        compareTable(["root", "a", "b", "b/a"],
     const toggle = (id) => {
       if (picked.includes(id)) picked.splice(picked.indexOf(id), 1);
       else picked.push(id);
@@ -771,6 +723,69 @@
   }
 
   function evaluationTable(evaluations, picker) {
+    const rows = evaluationRows(evaluations).map((row) => {
+      const box = el("input", { type: "checkbox", value: row.id, title: "select for compare" });
+      box.addEventListener("change", () => picker.toggle(row.id));
+      const cells = row.cells.map((cell, index) => el("td",
+        NUMERIC_COLUMNS.has(EVALUATION_COLUMNS[index][0]) ? { class: "num" } : null, cell));
+      const trace = row.traceId
+        ? el("a", { class: "trace-link", href: `/traces/${encodeURIComponent(row.traceId)}` }, "trace")
+        : el("span", { class: "muted" }, "—");
+      return el("tr", null, el("td", null, box), ...cells, el("td", null, trace));
+    });
+    return table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations");
+  }
+
+  async function renderEvaluations(main) {
+    document.title = "mlscope: evaluations";
+    const filter = parseEvaluationFilter(location.search);
+    const [{ evaluations }, dispatch] = await Promise.all([
+      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`),
+      // A query process started with --no-dispatch serves no predictors or jobs: evaluations still show.
+      Promise.all([fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]).catch((error) => error)]);
+    const form = filterForm(filter, evaluations, (next) => {
+      history.pushState(null, "", `/evaluations${evaluationFilterQuery(next)}`);
+      renderEvaluations(main).catch((error) => showError(main, error));
+    });
+    const picker = comparePicker(main);
+    main.replaceChildren(
+      el("h1", null, "Evaluations"), form,
+      evaluations.length
+        ? el("div", null,
+          el("div", { class: "charts" }, batchFigure(evaluations, picker), normalisedFigure(evaluations, picker)),
+          el("p", { class: "muted" }, "A point opens its trace; shift-click picks it for compare. ",
+            `${evaluations.length} evaluations `, picker.link),
+          evaluationTable(evaluations, picker))
+        : el("p", { class: "muted" }, "No evaluations match."),
+      ...(dispatch instanceof Error
+        ? [el("p", { class: "muted" }, `Predictors and jobs: ${dispatch.message}`)]
+        : dispatchSections(dispatch[0].predictors, dispatch[1].jobs)));
+  }
+
+  function compareTable(headers, rows, className) {
+    return table(headers, rows.map((cells) => el("tr", null,
+      ...cells.map((cell, index) => el("td", index ? { class: "num" } : null, cell)))), `compare ${className}`);
+  }
+
+  async function renderCompare(main) {
+    document.title = "mlscope: compare";
+    const params = new URLSearchParams(location.search);
+    const a = (params.get("a") || "").trim().toLowerCase();
+    const b = (params.get("b") || "").trim().toLowerCase();
+    const kind = compareKind(a, b);
+    if (kind === null) {
+      throw new Error("compare needs ?a=&b= with two trace ids (32 hex) or two evaluation ids (16 hex)");
+    }
+    if (kind === "trace") {
+      const [traceA, traceB] = await Promise.all(
+        [a, b].map((id) => fetchJson(`/api/traces/${encodeURIComponent(id)}`)));
+      const result = compareTraces(traceA.spans, traceB.spans);
+      const link = (id) => el("a", { href: `/traces/${encodeURIComponent(id)}` }, id);
+      const show = (ns) => (ns === null ? "—" : formatDuration(ns));
+      main.replaceChildren(
+        el("h1", null, "Compare traces"),
+        el("div", { class: "meta" }, el("span", null, "a: ", link(a)), el("span", null, "b: ", link(b))),
+        compareTable(["root", "a", "b", "b/a"],
           [[`${traceA.spans[0] ? traceA.spans[0].name : "(none)"} / ${traceB.spans[0] ? traceB.spans[0].name : "(none)"}`,
             show(result.rootA), show(result.rootB), formatRatio(result.rootRatio)]], "roots"),
         el("h3", null, "Model and layer spans, total duration per name"),
@@ -791,21 +806,6 @@
     const [evalA, evalB] = await Promise.all([find(a), find(b)]);
     const result = compareEvaluations(evalA, evalB);
     const traceLink = (e) => (TRACE_ID.test(e.trace_id || "")
-    return table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations");
-  }
-
-  async function renderEvaluations(main) {
-    document.title = "mlscope: evaluations";
-    const filter = parseEvaluationFilter(location.search);
-    const [{ evaluations }, dispatch] = await Promise.all([
-      fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`),
-      // A query process started with --no-dispatch serves no predictors or jobs: evaluations still show.
-      Promise.all([fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]).catch((error) => error)]);
-    const form = filterForm(filter, evaluations, (next) => {
-      history.pushState(null, "", `/evaluations${evaluationFilterQuery(next)}`);
-      renderEvaluations(main).catch((error) => showError(main, error));
-    });
-    const picker = comparePicker(main);
       ? el("a", { href: `/traces/${encodeURIComponent(e.trace_id)}` }, "trace") : null);
     main.replaceChildren(
       el("h1", null, "Compare evaluations"),
