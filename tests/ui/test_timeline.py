@@ -68,6 +68,10 @@ async def until(page: Page, check: Callable[[], Awaitable[bool]], seconds: float
     return False
 
 
+async def selected_is(page: Page, span: str) -> bool:
+    return (await view(page))["selected"] == span
+
+
 async def selected_is_not(page: Page, span: str) -> bool:
     return (await view(page))["selected"] != span
 
@@ -196,3 +200,38 @@ async def test_ruler_relabels_with_the_zoom(base_url: str, browser: Browser) -> 
     labels = await page.evaluate("window.mlscopeTimelineLib.spanLabel({name: '3', attributes: "
                                  "{'mlscope.layer.path': 'features.3', 'mlscope.layer.type': 'Conv2d'}})")
     assert labels == "features.3 (Conv2d)"
+
+
+async def analysis_of(page: Page) -> dict[str, Any]:
+    return await page.evaluate(f"fetch('/api/traces/{DEEP_TRACE}/analysis').then(r => r.json())")  # type: ignore[no-any-return]
+
+
+async def test_critical_path_toggle_outlines_its_spans(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    toggle = page.locator("[data-testid=critical-path]")
+    await toggle.check()
+    path = [step["span_id"] for step in (await analysis_of(page))["critical_path"]]
+    assert path[0] == PROCESS and len(path) == 5  # process -> worker -> model -> last layer -> its last op
+    assert await page.evaluate("window.mlscopeTimeline.outlinedIds()") == path
+    await zoom_onto(page, path[2], 200)
+    await screenshot(page, "timeline-critical-path.png")
+    await toggle.uncheck()
+    assert await page.evaluate("window.mlscopeTimeline.outlinedIds()") == []
+    assert problems == []
+
+
+async def test_analysis_rows_select_and_search(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    tables = page.locator("[data-testid=analysis] table")
+    top = (await analysis_of(page))["top_self"][0]
+    await tables.nth(0).locator("button").first.click()
+    assert await until(page, lambda: selected_is(page, top["span_id"]))
+    await tables.nth(1).locator("button", has_text="aten::mm").click()
+    assert await page.locator("[data-testid=search]").input_value() == "aten::mm"
+    await page.locator("[data-testid=details] h2", has_text="aten::mm").wait_for()
+    await tables.nth(2).locator("button", has_text="features.4 (Linear)").click()
+    await page.locator("[data-testid=details] h2", has_text="features.4").wait_for()
+    await screenshot(page, "timeline-analysis.png")
+    assert problems == []

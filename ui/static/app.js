@@ -423,20 +423,73 @@
   }
 
   // Enter selects the next match, Shift+Enter the previous; typing highlights the matches.
+  // searchFor(text) does both from elsewhere (the analysis tables' rows).
   function searchBox(timeline) {
     const input = el("input", { type: "search", "data-testid": "search", placeholder: "search spans (Enter: next)" });
     const count = el("span", { class: "muted search-count" });
-    input.addEventListener("input", () => {
+    const highlight = () => {
       const found = timeline.setSearch(input.value);
       count.textContent = input.value.trim() ? `${found} matches` : "";
-    });
+    };
+    input.addEventListener("input", highlight);
     input.addEventListener("keydown", (event) => {
       if (event.key !== "Enter") return;
       event.preventDefault();
       timeline.setSearch(input.value);
       timeline.selectMatch(event.shiftKey ? -1 : 1);
     });
-    return el("label", { class: "search" }, input, count);
+    const searchFor = (text) => {
+      input.value = text;
+      highlight();
+      timeline.selectMatch(1);
+    };
+    return { element: el("label", { class: "search" }, input, count), searchFor };
+  }
+
+  // A table cell whose button acts on the timeline (selects a span, or searches for a name).
+  function actionCell(text, action) {
+    const button = el("button", { type: "button", class: "span-link" }, text);
+    button.addEventListener("click", action);
+    return el("td", null, button);
+  }
+
+  function analysisTable(title, headers, rows) {
+    return el("section", null, el("h3", null, title),
+      rows.length ? table(headers, rows, "analysis-table") : el("p", { class: "muted" }, "none"));
+  }
+
+  // GET /api/traces/{id}/analysis as tables beside a critical-path toggle: a top-self row selects
+  // its span, an op type or a layer row searches for it (selecting its first call).
+  function analysisSections(analysis, timeline, searchFor) {
+    const toggle = el("input", { type: "checkbox", "data-testid": "critical-path" });
+    const pathIds = analysis.critical_path.map((step) => step.span_id);
+    toggle.addEventListener("change", () => timeline.setOutline(toggle.checked ? pathIds : []));
+    const pct = (share) => (share === null ? "—" : `${(100 * share).toFixed(1)} %`);
+    const tr = (...cells) => el("tr", null, ...cells.map((c) => (typeof c === "string" ? el("td", null, c) : c)));
+    return [
+      el("label", { class: "critical-toggle" }, toggle,
+        ` outline the critical path (${pathIds.length} spans, root to leaf)`),
+      el("div", { class: "analysis-tables" },
+        analysisTable("Top self time", ["span", "level", "self", "duration"], analysis.top_self.map((row) =>
+          tr(actionCell(row.name, () => timeline.selectId(row.span_id)), row.level,
+            formatDuration(row.self_ns), formatDuration(row.duration_ns)))),
+        analysisTable("Op types", ["op", "calls", "self", "mean"], analysis.op_types.map((row) =>
+          tr(actionCell(row.name, () => searchFor(row.name)), String(row.calls),
+            formatDuration(row.self_ns), formatDuration(row.mean_ns)))),
+        analysisTable("Layers", ["layer", "calls", "total", "of model"], analysis.layers.map((row) =>
+          tr(actionCell(row.type ? `${row.path} (${row.type})` : row.path, () => searchFor(row.path)),
+            String(row.calls), formatDuration(row.total_ns), pct(row.share_of_model))))),
+    ];
+  }
+
+  // The analysis arrives after the timeline is drawn (it reads the whole trace server-side).
+  function analysisPanel(base, timeline, searchFor) {
+    const panel = el("details", { class: "analysis", "data-testid": "analysis", open: "" },
+      el("summary", null, "Analysis"), el("p", { class: "muted" }, "loading…"));
+    fetchJson(`${base}/analysis`)
+      .then((analysis) => panel.replaceChildren(panel.firstChild, ...analysisSections(analysis, timeline, searchFor)))
+      .catch((error) => panel.replaceChildren(panel.firstChild, el("p", { class: "muted" }, `no analysis: ${error.message}`)));
+    return panel;
   }
 
   let activeTimeline = null;
@@ -469,6 +522,7 @@
       replaceUrlParams({ levels: levelsParam(levels) });
       renderTrace(main, traceId).catch((error) => showError(main, error));
     };
+    const search = searchBox(timeline);
     const parts = [
       el("h1", null, count ? trace.strings[trace.name[0]] : "(no spans at these levels)"),
       el("div", { class: "meta" },
@@ -478,13 +532,14 @@
         el("span", null, `${count} spans`),
         downloadLink(`${base}/export?format=perfetto`, `trace-${traceId}.perfetto.json`, "Perfetto JSON"),
         downloadLink(`${base}/export?format=jaeger`, `trace-${traceId}.jaeger.json`, "Jaeger JSON")),
-      el("div", { class: "toolbar" }, levelFilter(shown, onLevels), searchBox(timeline),
+      el("div", { class: "toolbar" }, levelFilter(shown, onLevels), search.element,
         el("span", { class: "muted keys" }, "W/S zoom · A/D pan · wheel zooms · drag pans · shift+drag zooms to a range")),
       trace.warnings.length
         ? el("details", { class: "warnings" }, el("summary", null, `${trace.warnings.length} warnings`),
           el("ul", null, ...trace.warnings.map((w) => el("li", null, w))))
         : null,
-      el("div", { class: "trace-view" }, timeline.element, detail.panel)];
+      el("div", { class: "trace-view" }, timeline.element, detail.panel),
+      count ? analysisPanel(base, timeline, search.searchFor) : null];
     main.replaceChildren(...parts.filter((part) => part !== null));
     const selected = parseWindow(location.search).selectedId;
     detail.show(timeline, selected && timeline.model.byId.has(selected) ? timeline.model.byId.get(selected) : -1);

@@ -16,6 +16,7 @@
   const ROW_H = 18;
   const FONT = "11px system-ui, sans-serif";
   const SLIVER = "#9ca3af";
+  const OUTLINE = "#dc2626"; // the critical path's outline: red reads as "this holds the trace open"
   const MIN_WINDOW_NS = 20;
   const KEY_ZOOM_PER_MS = 0.0025; // held W/S: about 12x a second
   const KEY_PAN_PER_MS = 0.0008; // held A/D: 0.8 window widths a second
@@ -237,6 +238,7 @@
     let scrollY = 0;
     let selected = -1;
     let matches = null; // Uint8Array while a search is active
+    let outlined = null; // Uint8Array while a set of spans (the critical path) is outlined
     let widthPx = 0;
     let heightPx = 0;
     let mouseX = null;
@@ -332,6 +334,11 @@
           ctx.strokeStyle = "#facc15";
           ctx.lineWidth = 2;
           ctx.strokeRect(left + 1, y + 2, right - left - 2, ROW_H - 4);
+        }
+        if (outlined && outlined[i]) {
+          ctx.strokeStyle = OUTLINE;
+          ctx.lineWidth = 2;
+          ctx.strokeRect(left, y + 1, Math.max(2, right - left), ROW_H - 2);
         }
         ctx.fillStyle = matches && !matches[i] ? "#6b7280" : "#fff";
         drawLabel(i, x0, x1, y);
@@ -523,6 +530,14 @@
       return -1;
     }
 
+    // Outlines the spans with these ids (those this trace holds); an empty list clears it.
+    function setOutline(spanIds) {
+      const indexes = spanIds.map((id) => model.byId.get(id)).filter((i) => i !== undefined);
+      outlined = indexes.length ? new Uint8Array(model.count) : null;
+      for (const i of indexes) outlined[i] = 1;
+      requestFrame();
+    }
+
     function currentView() {
       return { startNs: Math.round(view.t0), endNs: Math.round(view.t1), selected: selected >= 0 ? model.spanIds[selected] : null };
     }
@@ -642,7 +657,13 @@
 
     return {
       element, model,
-      select, setSearch, selectMatch, currentView,
+      select, setSearch, selectMatch, currentView, setOutline,
+      selectId(spanId) {
+        const i = model.byId.get(spanId);
+        if (i !== undefined) select(i, { reveal: true });
+      },
+      // The outlined spans' ids, for tests.
+      outlinedIds: () => (outlined ? model.spanIds.filter((_, i) => outlined[i]) : []),
       childrenOf: (i) => childrenOf(model, i),
       // Where span `spanId`'s bar is drawn, in page (client) pixels; null when not drawn.
       barRect(spanId) {
