@@ -1,6 +1,6 @@
 """The evaluations page and the compare page in a real browser (Debian's Chromium via
 Playwright) over the query app on an embedded store: the evaluations table and its deep-linkable
-filter, trace-vs-trace and evaluation-vs-evaluation compare, and hostile names shown as text.
+filter and charts, evaluation-vs-evaluation compare, and hostile names shown as text.
 
 Evaluation rows are made the way the product makes them: `mlscope.evaluation` spans inserted
 into span_rows, which the materialized view turns into `evaluations` rows."""
@@ -30,15 +30,6 @@ TRACE_A = KNOWN[0]["trace_id"]
 TRACE_B = "0123456789abcdef0123456789abcdef"
 EVAL_TRACE_1, EVAL_TRACE_2 = "e1" * 16, "e2" * 16
 EVAL_1, EVAL_2, EVAL_3 = "e100000000000001", "e200000000000002", "e300000000000003"
-
-# Trace b: the same shape as trace a (KNOWN) with conv1 3x slower, relu halved, and a layer a lacks.
-TRACE_B_ROWS = [
-    row("00000000000000a1", "", "pipeline", 0, 150, "application", trace_id=TRACE_B),
-    row("00000000000000b2", "00000000000000a1", "predict", 10, 140, "model", trace_id=TRACE_B),
-    row("00000000000000c3", "00000000000000b2", "conv1", 20, 110, "layer", trace_id=TRACE_B),
-    row("00000000000000c4", "00000000000000b2", "relu", 110, 125, "layer", trace_id=TRACE_B),
-    row("00000000000000c5", "00000000000000b2", EVIL, 125, 130, "layer", trace_id=TRACE_B),
-]
 
 BASE = EvaluationResult(
     run_id="r1", model="resnet18", model_version="1.0.0", task="image-classification", framework="onnxruntime",
@@ -72,7 +63,7 @@ pytestmark = [pytest.mark.parametrize("store_url", ["embedded"], indirect=True)]
 
 @pytest.fixture
 async def base_url(store: Store) -> AsyncIterator[str]:
-    insert_rows(store, [*KNOWN, *TRACE_B_ROWS, *EVALUATIONS])
+    insert_rows(store, EVALUATIONS)
     runner, url = await serve(create_query_app(store, mounts=[dispatch_mount(Dispatcher(store))]))
     try:
         yield url
@@ -132,6 +123,8 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     assert metrics["server QPS"] == ["—", "—", "—"]
     config = {r[0]: r[1:] for r in await table_rows(page, "table.config")}
     assert config["batch size"] == ["8", "32"]
+    # Each evaluation's own subtree is diffed too (GET /api/diff on evaluation ids).
+    assert [r[0] for r in await table_rows(page, "table.diff-levels")] == ["application"]
     assert await page.evaluate("window.__pwned") is None
     assert problems == []
 
@@ -168,29 +161,6 @@ async def test_evaluation_charts_link_points_to_traces_and_pick_two(base_url: st
     assert problems == []
 
 
-async def test_compare_two_traces_per_name_ratio(base_url: str, browser: Browser) -> None:
-    problems: list[str] = []
-    page = await open_page(browser, problems)
-    await page.goto(f"{base_url}/compare?a={TRACE_A}&b={TRACE_B}")
-    await page.locator("table.by-name tbody tr").nth(3).wait_for()
-    assert await table_rows(page, "table.by-name") == [
-        ["conv1", "layer", "30 ms", "90 ms", "3×"],
-        ["predict", "model", "80 ms", "130 ms", "1.63×"],
-        ["relu", "layer", "30 ms", "15 ms", "0.5×"],
-        [EVIL, "layer", "—", "5 ms", "—"],
-    ]
-    root = (await table_rows(page, "table.roots"))[0]
-    assert root[1:] == ["100 ms", "150 ms", "1.5×"]
-    assert await page.locator("main img").count() == 0
-    assert await page.evaluate("window.__pwned") is None
-    await page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
-
-    bad = await open_page(browser, [])
-    await bad.goto(f"{base_url}/compare?a={TRACE_A}&b={EVAL_1}")
-    await expect(bad.locator("main .error")).to_contain_text("two trace ids")
-    assert problems == []
-
-
 async def test_compare_transforms_are_pure(base_url: str, browser: Browser) -> None:
     page = await open_page(browser, [])
     await page.goto(f"{base_url}/sql")
@@ -200,16 +170,14 @@ async def test_compare_transforms_are_pure(base_url: str, browser: Browser) -> N
                                "'?batch_size=4&x=1&model=a%20b&framework='))") == "?model=a+b&batch_size=4"
     assert await page.evaluate(f"{viewer}.compareKind('{TRACE_A}', '{TRACE_B}')") == "trace"
     assert await page.evaluate(f"{viewer}.compareKind('{EVAL_1}', '{EVAL_2}')") == "evaluation"
-    assert await page.evaluate(f"{viewer}.compareKind('{EVAL_1}', '{TRACE_B}')") is None
-    spans_a = [{"name": "root", "depth": 0, "level": "application", "duration_ns": 100},
-               {"name": "mm", "depth": 1, "level": "layer", "duration_ns": 10},
-               {"name": "mm", "depth": 1, "level": "layer", "duration_ns": 10},
-               {"name": "lib", "depth": 2, "level": "library", "duration_ns": 5}]
-    spans_b = [{"name": "root", "depth": 0, "level": "application", "duration_ns": 50},
-               {"name": "mm", "depth": 1, "level": "layer", "duration_ns": 5}]
-    result = await page.evaluate("([a, b]) => window.mlscopeViewer.compareTraces(a, b)", [spans_a, spans_b])
-    assert (result["rootA"], result["rootB"], result["rootRatio"]) == (100, 50, 0.5)
-    assert [(r["name"], r["a"], r["b"], r["ratio"]) for r in result["rows"]] == [("mm", 20, 5, 0.25)]
+    assert await page.evaluate(f"{viewer}.compareKind('{EVAL_1}', '{TRACE_B}')") == "mixed"
+    assert await page.evaluate(f"{viewer}.compareKind('{EVAL_1}', 'x')") is None
+    rows = [{"key": "x", "a_ns": 10, "b_ns": 5, "delta_ns": -5, "ratio": 0.5},
+            {"key": "y", "a_ns": 1, "b_ns": 3, "delta_ns": 2, "ratio": 3.0},
+            {"key": "z", "a_ns": 0, "b_ns": 9, "delta_ns": 9, "ratio": None}]
+    by = "([rows, column, descending]) => window.mlscopeViewer.sortDiffRows(rows, column, descending).map(r => r.key)"
+    assert await page.evaluate(by, [rows, "delta_ns", True]) == ["z", "x", "y"]  # by |delta|
+    assert await page.evaluate(by, [rows, "ratio", True]) == ["y", "x", "z"]  # no ratio last
 
 
 async def test_predictors_and_their_jobs_are_listed(base_url: str, browser: Browser) -> None:

@@ -1,7 +1,7 @@
 // mlscope viewer: the trace list, one trace's timeline, evaluations, compare, and a SQL page,
 // over the JSON API.
 //
-// Shape (after jaeger-ui): API data -> pure transforms (parseLevels, compareTraces, ...) -> DOM;
+// Shape (after jaeger-ui): API data -> pure transforms (parseLevels, sortDiffRows, ...) -> DOM;
 // the trace page's canvas timeline is timeline.js.
 // Every string from the API reaches the page through textContent or a text node, never as
 // markup; the server's Content-Security-Policy backs that up.
@@ -60,7 +60,6 @@
   const EVALUATION_FILTERS = ["model", "framework", "batch_size", "system", "level", "scenario"];
   const TRACE_ID = /^[0-9a-f]{32}$/;
   const EVALUATION_ID = /^[0-9a-f]{16}$/; // an evaluation row's span_id
-  const COMPARE_LEVELS = new Set(["model", "layer"]);
 
   function formatNumber(value, digits) {
     if (value === null || value === undefined || Number.isNaN(Number(value))) return "—";
@@ -123,41 +122,29 @@
     return a > 0 && Number.isFinite(b) ? b / a : null;
   }
 
-  // "trace" when both ids are trace ids, "evaluation" when both are evaluation ids, else null.
+  // "trace" when both ids are trace ids, "evaluation" when both are evaluation ids, "mixed" for
+  // one of each (GET /api/diff takes either), else null.
   function compareKind(a, b) {
-    if (TRACE_ID.test(a || "") && TRACE_ID.test(b || "")) return "trace";
-    if (EVALUATION_ID.test(a || "") && EVALUATION_ID.test(b || "")) return "evaluation";
-    return null;
+    const kindOf = (id) => (TRACE_ID.test(id || "") ? "trace" : EVALUATION_ID.test(id || "") ? "evaluation" : null);
+    const [ka, kb] = [kindOf(a), kindOf(b)];
+    if (ka === null || kb === null) return null;
+    return ka === kb ? ka : "mixed";
   }
 
-  function rootDuration(spans) {
-    const root = spans.find((span) => Number(span.depth) === 0) || spans[0];
-    return root ? Number(root.duration_ns) : null;
-  }
+  // GET /api/diff rows, sorted on one column; the delta column sorts by size (|b - a|), so that
+  // descending puts the biggest changes first whichever way they went.
+  const DIFF_SORT_KEYS = {
+    key: (row) => row.key, a_ns: (row) => row.a_ns, b_ns: (row) => row.b_ns,
+    delta_ns: (row) => Math.abs(row.delta_ns), ratio: (row) => (row.ratio === null ? -1 : row.ratio),
+  };
 
-  // Two traces' spans -> total duration per span name at the model and layer levels, in a and in
-  // b, with b/a; the largest absolute difference first (then by name), and both root durations.
-  function compareTraces(spansA, spansB) {
-    const totals = new Map();
-    const add = (spans, side) => {
-      for (const span of spans) {
-        if (!COMPARE_LEVELS.has(span.level)) continue;
-        const key = `${span.level}\u0000${span.name}`;
-        if (!totals.has(key)) totals.set(key, { name: span.name, level: span.level, a: 0, b: 0, countA: 0, countB: 0 });
-        const entry = totals.get(key);
-        entry[side] += Number(span.duration_ns);
-        entry[side === "a" ? "countA" : "countB"] += 1;
-      }
-    };
-    add(spansA, "a");
-    add(spansB, "b");
-    const rows = [...totals.values()].map((entry) => ({
-      ...entry, diff: entry.b - entry.a, ratio: entry.countA && entry.countB ? ratioOf(entry.a, entry.b) : null,
-    }));
-    rows.sort((x, y) => Math.abs(y.diff) - Math.abs(x.diff) || (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
-    const rootA = rootDuration(spansA);
-    const rootB = rootDuration(spansB);
-    return { rootA, rootB, rootRatio: rootA === null || rootB === null ? null : ratioOf(rootA, rootB), rows };
+  function sortDiffRows(rows, column, descending) {
+    const value = DIFF_SORT_KEYS[column];
+    const sign = descending ? -1 : 1;
+    return [...rows].sort((x, y) => {
+      const [vx, vy] = [value(x), value(y)];
+      return sign * (vx < vy ? -1 : vx > vy ? 1 : 0) || (x.key < y.key ? -1 : x.key > y.key ? 1 : 0);
+    });
   }
 
   const COMPARED_METRICS = [
@@ -822,6 +809,92 @@
       ...cells.map((cell, index) => el("td", index ? { class: "num" } : null, cell)))), `compare ${className}`);
   }
 
+  // A diff section (layers, ops or levels) as a table sorted by |delta| first; a header click
+  // sorts on its column (again: the other way).
+  function diffTable(rows, keyLabel, className) {
+    const columns = [["key", keyLabel], ["a_ns", "a"], ["b_ns", "b"], ["delta_ns", "Δ b − a"], ["ratio", "b/a"]];
+    const state = { column: "delta_ns", descending: true };
+    const body = el("tbody");
+    const draw = () => body.replaceChildren(...sortDiffRows(rows, state.column, state.descending).map((row) => el("tr", null,
+      el("td", null, row.key), el("td", { class: "num" }, formatDuration(row.a_ns)), el("td", { class: "num" }, formatDuration(row.b_ns)),
+      el("td", { class: "num" }, `${row.delta_ns > 0 ? "+" : ""}${formatDuration(row.delta_ns)}`),
+      el("td", { class: "num" }, formatRatio(row.ratio)))));
+    const headers = columns.map(([column, label]) => {
+      const button = el("button", { type: "button", class: "sort", "data-column": column }, label);
+      button.addEventListener("click", () => {
+        state.descending = state.column === column ? !state.descending : column !== "key";
+        state.column = column;
+        draw();
+      });
+      return el("th", null, button);
+    });
+    draw();
+    return el("table", { class: `grid diff ${className}` }, el("thead", null, el("tr", null, ...headers)), body);
+  }
+
+  function onlyOnOneSide(side, layers) {
+    if (!layers.length) return null;
+    return el("section", null, el("h3", null, `Layers only in ${side}`),
+      table(["path", "type", "calls", "total"], layers.map((layer) => el("tr", null, el("td", null, layer.path),
+        el("td", null, layer.type || "—"), el("td", { class: "num" }, String(layer.calls)),
+        el("td", { class: "num" }, formatDuration(layer.total_ns)))), `only-${side}`));
+  }
+
+  function diffSections(diff) {
+    const keyed = (rows, name) => rows.map((row) => ({ ...row, key: String(row[name]), a_ns: Number(row.a_ns),
+      b_ns: Number(row.b_ns), delta_ns: Number(row.delta_ns) }));
+    const section = (title, rows, keyLabel, className) => (rows.length
+      ? [el("h3", null, title), diffTable(rows, keyLabel, className)] : []);
+    return [
+      ...section("Layers, matched by module path (total time)", keyed(diff.layers, "path"), "layer", "diff-layers"),
+      el("div", { class: "only" }, onlyOnOneSide("a", diff.a_only), onlyOnOneSide("b", diff.b_only)),
+      ...section("Ops, by name (self time)", keyed(diff.ops, "name"), "op", "diff-ops"),
+      ...section("Levels (total time)", keyed(diff.levels, "level"), "level", "diff-levels"),
+    ];
+  }
+
+  function choiceLabel(choice) {
+    return choice.trace_id && !choice.span_id
+      ? `trace: ${choice.root_name || "(no root)"} · ${choice.service} · ${formatTime(choice.start_ns)}`
+      : `evaluation: ${choice.model} · ${choice.framework} · batch ${choice.batch_size} · ${choice.system_name || choice.system}`;
+  }
+
+  // /compare without two ids: pick two of the recent traces and evaluations.
+  async function comparePickerPage(main, problem) {
+    const [{ traces }, { evaluations }] = await Promise.all([fetchJson("/api/traces?limit=100"), fetchJson("/api/evaluations")]);
+    const choices = [...traces.map((t) => [t.trace_id, choiceLabel(t)]), ...evaluations.map((e) => [e.span_id, choiceLabel(e)])];
+    const pick = (name, index) => {
+      const node = el("select", { name }, ...choices.map(([id, label]) => el("option", { value: id }, label)));
+      if (choices[index]) node.value = choices[index][0];
+      return node;
+    };
+    const [a, b] = [pick("a", 0), pick("b", 1)];
+    const form = el("form", { class: "filters", id: "compare-pick", action: "/compare" },
+      el("label", null, "a ", a), el("label", null, "b ", b), el("button", { type: "submit" }, "Compare"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      history.pushState(null, "", `/compare?a=${encodeURIComponent(a.value)}&b=${encodeURIComponent(b.value)}`);
+      route();
+    });
+    main.replaceChildren(el("h1", null, "Compare"), problem ? el("p", { class: "error" }, problem) : null,
+      choices.length >= 2 ? form : el("p", { class: "muted" }, "Fewer than two traces or evaluations to compare."));
+  }
+
+  async function findEvaluation(id) {
+    const { evaluations } = await fetchJson(`/api/evaluations?span_id=${encodeURIComponent(id)}`);
+    if (!evaluations.length) throw new Error(`no evaluation ${id}`);
+    return evaluations[0];
+  }
+
+  function evaluationSections(evalA, evalB) {
+    const result = compareEvaluations(evalA, evalB);
+    return [
+      compareTable(["configuration", "a", "b"], result.config.map((row) => [row.label, row.a, row.b]), "config"),
+      el("h3", null, "Metrics"),
+      compareTable(["metric", "a", "b", "b/a"], result.metrics.map((row) => [row.label, row.a, row.b, formatRatio(row.ratio)]), "metrics"),
+    ];
+  }
+
   async function renderCompare(main) {
     document.title = "mlscope: compare";
     const params = new URLSearchParams(location.search);
@@ -829,45 +902,21 @@
     const b = (params.get("b") || "").trim().toLowerCase();
     const kind = compareKind(a, b);
     if (kind === null) {
-      throw new Error("compare needs ?a=&b= with two trace ids (32 hex) or two evaluation ids (16 hex)");
-    }
-    if (kind === "trace") {
-      const [traceA, traceB] = await Promise.all(
-        [a, b].map((id) => fetchJson(`/api/traces/${encodeURIComponent(id)}`)));
-      const result = compareTraces(traceA.spans, traceB.spans);
-      const link = (id) => el("a", { href: `/traces/${encodeURIComponent(id)}` }, id);
-      const show = (ns) => (ns === null ? "—" : formatDuration(ns));
-      main.replaceChildren(
-        el("h1", null, "Compare traces"),
-        el("div", { class: "meta" }, el("span", null, "a: ", link(a)), el("span", null, "b: ", link(b))),
-        compareTable(["root", "a", "b", "b/a"],
-          [[`${traceA.spans[0] ? traceA.spans[0].name : "(none)"} / ${traceB.spans[0] ? traceB.spans[0].name : "(none)"}`,
-            show(result.rootA), show(result.rootB), formatRatio(result.rootRatio)]], "roots"),
-        el("h3", null, "Model and layer spans, total duration per name"),
-        result.rows.length
-          ? table(["span", "level", "a", "b", "b/a"], result.rows.map((row) => el("tr", null,
-            el("td", null, row.name), el("td", null, row.level),
-            el("td", { class: "num" }, row.countA ? formatDuration(row.a) : "—"),
-            el("td", { class: "num" }, row.countB ? formatDuration(row.b) : "—"),
-            el("td", { class: "num" }, formatRatio(row.ratio)))), "compare by-name")
-          : el("p", { class: "muted" }, "No model or layer spans in either trace."));
+      const problem = a || b ? "compare needs ?a=&b=, each a trace id (32 hex) or an evaluation id (16 hex)" : null;
+      await comparePickerPage(main, problem);
       return;
     }
-    const find = async (id) => {
-      const { evaluations } = await fetchJson(`/api/evaluations?span_id=${encodeURIComponent(id)}`);
-      if (!evaluations.length) throw new Error(`no evaluation ${id}`);
-      return evaluations[0];
-    };
-    const [evalA, evalB] = await Promise.all([find(a), find(b)]);
-    const result = compareEvaluations(evalA, evalB);
-    const traceLink = (e) => (TRACE_ID.test(e.trace_id || "")
-      ? el("a", { href: `/traces/${encodeURIComponent(e.trace_id)}` }, "trace") : null);
+    const [diff, evaluationsShown] = await Promise.all([
+      fetchJson(`/api/diff?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`),
+      kind === "evaluation" ? Promise.all([findEvaluation(a), findEvaluation(b)]).then(([x, y]) => evaluationSections(x, y)) : [],
+    ]);
+    // The diff names what it compared: a trace id, or "trace/span" for an evaluation.
+    const traceLink = (label) => el("a", { href: `/traces/${encodeURIComponent(String(label).split("/")[0])}` }, String(label));
     main.replaceChildren(
-      el("h1", null, "Compare evaluations"),
-      el("div", { class: "meta" }, el("span", null, `a: ${a} `, traceLink(evalA)), el("span", null, `b: ${b} `, traceLink(evalB))),
-      compareTable(["configuration", "a", "b"], result.config.map((row) => [row.label, row.a, row.b]), "config"),
-      el("h3", null, "Metrics"),
-      compareTable(["metric", "a", "b", "b/a"], result.metrics.map((row) => [row.label, row.a, row.b, formatRatio(row.ratio)]), "metrics"));
+      el("h1", null, kind === "evaluation" ? "Compare evaluations" : "Compare traces"),
+      el("div", { class: "meta" }, el("span", null, "a: ", traceLink(diff.a)), el("span", null, "b: ", traceLink(diff.b)),
+        el("a", { href: "/compare" }, "pick others")),
+      ...evaluationsShown, ...diffSections(diff));
   }
 
   function route() {
@@ -891,7 +940,7 @@
     window.mlscopeViewer = {
       attributes: Object.freeze({ ...conventions.attributes }),
       formatDuration, parseLevels, levelsParam, parseJson,
-      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, compareTraces, compareEvaluations,
+      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, sortDiffRows, compareEvaluations,
     };
     window.addEventListener("popstate", route);
     route();
