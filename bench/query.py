@@ -27,9 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: bench/ and deploy/ are folders of the repository
 
 from bench.query_traces import trace_columns, trace_id_of  # noqa: E402
-from mlscope.store import SPAN_ROWS, Store, open_store  # noqa: E402
+from mlscope.store import Store, open_store  # noqa: E402
 from mlscope.query.reader import TraceReader  # noqa: E402
-from mlscope.query.timeline import COMPACT_COLUMNS, build_timeline, compact_json, timeline_json, window_json  # noqa: E402
+from mlscope.query.timeline import (  # noqa: E402
+    COMPACT_COLUMNS, TIMELINE_COLUMNS, build_timeline, compact_json, timeline_json, window_json,
+)  # noqa: E402
 from mlscope.query.traces import TraceQuery, read_trace, read_window  # noqa: E402
 
 T0 = 1_764_000_000_000_000_000
@@ -60,11 +62,13 @@ def timed(action: Callable[[], object], runs: int) -> str:
     return f"p50 {statistics.median(seconds) * 1e3:8.1f} ms  p99 {p99 * 1e3:8.1f} ms"
 
 
-def fetch(reader: TraceReader, trace_id: str, query: TraceQuery, render=timeline_json) -> Callable[[], str]:
+def fetch(reader: TraceReader, trace_id: str, query: TraceQuery, compact: bool = False) -> Callable[[], str]:
     def run() -> str:
-        read = read_trace(reader, trace_id, query, COMPACT_COLUMNS if render is compact_json else SPAN_ROWS.column_names)
+        read = read_trace(reader, trace_id, query, COMPACT_COLUMNS if compact else TIMELINE_COLUMNS)
         assert read is not None
-        return json.dumps(render(trace_id, read.columns, read.tree), ensure_ascii=False)
+        if compact:
+            return json.dumps(compact_json(trace_id, read.columns, read.tree), ensure_ascii=False)
+        return timeline_json(trace_id, read.columns, read.tree)
     return run
 
 
@@ -93,9 +97,9 @@ def bench(store: Store, total: int, runs: int) -> None:
     reader = TraceReader(store)
     rows = [
         ("1k trace, JSON", fetch(reader, small, TraceQuery()), runs),
-        ("1k trace, compact", fetch(reader, small, TraceQuery(), compact_json), runs),
+        ("1k trace, compact", fetch(reader, small, TraceQuery(), compact=True), runs),
         ("100k trace, JSON", fetch(reader, mid, TraceQuery()), max(3, runs // 4)),
-        ("100k trace, compact", fetch(reader, mid, TraceQuery(), compact_json), max(3, runs // 4)),
+        ("100k trace, compact", fetch(reader, mid, TraceQuery(), compact=True), max(3, runs // 4)),
         ("100k trace, ?levels=application,model", fetch(reader, mid, TraceQuery(levels=frozenset({"application", "model"}))), runs),
         ("100k trace, ?max_depth=1", fetch(reader, mid, TraceQuery(max_depth=1)), runs),
         ("100k trace, Span objects (export's path, no JSON)", span_objects_path(reader, mid), max(3, runs // 4)),

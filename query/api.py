@@ -18,7 +18,7 @@ from aiohttp import web
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict, public, requires
 from mlscope.conventions import parse_levels
 from mlscope.listener import ListenerLimits, body_deadline
-from mlscope.store import SPAN_ROWS, Store
+from mlscope.store import Store, sql_string
 from mlscope.ui import add_viewer
 
 from .errors import BadRequest, NotFound
@@ -32,7 +32,7 @@ from .listing import parse_trace_filter, trace_page
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
 from .params import int_between, one_of, parse_params
-from .timeline import COMPACT_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
+from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
 from .traces import SpanCap, TraceQuery, read_trace, read_window
 
 CollectorStatus = Callable[[], dict[str, Any]]
@@ -51,6 +51,7 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/traces/{trace_id}", get_trace),
         web.get("/api/traces/{trace_id}/export", export_trace),
         web.get("/api/traces/{trace_id}/window", get_trace_window),
+        web.get("/api/traces/{trace_id}/counters", trace_counters),
         web.post("/api/sql", run_sql),
         web.get("/api/evaluations", list_evaluations),
         web.get("/api/traces/{trace_id}/analysis", analyze_trace),
@@ -184,11 +185,15 @@ async def get_trace(request: web.Request) -> web.Response:
     query = TraceQuery(levels=parse_levels(request.query.get("levels")), max_depth=params.get("max_depth"),
                        window=_window(params) if windowed else None, raw=flag(request, "raw"))
     compact = params.get("format") == "compact"
-    render, names = (compact_json, COMPACT_COLUMNS) if compact else (timeline_json, SPAN_ROWS.column_names)
+    names = COMPACT_COLUMNS if compact else TIMELINE_COLUMNS
 
     def read_and_render() -> str | None:  # a big trace takes a while to encode: off the loop
         read = read_trace(request.app[READER], trace_id, query, names, request.app[SPAN_CAP], compact)
-        return None if read is None else _json_text(render(trace_id, read.columns, read.tree))
+        if read is None:
+            return None
+        if compact:
+            return _json_text(compact_json(trace_id, read.columns, read.tree))
+        return timeline_json(trace_id, read.columns, read.tree)  # already JSON text, joined from the store's
 
     text = await asyncio.to_thread(read_and_render)
     if text is None:
@@ -216,6 +221,40 @@ async def get_trace_window(request: web.Request) -> web.Response:
     if text is None:
         raise NotFound(f"trace {trace_id} not found")
     return _json_text_response(text)
+
+
+def counter_series(samples: Sequence[MetricSample], origin_ns: int) -> list[dict[str, Any]]:
+    """Samples grouped per service and series (name and attributes), times as offsets from origin_ns."""
+    series: dict[tuple[str, Any], dict[str, Any]] = {}
+    for sample in samples:
+        entry = series.setdefault((sample.service, sample.series()), {
+            "service": sample.service, "name": sample.name, "kind": sample.kind, "unit": sample.unit,
+            "attributes": dict(sample.attributes), "offset_ns": [], "value": []})
+        entry["offset_ns"].append(sample.time_ns - origin_ns)
+        entry["value"].append(sample.value)
+    return list(series.values())
+
+
+@requires(Scope.READ)
+async def trace_counters(request: web.Request) -> web.Response:
+    """The trace's extent and span count (so a viewer picks the whole or the windowed read in one
+    request) and the metric series its services sampled over it, for counter tracks."""
+    trace_id = _trace_id(request)
+    reader = request.app[READER]
+
+    def read() -> dict[str, Any] | None:
+        bounds = reader.trace_bounds(trace_id)
+        if bounds is None:
+            return None
+        services = reader.first_column(f"SELECT DISTINCT service FROM spans WHERE trace_id = {sql_string(trace_id)}")
+        samples = reader.metric_samples(services, *bounds)
+        return {"trace_id": trace_id, "start_ns": bounds[0], "end_ns": bounds[1],
+                "span_count": reader.span_count(trace_id), "series": counter_series(samples, bounds[0])}
+
+    document = await asyncio.to_thread(read)
+    if document is None:
+        raise NotFound(f"trace {trace_id} not found")
+    return json_response(document)
 
 
 @requires(Scope.READ)

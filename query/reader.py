@@ -6,6 +6,7 @@ through the deduplicating views or merges `trace_index`, never the physical tabl
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -21,7 +22,7 @@ from mlscope.store import (
 from .analysis import MetricSample, metric_sample, metric_samples_sql
 from .errors import BadRequest, Busy
 from .evaluations import EvaluationFilter, evaluations_sql
-from .timeline import ATTRIBUTE_COLUMN
+from .timeline import ATTRIBUTE_COLUMN, SPAN_FIELDS_COLUMN, span_fields_json
 from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
 
@@ -103,9 +104,58 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+# toJSONString (ClickHouse 21.7) escapes a string as JSON does; older servers (Debian's 18.16)
+# lack it, and SPAN_FIELDS_COLUMN is then built from the columns in Python.
+JSON_IN_STORE_SINCE = (21, 7)
+
+
+def _json_object_sql(keys: str, values: str) -> str:
+    """JSON text of the object whose member names are the array `keys`, values `values` (strings)."""
+    return ("concat('{', arrayStringConcat(arrayMap((k, v) -> concat(toJSONString(k), ':', toJSONString(v)), "
+            f"{keys}, {values}), ','), '}}')")
+
+
+def _json_members_sql(members: Sequence[tuple[str, str]]) -> str:
+    """concat(...) of `"name":<value SQL>` for each (name, SQL of JSON text), comma-separated."""
+    parts = []
+    for position, (name, value) in enumerate(members):
+        parts += [sql_string(("," if position else "") + f'"{name}":'), value]
+    return f"concat({', '.join(parts)})"
+
+
+def _span_fields_sql() -> str:
+    """timeline.span_fields as JSON text (without its braces), built by the store; a damaged
+    event or link text becomes {} or [] there as it does in Python."""
+    def text(column: str) -> str:
+        return f"toJSONString({column})"
+
+    level = (f"if(level IN ({', '.join(sql_string(level) for level in LEVELS)}), level, "
+             f"{sql_string(DEFAULT_LEVEL)})")
+    event = _json_members_sql([("time_ns", "toString(t)"), ("name", "toJSONString(n)"),
+                               ("attributes", "if(isValidJSON(a), a, '{}')")])
+    events = (f"concat('[', arrayStringConcat(arrayMap((t, n, a) -> concat('{{', {event}, '}}'), "
+              "event_times_ns, event_names, event_attrs_json), ','), ']')")
+    status = _json_members_sql([("code", text("status_code")), ("message", text("status_message"))])
+    scope = _json_members_sql([("name", text("scope_name")), ("version", text("scope_version"))])
+    return _json_members_sql([
+        *((name, text(name)) for name in ("span_id", "parent_span_id", "name", "kind", "service")),
+        ("level", text(level)),
+        *((name, f"toString({name})") for name in ("start_ns", "end_ns", "duration_ns")),
+        ("attributes", _json_object_sql("attr_keys", "attr_values")),
+        ("resource", _json_object_sql("resource_keys", "resource_values")),
+        ("events", events),
+        ("links", "if(isValidJSON(links_json), links_json, '[]')"),
+        ("status", f"concat('{{', {status}, '}}')"),
+        ("scope", f"concat('{{', {scope}, '}}')"),
+    ])
+
+
 def _select(name: str) -> str:
-    """A stored column, or `attribute:KEY` (timeline.ATTRIBUTE_COLUMN): the span's attribute KEY,
-    else its resource's; '' when neither has it (ClickHouse reads index 0 of an array as '')."""
+    """A stored column, `attribute:KEY` (timeline.ATTRIBUTE_COLUMN): the span's attribute KEY,
+    else its resource's; '' when neither has it (ClickHouse reads index 0 of an array as ''),
+    or SPAN_FIELDS_COLUMN (on a store that builds JSON)."""
+    if name == SPAN_FIELDS_COLUMN:
+        return f"{_span_fields_sql()} AS `{name}`"
     if not name.startswith(ATTRIBUTE_COLUMN):
         return name
     key = sql_string(name[len(ATTRIBUTE_COLUMN):])
@@ -153,9 +203,20 @@ class TraceReader:
             conditions.append(f"start_ns <= {int(window[1])} AND end_ns >= {int(window[0])}")
         if span_ids is not None:
             conditions.append(f"span_id IN ({', '.join(map(sql_string, span_ids)) or sql_string('')})")
+        fields_here = SPAN_FIELDS_COLUMN in names and not self._store_builds_json
+        selected = [name for name in names if name != SPAN_FIELDS_COLUMN] if fields_here else list(names)
+        if fields_here:
+            selected += [name for name in _SPAN_COLUMN_NAMES if name not in selected]
         columns = self._store.execute_columns(
-            f"SELECT {', '.join(map(_select, names))} FROM spans WHERE {' AND '.join(conditions)} ORDER BY start_ns, span_id")
+            f"SELECT {', '.join(map(_select, selected))} FROM spans WHERE {' AND '.join(conditions)} ORDER BY start_ns, span_id")
+        if fields_here:
+            columns[SPAN_FIELDS_COLUMN] = span_fields_json(columns)
         return {name: columns.get(name, []) for name in names}
+
+    @functools.cached_property
+    def _store_builds_json(self) -> bool:
+        """Whether the store's engine has the JSON functions SPAN_FIELDS_COLUMN needs (asked once)."""
+        return self._store.server_version() >= JSON_IN_STORE_SINCE
 
     def trace_spans(self, trace_id: str) -> list[Span]:
         """Every span of `trace_id` (lowercase hex) by start time, then span id; an empty list

@@ -234,8 +234,18 @@ def _loads(text: str, default: Any) -> Any:
         return default
 
 
-def span_json(columns: Columns, row: int, depth: int, self_ns: int) -> dict[str, Any]:
-    """One span of GET /api/traces/{id} (the documented form), from a `spans` row's columns."""
+SPAN_FIELDS_COLUMN = "json:span_fields"
+"""A column name asking the reader for each span's documented JSON members other than self_ns
+and depth (those come from the tree), as the text between an object's braces: the store builds
+it where it can, so the response is joined from text rather than encoded from one dict per span."""
+
+TIMELINE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "duration_ns", SPAN_FIELDS_COLUMN)
+"""The columns timeline_json reads."""
+
+
+def span_fields(columns: Columns, row: int) -> dict[str, Any]:
+    """One span of GET /api/traces/{id} (the documented form) without self_ns and depth, from a
+    `spans` row's columns: what the store's SPAN_FIELDS_COLUMN holds, where the store cannot build it."""
     return {
         "span_id": columns["span_id"][row],
         "parent_span_id": columns["parent_span_id"][row],
@@ -246,8 +256,6 @@ def span_json(columns: Columns, row: int, depth: int, self_ns: int) -> dict[str,
         "start_ns": columns["start_ns"][row],
         "end_ns": columns["end_ns"][row],
         "duration_ns": columns["duration_ns"][row],
-        "self_ns": self_ns,
-        "depth": depth,
         "attributes": dict(zip(columns["attr_keys"][row], columns["attr_values"][row])),
         "resource": dict(zip(columns["resource_keys"][row], columns["resource_values"][row])),
         "events": [{"time_ns": time_ns, "name": name, "attributes": _loads(attributes, {})}
@@ -259,12 +267,19 @@ def span_json(columns: Columns, row: int, depth: int, self_ns: int) -> dict[str,
     }
 
 
-def timeline_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
-    return {
-        "trace_id": trace_id,
-        "spans": [span_json(columns, row, depth, tree.self_ns[row]) for row, depth in zip(tree.order, tree.depths)],
-        "warnings": list(tree.warnings),
-    }
+def span_fields_json(columns: Columns) -> list[str]:
+    """SPAN_FIELDS_COLUMN computed here from every column of `spans`, row by row."""
+    return [json.dumps(span_fields(columns, row), ensure_ascii=False)[1:-1] for row in range(len(columns["span_id"]))]
+
+
+def timeline_json(trace_id: str, columns: Columns, tree: SpanTree) -> str:
+    """GET /api/traces/{id} as JSON text, from TIMELINE_COLUMNS: each span's stored members
+    joined with its self time and depth, no dict per span."""
+    fields, self_ns = columns[SPAN_FIELDS_COLUMN], tree.self_ns
+    spans = ",".join(f'{{"self_ns":{self_ns[row]},"depth":{depth},{fields[row]}}}'
+                     for row, depth in zip(tree.order, tree.depths))
+    warnings = json.dumps(list(tree.warnings), ensure_ascii=False)
+    return f'{{"trace_id":{json.dumps(trace_id)},"spans":[{spans}],"warnings":{warnings}}}'
 
 
 def _parent_positions(depths: Sequence[int]) -> list[int]:

@@ -3,17 +3,21 @@ raw mode. No store, no server."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mlscope.conventions import LAYER_PATH, PROCESS_PID, UnknownLevel, parse_levels
 from mlscope.query.timeline import (
     ATTRIBUTE_COLUMN,
+    SPAN_FIELDS_COLUMN,
     VIEWER_ATTRIBUTES,
     Timeline,
     build_timeline,
     compact_json,
     level_of_detail,
     self_time,
+    span_fields_json,
     span_tree,
     timeline_json,
 )
@@ -160,7 +164,8 @@ def test_parse_levels_names_the_unknown_level() -> None:
 def test_json_shape_follows_the_contract() -> None:
     columns = columns_of(KNOWN)
     tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
-    document = timeline_json(TRACE, columns, tree)
+    columns[SPAN_FIELDS_COLUMN] = span_fields_json(columns)
+    document = json.loads(timeline_json(TRACE, columns, tree))
     assert document["trace_id"] == TRACE and document["warnings"] == []
     root = document["spans"][0]
     assert root == {
