@@ -6,6 +6,10 @@ frameworks on its execution provider, so one request measures the same plan on e
 system (the paper's Fig. 4). Each job belongs to one predictor, which alone moves it on:
 queued -> running -> done | failed. A queued or running job whose predictor stopped
 heartbeating reads as `lost`.
+
+A predictor belongs to the token that first registered it (its `owner`, a fingerprint of the
+token): only that token, or an admin's, heartbeats as it, reads the jobs sent to it (their
+requests hold the manifests) and moves them on. Another token is refused with `NotYours` (403).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mlscope.auth import Caller
 from mlscope.evaluation.jobs import JobError, parse_job_request
 from mlscope.manifests import BUILTIN_BUILDERS
 from mlscope.manifests.trust import BUILDER_PATTERN
@@ -42,6 +47,18 @@ MAX_TEXT = 1024
 MAX_MESSAGE = 4096
 MAX_ROWS = 10_000
 MAX_BUILDERS = 64
+
+
+class NotYours(PermissionError):
+    """The caller's token may not act as this predictor: 403."""
+
+
+def check_acts_as(predictor_id: str, owner: str | None, caller: Caller) -> None:
+    """NotYours unless `caller` may act as the predictor whose owner is `owner` (None: none
+    registered it, so no token but an admin's may)."""
+    if not (caller.admin or owner == caller.owner):
+        raise NotYours(f"predictor {predictor_id} was registered with another token; "
+                       f"each predictor acts with the token it registered with")
 
 
 # --- predictors -------------------------------------------------------------------------------
@@ -97,7 +114,8 @@ def parse_heartbeat(body: Any) -> Heartbeat:
     )
 
 
-def heartbeat_columns(heartbeat: Heartbeat, seen_ns: int) -> Columns:
+def heartbeat_columns(heartbeat: Heartbeat, seen_ns: int, owner: str = "") -> Columns:
+    """A heartbeat as a row; `owner` the registering token's fingerprint ('' with auth off)."""
     return {
         "predictor_id": [heartbeat.predictor_id], "name": [heartbeat.name], "host": [heartbeat.host],
         "pid": [heartbeat.pid], "system": [heartbeat.system], "system_name": [heartbeat.system_name],
@@ -105,16 +123,20 @@ def heartbeat_columns(heartbeat: Heartbeat, seen_ns: int) -> Columns:
         "frameworks": [list(dict.fromkeys(pair.split("/", 1)[0] for pair in heartbeat.execution_providers))],
         "execution_providers": [list(heartbeat.execution_providers)],
         "label_keys": [[key for key, _ in heartbeat.labels]], "label_values": [[value for _, value in heartbeat.labels]],
-        "started_ns": [heartbeat.started_ns], "seen_ns": [seen_ns],
+        "started_ns": [heartbeat.started_ns], "seen_ns": [seen_ns], "owner": [owner],
     }
 
 
 PREDICTORS_SQL = f"SELECT * FROM predictors ORDER BY seen_ns DESC LIMIT {MAX_ROWS}"
 
 
+def owner_sql(predictor_id: str) -> str:
+    return f"SELECT owner FROM predictors WHERE predictor_id = {sql_string(predictor_id)}"
+
+
 def predictor_json(row: Mapping[str, Any], now_ns: int, timing: DispatchTiming) -> dict[str, Any]:
     """A `predictors` row as the API shows it: labels as an object, and whether it is alive."""
-    shown = {name: value for name, value in row.items() if name not in ("label_keys", "label_values")}
+    shown = {name: value for name, value in row.items() if name not in ("label_keys", "label_values", "owner")}
     shown["labels"] = dict(zip(row["label_keys"], row["label_values"]))
     shown["frameworks"], shown["execution_providers"] = list(row["frameworks"]), list(row["execution_providers"])
     shown["alive"] = is_alive(row["seen_ns"], now_ns, timing)
@@ -175,10 +197,13 @@ def parse_job_filter(params: Mapping[str, str]) -> JobFilter:
     return JobFilter(**parse_params(params, JOB_PARAMS))
 
 
-def jobs_sql(job_filter: JobFilter) -> str:
-    """Oldest first (the order a run's jobs were queued in), or the latest ones newest first."""
+def jobs_sql(job_filter: JobFilter, owner: str | None = None) -> str:
+    """Oldest first (the order a run's jobs were queued in), or the latest ones newest first;
+    with `owner`, only the jobs of the predictors that token registered."""
     conditions = [f"{name} = {sql_string(value)}" for name in ("run_id", "predictor_id", "state")
                   if (value := getattr(job_filter, name)) is not None]
+    if owner is not None:
+        conditions.append(f"predictor_id IN (SELECT predictor_id FROM predictors WHERE owner = {sql_string(owner)})")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     if job_filter.latest is not None:
         return f"SELECT * FROM jobs{where} ORDER BY created_ns DESC, job_id DESC LIMIT {int(job_filter.latest)}"

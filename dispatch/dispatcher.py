@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from mlscope.auth import Caller
 from mlscope.query.errors import BadRequest, Conflict, NotFound
 from mlscope.store import Store
 
 from .core import (
-    PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, check_transition,
-    describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches, predictor_json,
-    allows_builders,
+    PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, allows_builders, check_acts_as,
+    check_transition, describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches,
+    owner_sql, predictor_json,
 )
 
 
@@ -35,9 +36,17 @@ class Dispatcher:
         # Each predictor's --allow-builder names, from its latest heartbeat. Kept in memory, not in the
         # store: the next heartbeat (every heartbeat_s) says it again after a restart.
         self._allowed_builders: dict[str, frozenset[str]] = {}
+        # Each predictor's owner (the token that registered it), read from the store once: it never changes.
+        self._owners: dict[str, str] = {}
 
-    def heartbeat(self, heartbeat: Heartbeat) -> dict[str, Any]:
-        self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns()))
+    def heartbeat(self, heartbeat: Heartbeat, caller: Caller) -> dict[str, Any]:
+        """Registers or refreshes a predictor; NotYours when another token registered it."""
+        with self._lock:  # check, then write: two tokens racing to register one id cannot both win
+            owner = self._owner(heartbeat.predictor_id)
+            owner = caller.owner if owner is None else owner
+            check_acts_as(heartbeat.predictor_id, owner, caller)
+            self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns(), owner))
+            self._owners[heartbeat.predictor_id] = owner
         self._allowed_builders[heartbeat.predictor_id] = frozenset(heartbeat.allowed_builders)
         return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
 
@@ -72,18 +81,25 @@ class Dispatcher:
             {"job_id": job["job_id"], "predictor_id": predictor["predictor_id"], "predictor": predictor["name"],
              "system_name": predictor["system_name"]} for job, predictor in zip(jobs, chosen)]}
 
-    def jobs(self, job_filter: JobFilter) -> list[dict[str, Any]]:
+    def jobs(self, job_filter: JobFilter, caller: Caller) -> list[dict[str, Any]]:
+        """The jobs the filter selects, of the caller's own predictors unless it is an admin."""
         seen = self._seen_ns()
         now_ns = self._clock_ns()
-        return [job_json(row, seen, now_ns, self.timing) for row in self._rows(jobs_sql(job_filter))]
+        sql = jobs_sql(job_filter, owner=None if caller.admin else caller.owner)
+        return [job_json(row, seen, now_ns, self.timing) for row in self._rows(sql)]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        """One job (by a checked id), with its request; NotFound when there is none."""
-        return job_json(self._job_row(job_id), self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
+    def job(self, job_id: str, caller: Caller) -> dict[str, Any]:
+        """One job (by a checked id), with its request; NotFound when there is none, NotYours
+        when it was sent to a predictor of another token."""
+        row = self._job_row(job_id)
+        check_acts_as(row["predictor_id"], self._owner(row["predictor_id"]), caller)
+        return job_json(row, self._seen_ns(), self._clock_ns(), self.timing, with_request=True)
 
-    def change_state(self, job_id: str, change: StateChange) -> dict[str, Any]:
-        """Moves a job on (Conflict if its state or owner does not allow it); the job as it is
-        now, with its request (what a predictor that starts running it needs)."""
+    def change_state(self, job_id: str, change: StateChange, caller: Caller) -> dict[str, Any]:
+        """Moves a job on (NotYours unless the caller acts as the predictor named, Conflict if
+        the job's state or owner does not allow it); the job as it is now, with its request
+        (what a predictor that starts running it needs)."""
+        check_acts_as(change.predictor_id, self._owner(change.predictor_id), caller)
         with self._lock:
             row = self._job_row(job_id)
             check_transition(row, change)
@@ -97,6 +113,15 @@ class Dispatcher:
         if not rows:
             raise NotFound(f"job {job_id} not found")
         return rows[0]
+
+    def _owner(self, predictor_id: str) -> str | None:
+        """The owner of a registered predictor; None when none registered it."""
+        if predictor_id not in self._owners:
+            rows = self._store.execute(owner_sql(predictor_id)).rows
+            if not rows:
+                return None
+            self._owners[predictor_id] = rows[0][0]
+        return self._owners[predictor_id]
 
     def _seen_ns(self) -> dict[str, int]:
         return {row[0]: row[1] for row in self._store.execute("SELECT predictor_id, seen_ns FROM predictors").rows}

@@ -17,6 +17,7 @@ route that declares nothing needs `admin` (closed unless said otherwise).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import stat
@@ -76,6 +77,16 @@ class AuthPolicy:
             return Verdict.UNAUTHENTICATED
         return Verdict.ALLOWED if grant.allows(scope) else Verdict.FORBIDDEN
 
+    def caller(self, authorization: str | None) -> Caller:
+        """Who sent a request `check` allowed. With auth off every request is the same anonymous
+        admin, as before tokens (the CLI allows that on loopback or with --insecure only)."""
+        if not self.enforced:
+            return Caller(owner="", admin=True)
+        grant = self._grant_for(bearer_token(authorization))
+        if grant is None:
+            return Caller(owner="", admin=False)
+        return Caller(owner=token_fingerprint(grant.token), admin=Scope.ADMIN in grant.scopes)
+
     def _grant_for(self, token: bytes | None) -> Grant | None:
         if token is None:
             return None
@@ -89,6 +100,21 @@ class AuthPolicy:
 
 
 NO_AUTH = AuthPolicy(grants=(), enforced=False)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, for the checks a scope cannot express (a predictor token acts as the
+    predictors it registered, no other). `owner` is a fingerprint of the token, safe to store:
+    it names the token without revealing it."""
+
+    owner: str
+    admin: bool  # acts for every owner: an `admin` token, or any request when auth is off
+
+
+def token_fingerprint(token: bytes) -> str:
+    """32 hex digits naming a token; a SHA-256 prefix, so the stored value cannot be replayed."""
+    return hashlib.sha256(token).hexdigest()[:32]
 
 
 def bearer_token(authorization: str | None) -> bytes | None:

@@ -127,6 +127,7 @@ PREDICTOR_HEARTBEATS = _table(
     ("label_values", "Array(String)"),
     ("started_ns", "UInt64"),
     ("seen_ns", "UInt64"),
+    ("owner", "String"),  # schema/008: the fingerprint of the token that registered it
 )
 
 JOB_STATES = _table(
