@@ -26,7 +26,7 @@ A, B = "a" * 32, "b" * 32
 
 
 def layer(span_id: str, parent: str, path: str, start: float, end: float, trace_id: str) -> dict:
-    return row(span_id, parent, path.rsplit(".", 1)[-1], start, end, "layer", trace_id=trace_id,
+    return row(span_id, parent, path, start, end, "layer", trace_id=trace_id,
                attributes={LAYER_PATH: path, LAYER_TYPE: "Conv2d"})
 
 
@@ -88,5 +88,33 @@ async def test_compare_diff_table_sorted_and_picker(base_url: str, browser: Brow
     await page.goto(f"{base_url}/compare?a=nothex&b={B}")
     await expect(page.locator("main .error")).to_contain_text("trace id (32 hex)")
     await expect(page.locator("#compare-pick select[name=a] option")).to_have_count(2)
+    assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
+async def test_sql_schema_results_csv_and_chart(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/sql")
+    # The tables' columns beside the editor; a click types the name into the query.
+    spans = page.locator("#sql-schema details").first
+    await expect(spans.locator("li").first).to_be_visible()
+    assert "trace_id" in await spans.locator("li button").all_text_contents()
+    await page.locator("#sql-query").fill("SELECT name, duration_ns FROM spans WHERE level = 'layer' AND trace_id = '" + B
+                                          + "' ORDER BY duration_ns DESC, ")
+    await spans.locator("li button", has_text="span_id").first.click()
+    assert (await page.locator("#sql-query").input_value()).endswith("DESC, span_id")
+    await page.locator("#sql-run").click()
+    await expect(page.locator("table.sql-result tbody tr")).to_have_count(3)
+    assert [r[0] for r in await table_rows(page, "table.sql-result")] == ["features.0", "features.1", EVIL]
+    # A bar per row of the first numeric column, labelled by the first other column.
+    await expect(page.locator("#sql-chart .mark")).to_have_count(3)
+    assert f"{EVIL}: 5000000" in await page.locator("#sql-chart .mark title").all_text_contents()
+    async with page.expect_download() as waiting:
+        await page.locator("#sql-csv").click()
+    csv = Path(await (await waiting.value).path()).read_text()
+    assert csv.splitlines()[0] == '"name","duration_ns"'
+    assert csv.splitlines()[1] == f'"features.0","{60 * 1_000_000}"'
+    await page.screenshot(path=str(SHOTS / "sql.png"), full_page=True)
     assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
     assert problems == []

@@ -532,6 +532,77 @@
     detail.show(timeline, selected && timeline.model.byId.has(selected) ? timeline.model.byId.get(selected) : -1);
   }
 
+  // --- SQL page -------------------------------------------------------------------------------
+
+  const SQL_TABLES = ["spans", "metrics", "evaluations"];
+  const NUMERIC_TYPE = /^(Nullable\()?(U?Int|Float|Decimal)/;
+  const CHART_ROWS = 50;
+
+  function cellText(value) {
+    if (value === null || value === undefined) return "";
+    return typeof value === "string" ? value : JSON.stringify(value, (k, v) => (typeof v === "bigint" ? v.toString() : v));
+  }
+
+  // RFC 4180: every cell quoted, quotes doubled.
+  function toCsv(columns, rows) {
+    const line = (cells) => cells.map((cell) => `"${cellText(cell).replace(/"/g, '""')}"`).join(",");
+    return [line(columns.map((c) => c.name)), ...rows.map(line)].join("\r\n") + "\r\n";
+  }
+
+  // The first numeric column against the first other column (or the row number), as bars.
+  function resultChart(columns, rows) {
+    const value = columns.findIndex((c) => NUMERIC_TYPE.test(c.type));
+    if (value < 0 || !rows.length) return null;
+    const label = columns.findIndex((c, i) => i !== value && !NUMERIC_TYPE.test(c.type));
+    const shown = rows.slice(0, CHART_ROWS);
+    const groups = shown.map((row, i) => {
+      const name = label < 0 ? String(i + 1) : cellText(row[label]);
+      return { name, bars: [{ series: 0, value: Number(row[value]), title: `${name}: ${cellText(row[value])}` }] };
+    });
+    return el("figure", { class: "figure", id: "sql-chart" },
+      el("figcaption", null, `${columns[value].name}${rows.length > CHART_ROWS ? ` (first ${CHART_ROWS} rows)` : ""}`),
+      window.mlscopeCharts.barChart(groups, [columns[value].name], {
+        title: columns[value].name, xLabel: label < 0 ? "row" : columns[label].name, yLabel: columns[value].name,
+        yFormat: (v) => formatNumber(v, 3) }));
+  }
+
+  function csvLink(columns, rows) {
+    const url = URL.createObjectURL(new Blob([toCsv(columns, rows)], { type: "text/csv" }));
+    return el("a", { id: "sql-csv", href: url, download: "mlscope-query.csv" }, "Download CSV");
+  }
+
+  async function runSql(query) {
+    return fetchJson("/api/sql", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ query }),
+    });
+  }
+
+  // The tables' columns beside the editor, from one row of each joined onto a constant so that an
+  // empty table answers too (the embedded store sends no columns with no rows; the system tables
+  // are closed to /api/sql, and DESCRIBE is refused by the embedded store).
+  // One at a time: the API runs few queries at once. A click on a column name types it in.
+  function columnButton(editor, name) {
+    const button = el("button", { type: "button", class: "span-link" }, name);
+    button.addEventListener("click", () => {
+      editor.setRangeText(name, editor.selectionStart, editor.selectionEnd, "end");
+      editor.focus();
+    });
+    return button;
+  }
+
+  async function schemaPanel(editor) {
+    const sections = [];
+    for (const name of SQL_TABLES) {
+      const result = await runSql(`SELECT t.* FROM (SELECT 1) AS one LEFT JOIN ${name} AS t ON 1 = 1 LIMIT 1`).catch((error) => error);
+      sections.push(result instanceof Error
+        ? el("p", { class: "muted" }, `${name}: ${result.message}`)
+        : el("details", { open: name === "spans" ? "" : null }, el("summary", null, name),
+          el("ul", null, ...result.columns.map((column) =>
+            el("li", null, columnButton(editor, column.name), " ", el("span", { class: "muted" }, column.type))))));
+    }
+    return el("aside", { class: "schema", id: "sql-schema" }, el("h3", null, "Tables"), ...sections);
+  }
+
   function renderSql(main) {
     document.title = "mlscope: SQL";
     const query = el("textarea", { id: "sql-query", spellcheck: "false" });
@@ -542,14 +613,12 @@
     const execute = async () => {
       run.disabled = true;
       try {
-        const result = await fetchJson("/api/sql", {
-          method: "POST", headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ query: query.value }),
-        });
-        const rows = result.rows.map((row) => el("tr", null, ...row.map((value) =>
-          el("td", null, typeof value === "string" ? value : JSON.stringify(value, (k, v) => (typeof v === "bigint" ? v.toString() : v))))));
+        const result = await runSql(query.value);
+        const rows = result.rows.map((row) => el("tr", null, ...row.map((value) => el("td", null, cellText(value)))));
         output.replaceChildren(
-          el("p", { class: "muted" }, `${result.rows.length} rows${result.truncated ? " (truncated at the limit)" : ""}`),
+          el("p", { class: "muted" }, `${result.rows.length} rows${result.truncated ? " (truncated at the limit)" : ""} `,
+            csvLink(result.columns, result.rows)),
+          resultChart(result.columns, result.rows),
           table(result.columns.map((c) => `${c.name} ${c.type}`), rows, "sql-result"));
       } catch (error) {
         output.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
@@ -559,7 +628,11 @@
     };
     run.addEventListener("click", execute);
     query.addEventListener("keydown", (event) => { if (event.key === "Enter" && event.ctrlKey) execute(); });
-    main.replaceChildren(el("h1", null, "SQL"), query, el("div", { class: "sql-bar" }, run, note), output);
+    const schema = el("aside", { class: "schema" }, el("p", { class: "muted" }, "Loading tables…"));
+    main.replaceChildren(el("h1", null, "SQL"),
+      el("div", { class: "sql-layout" }, el("div", { class: "sql-editor" }, query, el("div", { class: "sql-bar" }, run, note)), schema),
+      output);
+    schemaPanel(query).then((panel) => schema.replaceWith(panel));
   }
 
   // Predictors (mlscope predictor) and their latest jobs (mlscope evaluate --remote), newest first.
@@ -940,7 +1013,7 @@
     window.mlscopeViewer = {
       attributes: Object.freeze({ ...conventions.attributes }),
       formatDuration, parseLevels, levelsParam, parseJson,
-      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, sortDiffRows, compareEvaluations,
+      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, sortDiffRows, compareEvaluations, toCsv,
     };
     window.addEventListener("popstate", route);
     route();
