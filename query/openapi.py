@@ -122,6 +122,19 @@ SCHEMAS: dict[str, Any] = {
                 "span_id": {"type": "string"}}}},
         },
     },
+    "TraceCounters": {
+        "type": "object",
+        "properties": {
+            "trace_id": {"type": "string"}, "start_ns": INTEGER, "end_ns": INTEGER,
+            "span_count": {**INTEGER, "description": "distinct spans, from the trace index"},
+            "series": {"type": "array", "items": {"type": "object", "properties": {
+                "service": {"type": "string"}, "name": {"type": "string"}, "kind": {"type": "string"},
+                "unit": {"type": "string"}, "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                "offset_ns": {"type": "array", "items": {"type": "integer"},
+                              "description": "each sample's time after start_ns, oldest first"},
+                "value": {"type": "array", "items": {"type": "number"}}}}},
+        },
+    },
     "Evaluation": {
         "type": "object",
         "description": "one row of the `evaluations` table (docs/manifests.md lists the columns); "
@@ -255,6 +268,11 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                                 "the window's width in pixels, when resolution_ns is not given"),
                 ],
                 "responses": {"200": json_content(ref("TraceWindow"), "the window"), "400": ERROR, "404": ERROR}}},
+            "/api/traces/{trace_id}/counters": {"get": {
+                "summary": "one trace's extent and span count, and the metric series its services sampled "
+                           "over it (the viewer's counter tracks)",
+                "parameters": [_TRACE_ID],
+                "responses": {"200": json_content(ref("TraceCounters"), "the counters"), "404": ERROR}}},
             "/api/traces/{trace_id}/export": {"get": {
                 "summary": "one trace in Jaeger UI JSON or Chrome/Perfetto trace-event JSON",
                 "parameters": [_TRACE_ID, query_param("format", {"type": "string", "enum": sorted(EXPORTERS)}, "")],

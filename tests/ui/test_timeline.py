@@ -18,6 +18,7 @@ from playwright.async_api import Browser, Page
 from mlscope.query import create_query_app
 from mlscope.store import Store
 from tests.query.query_server import serve
+from tests.query.test_counters import insert_samples
 from tests.query.trace_fixtures import insert
 from tests.ui.deep_trace import DEEP_TRACE, deep_trace_rows, span_id
 
@@ -25,6 +26,9 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 EVIL = "<img src=x onerror=window.__pwned=1>"
 PROCESS, MODEL, LAYER, OP = (span_id(n) for n in (1, 2, 3, 4))  # the first call's first layer and op
 THIRD_LAYER = span_id(11)  # features.2 (ReLU) of the first call: 2 + 2 * (1 + 3) + 1
+# What a hardware-level run samples: CPU utilisation and a GPU's power, every 50 ms over the run.
+SAMPLES = [("svc", "system.cpu.utilization", "1", ms, 0.2 + 0.6 * (ms % 300) / 300, {}) for ms in range(0, 1001, 50)] + [
+    ("svc", "hw.power", "W", ms, 100 + ms / 10, {"hw.id": "gpu0"}) for ms in range(0, 1001, 50)]
 ROWS = [{**r, "name": EVIL} if r["span_id"] == span_id(5) else r for r in deep_trace_rows()]
 READY = '[data-testid=timeline][data-ready="1"]'
 
@@ -34,6 +38,7 @@ pytestmark = [pytest.mark.parametrize("store_url", ["embedded"], indirect=True)]
 @pytest.fixture
 async def base_url(store: Store) -> AsyncIterator[str]:
     insert(store, ROWS)
+    insert_samples(store, SAMPLES)
     runner, url = await serve(create_query_app(store))
     try:
         yield url
@@ -234,4 +239,19 @@ async def test_analysis_rows_select_and_search(base_url: str, browser: Browser) 
     await tables.nth(2).locator("button", has_text="features.4 (Linear)").click()
     await page.locator("[data-testid=details] h2", has_text="features.4").wait_for()
     await screenshot(page, "timeline-analysis.png")
+    assert problems == []
+
+
+async def test_counter_tracks_under_the_spans(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    titles: list[str] = []
+
+    async def has_tracks() -> bool:
+        titles[:] = await page.evaluate("window.mlscopeTimeline.counterTitles()")
+        return len(titles) == 2
+
+    assert await until(page, has_tracks)
+    assert sorted(titles) == ["hw.power hw.id=gpu0 (W)", "system.cpu.utilization"]
+    await screenshot(page, "timeline-counters.png")
     assert problems == []

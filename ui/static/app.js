@@ -479,6 +479,20 @@
     return panel;
   }
 
+  // GET /api/traces/{id}/counters' series as the timeline's counter tracks: sample times moved
+  // from the trace's start to the drawn spans' origin (a level filter can move the origin).
+  function counterTracks(counters, origin) {
+    const shift = Number(toBig(counters.start_ns) - origin);
+    return counters.series.map((series) => {
+      const labels = Object.entries(series.attributes).map(([key, value]) => `${key}=${value}`);
+      return {
+        title: [series.name, ...labels, series.unit && series.unit !== "1" ? `(${series.unit})` : ""].join(" ").trim(),
+        times: Float64Array.from(series.offset_ns, (offset) => Number(offset) + shift),
+        values: Float64Array.from(series.value, Number),
+      };
+    });
+  }
+
   let activeTimeline = null;
   // What the trace page draws when every level is switched off (the compact form, empty).
   const EMPTY_TRACE = Object.freeze({
@@ -491,6 +505,7 @@
     const shown = parseLevels(location.search);
     const param = levelsParam(shown);
     const base = `/api/traces/${encodeURIComponent(traceId)}`;
+    const counters = await fetchJson(`${base}/counters`);
     const levelsQuery = param === null ? "" : `levels=${encodeURIComponent(param)}`;
     const trace = shown.size
       ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
@@ -503,6 +518,7 @@
       onViewChange: (view) => replaceUrlParams({ start: view.startNs, end: view.endNs, span: view.selected }),
     });
     activeTimeline = timeline;
+    if (timeline.model.count) timeline.setCounters(counterTracks(counters, timeline.model.origin));
     window.mlscopeTimeline = timeline;
     const count = timeline.model.count;
     const onLevels = (levels) => {

@@ -14,6 +14,9 @@
   const RULER_H = 24;
   const HEADER_H = 18;
   const ROW_H = 18;
+  const COUNTER_H = 40; // one hardware counter track, pinned under the span tracks
+  const COUNTER_FILL = "rgba(217, 119, 6, 0.25)";
+  const COUNTER_LINE = "#d97706";
   const FONT = "11px system-ui, sans-serif";
   const SLIVER = "#9ca3af";
   const OUTLINE = "#dc2626"; // the critical path's outline: red reads as "this holds the trace open"
@@ -239,6 +242,7 @@
     let selected = -1;
     let matches = null; // Uint8Array while a search is active
     let outlined = null; // Uint8Array while a set of spans (the critical path) is outlined
+    let counters = []; // {title, times (ns after the model's origin), values, max}, drawn under the spans
     let widthPx = 0;
     let heightPx = 0;
     let mouseX = null;
@@ -265,6 +269,8 @@
       const last = model.tracks.length - 1;
       return last < 0 ? 0 : tops[last] + HEADER_H + (model.tracks[last].collapsed ? 0 : model.tracks[last].rows.length * ROW_H);
     };
+    // The span tracks scroll between the ruler and the counter tracks.
+    const spansBottom = () => heightPx - counters.length * COUNTER_H;
     const scale = () => widthPx / (view.t1 - view.t0);
     const xOf = (ns) => (ns - view.t0) * scale();
     const nsAt = (x) => view.t0 + x / scale();
@@ -354,7 +360,7 @@
       if (track.collapsed) return;
       track.rows.forEach((row, r) => {
         const y = top + HEADER_H + r * ROW_H;
-        if (y + ROW_H >= RULER_H && y < heightPx) drawRow(row, y);
+        if (y + ROW_H >= RULER_H && y < spansBottom()) drawRow(row, y);
       });
     }
 
@@ -365,6 +371,39 @@
       ctx.strokeStyle = "#111827";
       ctx.lineWidth = 2;
       ctx.strokeRect(x0, rowTop(selected) + 1, Math.max(2, x1 - x0), ROW_H - 2);
+    }
+
+    // A counter's samples as a line over a filled area, scaled to the series' maximum; the sample
+    // before the window and the one after it are drawn too, so the line reaches both edges.
+    function drawCounter(series, top) {
+      ctx.fillStyle = "#fafafa";
+      ctx.fillRect(0, top, widthPx, COUNTER_H);
+      ctx.fillStyle = "#d8dce3";
+      ctx.fillRect(0, top, widthPx, 1);
+      const { times, values, max } = series;
+      const first = Math.max(0, lowerBound(times, view.t0) - 1);
+      const last = Math.min(times.length - 1, lowerBound(times, view.t1));
+      const base = top + COUNTER_H - 2;
+      const yOf = (value) => base - (max > 0 ? (value / max) * (COUNTER_H - 16) : 0);
+      if (last >= first) {
+        ctx.beginPath();
+        ctx.moveTo(xOf(times[first]), base);
+        for (let j = first; j <= last; j += 1) ctx.lineTo(xOf(times[j]), yOf(values[j]));
+        ctx.lineTo(xOf(times[last]), base);
+        ctx.fillStyle = COUNTER_FILL;
+        ctx.fill();
+        ctx.beginPath();
+        for (let j = first; j <= last; j += 1) ctx.lineTo(xOf(times[j]), yOf(values[j]));
+        ctx.strokeStyle = COUNTER_LINE;
+        ctx.lineWidth = 1.5;
+        ctx.stroke();
+      }
+      ctx.fillStyle = "#374151";
+      ctx.fillText(`${series.title} · max ${Number(max.toPrecision(3))}`, 4, top + 12);
+    }
+
+    function drawCounters() {
+      counters.forEach((series, k) => drawCounter(series, spansBottom() + k * COUNTER_H));
     }
 
     function drawDragRange() {
@@ -382,16 +421,17 @@
       drawGrid();
       ctx.save();
       ctx.beginPath();
-      ctx.rect(0, RULER_H, widthPx, heightPx - RULER_H);
+      ctx.rect(0, RULER_H, widthPx, spansBottom() - RULER_H);
       ctx.clip();
       model.tracks.forEach((track, t) => {
         const top = RULER_H + tops[t] - scrollY;
         const bottom = top + HEADER_H + (track.collapsed ? 0 : track.rows.length * ROW_H);
-        if (bottom >= RULER_H && top < heightPx) drawTrack(track, top);
+        if (bottom >= RULER_H && top < spansBottom()) drawTrack(track, top);
       });
       drawSelection();
-      drawDragRange();
       ctx.restore();
+      drawCounters();
+      drawDragRange();
       drawRuler();
       drawMs.push(performance.now() - started);
       if (drawMs.length > 2000) drawMs.splice(0, 1000);
@@ -436,13 +476,14 @@
     }
 
     function scrollBy(dy) {
-      const max = Math.max(0, contentHeight() - (heightPx - RULER_H));
+      const max = Math.max(0, contentHeight() - (spansBottom() - RULER_H));
       scrollY = Math.min(Math.max(scrollY + dy, 0), max);
       requestFrame();
     }
 
     // --- hit testing ---
     function trackAt(y) {
+      if (y >= spansBottom()) return null;
       const contentY = y - RULER_H + scrollY;
       for (let t = model.tracks.length - 1; t >= 0; t -= 1) {
         if (contentY >= tops[t]) return { t, offset: contentY - tops[t] };
@@ -485,7 +526,7 @@
         view = { t0: middle - fitted / 2, t1: middle + fitted / 2 };
       }
       const y = rowTop(i);
-      if (y < RULER_H + HEADER_H || y + ROW_H > heightPx) scrollBy(y - (RULER_H + heightPx) / 2);
+      if (y < RULER_H + HEADER_H || y + ROW_H > spansBottom()) scrollBy(y - (RULER_H + spansBottom()) / 2);
       viewChanged();
     }
 
@@ -536,6 +577,12 @@
       outlined = indexes.length ? new Uint8Array(model.count) : null;
       for (const i of indexes) outlined[i] = 1;
       requestFrame();
+    }
+
+    // Counter tracks: [{title, times, values}] with times in ns after the model's origin, sorted.
+    function setCounters(list) {
+      counters = list.map((series) => ({ ...series, max: series.values.reduce((a, b) => Math.max(a, b), 0) }));
+      scrollBy(0);
     }
 
     function currentView() {
@@ -657,7 +704,8 @@
 
     return {
       element, model,
-      select, setSearch, selectMatch, currentView, setOutline,
+      select, setSearch, selectMatch, currentView, setOutline, setCounters,
+      counterTitles: () => counters.map((series) => series.title), // for tests
       selectId(spanId) {
         const i = model.byId.get(spanId);
         if (i !== undefined) select(i, { reveal: true });
@@ -673,7 +721,7 @@
         const x0 = Math.max(xOf(model.starts[i]), 0);
         const x1 = Math.min(xOf(model.ends[i]), widthPx);
         const y = rowTop(i);
-        if (x1 <= x0 || y + ROW_H <= RULER_H || y >= heightPx) return null;
+        if (x1 <= x0 || y + ROW_H <= RULER_H || y >= spansBottom()) return null;
         return { x: box.left + x0, y: box.top + y + 1, width: x1 - x0, height: ROW_H - 2 };
       },
       view: () => ({ ...view }),
