@@ -118,3 +118,31 @@ async def test_sql_schema_results_csv_and_chart(base_url: str, browser: Browser)
     await page.screenshot(path=str(SHOTS / "sql.png"), full_page=True)
     assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
     assert problems == []
+
+
+async def test_trace_list_filters_are_bound_to_the_url(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(base_url)
+    await expect(page.locator("table.traces tbody tr")).to_have_count(2)
+    await page.locator("#trace-filter input[name=model]").fill(EVIL)
+    await page.locator("#trace-filter select[name=level]").select_option("library")
+    await page.locator("#trace-filter input[name=min_duration_ms]").fill("150")
+    await page.locator("#trace-filter button").click()
+    await expect(page.locator("table.traces tbody tr")).to_have_count(1)
+    assert await page.locator("table.traces a.trace-link").get_attribute("href") == f"/traces/{B}"
+    assert page.url.endswith("/?model=%3Cimg+src%3Dx+onerror%3Dwindow.__pwned%3D1%3E&level=library&min_duration_ns=150000000")
+    await page.screenshot(path=str(SHOTS / "trace-list.png"), full_page=True)
+
+    # The URL pasted into a new tab filters the same way and fills the form; a time window past
+    # both traces matches none.
+    fresh = await open_page(browser, problems)
+    await fresh.goto(f"{base_url}/?service=svc-aa&min_duration_ns=1000000")
+    await expect(fresh.locator("table.traces tbody tr")).to_have_count(1)
+    assert await fresh.locator("#trace-filter input[name=service]").input_value() == "svc-aa"
+    assert await fresh.locator("#trace-filter input[name=min_duration_ms]").input_value() == "1"
+    await fresh.goto(f"{base_url}/?since_ns={T0 + 500 * MS}")
+    await expect(fresh.locator("main")).to_contain_text("No traces match.")
+    assert await fresh.locator("#trace-filter input[name=since]").input_value() != ""
+    assert await page.evaluate("window.__pwned") is None
+    assert problems == []

@@ -271,13 +271,76 @@
 
   // --- pages ----------------------------------------------------------------------------------
 
+  // The trace list's filters: the page's URL carries GET /api/traces's own parameters, so a
+  // filtered list is a deep link and its API query is the same text.
+  const TRACE_TEXT_FILTERS = ["service", "model", "framework", "level"];
+  const TRACE_NUMBER_FILTERS = ["min_duration_ns", "since_ns", "until_ns"];
+
+  // ?service=&...&since_ns= -> the same parameters, unknown and malformed ones dropped, in a fixed order.
+  function traceListParams(search) {
+    const params = new URLSearchParams(search);
+    const kept = new URLSearchParams();
+    for (const name of [...TRACE_TEXT_FILTERS, ...TRACE_NUMBER_FILTERS]) {
+      const value = (params.get(name) || "").trim();
+      if (value && (TRACE_TEXT_FILTERS.includes(name) || /^\d+$/.test(value))) kept.set(name, value);
+    }
+    return kept;
+  }
+
+  // <input type=datetime-local> (the browser's local time) <-> nanoseconds since the epoch.
+  function localTimeToNs(text) {
+    const ms = new Date(text).getTime();
+    return text && Number.isFinite(ms) ? String(BigInt(ms) * 1000000n) : "";
+  }
+
+  function nsToLocalTime(ns) {
+    if (!ns) return "";
+    const date = new Date(Number(BigInt(ns) / 1000000n));
+    return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  }
+
+  function traceFilterForm(params, onSubmit) {
+    const text = (name) => el("input", { type: "text", name, placeholder: name });
+    const inputs = {
+      service: text("service"), model: text("model"), framework: text("framework"),
+      level: el("select", { name: "level" }, el("option", { value: "" }, "any level"),
+        ...LEVELS.map((level) => el("option", { value: level }, level))),
+      min_duration_ms: el("input", { type: "number", name: "min_duration_ms", min: "0", step: "any", placeholder: "ms" }),
+      since: el("input", { type: "datetime-local", name: "since" }),
+      until: el("input", { type: "datetime-local", name: "until" }),
+    };
+    for (const name of TRACE_TEXT_FILTERS) inputs[name].value = params.get(name) || "";
+    const minNs = params.get("min_duration_ns");
+    inputs.min_duration_ms.value = minNs ? String(Number(minNs) / 1e6) : "";
+    inputs.since.value = nsToLocalTime(params.get("since_ns"));
+    inputs.until.value = nsToLocalTime(params.get("until_ns"));
+    const form = el("form", { class: "filters", id: "trace-filter" },
+      ...TRACE_TEXT_FILTERS.map((name) => el("label", null, `${name} `, inputs[name])),
+      el("label", null, "min duration (ms) ", inputs.min_duration_ms),
+      el("label", null, "since ", inputs.since), el("label", null, "until ", inputs.until),
+      el("button", { type: "submit" }, "Filter"), el("a", { href: "/" }, "clear"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const ms = Number(inputs.min_duration_ms.value);
+      onSubmit(traceListParams(new URLSearchParams({
+        ...Object.fromEntries(TRACE_TEXT_FILTERS.map((name) => [name, inputs[name].value])),
+        min_duration_ns: inputs.min_duration_ms.value && ms >= 0 ? String(Math.round(ms * 1e6)) : "",
+        since_ns: localTimeToNs(inputs.since.value), until_ns: localTimeToNs(inputs.until.value),
+      })));
+    });
+    return form;
+  }
+
   async function renderTraceList(main) {
     document.title = "mlscope: traces";
-    const { traces } = await fetchJson("/api/traces?limit=200");
-    if (!traces.length) {
-      main.replaceChildren(el("h1", null, "Traces"), el("p", { class: "muted" }, "No traces yet."));
-      return;
-    }
+    const params = traceListParams(location.search);
+    const query = params.toString();
+    const { traces } = await fetchJson(`/api/traces?limit=200${query ? `&${query}` : ""}`);
+    const form = traceFilterForm(params, (next) => {
+      const text = next.toString();
+      history.pushState(null, "", text ? `/?${text}` : "/");
+      renderTraceList(main).catch((error) => showError(main, error));
+    });
     const rows = traces.map((trace) => el("tr", null,
       el("td", null, el("a", { class: "trace-link", href: `/traces/${encodeURIComponent(trace.trace_id)}` },
         trace.root_name || "(no root span)")),
@@ -285,8 +348,9 @@
       el("td", null, formatTime(trace.start_ns)),
       el("td", { class: "num" }, formatDuration(trace.duration_ns)),
       el("td", { class: "num" }, String(trace.span_count))));
-    main.replaceChildren(el("h1", null, "Traces"),
-      table(["root span", "service", "start", "duration", "spans"], rows, "traces"));
+    main.replaceChildren(el("h1", null, "Traces"), form, traces.length
+      ? table(["root span", "service", "start", "duration", "spans"], rows, "traces")
+      : el("p", { class: "muted" }, query ? "No traces match." : "No traces yet."));
   }
 
   // A button that selects span `i` in the timeline (parent and children links).
@@ -1029,7 +1093,7 @@
     window.mlscopeViewer = {
       attributes: Object.freeze({ ...conventions.attributes }),
       formatDuration, parseLevels, levelsParam, parseJson,
-      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, sortDiffRows, compareEvaluations, toCsv,
+      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, sortDiffRows, compareEvaluations, toCsv, traceListParams,
     };
     window.addEventListener("popstate", route);
     route();
