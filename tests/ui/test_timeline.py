@@ -255,3 +255,23 @@ async def test_counter_tracks_under_the_spans(base_url: str, browser: Browser) -
     assert sorted(titles) == ["hw.power hw.id=gpu0 (W)", "system.cpu.utilization"]
     await screenshot(page, "timeline-counters.png")
     assert problems == []
+
+
+async def test_minimap_drag_moves_the_window(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", problems)
+    await zoom_onto(page, LAYER, 100)  # a narrow window near the start of the run
+    before = await view(page)
+    box = await page.locator("[data-testid=minimap]").bounding_box()
+    assert box is not None
+    left = box["x"] + box["width"] * (before["startNs"] + before["endNs"]) / 2 / 1e9  # the window's centre (1 s run)
+    await page.mouse.move(left, box["y"] + box["height"] / 2)
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2, steps=5)
+    await page.mouse.up()
+    after = await view(page)
+    width = before["endNs"] - before["startNs"]
+    assert after["endNs"] - after["startNs"] == pytest.approx(width, rel=1e-6)  # moved, not zoomed
+    assert (after["startNs"] + after["endNs"]) / 2 == pytest.approx(0.75e9, rel=0.01)
+    await screenshot(page, "timeline-minimap.png")
+    assert problems == []

@@ -4,6 +4,8 @@
 // grouped into tracks (one per service/process, a sub-track per thread) and rows (depth inside
 // the track), and each frame draws only the bars inside the visible window. Bars narrower than a
 // pixel are merged into one grey sliver per row. Names reach the canvas only through fillText.
+// Above the ruler an overview strip shows the whole trace with the window outlined (a press or a
+// drag there moves the window); under the spans, counter tracks draw sampled hardware metrics.
 //
 // Input follows Perfetto: W/S zoom, A/D pan (held keys animate), the wheel zooms around the
 // cursor (shift+wheel scrolls tracks), drag pans, shift+drag or a drag on the ruler zooms to the
@@ -14,6 +16,8 @@
   const RULER_H = 24;
   const HEADER_H = 18;
   const ROW_H = 18;
+  const MINIMAP_H = 32; // the overview strip above the ruler: the whole trace, the window outlined
+  const MINIMAP_ROWS = 4; // depths the overview shows
   const COUNTER_H = 40; // one hardware counter track, pinned under the span tracks
   const COUNTER_FILL = "rgba(217, 119, 6, 0.25)";
   const COUNTER_LINE = "#d97706";
@@ -223,6 +227,21 @@
     return { t0: anchorNs - (anchorNs - view.t0) * factor, t1: anchorNs + (view.t1 - anchorNs) * factor };
   }
 
+  // The overview's pixels: for each of its first MINIMAP_ROWS depths, the level of the span last
+  // drawn over each pixel column (+1; 0 for none), over the whole trace. One pass over the spans,
+  // done when the width changes, not per frame.
+  function overviewCells(model, widthPx) {
+    const cells = new Uint8Array(MINIMAP_ROWS * widthPx);
+    const k = widthPx / Math.max(model.totalNs, 1);
+    for (let i = 0; i < model.count; i += 1) {
+      const row = model.depth[i];
+      if (row >= MINIMAP_ROWS) continue;
+      const last = Math.min(widthPx - 1, Math.floor(model.ends[i] * k));
+      for (let x = Math.max(0, Math.floor(model.starts[i] * k)); x <= last; x += 1) cells[row * widthPx + x] = model.level[i] + 1;
+    }
+    return cells;
+  }
+
   function createTimeline(options) {
     const { columns, levels, defaultLevel, onSelect, onViewChange } = options;
     const model = buildModel(columns, levels, defaultLevel);
@@ -230,11 +249,16 @@
     const colours = levels.map((lvl) => rootStyle.getPropertyValue(`--${lvl}`).trim() || "#6b7280");
     const fadedColours = colours.map(faded);
     const canvas = document.createElement("canvas");
+    const minimap = document.createElement("canvas");
+    minimap.className = "minimap";
+    minimap.setAttribute("data-testid", "minimap");
+    const mini = minimap.getContext("2d");
+    let overview = null; // overviewCells at the current width
     const element = document.createElement("div");
     element.className = "flame";
     element.setAttribute("data-testid", "timeline");
     element.tabIndex = 0;
-    element.append(canvas);
+    element.append(minimap, canvas);
     const ctx = canvas.getContext("2d");
 
     let view = clampView(options.initialView || { t0: 0, t1: model.totalNs }, model.totalNs);
@@ -412,6 +436,36 @@
       ctx.fillRect(Math.min(drag.x0, drag.x), RULER_H, Math.abs(drag.x - drag.x0), heightPx);
     }
 
+    // The overview, the parts of it outside the window dimmed and the window outlined.
+    function drawMinimap() {
+      const dpr = window.devicePixelRatio || 1;
+      mini.setTransform(dpr, 0, 0, dpr, 0, 0);
+      mini.fillStyle = "#f9fafb";
+      mini.fillRect(0, 0, widthPx, MINIMAP_H);
+      const rowH = (MINIMAP_H - 4) / MINIMAP_ROWS;
+      for (let row = 0; row < MINIMAP_ROWS; row += 1) {
+        for (let x = 0; x < widthPx;) {
+          const cell = overview[row * widthPx + x];
+          let end = x + 1;
+          while (end < widthPx && overview[row * widthPx + end] === cell) end += 1;
+          if (cell) {
+            mini.fillStyle = colours[cell - 1];
+            mini.fillRect(x, 2 + row * rowH, end - x, rowH - 1);
+          }
+          x = end;
+        }
+      }
+      const k = widthPx / Math.max(model.totalNs, 1);
+      const x0 = Math.max(0, view.t0 * k);
+      const x1 = Math.min(widthPx, view.t1 * k);
+      mini.fillStyle = "rgba(17, 24, 39, 0.25)";
+      mini.fillRect(0, 0, x0, MINIMAP_H);
+      mini.fillRect(x1, 0, widthPx - x1, MINIMAP_H);
+      mini.strokeStyle = "#1d4ed8";
+      mini.lineWidth = 2;
+      mini.strokeRect(x0, 1, Math.max(2, x1 - x0), MINIMAP_H - 2);
+    }
+
     function draw() {
       const started = performance.now();
       const dpr = window.devicePixelRatio || 1;
@@ -433,6 +487,7 @@
       drawCounters();
       drawDragRange();
       drawRuler();
+      drawMinimap();
       drawMs.push(performance.now() - started);
       if (drawMs.length > 2000) drawMs.splice(0, 1000);
       if (widthPx > 0 && firstDrawAt === null) {
@@ -651,6 +706,16 @@
       }
     }
 
+    // A press or drag on the overview centres the window (its width kept) under the pointer.
+    function onMinimapPointer(event) {
+      if (event.type === "pointerdown") minimap.setPointerCapture(event.pointerId);
+      else if (!minimap.hasPointerCapture(event.pointerId)) return;
+      const centre = (event.offsetX / widthPx) * model.totalNs;
+      const half = (view.t1 - view.t0) / 2;
+      view = { t0: centre - half, t1: centre + half };
+      viewChanged();
+    }
+
     function onClick(x, y) {
       const hit = trackAt(y);
       if (hit && y >= RULER_H && hit.offset < HEADER_H) {
@@ -677,7 +742,12 @@
     function resize() {
       const dpr = window.devicePixelRatio || 1;
       widthPx = element.clientWidth;
-      heightPx = element.clientHeight;
+      heightPx = element.clientHeight - MINIMAP_H;
+      minimap.width = Math.round(widthPx * dpr);
+      minimap.height = Math.round(MINIMAP_H * dpr);
+      minimap.style.width = `${widthPx}px`;
+      minimap.style.height = `${MINIMAP_H}px`;
+      overview = overviewCells(model, widthPx);
       canvas.width = Math.round(widthPx * dpr);
       canvas.height = Math.round(heightPx * dpr);
       canvas.style.width = `${widthPx}px`;
@@ -691,6 +761,8 @@
     const observer = new ResizeObserver(resize);
     observer.observe(element);
     canvas.addEventListener("wheel", onWheel, { passive: false });
+    minimap.addEventListener("pointerdown", onMinimapPointer);
+    minimap.addEventListener("pointermove", onMinimapPointer);
     canvas.addEventListener("pointerdown", onPointerDown);
     canvas.addEventListener("pointermove", onPointerMove);
     canvas.addEventListener("pointerup", onPointerUp);
