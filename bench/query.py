@@ -8,8 +8,8 @@ trace of half the total (1M at the full size of 10M) and 1k-span traces for the 
 embedded store in a temporary directory (and a throwaway clickhouse-server with --server). Then
 prints p50/p99 for: a 1k-span trace (JSON, compact); the 100k-span trace (JSON, compact,
 ?levels=application,model, ?max_depth=1) beside the Span-object path (reader.trace_spans +
-build_timeline, which exports still use); windowed reads of the big trace at 2,000 pixels
-from the whole run down to a 1/10,000 of it.
+build_timeline, which exports still use); the first windowed read of the big trace (which
+fills span_depths), then windowed reads at 2,000 pixels from the whole run down to 1/10,000 of it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def window(reader: TraceReader, trace_id: str, zoom: int) -> Callable[[], str]:
     def run() -> str:
         read = read_window(reader, trace_id, bounds, resolution)
         assert read is not None
-        return json.dumps(window_json(trace_id, bounds, resolution, read.entries, read.span_ids))
+        return json.dumps(window_json(trace_id, bounds, resolution, read))
     return run
 
 
@@ -103,7 +103,9 @@ def bench(store: Store, total: int, runs: int) -> None:
         ("100k trace, ?levels=application,model", fetch(reader, mid, TraceQuery(levels=frozenset({"application", "model"}))), runs),
         ("100k trace, ?max_depth=1", fetch(reader, mid, TraceQuery(max_depth=1)), runs),
         ("100k trace, Span objects (export's path, no JSON)", span_objects_path(reader, mid), max(3, runs // 4)),
-        *((f"big trace window 1/{zoom} at {PIXELS} px", window(reader, big, zoom), max(3, runs // 4)) for zoom in ZOOMS),
+        # The first windowed read of a trace trees it once and fills span_depths; the rest read that.
+        (f"big trace, first window (fills span_depths) at {PIXELS} px", window(reader, big, 1), 1),
+        *((f"big trace window 1/{zoom} at {PIXELS} px", window(reader, big, zoom), runs) for zoom in ZOOMS),
     ]
     for label, action, count in rows:
         print(f"  {label:<52} {timed(action, count)}")

@@ -215,7 +215,7 @@ async def get_trace_window(request: web.Request) -> web.Response:
         pixels = params.get("pixels", DEFAULT_PIXELS)
         resolution = params.get("resolution_ns") or max(1, -(-(window[1] - window[0]) // pixels))
         read = read_window(reader, trace_id, window, resolution)
-        return None if read is None else _json_text(window_json(trace_id, window, resolution, read.entries, read.span_ids))
+        return None if read is None else _json_text(window_json(trace_id, window, resolution, read))
 
     text = await asyncio.to_thread(read_and_render)
     if text is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
+from mlscope.store.model import SPAN_DEPTHS
 from mlscope.store import (
     SPAN_ROWS, TABLES, Columns, OutputCap, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
 )
@@ -150,6 +151,31 @@ def _span_fields_sql() -> str:
     ])
 
 
+def _window_entries_sql(trace_id: str, span_count: int, window: tuple[int, int], resolution_ns: int) -> str:
+    """span_depths rows of `trace_id` (as filled for `span_count` spans) overlapping `window`,
+    as drawn at `resolution_ns` per pixel from the window's start: a span at least a pixel wide is
+    an entry of its own; narrower ones are merged per (service, depth, pixel of their start), named
+    after the name holding most of their time (ties: the greatest name). The inner query sums
+    each name's time, the outer one picks the name."""
+    start, end, resolution = int(window[0]), int(window[1]), int(resolution_ns)
+    duration = "if(end_ns > start_ns, end_ns - start_ns, 0)"
+    # floor((start_ns - start) / resolution), exact, for spans starting before the window too
+    pixel = (f"if(start_ns >= {start}, toInt64(intDiv(start_ns - {start}, {resolution})), "
+             f"-1 - toInt64(intDiv({start} - start_ns - 1, {resolution})))")
+    return (
+        "SELECT track, depth, min(first_ns) AS start_ns, max(last_ns) AS end_ns, sum(spans) AS span_total, "
+        "sum(name_ns) AS total_ns, argMax(name, (name_ns, name)) AS dominant_name, "
+        "if(sum(spans) = 1, any(one_span_id), '') AS span_id FROM ("
+        f"SELECT service AS track, depth, name, "
+        f"if({duration} >= {resolution}, span_id, '') AS wide_span_id, if({duration} >= {resolution}, 0, {pixel}) AS pixel, "
+        f"min(start_ns) AS first_ns, max(end_ns) AS last_ns, count() AS spans, sum({duration}) AS name_ns, "
+        "any(span_id) AS one_span_id "
+        f"FROM {SPAN_DEPTHS.name} WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} "
+        f"AND start_ns <= {end} AND end_ns >= {start} "
+        "GROUP BY track, depth, wide_span_id, pixel, name"
+        ") GROUP BY track, depth, wide_span_id, pixel ORDER BY track, depth, start_ns, span_id")
+
+
 def _select(name: str) -> str:
     """A stored column, `attribute:KEY` (timeline.ATTRIBUTE_COLUMN): the span's attribute KEY,
     else its resource's; '' when neither has it (ClickHouse reads index 0 of an array as ''),
@@ -187,6 +213,22 @@ class TraceReader:
         rows = self._store.execute(
             f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}").rows
         return int(rows[0][0]) if rows else 0
+
+    def has_span_depths(self, trace_id: str, span_count: int) -> bool:
+        """Whether span_depths holds `trace_id`'s tree as it was at `span_count` spans."""
+        rows = self._store.execute(f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE trace_id = {sql_string(trace_id)} "
+                                   f"AND span_count = {int(span_count)}").rows
+        return bool(rows and rows[0][0])
+
+    def store_span_depths(self, columns: Columns) -> None:
+        """Adds a trace's tree to span_depths (columns as SPAN_DEPTHS declares them)."""
+        self._store.insert(SPAN_DEPTHS.name, columns)
+
+    def window_entries(self, trace_id: str, span_count: int, window: tuple[int, int], resolution_ns: int) -> Columns:
+        """The level-of-detail entries of a window, merged by the store (_window_entries_sql), by
+        track, depth, then start: track, depth, start_ns, end_ns, span_total, total_ns,
+        dominant_name, span_id ('' for merged entries)."""
+        return self._store.execute_columns(_window_entries_sql(trace_id, span_count, window, resolution_ns))
 
     def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,

@@ -360,57 +360,16 @@ def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, A
 # --- level of detail --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DetailEntry:
-    """A span wide enough to draw (count 1), or spans narrower than the resolution on one track
-    and depth merged: their count, summed time and the name holding most of it."""
-
-    track: str
-    depth: int
-    start_ns: int
-    end_ns: int
-    count: int
-    total_ns: int
-    name: str
-    row: int  # the span's row when count is 1, else -1
-
-
-def level_of_detail(tracks: Sequence[str], depths: Sequence[int], starts: Sequence[int], ends: Sequence[int],
-                    names: Sequence[str], rows: Iterable[int], window_start_ns: int,
-                    resolution_ns: int) -> list[DetailEntry]:
-    """The `rows` as drawn at `resolution_ns` per pixel from `window_start_ns`: a span at least
-    one pixel wide stays itself; narrower ones fall into the pixel their start is in, one entry
-    per (track, depth, pixel). Entries by track, depth, then start."""
-    entries: list[DetailEntry] = []
-    merged: dict[tuple[str, int, int], list[Any]] = {}  # key -> [start, end, count, total, {name: ns}]
-    for row in rows:
-        start, end = starts[row], ends[row]
-        duration = max(0, end - start)
-        if duration >= resolution_ns:
-            entries.append(DetailEntry(tracks[row], depths[row], start, end, 1, duration, names[row], row))
-            continue
-        key = (tracks[row], depths[row], (start - window_start_ns) // resolution_ns)
-        bucket = merged.get(key)
-        if bucket is None:
-            merged[key] = [start, end, 1, duration, {names[row]: duration}, row]
-            continue
-        bucket[0], bucket[1] = min(bucket[0], start), max(bucket[1], end)
-        bucket[2] += 1
-        bucket[3] += duration
-        bucket[4][names[row]] = bucket[4].get(names[row], 0) + duration
-    for (track, depth, _), (start, end, count, total, by_name, row) in merged.items():
-        dominant = max(by_name.items(), key=lambda item: (item[1], item[0]))[0]
-        entries.append(DetailEntry(track, depth, start, end, count, total, dominant, row if count == 1 else -1))
-    entries.sort(key=lambda entry: (entry.track, entry.depth, entry.start_ns))
-    return entries
-
-
-def window_json(trace_id: str, window: tuple[int, int], resolution_ns: int, entries: Sequence[DetailEntry],
-                span_ids: Sequence[str]) -> dict[str, Any]:
+def window_json(trace_id: str, window: tuple[int, int], resolution_ns: int, entries: Columns) -> dict[str, Any]:
+    """/window's answer from the store's merged entries (reader.window_entries): a span wide
+    enough to draw (count 1, its span_id), or spans narrower than the resolution on one track and
+    depth merged: their count, summed time and the name holding most of it."""
     return {
         "trace_id": trace_id,
         "start_ns": window[0], "end_ns": window[1], "resolution_ns": resolution_ns,
-        "entries": [{"track": entry.track, "depth": entry.depth, "start_ns": entry.start_ns, "end_ns": entry.end_ns,
-                     "count": entry.count, "total_ns": entry.total_ns, "name": entry.name,
-                     "span_id": span_ids[entry.row] if entry.row >= 0 else ""} for entry in entries],
+        "entries": [{"track": track, "depth": depth, "start_ns": start, "end_ns": end, "count": count,
+                     "total_ns": total, "name": name, "span_id": span_id}
+                    for track, depth, start, end, count, total, name, span_id in zip(
+                        entries["track"], entries["depth"], entries["start_ns"], entries["end_ns"],
+                        entries["span_total"], entries["total_ns"], entries["dominant_name"], entries["span_id"])],
     }

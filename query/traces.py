@@ -8,6 +8,7 @@ kept ancestors need every span), then every column of the kept spans only.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
 from .reader import TraceReader
-from .timeline import DetailEntry, SpanTree, level_of_detail, span_tree
+from .timeline import SpanTree, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
 WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service")
@@ -112,24 +113,35 @@ def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
     return TraceRead(read, _rows_of_kept(skeleton, tree, read))
 
 
-@dataclass(frozen=True)
-class WindowRead:
-    span_ids: list[str]
-    entries: list[DetailEntry]
+# One fill of span_depths at a time in this process: two first reads of a trace would store its
+# tree twice (and double its counts).
+_DEPTH_FILL = threading.Lock()
 
 
-def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> WindowRead | None:
-    """The spans of `trace_id` overlapping `window`, read by the store, as drawn at
-    `resolution_ns`; depth counts the ancestors within the window (an ancestor overlaps its
-    children, so it is there too, clock skew aside). None for an unknown trace."""
+def span_depth_columns(trace_id: str, span_count: int, columns: Columns, tree: SpanTree) -> Columns:
+    """span_depths rows for a trace's tree over `columns` (WINDOW_COLUMNS of every span)."""
+    order = tree.order
+    return {
+        "trace_id": [trace_id] * len(order),
+        "span_count": [span_count] * len(order),
+        **{name: [columns[name][row] for row in order] for name in ("span_id", "service", "name")},
+        "depth": list(tree.depths),
+        **{name: [columns[name][row] for row in order] for name in ("start_ns", "end_ns")},
+    }
+
+
+def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> Columns | None:
+    """The spans of `trace_id` overlapping `window` as drawn at `resolution_ns`, merged by the
+    store (reader.window_entries); depth is the span's in the whole trace. The first windowed
+    read of a trace (or of a trace grown since) reads and trees every span once to fill
+    span_depths; later ones cost in proportion to the entries drawn. None for an unknown trace."""
     bounds = reader.trace_bounds(trace_id)
     if bounds is None:
         return None
-    columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS, window=window)
-    tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
-    depths = [0] * len(columns["span_id"])
-    for row, depth in zip(tree.order, tree.depths):
-        depths[row] = depth
-    entries = level_of_detail(columns["service"], depths, columns["start_ns"], columns["end_ns"], columns["name"],
-                              tree.order, window[0], resolution_ns)
-    return WindowRead(columns["span_id"], entries)
+    span_count = reader.span_count(trace_id)
+    with _DEPTH_FILL:
+        if not reader.has_span_depths(trace_id, span_count):
+            columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS)
+            tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
+            reader.store_span_depths(span_depth_columns(trace_id, span_count, columns, tree))
+    return reader.window_entries(trace_id, span_count, window, resolution_ns)

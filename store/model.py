@@ -143,14 +143,29 @@ JOB_STATES = _table(
     ("request", "String"),
 )
 
+# schema/009_span_depths.sql: filled by the query service (query/traces.py read_window).
+SPAN_DEPTHS = _table(
+    "span_depths",
+    ("trace_id", "String"),
+    ("span_count", "UInt64"),
+    ("span_id", "String"),
+    ("service", "String"),
+    ("name", "String"),
+    ("depth", "UInt64"),
+    ("start_ns", "UInt64"),
+    ("end_ns", "UInt64"),
+)
+
 # Not in the .sql files: Store.migrate() creates it from this declaration before applying them.
 SCHEMA_MIGRATIONS = _table("schema_migrations", ("version", "UInt64"), ("name", "String"), ("applied_ns", "UInt64"))
 
 TABLES: dict[str, Table] = {
-    table.name: table for table in (SPAN_ROWS, METRIC_POINTS, PREDICTOR_HEARTBEATS, JOB_STATES, SCHEMA_MIGRATIONS)
+    table.name: table for table in (SPAN_ROWS, METRIC_POINTS, PREDICTOR_HEARTBEATS, JOB_STATES, SPAN_DEPTHS,
+                                SCHEMA_MIGRATIONS)
 }
-"""Every table a writer inserts into, by name. The other tables of the schema (`trace_index`,
-`evaluation_rows`) are filled by materialized views over span_rows."""
+"""Every table a writer inserts into, by name (span_depths: the query service, a cache of each
+trace's tree). The other tables of the schema (`trace_index`, `evaluation_rows`) are filled by
+materialized views over span_rows."""
 
 
 def empty_columns(table: str) -> Columns:

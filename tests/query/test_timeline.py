@@ -15,7 +15,6 @@ from mlscope.query.timeline import (
     Timeline,
     build_timeline,
     compact_json,
-    level_of_detail,
     self_time,
     span_fields_json,
     span_tree,
@@ -207,21 +206,3 @@ def test_compact_form_interns_strings_and_keeps_numbers_exact() -> None:
     by_key = compact["attributes"]
     assert [compact["strings"][i] if i >= 0 else None for i in by_key[PROCESS_PID]] == ["4242", None, None, None, None]
     assert by_key[LAYER_PATH] == [-1] * 5
-
-
-def test_level_of_detail_merges_spans_narrower_than_the_resolution() -> None:
-    # One wide span and, below it, 10 narrow ones: 4 named "a" (1 ns each), 6 "b" (in two pixels).
-    starts = [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 15]
-    ends = [100, 2, 3, 4, 5, 11, 12, 13, 14, 15, 16]
-    names = ["wide", "a", "a", "a", "a", "b", "b", "b", "b", "b", "b"]
-    depths = [0] + [1] * 10
-    entries = level_of_detail(["svc"] * 11, depths, starts, ends, names, range(11), 0, 10)
-    assert [(e.depth, e.start_ns, e.end_ns, e.count, e.total_ns, e.name, e.row) for e in entries] == [
-        (0, 0, 100, 1, 100, "wide", 0), (1, 1, 5, 4, 4, "a", -1), (1, 10, 16, 6, 6, "b", -1)]
-
-
-def test_level_of_detail_keeps_tracks_and_depths_apart_and_names_the_dominant() -> None:
-    entries = level_of_detail(["p", "p", "q", "p"], [1, 1, 1, 2], [0, 2, 0, 0], [1, 5, 1, 1], ["x", "y", "x", "x"],
-                              range(4), 0, 10)
-    assert [(e.track, e.depth, e.count, e.name) for e in entries] == [("p", 1, 2, "y"), ("p", 2, 1, "x"),
-                                                                      ("q", 1, 1, "x")]
