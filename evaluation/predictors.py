@@ -11,7 +11,8 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from mlscope.manifests.processing import postprocess, preprocess
 # --execution-provider values -> ONNX Runtime provider names.
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 EXECUTION_PROVIDERS = tuple(ORT_PROVIDERS)
+
+Loaded = TypeVar("Loaded")
 
 
 class PredictorError(Exception):
@@ -128,7 +131,7 @@ class TorchScriptPredictor(_TorchPredictor):
         path = torchscript_file(self.manifest, self.cache)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what this predictor measures
-            return torch.jit.load(str(path)).eval()
+            return _read_model_file(self.manifest, path, "TorchScript", torch.jit.load).eval()
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -147,12 +150,24 @@ class OnnxRuntimePredictor(Predictor):
     def _load(self) -> Callable[[np.ndarray], np.ndarray]:
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(onnx_file(self.manifest, self.cache)), providers=[self.execution_provider])
+        session = _read_model_file(self.manifest, onnx_file(self.manifest, self.cache), "ONNX",
+                                   lambda path: onnxruntime.InferenceSession(path, providers=[self.execution_provider]))
         input_name, output_name = self.manifest.input.name, self.manifest.output.name
         return self.agent.trace_model(
             lambda batch: session.run([output_name], {input_name: batch})[0],
             name=self.manifest.name, framework=self.framework, version=self.manifest.version,
         )
+
+
+def _read_model_file(manifest: Manifest, path: Path, kind: str, read: Callable[[str], Loaded]) -> Loaded:
+    """`read(path)`; a corrupt or foreign file is one PredictorError line naming the manifest
+    and the file, not a traceback. Any Exception: ONNX Runtime's errors share no base class below it, and the file's
+    sha256 matched, so what fails here is the file's content, not mlscope."""
+    try:
+        return read(str(path))
+    except Exception as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise PredictorError(f"{manifest.source}: model: the {kind} file {path} cannot be loaded ({reason[:200]})") from exc
 
 
 PREDICTORS: dict[str, type[Predictor]] = {
