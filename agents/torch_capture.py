@@ -28,10 +28,15 @@ CLOCK_REALTIME, the clock of time.time_ns), so its ops need no offset; that ops 
 one clock is checked by the share of ops inside a layer span, which is reported on every predict
 span (`mlscope.library.ops_inside_layers`) and tested (>= 99%).
 
-One capture runs at a time per process: kineto and the global hooks are process-wide. A traced
-call that finds another capture running (another thread, a traced model inside a traced model)
-gets its model span only; one that finds a torch.profiler the user started gets no ops from
-kineto (the native recorder runs beside it).
+Captures are per thread: calls from threads running at once are each recorded whole, under their
+own model span. The two global hooks stay registered while any thread records (a count of the
+recordings using them); each hook appends to the calling thread's own event list (a thread-local,
+None on a thread not recording), and the native op recorder is thread-local too. A traced call
+inside a traced call on the same thread gets its model span only: the outer call's hooks and
+recorder already record its modules and ops. Kineto is process-wide, so one kineto session runs
+at a time: a call that finds another thread's session running records its ops with the native
+recorder instead; one that finds a torch.profiler the user started gets no ops from kineto (the
+native recorder runs beside it).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -83,7 +88,26 @@ log = logging.getLogger(__name__)
 
 RAISED = "forward raised"
 
-_CAPTURE_LOCK = threading.Lock()
+
+
+class _ThreadRecording(threading.local):
+    """The calling thread's recording, read by the global hooks on every module call."""
+
+    recording: Recording | None = None
+    """The thread's recording in progress: a traced call nested in it is recorded by it."""
+    events: list[CallEvent] | None = None
+    """Where the hooks without shapes append this thread's module calls; None when they do not."""
+    shaped_events: list[CallEvent] | None = None
+    """Where the hooks with shapes append them; None when they do not."""
+
+
+_THREAD_RECORDING = _ThreadRecording()
+_KINETO_LOCK = threading.Lock()
+"""Held by the kineto session running (one per process)."""
+_HOOKS_LOCK = threading.Lock()
+_hook_users: dict[bool, int] = {False: 0, True: 0}
+"""Recordings in progress using the global hooks, by whether they record shapes."""
+_hook_handles: dict[bool, list[RemovableHandle]] = {}
 
 
 @dataclass(frozen=True)
@@ -113,11 +137,12 @@ class _Module:
 class Recording:
     """The state of one call being recorded; only the hooks touch it while the model runs."""
 
-    __slots__ = ("events", "clock", "handles", "profiler", "profiler_results", "end_perf_ns")
+    __slots__ = ("events", "clock", "hooked_shapes", "profiler", "profiler_results", "end_perf_ns")
 
     def __init__(self) -> None:
         self.events: list[CallEvent] = []
-        self.handles: list[RemovableHandle] = []
+        self.hooked_shapes: bool | None = None
+        """Which global hooks (with shapes or not) record this call; None when none do."""
         self.profiler: _ProfilerSession | _NativeOpsSession | None = None
         self.profiler_results: Any = None
         """What the profiler recorded, once `stop` has stopped it (its `read` reads it)."""
@@ -125,12 +150,13 @@ class Recording:
         self.end_perf_ns = 0
 
     def stop(self) -> None:
-        """Ends the hot path: stamps the end, removes the hooks, stops the profiler. Idempotent."""
+        """Ends the hot path: stamps the end, stops the thread's hooks recording (removing them
+        when no other thread records), stops the profiler. Idempotent; on the recording thread."""
         if self.end_perf_ns:
             return
         self.end_perf_ns = time.perf_counter_ns()
-        for handle in self.handles:
-            handle.remove()
+        if self.hooked_shapes is not None:
+            _unhook(self.hooked_shapes)
         if self.profiler is not None:
             self.profiler_results = self.profiler.stop()
 
@@ -162,24 +188,24 @@ class TorchCapture:
         self._span_writer = self._native_span_writer(native) if native is not None and wants_writer else None
 
     def start(self) -> Recording | None:
-        """Starts recording a call on this thread, or returns None if another capture runs."""
-        if not _CAPTURE_LOCK.acquire(blocking=False):
+        """Starts recording a call on this thread, or returns None if this thread records one
+        already (the call is part of it)."""
+        thread = _THREAD_RECORDING
+        if thread.recording is not None:
             return None
         recording = Recording()
+        thread.recording = recording
         try:
             if self.options.ops:
                 recording.profiler = self._start_profiler()
             if self.options.layers and self._compiled is not None:
                 recording.events.append((self._compiled, time.perf_counter_ns(), ENTER, None))
             elif self.options.layers:
-                pre, post = _hooks(recording.events, threading.get_ident(), self.options.shapes)
-                recording.handles += [
-                    register_module_forward_pre_hook(pre),
-                    register_module_forward_hook(post, always_call=True),
-                ]
+                _hook(self.options.shapes, recording.events)
+                recording.hooked_shapes = self.options.shapes
         except BaseException:
             recording.stop()
-            _CAPTURE_LOCK.release()
+            thread.recording = None
             raise
         return recording
 
@@ -195,7 +221,7 @@ class TorchCapture:
                 recording.events.append((self._compiled, time.perf_counter_ns(), ended, None))
             recording.stop()
         finally:
-            _CAPTURE_LOCK.release()
+            _THREAD_RECORDING.recording = None
 
     def write_spans(self, recording: Recording, sink: SpanSink[Any]) -> dict[str, float]:
         """Writes the spans of an ended recording under `sink.parent`; returns attributes for
@@ -263,14 +289,24 @@ class TorchCapture:
         if self._op_recorder is not None:
             return _NativeOpsSession.start(self._op_recorder, self.options.nested_ops)
         # The C++ flag, not torch.profiler's Python one: it also covers the legacy profiler.
-        if torch._C._autograd._profiler_enabled():
+        # Set by another thread's session too, which is not the user's.
+        if torch._C._autograd._profiler_enabled() and not _KINETO_LOCK.locked():
             self._warn_once("torch.profiler is already running: no library level while it does")
             return None
         try:
-            return _ProfilerSession.start()
+            session = _ProfilerSession.start()
         except Exception:
             log.exception("torch.profiler did not start: no library level for this call")
             return None
+        if session is not None:
+            return session
+        # Another thread's call holds the one kineto session: this call's ops (host side only:
+        # kernels need kineto) come from the thread-local native recorder.
+        recorder = native_module.load()
+        if recorder is None:
+            self._warn_once("calls from two threads at once and no native op recorder: no library level")
+            return None
+        return _NativeOpsSession.start(recorder, self.options.nested_ops)
 
     def _warn_once(self, message: str) -> None:
         if not self._warned:
@@ -363,42 +399,71 @@ def _describe_foreign(module: nn.Module) -> _Module:
     return _Module(kind, {LEVEL: "layer", LAYER_PATH: "?", LAYER_TYPE: kind})
 
 
-def _hooks(
-    events: list[CallEvent], thread: int, shapes: bool
-) -> tuple[Callable[[nn.Module, Any], None], Callable[[nn.Module, Any, Any], None]]:
-    """The pre/post forward hooks of one recording. They run on every module call of every
-    thread while registered, so they do the least possible: compare the thread, append a tuple.
-    torch calls an always_call hook with output None when forward raised; only then (or when a
-    forward returns None) is the exception state looked at."""
-    append = events.append
-    clock = time.perf_counter_ns
-    current_thread = threading.get_ident
-    exception = sys.exc_info
+def _hook(shapes: bool, events: list[CallEvent]) -> None:
+    """Makes the global hooks (with shapes or not) append this thread's module calls to
+    `events`, registering them if no other thread's recording has."""
+    if shapes:
+        _THREAD_RECORDING.shaped_events = events
+    else:
+        _THREAD_RECORDING.events = events
+    with _HOOKS_LOCK:
+        _hook_users[shapes] += 1
+        if _hook_users[shapes] == 1:
+            pre, post = (_pre_with_shapes, _post_with_shapes) if shapes else (_pre, _post)
+            _hook_handles[shapes] = [
+                register_module_forward_pre_hook(pre),
+                register_module_forward_hook(post, always_call=True),
+            ]
 
-    def ended_without_output() -> int:
-        return RAISE if exception()[1] is not None else RETURN
 
-    if not shapes:
+def _unhook(shapes: bool) -> None:
+    """Stops the global hooks recording this thread; removes them once no thread's recording
+    uses them."""
+    if shapes:
+        _THREAD_RECORDING.shaped_events = None
+    else:
+        _THREAD_RECORDING.events = None
+    with _HOOKS_LOCK:
+        _hook_users[shapes] -= 1
+        if _hook_users[shapes] == 0:
+            for handle in _hook_handles.pop(shapes):
+                handle.remove()
 
-        def pre(module: nn.Module, args: Any) -> None:
-            if current_thread() == thread:
-                append((module, clock(), ENTER, None))
 
-        def post(module: nn.Module, args: Any, output: Any) -> None:
-            if current_thread() == thread:
-                append((module, clock(), RETURN if output is not None else ended_without_output(), None))
+# The global hooks. They run on every module call of every thread while registered, so they do
+# the least possible: read the thread's event list, append a tuple. torch calls an always_call
+# hook with output None when forward raised; only then (or when a forward returns None) is the
+# exception state looked at.
+_clock = time.perf_counter_ns
+_exception = sys.exc_info
 
-        return pre, post
 
-    def pre_with_shapes(module: nn.Module, args: Any) -> None:
-        if current_thread() == thread:
-            append((module, clock(), ENTER, _shapes(args)))
+def _ended_without_output() -> int:
+    return RAISE if _exception()[1] is not None else RETURN
 
-    def post_with_shapes(module: nn.Module, args: Any, output: Any) -> None:
-        if current_thread() == thread:
-            append((module, clock(), RETURN if output is not None else ended_without_output(), _shapes(output)))
 
-    return pre_with_shapes, post_with_shapes
+def _pre(module: nn.Module, args: Any) -> None:
+    events = _THREAD_RECORDING.events
+    if events is not None:
+        events.append((module, _clock(), ENTER, None))
+
+
+def _post(module: nn.Module, args: Any, output: Any) -> None:
+    events = _THREAD_RECORDING.events
+    if events is not None:
+        events.append((module, _clock(), RETURN if output is not None else _ended_without_output(), None))
+
+
+def _pre_with_shapes(module: nn.Module, args: Any) -> None:
+    events = _THREAD_RECORDING.shaped_events
+    if events is not None:
+        events.append((module, _clock(), ENTER, _shapes(args)))
+
+
+def _post_with_shapes(module: nn.Module, args: Any, output: Any) -> None:
+    events = _THREAD_RECORDING.shaped_events
+    if events is not None:
+        events.append((module, _clock(), RETURN if output is not None else _ended_without_output(), _shapes(output)))
 
 
 def _shapes(value: Any) -> list[torch.Size]:
@@ -522,7 +587,7 @@ class _NativeOpsSession:
 
 
 class _ProfilerSession:
-    """One kineto session, run by the calls torch.profiler.profile makes underneath
+    """One kineto session (started holding _KINETO_LOCK, released by `stop`), run by the calls torch.profiler.profile makes underneath
     (torch/autograd/profiler.py: prepare, enable, disable; the same session, the same events).
     Not the wrapper itself: its per-call set-up (a profile object, a trace id, inductor and
     distributed probes) cost more than half of its start (docs/PERFORMANCE.md)."""
@@ -534,11 +599,18 @@ class _ProfilerSession:
         """CUDA is profiled too: the results hold device events."""
 
     @classmethod
-    def start(cls) -> _ProfilerSession:
+    def start(cls) -> _ProfilerSession | None:
+        """A started session, or None while another thread's runs (kineto is one per process)."""
+        if not _KINETO_LOCK.acquire(blocking=False):
+            return None
         device_activity = torch.cuda.is_available()
         activities = _HOST_AND_DEVICE_ACTIVITIES if device_activity else _HOST_ACTIVITIES
-        _prepare_profiler(_PROFILER_CONFIG, activities)  # needed before every enable
-        _enable_profiler(_PROFILER_CONFIG, activities)
+        try:
+            _prepare_profiler(_PROFILER_CONFIG, activities)  # needed before every enable
+            _enable_profiler(_PROFILER_CONFIG, activities)
+        except BaseException:
+            _KINETO_LOCK.release()
+            raise
         # torch's Python-side flag, set as torch.profiler sets it: compiled code reads it to
         # decide whether to emit its record_function labels.
         _set_is_profiler_enabled(True)
@@ -549,8 +621,11 @@ class _ProfilerSession:
             if self.device_activity:
                 torch.cuda.synchronize()  # as torch.profiler does: kernels still queued would be missing
         finally:  # even when that raised (a failed kernel): a session left on blocks every later one
-            _set_is_profiler_enabled(False)
-            result = _disable_profiler()
+            try:
+                _set_is_profiler_enabled(False)
+                result = _disable_profiler()
+            finally:
+                _KINETO_LOCK.release()
         return result
 
     def read(self, results: _ProfilerResult, clock: WallClockAnchor, nested_ops: bool) -> ProfiledOps:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -322,6 +323,56 @@ def test_a_traced_model_inside_a_traced_model_is_recorded_once() -> None:
     assert sorted(layers) == ["0", "ReLU", "outer"]  # the inner model's module, by the outer capture
     assert layers["ReLU"].attributes["mlscope.layer.path"] == "?"
     assert layers["ReLU"].parent.span_id == outer_predict.context.span_id
+
+
+class Sleeping(nn.Module):
+    """Holds its thread inside the model call long enough for the other thread's call to run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return x
+
+
+@pytest.mark.parametrize("level", ["layer", "library"])
+@OP_RECORDERS
+def test_calls_from_two_threads_at_once_are_each_recorded_whole(level: str, kineto_ops: bool) -> None:
+    agent, exporter = agent_at(level)
+    model = agent.trace_model(nn.Sequential(nn.Linear(4, 4), Sleeping(), nn.ReLU()), name="tiny", kineto_ops=kineto_ops)
+    calls_per_thread = 3
+    overlap = threading.Barrier(2)
+
+    def work() -> None:
+        for _ in range(calls_per_thread):
+            overlap.wait()
+            with torch.no_grad():
+                model(torch.ones(1, 4))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans = exporter.get_finished_spans()
+    predicts = at_level(spans, "model")
+    assert len(predicts) == 2 * calls_per_thread
+    # The calls did overlap: the spans of a barrier's two calls intersect.
+    first, second = sorted(predicts, key=lambda span: span.start_time)[:2]
+    assert second.start_time < first.end_time
+    layers = at_level(spans, "layer")
+    for predict in predicts:
+        roots = [span for span in layers if span.parent.span_id == predict.context.span_id]
+        assert [root.name for root in roots] == ["tiny"]
+        children = sorted(span.name for span in layers if span.parent.span_id == roots[0].context.span_id)
+        assert children == ["0", "1", "2"]
+        assert all(predict.start_time <= span.start_time and span.end_time <= predict.end_time
+                   for span in layers if span.parent.span_id in (predict.context.span_id, roots[0].context.span_id))
+    assert len(layers) == 2 * calls_per_thread * 4
+    if level == "library":
+        # Each call's Linear has its op under it (aten::linear), whichever recorder ran it.
+        linears = {span.context.span_id for span in layers if span.name == "0"}
+        ops_under_linears = [span for span in at_level(spans, "library") if span.parent.span_id in linears]
+        assert len({span.parent.span_id for span in ops_under_linears}) == 2 * calls_per_thread
+    assert not agent.dropped_spans()
 
 
 def test_an_unsampled_call_writes_nothing_below_it() -> None:

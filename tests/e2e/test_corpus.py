@@ -85,18 +85,12 @@ CORPUS = {
                                 {"application": 1, "model": 3000, "layer": 3000 * 4, "library": 3000 * 3},
                                 may_drop=True),
 }
-# Two threads calling a model at once: only one call at a time has its layers and ops captured
-# (agents/torch_capture.py's one capture), and the other's are neither stored nor counted. Not
-# strict: when the threads' calls happen not to overlap, nothing is lost.
-UNCOUNTED_THREAD_CAPTURES = pytest.mark.xfail(
-    reason="a model call made while another thread's call is captured loses its deep spans uncounted")
 
 
 def cases() -> Iterator[object]:
     for name, program in CORPUS.items():
         for level in program.levels:
-            marks = [UNCOUNTED_THREAD_CAPTURES] if name == "threads" and level_rank(level) >= level_rank("layer") else []
-            yield pytest.param(name, level, id=f"{name}-{level}", marks=marks)
+            yield pytest.param(name, level, id=f"{name}-{level}")
 
 
 @pytest.fixture(scope="module")
