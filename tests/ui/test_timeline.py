@@ -275,3 +275,41 @@ async def test_minimap_drag_moves_the_window(base_url: str, browser: Browser) ->
     assert (after["startNs"] + after["endNs"]) / 2 == pytest.approx(0.75e9, rel=0.01)
     await screenshot(page, "timeline-minimap.png")
     assert problems == []
+
+
+async def test_windowed_read_shows_aggregates_then_single_spans(base_url: str, browser: Browser) -> None:
+    """?window_over=10 makes the 127-span test trace "big": the page reads windows, the whole run
+    first, where the ops are narrower than a pixel and come merged."""
+    problems: list[str] = []
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}?window_over=10", problems)
+    assert await until(page, lambda: windows_read(page, 1))  # the first read at the canvas's width
+    aggregates = await page.evaluate("window.mlscopeTimeline.aggregateIds()")
+    assert aggregates and await bar(page, OP) is None  # the op is inside an aggregate
+    rect = await bar(page, aggregates[0])
+    assert rect is not None
+    await page.mouse.click(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
+    details = page.locator("[data-testid=details]")
+    await details.locator("h2", has_text="spans merged").wait_for()
+    assert "summed time" in await details.inner_text()
+    await screenshot(page, "timeline-windowed-whole.png")
+
+    # Zooming onto the first model call, the reads that follow bring its ops as spans of their own.
+    await zoom_onto(page, MODEL, 300)
+    assert await until(page, lambda: in_window(page, OP))
+    search = page.locator("[data-testid=search]")
+    await search.fill("aten::conv2d")
+    await search.press("Enter")
+    await details.locator("h2", has_text="aten::conv2d").wait_for()
+    selected = (await view(page))["selected"]
+    assert await bar(page, selected) is not None
+    await screenshot(page, "timeline-windowed-op.png")
+    assert problems == []
+
+
+async def windows_read(page: Page, count: int) -> bool:
+    return bool(await page.evaluate("window.mlscopeTimeline.windowReads()") >= count)
+
+
+async def in_window(page: Page, span: str) -> bool:
+    """`span` is in the windowed read's answer as a span of its own (an aggregate has no span id)."""
+    return bool(await page.evaluate("id => window.mlscopeTimeline.model.byId.has(id)", span))

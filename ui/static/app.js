@@ -421,6 +421,18 @@
       ...relatives(timeline, i), ...detailSections(span, model.origin));
   }
 
+  // An aggregate of a windowed read: the spans narrower than a pixel it stands for.
+  function renderAggregate(panel, model, i) {
+    const fields = [
+      ["spans", String(model.aggregateCount[i])], ["summed time", formatDuration(model.selfNs[i])],
+      ["mostly", model.strings[model.nameOf[i]]], ["from", `+${formatDuration(model.starts[i])}`],
+      ["to", `+${formatDuration(model.ends[i])}`], ["track", model.strings[model.serviceOf[i]]]];
+    panel.replaceChildren(
+      el("h2", null, `${model.aggregateCount[i]} spans merged`),
+      table(["field", "value"], fields.map(([k, v]) => el("tr", null, el("td", null, k), el("td", null, v)))),
+      el("p", { class: "muted" }, "Zoom in to see them one by one."));
+  }
+
   // Shows the selected span once its details arrive; a later selection wins over a slower answer.
   function detailPanel(base, levelsQuery) {
     const panel = el("aside", { class: "detail", "data-testid": "details" });
@@ -430,6 +442,10 @@
       const request = latest;
       if (i < 0) {
         panel.replaceChildren(el("p", { class: "muted" }, "Click a span for its details."));
+        return;
+      }
+      if (timeline.model.aggregateCount && timeline.model.aggregateCount[i] > 0) {
+        renderAggregate(panel, timeline.model, i);
         return;
       }
       panel.replaceChildren(el("p", { class: "muted" }, `${timeline.model.labels[i]}: loading…`));
@@ -557,6 +573,27 @@
     });
   }
 
+  // Past this many spans the trace page reads windows (GET /api/traces/{id}/window) instead of
+  // the whole trace; ?window_over=N sets it (tests use a small trace).
+  const WINDOWED_OVER = 200000;
+
+  function windowedOver(search) {
+    const params = new URLSearchParams(search);
+    const value = Number(params.get("window_over"));
+    return params.has("window_over") && Number.isInteger(value) && value >= 0 ? value : WINDOWED_OVER;
+  }
+
+  // The first window (the whole trace) and a reader of later ones for the timeline; times in ns
+  // after the trace's start.
+  async function windowedTrace(base) {
+    const first = await fetchJson(`${base}/window`);
+    const origin = toBig(first.start_ns);
+    const toColumns = (answer) => window.mlscopeTimelineLib.windowColumns(answer, origin, DEFAULT_LEVEL);
+    const fetchWindow = async (t0, t1, pixels) => toColumns(await fetchJson(
+      `${base}/window?start_ns=${origin + BigInt(Math.round(t0))}&end_ns=${origin + BigInt(Math.round(t1))}&pixels=${pixels}`));
+    return { trace: toColumns(first), fetchWindow };
+  }
+
   let activeTimeline = null;
   // What the trace page draws when every level is switched off (the compact form, empty).
   const EMPTY_TRACE = Object.freeze({
@@ -571,13 +608,15 @@
     const base = `/api/traces/${encodeURIComponent(traceId)}`;
     const counters = await fetchJson(`${base}/counters`);
     const levelsQuery = param === null ? "" : `levels=${encodeURIComponent(param)}`;
-    const trace = shown.size
+    const windowed = Number(counters.span_count) > windowedOver(location.search) ? await windowedTrace(base) : null;
+    const trace = windowed ? windowed.trace : shown.size
       ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
       : EMPTY_TRACE;
     const detail = detailPanel(base, levelsQuery);
     if (activeTimeline) activeTimeline.destroy();
     const timeline = window.mlscopeTimelineLib.createTimeline({
       columns: trace, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, ...parseWindow(location.search),
+      fetchWindow: windowed && windowed.fetchWindow,
       onSelect: (i) => detail.show(timeline, i),
       onViewChange: (view) => replaceUrlParams({ start: view.startNs, end: view.endNs, span: view.selected }),
     });
@@ -596,7 +635,7 @@
         el("span", null, `trace ${traceId}`),
         count ? el("span", null, formatTime(timeline.model.origin)) : null,
         el("span", { class: "total" }, formatDuration(timeline.model.totalNs)),
-        el("span", null, `${count} spans`),
+        el("span", null, windowed ? `${counters.span_count} spans (read a window at a time)` : `${count} spans`),
         downloadLink(`${base}/export?format=perfetto`, `trace-${traceId}.perfetto.json`, "Perfetto JSON"),
         downloadLink(`${base}/export?format=jaeger`, `trace-${traceId}.jaeger.json`, "Jaeger JSON")),
       el("div", { class: "toolbar" }, levelFilter(shown, onLevels), search.element,

@@ -6,6 +6,9 @@
 // pixel are merged into one grey sliver per row. Names reach the canvas only through fillText.
 // Above the ruler an overview strip shows the whole trace with the window outlined (a press or a
 // drag there moves the window); under the spans, counter tracks draw sampled hardware metrics.
+// A trace too big to send whole is read a window at a time (options.fetchWindow, the query
+// service's level-of-detail form): refetched at the canvas's resolution when the view settles,
+// spans narrower than a pixel arriving as aggregates, drawn as grey slivers.
 //
 // Input follows Perfetto: W/S zoom, A/D pan (held keys animate), the wheel zooms around the
 // cursor (shift+wheel scrolls tracks), drag pans, shift+drag or a drag on the ruler zooms to the
@@ -30,6 +33,10 @@
   const KEY_TAP_MS = 80; // a key press moves at least this long's worth, so a tap is seen
   const CLICK_SLOP_PX = 4;
   const URL_DEBOUNCE_MS = 200;
+  const WINDOW_DEBOUNCE_MS = 150; // a windowed read waits for the view to settle this long
+  const WINDOW_MARGIN = 1; // window widths read either side of the view, so a short pan needs no read
+  // Attributes buildModel reads; the window form has none of them.
+  const MODEL_ATTRIBUTES = ["process_pid", "thread_id", "thread_name", "layer_path", "layer_type"];
   // The attribute names it reads, from GET /api/conventions (mlscope.conventions): app.js fetches
   // them before any page renders, after this file has loaded.
   const attributeName = (key) => window.mlscopeViewer.attributes[key];
@@ -179,6 +186,7 @@
       ...childLists(parent), labels: spanLabels(columns), strings: columns.strings, nameOf: columns.name,
       levelOf: columns.level, serviceOf: columns.service, selfNs: columns.self_ns, spanIds: columns.span_id, byId, trackOf,
       tracks: order.map((t) => tracks[t]),
+      aggregateCount: columns.count ? Int32Array.from(columns.count) : null, // windowed reads: 0 for a span
     };
   }
 
@@ -213,6 +221,35 @@
     return `rgb(${mix(16)}, ${mix(8)}, ${mix(0)})`;
   }
 
+  // A GET /api/traces/{id}/window answer -> the compact form buildModel reads, times after
+  // `origin` (BigInt ns). An entry is a span (its span_id) or an aggregate of narrower spans
+  // (span_id "", count, summed time, dominant name). The window form carries no level, parent or
+  // attributes: every entry takes the default level.
+  function windowColumns(answer, origin, defaultLevel) {
+    const strings = [defaultLevel];
+    const interned = new Map([[defaultLevel, 0]]);
+    const intern = (text) => {
+      if (!interned.has(text)) {
+        interned.set(text, strings.length);
+        strings.push(text);
+      }
+      return interned.get(text);
+    };
+    const { entries } = answer;
+    const none = () => entries.map(() => -1);
+    return {
+      origin_ns: String(origin), strings, warnings: [],
+      span_id: entries.map((entry, k) => entry.span_id || `~${k}`), // aggregates get ids of their own
+      parent: none(), level: entries.map(() => 0), depth: entries.map((entry) => Number(entry.depth)),
+      name: entries.map((entry) => intern(entry.name)), service: entries.map((entry) => intern(entry.track)),
+      start_ns: entries.map((entry) => Number(BigInt(entry.start_ns) - origin)),
+      duration_ns: entries.map((entry) => Number(BigInt(entry.end_ns) - BigInt(entry.start_ns))),
+      self_ns: entries.map((entry) => Number(entry.total_ns)),
+      count: entries.map((entry) => (entry.span_id ? 0 : Number(entry.count))),
+      attributes: Object.fromEntries(MODEL_ATTRIBUTES.map((key) => [attributeName(key), none()])),
+    };
+  }
+
   // --- the view: window, scroll, selection, search --------------------------------------------
 
   function clampView(view, totalNs) {
@@ -244,7 +281,9 @@
 
   function createTimeline(options) {
     const { columns, levels, defaultLevel, onSelect, onViewChange } = options;
-    const model = buildModel(columns, levels, defaultLevel);
+    const { fetchWindow } = options;
+    let model = buildModel(columns, levels, defaultLevel);
+    const overviewModel = model; // the whole trace (in windowed mode, its first, whole-trace window)
     const rootStyle = getComputedStyle(document.documentElement);
     const colours = levels.map((lvl) => rootStyle.getPropertyValue(`--${lvl}`).trim() || "#6b7280");
     const fadedColours = colours.map(faded);
@@ -266,6 +305,8 @@
     let selected = -1;
     let matches = null; // Uint8Array while a search is active
     let outlined = null; // Uint8Array while a set of spans (the critical path) is outlined
+    let searchQuery = "";
+    let outlineIds = [];
     let counters = []; // {title, times (ns after the model's origin), values, max}, drawn under the spans
     let widthPx = 0;
     let heightPx = 0;
@@ -334,7 +375,7 @@
 
     function drawRow(row, y) {
       const { index, maxEnd } = row;
-      const { starts, ends, level } = model;
+      const { starts, ends, level, aggregateCount: aggregates } = model;
       const k = scale();
       let sliverFrom = 0;
       let sliverTo = -Infinity;
@@ -358,7 +399,8 @@
         flushSliver();
         const left = Math.max(x0, -2);
         const right = Math.min(x1, widthPx + 2);
-        ctx.fillStyle = matches && !matches[i] ? fadedColours[level[i]] : colours[level[i]];
+        ctx.fillStyle = aggregates && aggregates[i] ? SLIVER
+          : matches && !matches[i] ? fadedColours[level[i]] : colours[level[i]];
         ctx.fillRect(left, y + 1, Math.max(1, right - left - 0.5), ROW_H - 2);
         if (matches && matches[i]) {
           ctx.strokeStyle = "#facc15";
@@ -455,7 +497,7 @@
           x = end;
         }
       }
-      const k = widthPx / Math.max(model.totalNs, 1);
+      const k = widthPx / Math.max(overviewModel.totalNs, 1);
       const x0 = Math.max(0, view.t0 * k);
       const x1 = Math.min(widthPx, view.t1 * k);
       mini.fillStyle = "rgba(17, 24, 39, 0.25)";
@@ -528,6 +570,44 @@
       requestFrame();
       clearTimeout(urlTimer);
       urlTimer = setTimeout(() => onViewChange(currentView()), URL_DEBOUNCE_MS);
+      scheduleWindowRead();
+    }
+
+    // --- windowed reads: the model is replaced by each window's answer (the latest one wins) ---
+    let windowTimer = 0;
+    let windowRequest = 0;
+    let windowReads = 0; // answers applied, read by tests
+    function scheduleWindowRead() {
+      if (!fetchWindow) return;
+      clearTimeout(windowTimer);
+      // A failed read leaves the last window drawn; the next view change tries again.
+      windowTimer = setTimeout(() => readWindow().catch((error) => console.warn("window read failed:", error)), WINDOW_DEBOUNCE_MS);
+    }
+
+    async function readWindow() {
+      windowRequest += 1;
+      const request = windowRequest;
+      const width = view.t1 - view.t0;
+      const t0 = Math.max(0, view.t0 - WINDOW_MARGIN * width);
+      const t1 = Math.min(overviewModel.totalNs, view.t1 + WINDOW_MARGIN * width);
+      const pixels = Math.max(1, Math.round((widthPx * (t1 - t0)) / width));
+      const windowed = await fetchWindow(t0, t1, pixels);
+      if (request === windowRequest) replaceModel(buildModel(windowed, levels, defaultLevel));
+    }
+
+    // Keeps what the user set across the swap: collapsed tracks, selection, search, outline.
+    function replaceModel(next) {
+      const collapsed = new Set(model.tracks.filter((track) => track.collapsed).map((track) => track.title));
+      const selectedId = selected >= 0 ? model.spanIds[selected] : null;
+      model = next;
+      model.totalNs = overviewModel.totalNs;
+      for (const track of model.tracks) track.collapsed = collapsed.has(track.title);
+      tops = trackTops();
+      selected = selectedId !== null && model.byId.has(selectedId) ? model.byId.get(selectedId) : -1;
+      setSearch(searchQuery);
+      setOutline(outlineIds);
+      windowReads += 1;
+      scrollBy(0);
     }
 
     function scrollBy(dy) {
@@ -594,6 +674,7 @@
     }
 
     function setSearch(query) {
+      searchQuery = query;
       const needle = query.trim().toLowerCase();
       if (!needle) {
         matches = null;
@@ -628,6 +709,7 @@
 
     // Outlines the spans with these ids (those this trace holds); an empty list clears it.
     function setOutline(spanIds) {
+      outlineIds = spanIds;
       const indexes = spanIds.map((id) => model.byId.get(id)).filter((i) => i !== undefined);
       outlined = indexes.length ? new Uint8Array(model.count) : null;
       for (const i of indexes) outlined[i] = 1;
@@ -710,7 +792,7 @@
     function onMinimapPointer(event) {
       if (event.type === "pointerdown") minimap.setPointerCapture(event.pointerId);
       else if (!minimap.hasPointerCapture(event.pointerId)) return;
-      const centre = (event.offsetX / widthPx) * model.totalNs;
+      const centre = (event.offsetX / widthPx) * overviewModel.totalNs;
       const half = (view.t1 - view.t0) / 2;
       view = { t0: centre - half, t1: centre + half };
       viewChanged();
@@ -747,7 +829,7 @@
       minimap.height = Math.round(MINIMAP_H * dpr);
       minimap.style.width = `${widthPx}px`;
       minimap.style.height = `${MINIMAP_H}px`;
-      overview = overviewCells(model, widthPx);
+      overview = overviewCells(overviewModel, widthPx);
       canvas.width = Math.round(widthPx * dpr);
       canvas.height = Math.round(heightPx * dpr);
       canvas.style.width = `${widthPx}px`;
@@ -756,6 +838,7 @@
       charWidth = ctx.measureText("abcdefghijklmnopqrstuvwxyz0123456789").width / 36;
       scrollBy(0);
       draw();
+      scheduleWindowRead(); // at the canvas's own resolution
     }
 
     const observer = new ResizeObserver(resize);
@@ -775,7 +858,11 @@
     if (options.selectedId && model.byId.has(options.selectedId)) selected = model.byId.get(options.selectedId);
 
     return {
-      element, model,
+      element,
+      get model() { return model; },
+      windowReads: () => windowReads,
+      // The aggregates' ids in the current window (windowed reads), for tests.
+      aggregateIds: () => (model.aggregateCount ? model.spanIds.filter((_, i) => model.aggregateCount[i] > 0) : []),
       select, setSearch, selectMatch, currentView, setOutline, setCounters,
       counterTitles: () => counters.map((series) => series.title), // for tests
       selectId(spanId) {
@@ -805,9 +892,11 @@
         window.removeEventListener("keyup", onKeyUp);
         window.removeEventListener("blur", releaseKeys);
         clearTimeout(urlTimer);
+        clearTimeout(windowTimer);
+        windowRequest += 1; // an answer still on its way is dropped
       },
     };
   }
 
-  window.mlscopeTimelineLib = { createTimeline, buildModel, niceTicks, spanLabel, clampView };
+  window.mlscopeTimelineLib = { createTimeline, buildModel, windowColumns, niceTicks, spanLabel, clampView };
 })();
