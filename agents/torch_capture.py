@@ -1,7 +1,7 @@
 """Layer and library levels for PyTorch: record while the model runs, build spans after.
 
 Hot path (during the model call), and nothing else:
-- layer: two process-wide module hooks (registered for the call, removed after it) that append
+- layer: two process-wide module hooks (registered while any thread records a call) that append
   `(module, perf_counter_ns(), kind, shapes-or-None)` to a list. Global hooks, not per-module
   ones: registering two hooks per call costs next to nothing where registering two per module
   costs a fraction of a millisecond on ResNet-18 (docs/PERFORMANCE.md); the module object itself is the key, so there is no lookup and no formatting. The
