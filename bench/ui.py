@@ -7,7 +7,9 @@ tests/ui/deep_trace.py builds them) into an embedded store in a temporary direct
 query app with the viewer, opens /traces/{id} in Debian's Chromium and prints:
 
 - time to the first complete draw (navigation start -> data-ready="1"), and how much of it was
-  the API response arriving (the resource timing of /api/traces/{id});
+  the API responses arriving (the resource timing of /api/traces/{id}...); past 200k spans the
+  page reads windows (GET /api/traces/{id}/window), so the run also counts the window reads made
+  while panning and zooming;
 - frame times while zooming (W, S held), panning (A, D held) and turning the wheel: intervals
   between requestAnimationFrame callbacks in the page (a frame that takes too long shows as a
   longer interval), median and p95, and the timeline's own draw cost per frame.
@@ -50,11 +52,15 @@ START_FRAMES = """() => {
   requestAnimationFrame(tick);
 }"""
 STOP_FRAMES = "() => { window.__framing = false; return window.__frames; }"
-FIRST_DRAW = """() => ({
-  ready: window.mlscopeTimeline.firstDrawAt(),
-  api: performance.getEntriesByType('resource').filter(e => e.name.includes('/api/traces/'))
-         .map(e => e.responseEnd).reduce((a, b) => Math.max(a, b), 0),
-})"""
+FIRST_DRAW = """() => {
+  const ready = window.mlscopeTimeline.firstDrawAt();
+  return {
+    ready,
+    api: performance.getEntriesByType('resource').filter(e => e.name.includes('/api/traces/') && e.responseEnd <= ready)
+           .map(e => e.responseEnd).reduce((a, b) => Math.max(a, b), 0),
+    windowed: window.mlscopeTimeline.model.aggregateCount !== null,
+  };
+}"""
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -110,6 +116,13 @@ async def measure(page: Page, seconds: float) -> dict[str, list[float]]:
     return phases
 
 
+async def window_reads(page: Page) -> list[float]:
+    """How long each windowed read took (resource timing), oldest first."""
+    return await page.evaluate(  # type: ignore[no-any-return]
+        "performance.getEntriesByType('resource').filter(e => e.name.includes('/window'))"
+        ".map(e => e.responseEnd - e.startTime)")
+
+
 async def bench(spans: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory() as folder:
         url = f"embedded://{folder}/store"
@@ -126,11 +139,15 @@ async def bench(spans: int, seconds: float) -> None:
                 await page.locator('[data-testid=timeline][data-ready="1"]').wait_for(timeout=600_000)
                 first = await page.evaluate(FIRST_DRAW)
                 print(f"  first complete draw {first['ready']:.0f} ms after navigation "
-                      f"(API response complete at {first['api']:.0f} ms)")
+                      f"(API responses complete at {first['api']:.0f} ms; {'windowed' if first['windowed'] else 'whole'} read)")
                 for name, values in (await measure(page, seconds)).items():
                     if values:
                         print(f"  {name:13} median {statistics.median(values):6.1f} ms  p95 {percentile(values, 0.95):6.1f} ms"
                               f"  max {max(values):6.1f} ms  ({len(values)} frames)")
+                reads = await window_reads(page)
+                if reads:
+                    print(f"  window reads  median {statistics.median(reads):6.1f} ms  p95 {percentile(reads, 0.95):6.1f} ms"
+                          f"  max {max(reads):6.1f} ms  ({len(reads)} reads)")
                 await browser.close()
         finally:
             await runner.cleanup()
