@@ -300,6 +300,7 @@ async def test_windowed_read_shows_aggregates_then_single_spans(base_url: str, b
     await search.fill("aten::conv2d")
     await search.press("Enter")
     await details.locator("h2", has_text="aten::conv2d").wait_for()
+    assert "library" in await details.inner_text()  # the level, from the span's own answer
     selected = (await view(page))["selected"]
     assert await bar(page, selected) is not None
     await screenshot(page, "timeline-windowed-op.png")

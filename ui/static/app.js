@@ -409,7 +409,8 @@
     const { model } = timeline;
     const text = (index) => model.strings[index];
     const fields = [
-      ["name", text(model.nameOf[i])], ["level", text(model.levelOf[i])],
+      // A windowed read's entries carry no level: the span's own answer has it.
+      ["name", text(model.nameOf[i])], ["level", span ? span.level : text(model.levelOf[i])],
       ["duration", formatDuration(model.ends[i] - model.starts[i])], ["self time", formatDuration(model.selfNs[i])],
       ["starts at", `+${formatDuration(model.starts[i])}`], ["service", text(model.serviceOf[i])],
       ...(span ? [["kind", span.kind], ["status", [span.status.code, span.status.message].filter(Boolean).join(": ")]] : []),
@@ -418,7 +419,8 @@
     panel.replaceChildren(
       el("h2", null, model.labels[i]),
       table(["field", "value"], fields.map(([k, v]) => el("tr", null, el("td", null, k), el("td", null, String(v))))),
-      ...relatives(timeline, i), ...detailSections(span, model.origin));
+      // A windowed read's entries carry no parent either: no links rather than a wrong "(root)".
+      ...(model.aggregateCount ? [] : relatives(timeline, i)), ...detailSections(span, model.origin));
   }
 
   // An aggregate of a windowed read: the spans narrower than a pixel it stands for.
