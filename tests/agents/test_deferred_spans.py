@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import queue
 import threading
+import time
+from collections import Counter
 
 import pytest
 import torch
@@ -271,8 +272,11 @@ def test_a_shutdown_that_runs_out_of_time_counts_what_it_could_not_send() -> Non
     wait_for_writer(deferred)
     deferred.shutdown(timeout_s=0.2)
     assert deferred.loss.counts() == {"layer": 8}  # pending: never sent
-    client.gate.set()  # the export in flight goes through after all
+    client.gate.set()  # the export in flight goes through after all, on its own thread
     agent.shutdown()
+    deadline = time.monotonic() + 30
+    while level_counts(client.spans())["layer"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     delivered = level_counts(client.spans())
     assert delivered["layer"] == 2 and delivered["model"] == 5
 

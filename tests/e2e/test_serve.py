@@ -153,7 +153,7 @@ def test_serve_mounts_dispatch_and_query_can_leave_it_out(served: Served, tmp_pa
         ["query", "--store", f"embedded://{tmp_path / 'reader'}", "--port", "0", "--no-dispatch"], tmp_path, ("http",))
     reader = Served(process, ports)
     try:
-        assert reader.get_json("/api/traces") == {"traces": []}
+        assert reader.get_json("/api/traces") == {"traces": [], "next_cursor": None}
         assert reader.post_json("/api/jobs", {})[0] == 404
         assert "/api/jobs" not in reader.get_json("/openapi.json")["paths"]
     finally:
