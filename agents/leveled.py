@@ -41,6 +41,7 @@ from mlscope.conventions import (
     LEVELED_RUN_ID,
     LEVELED_SPAN,
     LEVELS,
+    PHASE,
     collector_endpoint,
     leveled_figure,
     service_name,
@@ -53,6 +54,10 @@ from .run_config import run_environment
 
 PASS_LEVELS: tuple[str, ...] = LEVELS[1:]
 """model, layer, library, hardware: application is traced in every pass."""
+
+MODEL_CALL_PHASES = frozenset({"forward", ""})
+"""The phases of a model call's span: `forward` under `mlscope run`, none for `trace_model`'s
+`predict` and `run`; the other phases are a training step's other parts."""
 
 
 # --- pure: summaries and figures ----------------------------------------------------------------
@@ -178,7 +183,11 @@ def render_table(figures: Sequence[PassFigures]) -> str:
 class SpanTally(ExporterDecorator):
     """Decorates an agent's exporter (`start_agent(wrap_exporter=SpanTally)`): counts the spans of
     one process by level as they are exported, whichever writer wrote them, and keeps model spans'
-    durations. Encoded requests are decoded here, on the exporting thread, not the model's."""
+    durations. Encoded requests are decoded here, on the exporting thread, not the model's.
+
+    Only model calls give durations: a training program's `loss`, `backward`, `optimizer` and
+    `data` spans are model-level too (conventions: Training), but mixed into the model median they
+    would make it a median of unlike things, and a pass's overhead meaningless."""
 
     def __init__(self, exporter: EncodedSpanExporter) -> None:
         super().__init__(exporter)
@@ -188,20 +197,22 @@ class SpanTally(ExporterDecorator):
 
     def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
         self._count((str((span.attributes or {}).get(LEVEL, DEFAULT_LEVEL)),
+                     str((span.attributes or {}).get(PHASE, "")),
                      (span.end_time or 0) - (span.start_time or 0)) for span in spans)
 
     def exported_encoded(self, body: bytes, spans: int, result: SpanExportResult) -> None:
-        self._count((_level_of(span.attributes), span.end_time_unix_nano - span.start_time_unix_nano)
+        self._count((*_level_and_phase(span.attributes), span.end_time_unix_nano - span.start_time_unix_nano)
                     for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans
                     for scope_spans in resource_spans.scope_spans
                     for span in scope_spans.spans)
 
-    def _count(self, levels_and_durations: Iterable[tuple[str, int]]) -> None:
+    def _count(self, spans: Iterable[tuple[str, str, int]]) -> None:
+        """Counts (level, phase, duration) triples; phase is "" for a span without one."""
         with self._lock:
-            for level, duration_ns in levels_and_durations:
+            for level, phase, duration_ns in spans:
                 seen = self._levels.get(level, LevelTotal(0, 0))
                 self._levels[level] = LevelTotal(seen.spans + 1, seen.total_ns + duration_ns)
-                if level == "model":
+                if level == "model" and phase in MODEL_CALL_PHASES:
                     self._model_durations_ns.append(duration_ns)
 
     def summary(self, level: str, writer: str = "") -> PassSummary:
@@ -209,12 +220,16 @@ class SpanTally(ExporterDecorator):
             return PassSummary(level, tuple(self._model_durations_ns), dict(self._levels), writer)
 
 
-def _level_of(attributes: Iterable[Any]) -> str:
-    """The `mlscope.level` of an encoded span's attributes (KeyValue messages)."""
+def _level_and_phase(attributes: Iterable[Any]) -> tuple[str, str]:
+    """The `mlscope.level` and `mlscope.phase` ("" when absent) of an encoded span's attributes
+    (KeyValue messages)."""
+    level, phase = DEFAULT_LEVEL, ""
     for pair in attributes:
         if pair.key == LEVEL:
-            return str(pair.value.string_value)
-    return DEFAULT_LEVEL
+            level = str(pair.value.string_value)
+        elif pair.key == PHASE:
+            phase = str(pair.value.string_value)
+    return level, phase
 
 
 def append_report(path: str, summary: PassSummary) -> None:

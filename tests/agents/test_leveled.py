@@ -13,6 +13,7 @@ from torch import nn
 from mlscope.agents.api import choose_writer, start_agent
 from mlscope.agents.otlp_exporter import FastOTLPSpanExporter
 from mlscope.agents.spans import SpanWriterKind
+from mlscope.agents.training import trace_training
 from mlscope.conventions import AGENT_WRITER
 from tests.agents.agent_testing import CapturingClient
 from mlscope.agents.leveled import (
@@ -128,6 +129,37 @@ def test_a_tally_counts_the_spans_of_each_level(writer: SpanWriterKind) -> None:
     assert result.levels["model"].total_ns == sum(result.model_durations_ns)
     assert result.levels["layer"].total_ns > 0
     assert agent.resource_attributes()[AGENT_WRITER] == result.writer == choose_writer("layer", RandomIdGenerator(), writer).value
+
+
+@pytest.mark.parametrize("writer", list(SpanWriterKind))
+def test_a_tally_times_only_model_calls_not_a_training_steps_other_parts(writer: SpanWriterKind) -> None:
+    """loss, backward, optimizer and data spans are model-level, but no model call: they count
+    as model spans of the level, not in the durations the pass's median and overhead come from."""
+    tallies: list[SpanTally] = []
+    client = CapturingClient()
+
+    def tallied(exporter: FastOTLPSpanExporter) -> SpanTally:
+        exporter._client = client
+        tallies.append(SpanTally(exporter))
+        return tallies[-1]
+
+    agent = start_agent("tally-test", "http://127.0.0.1:9", "layer", wrap_exporter=tallied, writer=writer)
+    training = trace_training(agent)
+    try:
+        model = agent.trace_model(nn.Linear(2, 2), name="tiny")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss_fn = nn.MSELoss()
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss_fn(model(torch.ones(1, 2)), torch.zeros(1, 2)).backward()
+            optimizer.step()
+    finally:
+        training.uninstrument()
+    agent.shutdown()
+    result = tallies[0].summary("layer")
+    # Per step: predict, loss, optimizer.zero_grad, backward, optimizer.step.
+    assert result.levels["model"].spans == 10
+    assert len(result.model_durations_ns) == 2
 
 
 def test_the_writer_a_pass_measured_is_on_the_root_span_and_in_the_table() -> None:
