@@ -309,7 +309,9 @@ class Agent:
         recording = capture.start() if capture is not None else None
         if self._sampler is not None:
             self._sampler.sample_now()
-        model_span = self._tracer.start_span(spec.span_name, context=self._parent_here(), attributes=spec.attributes)
+        start_ns = capture.call_starts(recording) if recording is not None else None
+        model_span = self._tracer.start_span(spec.span_name, context=self._parent_here(), attributes=spec.attributes,
+                                             start_time=start_ns)
         model_span.set_attributes({BATCH_SIZE: batch_size, THREAD_ID: threading.get_ident(),
                                    THREAD_NAME: threading.current_thread().name})
         inside = _IN_MODEL_CALL.set(True)
@@ -326,10 +328,9 @@ class Agent:
                     log.exception("mlscope: capture of a %s call not ended", spec.span_name)
                     recording = None
                 else:
-                    # The model's end, before the profiler stopped; read on the capture's clock,
-                    # which may sit a microsecond behind the SDK's that stamped the start.
-                    # (An unsampled span has no start time: nothing of it is written.)
-                    end_ns = max(recording.end_wall_ns, getattr(model_span, "start_time", 0))
+                    # The model's end, before the profiler stopped, on the capture's clock that
+                    # stamped the start (`call_starts`).
+                    end_ns = recording.end_wall_ns
             if self._sampler is not None:
                 model_span.set_attributes(self._sampler.span_attributes(model_span.start_time, end_ns))
             # An unsampled model span (no SDK span) has no deep spans to write.

@@ -198,9 +198,7 @@ class TorchCapture:
         try:
             if self.options.ops:
                 recording.profiler = self._start_profiler()
-            if self.options.layers and self._compiled is not None:
-                recording.events.append((self._compiled, time.perf_counter_ns(), ENTER, None))
-            elif self.options.layers:
+            if self.options.layers and self._compiled is None:
                 _hook(self.options.shapes, recording.events)
                 recording.hooked_shapes = self.options.shapes
         except BaseException:
@@ -208,6 +206,16 @@ class TorchCapture:
             thread.recording = None
             raise
         return recording
+
+    def call_starts(self, recording: Recording) -> int:
+        """The model call's start (wall ns, on the recording's clock), to start its model span
+        with, right before the call: a compiled model's layer call starts here too. On one clock
+        and one reading, the model span and its layers nest exactly (a layer stamped in `start`
+        would begin before the model span, which starts after the profiler)."""
+        now = time.perf_counter_ns()
+        if self.options.layers and self._compiled is not None:
+            recording.events.append((self._compiled, now, ENTER, None))
+        return recording.clock.wall(now)
 
     def end(self, recording: Recording) -> None:
         """Stops `recording` (if the caller has not) and ends the capture, so the next call can

@@ -409,6 +409,10 @@ def test_a_compiled_model_is_one_layer_and_dynamo_warns_of_nothing(
     models, layers = at_level(spans, "model"), at_level(spans, "layer")
     assert len(models) == 4 and [layer.name for layer in layers] == ["tiny"] * 4
     assert {layer.parent.span_id for layer in layers} == {model.context.span_id for model in models}
+    # Each call's layer lies within its model span (the timeline warns of a child outside it).
+    model_of = {model.context.span_id: model for model in models}
+    assert all(model_of[layer.parent.span_id].start_time <= layer.start_time
+               and layer.end_time <= model_of[layer.parent.span_id].end_time for layer in layers)
     layer_ids = {layer.context.span_id for layer in layers}
     ops = at_level(spans, "library")
     assert ops and all(op.parent.span_id in layer_ids for op in ops)
