@@ -119,7 +119,15 @@ SCHEMAS: dict[str, Any] = {
                 "track": {"type": "string"}, "depth": INTEGER, "start_ns": INTEGER, "end_ns": INTEGER,
                 "count": INTEGER, "total_ns": {**INTEGER, "description": "summed duration of the merged spans"},
                 "name": {"type": "string", "description": "the name holding most of total_ns"},
-                "span_id": {"type": "string"}}}},
+                "level": {"type": "string", "enum": list(LEVELS),
+                          "description": "a single span's level; merged spans: the level holding most of total_ns"},
+                "span_id": {"type": "string"},
+                "parent_span_id": {"type": "string", "description": "single spans only (count 1): the parent's "
+                                                                      "span_id, '' for a root"},
+                "attributes": {"type": "object", "additionalProperties": {"type": "string"},
+                               "description": "single spans only (count 1): the viewer's attributes "
+                                              "(the values of /api/conventions' attributes) the span has (its own, else its "
+                                              "resource's), by key"}}}},
         },
     },
     "TraceCounters": {

@@ -151,27 +151,46 @@ def _span_fields_sql() -> str:
     ])
 
 
+def _stored_level_sql(column: str) -> str:
+    """conventions.stored_level in the store: `column` when it is a level, else DEFAULT_LEVEL."""
+    return f"if({column} IN ({', '.join(sql_string(level) for level in LEVELS)}), {column}, {sql_string(DEFAULT_LEVEL)})"
+
+
 def _window_entries_sql(trace_id: str, span_count: int, window: tuple[int, int], resolution_ns: int) -> str:
     """span_depths rows of `trace_id` (as filled for `span_count` spans) overlapping `window`,
     as drawn at `resolution_ns` per pixel from the window's start: a span at least a pixel wide is
     an entry of its own; narrower ones are merged per (service, depth, pixel of their start), named
-    after the name holding most of their time (ties: the greatest name). The inner query sums
-    each name's time, the outer one picks the name."""
+    after the name holding most of their time (ties: the greatest name), and given the level
+    holding most of it (`dominant_level`; a single span's own). The inner query sums each name's
+    time, and each level's beside it, the outer one picks the name and the level."""
     start, end, resolution = int(window[0]), int(window[1]), int(resolution_ns)
     duration = "if(end_ns > start_ns, end_ns - start_ns, 0)"
     # floor((start_ns - start) / resolution), exact, for spans starting before the window too
     pixel = (f"if(start_ns >= {start}, toInt64(intDiv(start_ns - {start}, {resolution})), "
              f"-1 - toInt64(intDiv({start} - start_ns - 1, {resolution})))")
+    overlaps = f"trace_id = {sql_string(trace_id)} AND start_ns <= {end} AND end_ns >= {start}"
+    # span_depths has no level (schema 009): it is joined from the spans of the same window.
+    # span_rows rather than the deduplicating `spans` view: ANY JOIN takes one copy of a
+    # duplicate anyway, and FINAL would merge the trace's rows on every read.
+    levels = f"(SELECT span_id, level FROM span_rows WHERE {overlaps}) AS span_levels"
+    # One summed-time column per level (LEVELS is fixed and short) rather than grouping by level
+    # too: the groups stay those of the names, and sumMap over strings is missing on 18.16 servers.
+    level_ns = [f"level_ns_{index}" for index in range(len(LEVELS))]
+    level_sums = "".join(f"sumIf({duration}, {_stored_level_sql('level')} = {sql_string(level)}) AS {column}, "
+                         for level, column in zip(LEVELS, level_ns))
+    dominant_level = (f"arrayReduce('argMax', [{', '.join(map(sql_string, LEVELS))}], "
+                      f"[{', '.join(f'(sum({column}), {sql_string(level)})' for level, column in zip(LEVELS, level_ns))}])")
     return (
         "SELECT track, depth, min(first_ns) AS start_ns, max(last_ns) AS end_ns, sum(spans) AS span_total, "
         "sum(name_ns) AS total_ns, argMax(name, (name_ns, name)) AS dominant_name, "
+        f"{dominant_level} AS dominant_level, "
         "if(sum(spans) = 1, any(one_span_id), '') AS span_id FROM ("
-        f"SELECT service AS track, depth, name, "
+        "SELECT service AS track, depth, name, "
         f"if({duration} >= {resolution}, span_id, '') AS wide_span_id, if({duration} >= {resolution}, 0, {pixel}) AS pixel, "
-        f"min(start_ns) AS first_ns, max(end_ns) AS last_ns, count() AS spans, sum({duration}) AS name_ns, "
+        f"min(start_ns) AS first_ns, max(end_ns) AS last_ns, count() AS spans, sum({duration}) AS name_ns, {level_sums}"
         "any(span_id) AS one_span_id "
-        f"FROM {SPAN_DEPTHS.name} WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} "
-        f"AND start_ns <= {end} AND end_ns >= {start} "
+        f"FROM {SPAN_DEPTHS.name} ANY LEFT JOIN {levels} USING span_id "
+        f"WHERE span_count = {int(span_count)} AND {overlaps} "
         "GROUP BY track, depth, wide_span_id, pixel, name"
         ") GROUP BY track, depth, wide_span_id, pixel ORDER BY track, depth, start_ns, span_id")
 

@@ -362,14 +362,26 @@ def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, A
 
 def window_json(trace_id: str, window: tuple[int, int], resolution_ns: int, entries: Columns) -> dict[str, Any]:
     """/window's answer from the store's merged entries (reader.window_entries): a span wide
-    enough to draw (count 1, its span_id), or spans narrower than the resolution on one track and
-    depth merged: their count, summed time and the name holding most of it."""
+    enough to draw (count 1, its span_id, level, parent and the viewer's attributes), or spans
+    narrower than the resolution on one track and depth merged: their count, summed time and the
+    name and level holding most of it."""
+    keys = list(VIEWER_ATTRIBUTES.values())
+
+    def entry(row: int) -> dict[str, Any]:
+        fields = {name: entries[column][row] for name, column in _WINDOW_ENTRY_FIELDS}
+        if fields["span_id"]:
+            fields["parent_span_id"] = entries["parent_span_id"][row]
+            fields["attributes"] = {key: value for key in keys if (value := entries[ATTRIBUTE_COLUMN + key][row])}
+        return fields
+
     return {
         "trace_id": trace_id,
         "start_ns": window[0], "end_ns": window[1], "resolution_ns": resolution_ns,
-        "entries": [{"track": track, "depth": depth, "start_ns": start, "end_ns": end, "count": count,
-                     "total_ns": total, "name": name, "span_id": span_id}
-                    for track, depth, start, end, count, total, name, span_id in zip(
-                        entries["track"], entries["depth"], entries["start_ns"], entries["end_ns"],
-                        entries["span_total"], entries["total_ns"], entries["dominant_name"], entries["span_id"])],
+        "entries": [entry(row) for row in range(len(entries["span_id"]))],
     }
+
+
+_WINDOW_ENTRY_FIELDS = (("track", "track"), ("depth", "depth"), ("start_ns", "start_ns"), ("end_ns", "end_ns"),
+                        ("count", "span_total"), ("total_ns", "total_ns"), ("name", "dominant_name"),
+                        ("level", "dominant_level"), ("span_id", "span_id"))
+"""window_json's fields of every entry, each from its column of reader.window_entries."""

@@ -17,13 +17,15 @@ from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
 from .reader import TraceReader
-from .timeline import SpanTree, span_tree
+from .timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, SpanTree, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
 WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service")
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
 MAX_IDS_IN_QUERY = 10_000
+# What a window's single span carries beyond its entry: the per-span fields of the compact form.
+WINDOW_SPAN_COLUMNS = ("span_id", "parent_span_id", *(ATTRIBUTE_COLUMN + key for key in VIEWER_ATTRIBUTES.values()))
 
 
 @dataclass(frozen=True)
@@ -144,4 +146,19 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
             columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS)
             tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
             reader.store_span_depths(span_depth_columns(trace_id, span_count, columns, tree))
-    return reader.window_entries(trace_id, span_count, window, resolution_ns)
+    return _with_span_details(reader, trace_id, bounds, reader.window_entries(trace_id, span_count, window, resolution_ns))
+
+
+def _with_span_details(reader: TraceReader, trace_id: str, bounds: tuple[int, int], entries: Columns) -> Columns:
+    """`entries` with the parent and viewer attributes (WINDOW_SPAN_COLUMNS) of each single span,
+    '' for merged entries. They are read by id for the spans drawn as themselves only: span_depths
+    has none of them, and reading every span of a zoomed-out window's attributes would cost more
+    than the merge itself."""
+    singles = [span_id for span_id in entries["span_id"] if span_id]
+    found: dict[str, tuple[str, ...]] = {}
+    for first in range(0, len(singles), MAX_IDS_IN_QUERY):
+        read = reader.trace_columns(trace_id, bounds, WINDOW_SPAN_COLUMNS, span_ids=singles[first:first + MAX_IDS_IN_QUERY])
+        found.update(zip(read["span_id"], zip(*(read[name] for name in WINDOW_SPAN_COLUMNS[1:]))))
+    blank = ("",) * (len(WINDOW_SPAN_COLUMNS) - 1)
+    details = [found.get(span_id, blank) for span_id in entries["span_id"]]
+    return {**entries, **{name: [row[index] for row in details] for index, name in enumerate(WINDOW_SPAN_COLUMNS[1:])}}

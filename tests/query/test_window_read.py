@@ -4,6 +4,7 @@ spans merged by the store, on both backends."""
 from __future__ import annotations
 
 from mlscope.query.reader import TraceReader
+from mlscope.query.timeline import VIEWER_ATTRIBUTES, window_json
 from mlscope.query.traces import read_window
 from mlscope.store import Store
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
@@ -41,6 +42,31 @@ def test_store_keeps_tracks_and_depths_apart_and_names_the_dominant(store: Store
                                          ["x", "y", "x", "x", "m", "n", "early"]))
     assert [(track, depth, count, name) for track, depth, _, _, count, _, name, _ in _entries(reader, 7, (10, 30), 10)] == [
         ("p", 1, 1, "early"), ("p", 1, 2, "y"), ("p", 2, 1, "x"), ("q", 1, 1, "x"), ("q", 2, 2, "n")]
+
+
+def test_entries_carry_levels_and_single_spans_their_parent_and_attributes(store: Store) -> None:
+    # At 10 ms a pixel: under a wide layer span, three narrow spans share a pixel, where "c" holds
+    # the most time of any name (1.5 ms) but layer the most of any level (2 ms); a lone narrow
+    # span is an entry of its own, its unknown level counted as the default one.
+    layer = {VIEWER_ATTRIBUTES["layer_path"]: "features.3", VIEWER_ATTRIBUTES["layer_type"]: "Conv2d"}
+    store.insert("span_rows", columns_of([
+        row("00000000000000a1", "", "run", 0, 100, attributes={VIEWER_ATTRIBUTES["thread_name"]: "main"}),
+        row("00000000000000b2", "00000000000000a1", "conv", 0, 60, "layer", attributes=layer),
+        row("00000000000000c1", "00000000000000b2", "a", 20, 21, "layer"),
+        row("00000000000000c2", "00000000000000b2", "b", 21, 22, "layer"),
+        row("00000000000000c3", "00000000000000b2", "c", 22, 23.5, "library"),
+        row("00000000000000c4", "00000000000000b2", "odd", 40, 41, "bogus")]))
+    window = (T0, T0 + 100 * MS)
+    read = read_window(TraceReader(store), TRACE, window, 10 * MS)
+    assert read is not None
+    assert [(read["dominant_name"][i], read["span_total"][i], read["dominant_level"][i], read["parent_span_id"][i])
+            for i in range(len(read["span_id"]))] == [
+        ("run", 1, "application", ""), ("conv", 1, "layer", "00000000000000a1"), ("c", 3, "layer", ""),
+        ("odd", 1, "application", "00000000000000b2")]
+    entries = window_json(TRACE, window, 10 * MS, read)["entries"]
+    assert [entry.get("attributes") for entry in entries] == [
+        {VIEWER_ATTRIBUTES["thread_name"]: "main"}, layer, None, {}]
+    assert "parent_span_id" not in entries[2] and entries[2]["level"] == "layer"
 
 
 def test_a_trace_is_treed_once_and_again_when_it_grows(store: Store) -> None:

@@ -296,6 +296,12 @@ async def test_windowed_read_shows_aggregates_then_single_spans(base_url: str, b
     # Zooming onto the first model call, the reads that follow bring its ops as spans of their own.
     await zoom_onto(page, MODEL, 300)
     assert await until(page, lambda: in_window(page, OP))
+    # Single spans come with their level, attributes and parent: the layer reads as a layer
+    # (its label, its level's colour) and is the op's parent.
+    layer = await page.evaluate("""id => { const t = window.mlscopeTimeline; const i = t.model.byId.get(id);
+        return { label: t.model.labels[i], fill: t.barFill(id), children: t.childrenOf(i).map((c) => t.model.spanIds[c]),
+                 colour: getComputedStyle(document.documentElement).getPropertyValue("--layer").trim() }; }""", LAYER)
+    assert layer["label"] == "features.0 (Conv2d)" and layer["fill"] == layer["colour"] and OP in layer["children"]
     search = page.locator("[data-testid=search]")
     await search.fill("aten::conv2d")
     await search.press("Enter")

@@ -35,8 +35,11 @@
   const URL_DEBOUNCE_MS = 200;
   const WINDOW_DEBOUNCE_MS = 150; // a windowed read waits for the view to settle this long
   const WINDOW_MARGIN = 1; // window widths read either side of the view, so a short pan needs no read
-  // Attributes buildModel reads; the window form has none of them.
+  // Attributes buildModel reads (tracks by process and thread, layer labels).
   const MODEL_ATTRIBUTES = ["process_pid", "thread_id", "thread_name", "layer_path", "layer_type"];
+  // Of those, what a windowed read's spans are labelled with. Its tracks stay one per service: an
+  // aggregate has no process or thread, so splitting tracks by them would part it from its spans.
+  const WINDOW_LABEL_ATTRIBUTES = ["layer_path", "layer_type"];
   // The attribute names it reads, from GET /api/conventions (mlscope.conventions): app.js fetches
   // them before any page renders, after this file has loaded.
   const attributeName = (key) => window.mlscopeViewer.attributes[key];
@@ -79,8 +82,10 @@
     const threadName = own("thread_name");
     const n = parent.length;
     const trackOf = new Int32Array(n);
-    const pid = new Int32Array(n); // string indexes, -1 for none
-    const thread = new Int32Array(n);
+    // String indexes, -1 for none; -1 too where a parent comes after its child (a windowed
+    // read's entries are by track, not pre-order), so nothing is inherited from an unread row.
+    const pid = new Int32Array(n).fill(-1);
+    const thread = new Int32Array(n).fill(-1);
     const keys = new Map();
     const tracks = [];
     for (let i = 0; i < n; i += 1) {
@@ -223,8 +228,8 @@
 
   // A GET /api/traces/{id}/window answer -> the compact form buildModel reads, times after
   // `origin` (BigInt ns). An entry is a span (its span_id) or an aggregate of narrower spans
-  // (span_id "", count, summed time, dominant name). The window form carries no level, parent or
-  // attributes: every entry takes the default level.
+  // (span_id "", count, summed time, dominant name and level). A span's parent is linked when it
+  // is in the same answer (else the span reads as a root of the window); aggregates have none.
   function windowColumns(answer, origin, defaultLevel) {
     const strings = [defaultLevel];
     const interned = new Map([[defaultLevel, 0]]);
@@ -237,16 +242,24 @@
     };
     const { entries } = answer;
     const none = () => entries.map(() => -1);
+    const position = new Map();
+    entries.forEach((entry, k) => { if (entry.span_id) position.set(entry.span_id, k); });
+    const attribute = (key) => entries.map((entry) => {
+      const value = (entry.attributes || {})[attributeName(key)];
+      return value === undefined ? -1 : intern(value);
+    });
     return {
       origin_ns: String(origin), strings, warnings: [],
       span_id: entries.map((entry, k) => entry.span_id || `~${k}`), // aggregates get ids of their own
-      parent: none(), level: entries.map(() => 0), depth: entries.map((entry) => Number(entry.depth)),
+      parent: entries.map((entry) => (entry.parent_span_id && position.has(entry.parent_span_id) ? position.get(entry.parent_span_id) : -1)),
+      level: entries.map((entry) => intern(entry.level || defaultLevel)), depth: entries.map((entry) => Number(entry.depth)),
       name: entries.map((entry) => intern(entry.name)), service: entries.map((entry) => intern(entry.track)),
       start_ns: entries.map((entry) => Number(BigInt(entry.start_ns) - origin)),
       duration_ns: entries.map((entry) => Number(BigInt(entry.end_ns) - BigInt(entry.start_ns))),
       self_ns: entries.map((entry) => Number(entry.total_ns)),
       count: entries.map((entry) => (entry.span_id ? 0 : Number(entry.count))),
-      attributes: Object.fromEntries(MODEL_ATTRIBUTES.map((key) => [attributeName(key), none()])),
+      attributes: Object.fromEntries(MODEL_ATTRIBUTES.map((key) =>
+        [attributeName(key), WINDOW_LABEL_ATTRIBUTES.includes(key) ? attribute(key) : none()])),
     };
   }
 
@@ -373,9 +386,15 @@
       ctx.fillText(label.length > fits ? `${label.slice(0, Math.max(1, fits - 1))}…` : label, Math.max(x0, 0) + 3, y + 12.5);
     }
 
+    // Bar i's fill: an aggregate's sliver grey, else its level's colour (faded off the search).
+    function barFill(i) {
+      if (model.aggregateCount && model.aggregateCount[i]) return SLIVER;
+      return matches && !matches[i] ? fadedColours[model.level[i]] : colours[model.level[i]];
+    }
+
     function drawRow(row, y) {
       const { index, maxEnd } = row;
-      const { starts, ends, level, aggregateCount: aggregates } = model;
+      const { starts, ends } = model;
       const k = scale();
       let sliverFrom = 0;
       let sliverTo = -Infinity;
@@ -399,8 +418,7 @@
         flushSliver();
         const left = Math.max(x0, -2);
         const right = Math.min(x1, widthPx + 2);
-        ctx.fillStyle = aggregates && aggregates[i] ? SLIVER
-          : matches && !matches[i] ? fadedColours[level[i]] : colours[level[i]];
+        ctx.fillStyle = barFill(i);
         ctx.fillRect(left, y + 1, Math.max(1, right - left - 0.5), ROW_H - 2);
         if (matches && matches[i]) {
           ctx.strokeStyle = "#facc15";
@@ -872,6 +890,11 @@
       // The outlined spans' ids, for tests.
       outlinedIds: () => (outlined ? model.spanIds.filter((_, i) => outlined[i]) : []),
       childrenOf: (i) => childrenOf(model, i),
+      // The fill span `spanId`'s bar is drawn with; null when it is not in the model. For tests.
+      barFill(spanId) {
+        const i = model.byId.get(spanId);
+        return i === undefined ? null : barFill(i);
+      },
       // Where span `spanId`'s bar is drawn, in page (client) pixels; null when not drawn.
       barRect(spanId) {
         const i = model.byId.get(spanId);
