@@ -143,17 +143,47 @@ JOB_STATES = _table(
     ("request", "String"),
 )
 
-# schema/009_span_depths.sql: filled by the query service (query/traces.py read_window).
+# schema/010_span_depth_pyramid.sql: the windowed read's cache, filled by the query service
+# (query/traces.py read_window): each span's depth, the pyramid of merged buckets, the fills.
 SPAN_DEPTHS = _table(
     "span_depths",
     ("trace_id", "String"),
     ("span_count", "UInt64"),
+    ("fill", "UInt64"),
     ("span_id", "String"),
     ("service", "String"),
     ("name", "String"),
+    ("level", "String"),
     ("depth", "UInt64"),
+    ("duration_log2", "UInt8"),
     ("start_ns", "UInt64"),
     ("end_ns", "UInt64"),
+)
+SPAN_DEPTH_BUCKETS = _table(
+    "span_depth_buckets",
+    ("trace_id", "String"),
+    ("span_count", "UInt64"),
+    ("fill", "UInt64"),
+    ("bucket_log2", "UInt8"),
+    ("bucket", "UInt64"),
+    ("service", "String"),
+    ("depth", "UInt64"),
+    ("name", "String"),
+    ("level", "String"),
+    ("spans", "UInt64"),
+    ("total_ns", "UInt64"),
+    ("first_ns", "UInt64"),
+    ("last_ns", "UInt64"),
+    ("span_id", "String"),
+)
+SPAN_DEPTH_FILLS = _table(
+    "span_depth_fills",
+    ("trace_id", "String"),
+    ("span_count", "UInt64"),
+    ("fill", "UInt64"),
+    ("first_bucket_log2", "UInt8"),
+    ("last_bucket_log2", "UInt8"),
+    ("filled_ns", "UInt64"),
 )
 
 # Not in the .sql files: Store.migrate() creates it from this declaration before applying them.
@@ -161,11 +191,11 @@ SCHEMA_MIGRATIONS = _table("schema_migrations", ("version", "UInt64"), ("name", 
 
 TABLES: dict[str, Table] = {
     table.name: table for table in (SPAN_ROWS, METRIC_POINTS, PREDICTOR_HEARTBEATS, JOB_STATES, SPAN_DEPTHS,
-                                SCHEMA_MIGRATIONS)
+                                SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SCHEMA_MIGRATIONS)
 }
-"""Every table a writer inserts into, by name (span_depths: the query service, a cache of each
-trace's tree). The other tables of the schema (`trace_index`, `evaluation_rows`) are filled by
-materialized views over span_rows."""
+"""Every table a writer inserts into, by name (span_depths, span_depth_buckets, span_depth_fills:
+the query service, a cache of each trace's tree). The other tables of the schema (`trace_index`,
+`evaluation_rows`) are filled by materialized views over span_rows."""
 
 
 def empty_columns(table: str) -> Columns:

@@ -1,0 +1,58 @@
+-- The windowed read's cache, reshaped so that a read touches about as many rows as it draws.
+-- span_depths is a cache the query service refills on demand: the 009 rows are dropped.
+--
+-- span_depths: one row per span of one fill of a trace. `fill` is the fill's random id: two
+-- query processes filling the same trace at once each write their own rows, and reads name one
+-- fill (the smallest id of the trace's latest span count, in span_depth_fills). `level` is the
+-- span's stored level; `duration_log2` is floor(log2(duration)), so that a read asks, per
+-- duration class, only for the starts that can reach its window (ORDER BY start within a class).
+DROP TABLE IF EXISTS span_depths;
+CREATE TABLE IF NOT EXISTS span_depths (
+    trace_id String,
+    span_count UInt64,
+    fill UInt64,
+    span_id String,
+    service String,
+    name String,
+    level String,
+    depth UInt64,
+    duration_log2 UInt8,
+    start_ns UInt64,
+    end_ns UInt64
+) ENGINE = MergeTree
+ORDER BY (trace_id, fill, duration_log2, start_ns);
+
+-- The pyramid: per fill, for each stored bucket width 2^bucket_log2 ns, the spans narrower than
+-- a bucket merged per (service, depth, bucket of their start, name, level): their count, summed
+-- time, first start and last end, and one span's id (the span itself when `spans` is 1). A
+-- zoomed-out read regroups the buckets of the width just under its resolution into pixels.
+CREATE TABLE IF NOT EXISTS span_depth_buckets (
+    trace_id String,
+    span_count UInt64,
+    fill UInt64,
+    bucket_log2 UInt8,
+    bucket UInt64,
+    service String,
+    depth UInt64,
+    name String,
+    level String,
+    spans UInt64,
+    total_ns UInt64,
+    first_ns UInt64,
+    last_ns UInt64,
+    span_id String
+) ENGINE = MergeTree
+ORDER BY (trace_id, fill, bucket_log2, bucket);
+
+-- One row per complete fill, written after its rows and buckets: a read uses only a fill
+-- listed here, so a fill still being written (or cut short) is never read. `first_bucket_log2`
+-- to `last_bucket_log2` are the widths the pyramid holds (none when first > last).
+CREATE TABLE IF NOT EXISTS span_depth_fills (
+    trace_id String,
+    span_count UInt64,
+    fill UInt64,
+    first_bucket_log2 UInt8,
+    last_bucket_log2 UInt8,
+    filled_ns UInt64
+) ENGINE = MergeTree
+ORDER BY (trace_id, span_count, fill);
