@@ -155,7 +155,7 @@ SPAN_DEPTHS = _table(
     ("name", "String"),
     ("level", "String"),
     ("depth", "UInt64"),
-    ("duration_log2", "UInt8"),
+    ("duration_bits", "UInt8"),
     ("start_ns", "UInt64"),
     ("end_ns", "UInt64"),
 )

@@ -4,8 +4,9 @@
 -- span_depths: one row per span of one fill of a trace. `fill` is the fill's random id: two
 -- query processes filling the same trace at once each write their own rows, and reads name one
 -- fill (the smallest id of the trace's latest span count, in span_depth_fills). `level` is the
--- span's stored level; `duration_log2` is floor(log2(duration)), so that a read asks, per
--- duration class, only for the starts that can reach its window (ORDER BY start within a class).
+-- span's stored level; `duration_bits` is the bit length of its duration (a span of class c lasts
+-- less than 2^c ns), so that a read asks, per class, only for the starts that can reach its
+-- window (ORDER BY start within a class).
 DROP TABLE IF EXISTS span_depths;
 CREATE TABLE IF NOT EXISTS span_depths (
     trace_id String,
@@ -16,11 +17,11 @@ CREATE TABLE IF NOT EXISTS span_depths (
     name String,
     level String,
     depth UInt64,
-    duration_log2 UInt8,
+    duration_bits UInt8,
     start_ns UInt64,
     end_ns UInt64
 ) ENGINE = MergeTree
-ORDER BY (trace_id, fill, duration_log2, start_ns);
+ORDER BY (trace_id, fill, duration_bits, start_ns);
 
 -- The pyramid: per fill, for each stored bucket width 2^bucket_log2 ns, the spans narrower than
 -- a bucket merged per (service, depth, bucket of their start, name, level): their count, summed
