@@ -155,7 +155,7 @@ SPAN_DEPTHS = _table(
     ("name", "String"),
     ("level", "String"),
     ("depth", "UInt64"),
-    ("duration_bits", "UInt8"),
+    ("duration_bits", "UInt64"),
     ("start_ns", "UInt64"),
     ("end_ns", "UInt64"),
 )
@@ -164,7 +164,7 @@ SPAN_DEPTH_BUCKETS = _table(
     ("trace_id", "String"),
     ("span_count", "UInt64"),
     ("fill", "UInt64"),
-    ("bucket_log2", "UInt8"),
+    ("bucket_log2", "UInt64"),
     ("bucket", "UInt64"),
     ("service", "String"),
     ("depth", "UInt64"),
@@ -181,8 +181,8 @@ SPAN_DEPTH_FILLS = _table(
     ("trace_id", "String"),
     ("span_count", "UInt64"),
     ("fill", "UInt64"),
-    ("first_bucket_log2", "UInt8"),
-    ("last_bucket_log2", "UInt8"),
+    ("first_bucket_log2", "UInt64"),
+    ("last_bucket_log2", "UInt64"),
     ("filled_ns", "UInt64"),
 )
 

@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS span_depths (
     name String,
     level String,
     depth UInt64,
-    duration_bits UInt8,
+    duration_bits UInt64,
     start_ns UInt64,
     end_ns UInt64
 ) ENGINE = MergeTree
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS span_depth_buckets (
     trace_id String,
     span_count UInt64,
     fill UInt64,
-    bucket_log2 UInt8,
+    bucket_log2 UInt64,
     bucket UInt64,
     service String,
     depth UInt64,
@@ -52,8 +52,8 @@ CREATE TABLE IF NOT EXISTS span_depth_fills (
     trace_id String,
     span_count UInt64,
     fill UInt64,
-    first_bucket_log2 UInt8,
-    last_bucket_log2 UInt8,
+    first_bucket_log2 UInt64,
+    last_bucket_log2 UInt64,
     filled_ns UInt64
 ) ENGINE = MergeTree
 ORDER BY (trace_id, span_count, fill);
