@@ -43,8 +43,15 @@ class ServiceClient:
         self._auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return self._send(self._get_request(path, params))
+
+    def get_bytes(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
+        """The body of a GET as it came (an export in a binary format)."""
+        return self._read(self._get_request(path, params))
+
+    def _get_request(self, path: str, params: Mapping[str, str] | None) -> urllib.request.Request:
         query = f"?{urlencode(params)}" if params else ""
-        return self._send(urllib.request.Request(f"{self.base_url}{path}{query}", headers=self._auth_headers))
+        return urllib.request.Request(f"{self.base_url}{path}{query}", headers=self._auth_headers)
 
     def post(self, path: str, body: Any) -> Any:
         return self._send(urllib.request.Request(
@@ -53,8 +60,14 @@ class ServiceClient:
 
     def _send(self, request: urllib.request.Request) -> Any:
         try:
+            return json.loads(self._read(request))
+        except ValueError as error:  # not JSON: something else answers on that port
+            raise ServiceError(f"{self.base_url} did not answer JSON: {error}") from error
+
+    def _read(self, request: urllib.request.Request) -> bytes:
+        try:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                return json.loads(response.read())
+                return response.read()
         except urllib.error.HTTPError as error:
             try:
                 reason = json.loads(error.read())["error"]
@@ -65,5 +78,3 @@ class ServiceClient:
             raise ServiceError(reason, error.code) from error
         except (urllib.error.URLError, OSError) as error:
             raise ServiceError(f"cannot reach {self.base_url}: {getattr(error, 'reason', error)}") from error
-        except ValueError as error:  # not JSON: something else answers on that port
-            raise ServiceError(f"{self.base_url} did not answer JSON: {error}") from error
