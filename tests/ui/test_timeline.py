@@ -320,3 +320,46 @@ async def windows_read(page: Page, count: int) -> bool:
 async def in_window(page: Page, span: str) -> bool:
     """`span` is in the windowed read's answer as a span of its own (an aggregate has no span id)."""
     return bool(await page.evaluate("id => window.mlscopeTimeline.model.byId.has(id)", span))
+
+
+async def test_windowed_detail_links_parent_and_children(base_url: str, browser: Browser) -> None:
+    """In windowed mode a single span's details link its parent and its children in the window,
+    as with the whole trace; names stay text (one child is the hostile name)."""
+    problems: list[str] = []
+    url = f"{base_url}/traces/{DEEP_TRACE}?window_over=10&start=99000000&end=112000000"  # the first model call
+    page = await open_trace(browser, url, problems)
+    assert await until(page, lambda: in_window(page, OP))
+    assert await page.evaluate("window.mlscopeTimeline.model.aggregateCount !== null")
+    rect = await bar(page, LAYER)
+    assert rect is not None
+    await page.mouse.click(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
+    details = page.locator("[data-testid=details]")
+    await details.locator("h2", has_text="features.0 (Conv2d)").wait_for()
+    links = details.locator("button.span-link")
+    assert await links.all_text_contents() == ["resnet18", "aten::conv2d", EVIL, "aten::relu"]  # parent, then children
+    assert "Children in the window (3)" in await details.inner_text()
+    await screenshot(page, "timeline-windowed-relatives.png")
+
+    await links.nth(2).click()  # a child: the hostile name, as text
+    await details.locator("h2").filter(has_text="onerror").wait_for()
+    assert (await view(page))["selected"] == span_id(5)
+    assert await details.locator("h2").text_content() == EVIL
+    await details.locator("button.span-link").first.click()  # its parent: the layer again
+    await details.locator("h2", has_text="features.0 (Conv2d)").wait_for()
+    assert (await view(page))["selected"] == LAYER
+    assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
+async def test_window_entry_whose_parent_is_outside_keeps_its_id(base_url: str, browser: Browser) -> None:
+    page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", [])
+    model = await page.evaluate("""() => {
+      const lib = window.mlscopeTimelineLib;
+      const entry = (id, parent, depth) => ({ span_id: id, parent_span_id: parent, track: "svc", depth, name: id,
+        level: "layer", start_ns: "1000", end_ns: "2000", count: 1, total_ns: 1000 });
+      const answer = { entries: [entry("b", "a", 1), entry("c", "b", 2), entry("", "", 2)] };
+      answer.entries[2].count = 5;
+      const m = lib.buildModel(lib.windowColumns(answer, 0n, "application"), ["application", "layer"], "application");
+      return { parent: Array.from(m.parent), parentIds: m.parentIds };
+    }""")
+    assert model == {"parent": [-1, 0, -1], "parentIds": ["a", "b", ""]}

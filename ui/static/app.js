@@ -353,24 +353,29 @@
       : el("p", { class: "muted" }, query ? "No traces match." : "No traces yet."));
   }
 
-  // A button that selects span `i` in the timeline (parent and children links).
-  function spanButton(timeline, i) {
-    const button = el("button", { type: "button", class: "span-link" }, timeline.model.labels[i]);
-    button.addEventListener("click", () => timeline.select(i, { reveal: true }));
+  // A button that selects span `i` of `model` in the timeline (parent and children links), by
+  // id: a windowed read may have replaced the model since.
+  function spanButton(timeline, model, i) {
+    const button = el("button", { type: "button", class: "span-link" }, model.labels[i]);
+    button.addEventListener("click", () => timeline.selectId(model.spanIds[i]));
     return button;
   }
 
   const LISTED_CHILDREN = 50;
 
-  function relatives(timeline, i) {
-    const parent = timeline.model.parent[i];
-    const children = timeline.childrenOf(i);
+  // A windowed read holds the spans of one window: a parent outside it is named by its id, and
+  // the children listed are those in the window.
+  function relatives(timeline, model, i) {
+    const parent = model.parent[i];
+    const children = window.mlscopeTimelineLib.childrenOf(model, i);
+    const parentId = model.parentIds ? model.parentIds[i] : "";
     return [
       el("h3", null, "Parent"),
-      parent >= 0 ? spanButton(timeline, parent) : el("p", { class: "muted" }, "(root)"),
-      el("h3", null, `Children (${children.length})`),
+      parent >= 0 ? spanButton(timeline, model, parent)
+        : el("p", { class: "muted" }, parentId ? `span ${parentId}, outside the window read` : "(root)"),
+      el("h3", null, model.aggregateCount ? `Children in the window (${children.length})` : `Children (${children.length})`),
       children.length
-        ? el("ul", { class: "children" }, ...children.slice(0, LISTED_CHILDREN).map((c) => el("li", null, spanButton(timeline, c))),
+        ? el("ul", { class: "children" }, ...children.slice(0, LISTED_CHILDREN).map((c) => el("li", null, spanButton(timeline, model, c))),
           children.length > LISTED_CHILDREN ? el("li", { class: "muted" }, `and ${children.length - LISTED_CHILDREN} more`) : null)
         : el("p", { class: "muted" }, "none")];
   }
@@ -405,11 +410,9 @@
   }
 
   // Span `i` from the timeline's columns and `span`, its JSON form (null when it could not be read).
-  function renderDetail(panel, timeline, i, span) {
-    const { model } = timeline;
+  function renderDetail(panel, timeline, model, i, span) {
     const text = (index) => model.strings[index];
     const fields = [
-      // A windowed read's entries carry no level: the span's own answer has it.
       ["name", text(model.nameOf[i])], ["level", span ? span.level : text(model.levelOf[i])],
       ["duration", formatDuration(model.ends[i] - model.starts[i])], ["self time", formatDuration(model.selfNs[i])],
       ["starts at", `+${formatDuration(model.starts[i])}`], ["service", text(model.serviceOf[i])],
@@ -419,8 +422,7 @@
     panel.replaceChildren(
       el("h2", null, model.labels[i]),
       table(["field", "value"], fields.map(([k, v]) => el("tr", null, el("td", null, k), el("td", null, String(v))))),
-      // A windowed read's entries carry no parent either: no links rather than a wrong "(root)".
-      ...(model.aggregateCount ? [] : relatives(timeline, i)), ...detailSections(span, model.origin));
+      ...relatives(timeline, model, i), ...detailSections(span, model.origin));
   }
 
   // An aggregate of a windowed read: the spans narrower than a pixel it stands for.
@@ -446,13 +448,16 @@
         panel.replaceChildren(el("p", { class: "muted" }, "Click a span for its details."));
         return;
       }
-      if (timeline.model.aggregateCount && timeline.model.aggregateCount[i] > 0) {
-        renderAggregate(panel, timeline.model, i);
+      // `i` indexes the model of the moment: a windowed read may replace it while the span's
+      // own answer is on its way.
+      const { model } = timeline;
+      if (model.aggregateCount && model.aggregateCount[i] > 0) {
+        renderAggregate(panel, model, i);
         return;
       }
-      panel.replaceChildren(el("p", { class: "muted" }, `${timeline.model.labels[i]}: loading…`));
-      const span = await fetchSpanDetail(base, levelsQuery, timeline.model, i).catch(() => null);
-      if (request === latest) renderDetail(panel, timeline, i, span);
+      panel.replaceChildren(el("p", { class: "muted" }, `${model.labels[i]}: loading…`));
+      const span = await fetchSpanDetail(base, levelsQuery, model, i).catch(() => null);
+      if (request === latest) renderDetail(panel, timeline, model, i, span);
     };
     return { panel, show };
   }

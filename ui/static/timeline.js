@@ -192,13 +192,16 @@
       levelOf: columns.level, serviceOf: columns.service, selfNs: columns.self_ns, spanIds: columns.span_id, byId, trackOf,
       tracks: order.map((t) => tracks[t]),
       aggregateCount: columns.count ? Int32Array.from(columns.count) : null, // windowed reads: 0 for a span
+      parentIds: columns.parent_id || null, // windowed reads: each span's parent id, "" for none
     };
   }
 
+  // Span i's children in the model, by start (a windowed read's entries come by track, not in
+  // pre-order).
   function childrenOf(model, i) {
     const children = [];
     for (let c = model.firstChild[i]; c >= 0; c = model.nextSibling[c]) children.push(c);
-    return children;
+    return children.sort((a, b) => model.starts[a] - model.starts[b] || a - b);
   }
 
   // Ruler ticks: a 1-2-5 step giving about one label per 100 px, labelled in the unit that
@@ -229,7 +232,8 @@
   // A GET /api/traces/{id}/window answer -> the compact form buildModel reads, times after
   // `origin` (BigInt ns). An entry is a span (its span_id) or an aggregate of narrower spans
   // (span_id "", count, summed time, dominant name and level). A span's parent is linked when it
-  // is in the same answer (else the span reads as a root of the window); aggregates have none.
+  // is in the same answer; its id is kept either way (parent_id, "" for a root or an aggregate),
+  // so a span whose parent is outside the window does not read as a root.
   function windowColumns(answer, origin, defaultLevel) {
     const strings = [defaultLevel];
     const interned = new Map([[defaultLevel, 0]]);
@@ -252,6 +256,7 @@
       origin_ns: String(origin), strings, warnings: [],
       span_id: entries.map((entry, k) => entry.span_id || `~${k}`), // aggregates get ids of their own
       parent: entries.map((entry) => (entry.parent_span_id && position.has(entry.parent_span_id) ? position.get(entry.parent_span_id) : -1)),
+      parent_id: entries.map((entry) => entry.parent_span_id || ""),
       level: entries.map((entry) => intern(entry.level || defaultLevel)), depth: entries.map((entry) => Number(entry.depth)),
       name: entries.map((entry) => intern(entry.name)), service: entries.map((entry) => intern(entry.track)),
       start_ns: entries.map((entry) => Number(BigInt(entry.start_ns) - origin)),
@@ -595,6 +600,7 @@
     let windowTimer = 0;
     let windowRequest = 0;
     let windowReads = 0; // answers applied, read by tests
+    let lastReadKey = ""; // the view and width of the latest read
     function scheduleWindowRead() {
       if (!fetchWindow) return;
       clearTimeout(windowTimer);
@@ -603,6 +609,9 @@
     }
 
     async function readWindow() {
+      const key = `${view.t0} ${view.t1} ${widthPx}`;
+      if (key === lastReadKey) return; // a selection re-sends the view (for the URL): nothing to read
+      lastReadKey = key;
       windowRequest += 1;
       const request = windowRequest;
       const width = view.t1 - view.t0;
@@ -921,5 +930,5 @@
     };
   }
 
-  window.mlscopeTimelineLib = { createTimeline, buildModel, windowColumns, niceTicks, spanLabel, clampView };
+  window.mlscopeTimelineLib = { createTimeline, buildModel, windowColumns, childrenOf, niceTicks, spanLabel, clampView };
 })();
