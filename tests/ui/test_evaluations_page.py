@@ -123,7 +123,8 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     assert metrics["server QPS"] == ["—", "—", "—"]
     config = {r[0]: r[1:] for r in await table_rows(page, "table.config")}
     assert config["batch size"] == ["8", "32"]
-    # Each evaluation's own subtree is diffed too (GET /api/diff on evaluation ids).
+    # Each evaluation's own subtree is drawn (one span here) and diffed (GET /api/diff on evaluation ids).
+    await expect(page.locator('[data-testid=compare-timelines] [data-testid=timeline][data-ready="1"]')).to_have_count(2)
     assert [r[0] for r in await table_rows(page, "table.diff-levels")] == ["application"]
     assert await page.evaluate("window.__pwned") is None
     assert problems == []

@@ -18,6 +18,7 @@ from tests.query.query_server import serve
 from tests.query.trace_fixtures import MS, T0, row
 from tests.query.trace_fixtures import insert as insert_rows
 from tests.ui.test_evaluations_page import table_rows
+from tests.ui.test_timeline import until
 from tests.ui.test_viewer import open_page
 
 SHOTS = Path(__file__).parent / "artifacts"
@@ -88,6 +89,50 @@ async def test_compare_diff_table_sorted_and_picker(base_url: str, browser: Brow
     await page.goto(f"{base_url}/compare?a=nothex&b={B}")
     await expect(page.locator("main .error")).to_contain_text("trace id (32 hex)")
     await expect(page.locator("#compare-pick select[name=a] option")).to_have_count(2)
+    assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
+async def test_compare_timelines_share_one_time_axis(base_url: str, browser: Browser) -> None:
+    """Both traces drawn, each from its own start on the same ns per pixel; a wheel zoom on one
+    and a held key over the other move both."""
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/compare?a={A}&b={B}")
+    lanes = page.locator("[data-testid=compare-timelines]")
+    await expect(lanes.locator('[data-testid=timeline][data-ready="1"]')).to_have_count(2)
+    views = "window.mlscopeCompareTimelines.map((t) => t.view())"
+    rect = "([k, id]) => window.mlscopeCompareTimelines[k].barRect(id)"
+    conv_a, conv_b = await page.evaluate(rect, [0, "aa000000000000c3"]), await page.evaluate(rect, [1, "bb000000000000c3"])
+    assert conv_a["x"] == pytest.approx(conv_b["x"], abs=0.5)  # both at 20 ms after their own start
+    assert conv_b["width"] / conv_a["width"] == pytest.approx(2, rel=0.02)  # 60 ms against 30 ms
+    first, second = await page.evaluate(views)
+    assert first == second
+
+    box = await lanes.locator("[data-testid=timeline]").first.bounding_box()
+    assert box is not None
+    await page.mouse.move(conv_a["x"] + conv_a["width"] / 2, conv_a["y"] + conv_a["height"] / 2)
+    await page.mouse.wheel(0, -600)
+
+    async def zoomed() -> bool:
+        a, b = await page.evaluate(views)
+        return a == b and a["t1"] - a["t0"] < (first["t1"] - first["t0"]) / 2
+
+    assert await until(page, zoomed)
+    zoomed_in = (await page.evaluate(views))[0]
+    lower = await lanes.locator("[data-testid=timeline]").nth(1).bounding_box()
+    assert lower is not None
+    await page.mouse.move(lower["x"] + lower["width"] / 2, lower["y"] + lower["height"] / 2)
+    await page.keyboard.down("d")
+    await page.wait_for_timeout(300)
+    await page.keyboard.up("d")
+
+    async def panned() -> bool:
+        a, b = await page.evaluate(views)
+        return a == b and a["t0"] > zoomed_in["t0"]
+
+    assert await until(page, panned)
+    await page.screenshot(path=str(SHOTS / "compare-timelines.png"), full_page=True)
     assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
     assert problems == []
 

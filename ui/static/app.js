@@ -601,33 +601,47 @@
     return { trace: toColumns(first), fetchWindow };
   }
 
-  let activeTimeline = null;
+  // The timelines on the page: a page drawing new ones ends the old ones' listeners.
+  let liveTimelines = [];
+
+  function replaceTimelines(timelines) {
+    for (const timeline of liveTimelines) timeline.destroy();
+    liveTimelines = timelines;
+  }
+
   // What the trace page draws when every level is switched off (the compact form, empty).
   const EMPTY_TRACE = Object.freeze({
     origin_ns: "0", span_id: [], parent: [], name: [], service: [], level: [], start_ns: [], duration_ns: [],
     self_ns: [], depth: [], strings: [], warnings: [], attributes: {},
   });
 
+  // What a timeline draws of trace `base` (/api/traces/{id}): its compact form at `levelsQuery`
+  // (null: no level shown), or past `windowPast` spans its first window and a reader of later
+  // ones (fetchWindow, else null); `counters` is GET {base}/counters (span count, sampled series).
+  async function loadTrace(base, levelsQuery, windowPast) {
+    const counters = await fetchJson(`${base}/counters`);
+    const windowed = Number(counters.span_count) > windowPast ? await windowedTrace(base) : null;
+    const trace = windowed ? windowed.trace : levelsQuery !== null
+      ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
+      : EMPTY_TRACE;
+    return { counters, trace, fetchWindow: windowed ? windowed.fetchWindow : null };
+  }
+
   async function renderTrace(main, traceId) {
     document.title = `mlscope: trace ${traceId}`;
     const shown = parseLevels(location.search);
     const param = levelsParam(shown);
     const base = `/api/traces/${encodeURIComponent(traceId)}`;
-    const counters = await fetchJson(`${base}/counters`);
     const levelsQuery = param === null ? "" : `levels=${encodeURIComponent(param)}`;
-    const windowed = Number(counters.span_count) > windowedOver(location.search) ? await windowedTrace(base) : null;
-    const trace = windowed ? windowed.trace : shown.size
-      ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
-      : EMPTY_TRACE;
+    const { counters, trace, fetchWindow } = await loadTrace(base, shown.size ? levelsQuery : null, windowedOver(location.search));
+    const windowed = fetchWindow !== null;
     const detail = detailPanel(base, levelsQuery);
-    if (activeTimeline) activeTimeline.destroy();
     const timeline = window.mlscopeTimelineLib.createTimeline({
-      columns: trace, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, ...parseWindow(location.search),
-      fetchWindow: windowed && windowed.fetchWindow,
+      columns: trace, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, ...parseWindow(location.search), fetchWindow,
       onSelect: (i) => detail.show(timeline, i),
       onViewChange: (view) => replaceUrlParams({ start: view.startNs, end: view.endNs, span: view.selected }),
     });
-    activeTimeline = timeline;
+    replaceTimelines([timeline]);
     if (timeline.model.count) timeline.setCounters(counterTracks(counters, timeline.model.origin));
     window.mlscopeTimeline = timeline;
     const count = timeline.model.count;
@@ -1094,6 +1108,56 @@
     ];
   }
 
+  // One side of the compare page's timelines: a trace id (its whole trace) or an evaluation id
+  // (its span's subtree, read from its trace's compact form) -> {title, columns, fetchWindow,
+  // href} or {title, problem} when it cannot be drawn.
+  async function compareSide(id, findEvaluationOf) {
+    const evaluation = TRACE_ID.test(id) ? null : await findEvaluationOf(id);
+    const traceId = evaluation ? evaluation.trace_id : id;
+    const href = `/traces/${encodeURIComponent(traceId)}`;
+    const { trace, fetchWindow } = await loadTrace(`/api/traces/${encodeURIComponent(traceId)}`, "", WINDOWED_OVER);
+    if (!evaluation) {
+      const root = trace.span_id.length ? trace.strings[trace.name[0]] : "(no spans)";
+      return { title: `trace ${traceId}: ${root}`, columns: trace, fetchWindow, href };
+    }
+    const title = `evaluation ${id}: ${choiceLabel(evaluation)}`;
+    const columns = fetchWindow ? null : window.mlscopeTimelineLib.subtreeColumns(trace, id);
+    return columns ? { title, columns, fetchWindow: null, href: `${href}?span=${encodeURIComponent(id)}` }
+      : { title, problem: fetchWindow ? "its trace is read a window at a time: open it on its trace page" : "its span is not in its trace" };
+  }
+
+  function extentOf(columns) {
+    let end = 0;
+    columns.start_ns.forEach((start, i) => { end = Math.max(end, start + columns.duration_ns[i]); });
+    return end;
+  }
+
+  // Two timelines on one time axis: the same ns per pixel, each from its own start; a zoom or a
+  // pan on either moves both. Under each, the span last clicked there.
+  function compareTimelines(sides) {
+    const drawn = sides.filter((side) => side.columns);
+    const extentNs = Math.max(0, ...drawn.map((side) => extentOf(side.columns)));
+    const timelines = [];
+    const lanes = sides.map((side, k) => {
+      const heading = el("h3", null, `${"ab"[k]}: `, el("a", { href: side.href || null }, side.title));
+      if (!side.columns) return el("div", { class: "compare-lane" }, heading, el("p", { class: "muted" }, side.problem));
+      const picked = el("p", { class: "muted picked-span" }, "Click a span for its name and time.");
+      const timeline = window.mlscopeTimelineLib.createTimeline({
+        columns: side.columns, levels: LEVELS, defaultLevel: DEFAULT_LEVEL, extentNs, fetchWindow: side.fetchWindow,
+        onSelect: (i) => picked.replaceChildren(i < 0 ? "Click a span for its name and time." : `${timeline.model.labels[i]}: `
+          + `${formatDuration(timeline.model.ends[i] - timeline.model.starts[i])} from +${formatDuration(timeline.model.starts[i])}`),
+        onViewMove: (view) => timelines.forEach((other) => { if (other !== timeline) other.setView(view); }),
+      });
+      timelines.push(timeline);
+      return el("div", { class: "compare-lane" }, heading, timeline.element, picked);
+    });
+    replaceTimelines(timelines);
+    window.mlscopeCompareTimelines = timelines;
+    return el("section", { class: "compare-timelines", "data-testid": "compare-timelines" },
+      el("p", { class: "muted" }, "One time scale, each from its own start. W/S zoom · A/D pan (the timeline last pointed at) · "
+        + "wheel zooms · drag pans: both follow."), ...lanes);
+  }
+
   async function renderCompare(main) {
     document.title = "mlscope: compare";
     const params = new URLSearchParams(location.search);
@@ -1105,9 +1169,16 @@
       await comparePickerPage(main, problem);
       return;
     }
-    const [diff, evaluationsShown] = await Promise.all([
+    // An evaluation is looked up once, for its metrics and for its timeline.
+    const lookups = new Map();
+    const findEvaluationOf = (id) => {
+      if (!lookups.has(id)) lookups.set(id, findEvaluation(id));
+      return lookups.get(id);
+    };
+    const [diff, evaluationsShown, sides] = await Promise.all([
       fetchJson(`/api/diff?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`),
-      kind === "evaluation" ? Promise.all([findEvaluation(a), findEvaluation(b)]).then(([x, y]) => evaluationSections(x, y)) : [],
+      kind === "evaluation" ? Promise.all([findEvaluationOf(a), findEvaluationOf(b)]).then(([x, y]) => evaluationSections(x, y)) : [],
+      Promise.all([a, b].map((id) => compareSide(id, findEvaluationOf).catch((error) => ({ title: id, problem: error.message })))),
     ]);
     // The diff names what it compared: a trace id, or "trace/span" for an evaluation.
     const traceLink = (label) => el("a", { href: `/traces/${encodeURIComponent(String(label).split("/")[0])}` }, String(label));
@@ -1115,7 +1186,7 @@
       el("h1", null, kind === "evaluation" ? "Compare evaluations" : "Compare traces"),
       el("div", { class: "meta" }, el("span", null, "a: ", traceLink(diff.a)), el("span", null, "b: ", traceLink(diff.b)),
         el("a", { href: "/compare" }, "pick others")),
-      ...evaluationsShown, ...diffSections(diff));
+      ...evaluationsShown, compareTimelines(sides), ...diffSections(diff));
   }
 
   function route() {

@@ -268,6 +268,26 @@
     };
   }
 
+  // The compact form cut to span `spanId`'s subtree (contiguous in pre-order), its times after
+  // that span's start; null when the span is not in it. The compare page draws an evaluation so.
+  function subtreeColumns(columns, spanId) {
+    const root = columns.span_id.indexOf(spanId);
+    if (root < 0) return null;
+    let end = root + 1;
+    while (end < columns.depth.length && columns.depth[end] > columns.depth[root]) end += 1;
+    const cut = (values) => values.slice(root, end);
+    const shift = columns.start_ns[root];
+    return {
+      ...columns, origin_ns: String(BigInt(columns.origin_ns) + BigInt(shift)), warnings: [],
+      span_id: cut(columns.span_id), name: cut(columns.name), service: cut(columns.service), level: cut(columns.level),
+      duration_ns: cut(columns.duration_ns), self_ns: cut(columns.self_ns),
+      parent: cut(columns.parent).map((up) => (up < root ? -1 : up - root)),
+      depth: cut(columns.depth).map((d) => d - columns.depth[root]),
+      start_ns: cut(columns.start_ns).map((start) => start - shift),
+      attributes: Object.fromEntries(Object.entries(columns.attributes).map(([key, values]) => [key, cut(values)])),
+    };
+  }
+
   // --- the view: window, scroll, selection, search --------------------------------------------
 
   function clampView(view, totalNs) {
@@ -297,11 +317,17 @@
     return cells;
   }
 
+  // The timeline W/S/A/D move when a page has more than one: the last one pointed at, or created.
+  let keyOwner = null;
+
   function createTimeline(options) {
-    const { columns, levels, defaultLevel, onSelect, onViewChange } = options;
-    const { fetchWindow } = options;
+    const { columns, levels, defaultLevel, onSelect } = options;
+    const { fetchWindow, onViewMove } = options;
+    const onViewChange = options.onViewChange || (() => {});
     let model = buildModel(columns, levels, defaultLevel);
     const overviewModel = model; // the whole trace (in windowed mode, its first, whole-trace window)
+    // The time the view may cover: the trace, or more when it shares its axis with a longer one.
+    const extentNs = Math.max(model.totalNs, options.extentNs || 0);
     const rootStyle = getComputedStyle(document.documentElement);
     const colours = levels.map((lvl) => rootStyle.getPropertyValue(`--${lvl}`).trim() || "#6b7280");
     const fadedColours = colours.map(faded);
@@ -318,7 +344,8 @@
     element.append(minimap, canvas);
     const ctx = canvas.getContext("2d");
 
-    let view = clampView(options.initialView || { t0: 0, t1: model.totalNs }, model.totalNs);
+    let view = clampView(options.initialView || { t0: 0, t1: extentNs }, extentNs);
+    let announced = view; // the view onViewMove was last told of (or setView was given)
     let scrollY = 0;
     let selected = -1;
     let matches = null; // Uint8Array while a search is active
@@ -554,6 +581,11 @@
       drawRuler();
       drawMinimap();
       drawMs.push(performance.now() - started);
+      // Once a frame, whatever moved the view (keys, wheel, drag): timelines sharing an axis follow.
+      if (onViewMove && (view.t0 !== announced.t0 || view.t1 !== announced.t1)) {
+        announced = view;
+        onViewMove({ ...view });
+      }
       if (drawMs.length > 2000) drawMs.splice(0, 1000);
       if (widthPx > 0 && firstDrawAt === null) {
         firstDrawAt = performance.now();
@@ -569,7 +601,7 @@
       const pan = (view.t1 - view.t0) * KEY_PAN_PER_MS * dt;
       if (held.has("a")) view = { t0: view.t0 - pan, t1: view.t1 - pan };
       if (held.has("d")) view = { t0: view.t0 + pan, t1: view.t1 + pan };
-      view = clampView(view, model.totalNs);
+      view = clampView(view, extentNs);
     }
 
     function frame(now) {
@@ -589,7 +621,7 @@
     }
 
     function viewChanged() {
-      view = clampView(view, model.totalNs);
+      view = clampView(view, extentNs);
       requestFrame();
       clearTimeout(urlTimer);
       urlTimer = setTimeout(() => onViewChange(currentView()), URL_DEBOUNCE_MS);
@@ -761,7 +793,7 @@
 
     function onKeyDown(event) {
       const key = event.key.toLowerCase();
-      if (!"wasd".includes(key) || key.length !== 1 || isTyping(event) || event.ctrlKey || event.metaKey || event.altKey) return;
+      if (keyOwner !== keysToken || !"wasd".includes(key) || key.length !== 1 || isTyping(event) || event.ctrlKey || event.metaKey || event.altKey) return;
       event.preventDefault();
       if (held.has(key)) return;
       held.add(key);
@@ -877,8 +909,11 @@
     canvas.addEventListener("pointermove", onPointerMove);
     canvas.addEventListener("pointerup", onPointerUp);
     canvas.addEventListener("pointerleave", () => { mouseX = null; });
+    const keysToken = {};
+    keyOwner = keysToken;
     window.addEventListener("keydown", onKeyDown);
     window.addEventListener("keyup", onKeyUp);
+    element.addEventListener("pointerenter", () => { keyOwner = keysToken; });
     const releaseKeys = () => held.clear(); // a key released in another window never sends keyup here
     window.addEventListener("blur", releaseKeys);
 
@@ -891,6 +926,13 @@
       // The aggregates' ids in the current window (windowed reads), for tests.
       aggregateIds: () => (model.aggregateCount ? model.spanIds.filter((_, i) => model.aggregateCount[i] > 0) : []),
       select, setSearch, selectMatch, currentView, setOutline, setCounters,
+      // Moves the view without telling onViewMove (it is how a linked timeline follows).
+      setView(next) {
+        view = clampView(next, extentNs);
+        announced = view;
+        requestFrame();
+        scheduleWindowRead();
+      },
       counterTitles: () => counters.map((series) => series.title), // for tests
       selectId(spanId) {
         const i = model.byId.get(spanId);
@@ -923,6 +965,7 @@
         window.removeEventListener("keydown", onKeyDown);
         window.removeEventListener("keyup", onKeyUp);
         window.removeEventListener("blur", releaseKeys);
+        if (keyOwner === keysToken) keyOwner = null;
         clearTimeout(urlTimer);
         clearTimeout(windowTimer);
         windowRequest += 1; // an answer still on its way is dropped
@@ -930,5 +973,5 @@
     };
   }
 
-  window.mlscopeTimelineLib = { createTimeline, buildModel, windowColumns, childrenOf, niceTicks, spanLabel, clampView };
+  window.mlscopeTimelineLib = { createTimeline, buildModel, windowColumns, subtreeColumns, childrenOf, niceTicks, spanLabel, clampView };
 })();
