@@ -84,17 +84,23 @@ def self_time(span: Span, children: Iterable[Span]) -> int:
 
 def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequence[int],
                  ends: Sequence[int]) -> tuple[list[int], list[int], list[str]]:
-    """(rows kept, parent row of each row or -1, warnings): the first copy of a duplicate id is
-    kept; a parent not in the trace makes a root; every parent loop is broken at its earliest
-    span; a child outside its parent's time is worth a warning (clock skew), nothing more."""
+    """(rows kept, parent row of each row or -1, warnings): of the copies of an id, the one
+    that starts first (then ends first, then comes first) is kept; a parent not in the trace
+    makes a root; every parent loop is broken at its earliest span; a child outside its parent's
+    time is worth a warning (clock skew), nothing more."""
     row_of: dict[str, int] = {}
     copies: dict[str, int] = {}
     for row, span_id in enumerate(span_ids):
-        if span_id in row_of:
-            copies[span_id] = copies.get(span_id, 1) + 1
-        else:
+        first = row_of.get(span_id)
+        if first is None:
             row_of[span_id] = row
-    warnings = [f"span {span_id}: {count} spans share this id; kept the first" for span_id, count in copies.items()]
+            continue
+        # The store keeps a retry once, so every copy here was sent with other content.
+        copies[span_id] = copies.get(span_id, 1) + 1
+        if (starts[row], ends[row]) < (starts[first], ends[first]):
+            row_of[span_id] = row
+    warnings = [f"span {span_id}: sent {count} times with different content; kept the earliest"
+                for span_id, count in copies.items()]
     kept = sorted(row_of.values())
     parent = [-1] * len(span_ids)
     for row in kept:

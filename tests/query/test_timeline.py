@@ -92,11 +92,13 @@ def test_levels_filter_orders_siblings_from_different_dropped_parents_by_start()
         ("root", 0), ("kernel-b", 1), ("kernel-a", 1)]
 
 
-def test_duplicate_span_ids_keep_the_first_with_a_warning() -> None:
-    rows = [row("0a", "", "root", 0, 10), row("0b", "0a", "first", 1, 2), row("0b", "0a", "second", 3, 4)]
-    timeline = build_timeline(TRACE, spans(rows))
-    assert [item.span.name for item in timeline.spans] == ["root", "first"]
-    assert timeline.warnings == ("span 0b: 2 spans share this id; kept the first",)
+def test_a_span_sent_with_different_content_keeps_the_earliest_copy_with_a_warning() -> None:
+    rows = [row("0a", "", "root", 0, 10), row("0b", "0a", "first", 1, 2), row("0b", "0a", "second", 3, 4),
+            row("0b", "0a", "third", 1, 3)]
+    for ordered in (rows, rows[::-1]):
+        timeline = build_timeline(TRACE, spans(ordered))
+        assert [item.span.name for item in timeline.spans] == ["root", "first"]
+        assert timeline.warnings == ("span 0b: sent 3 times with different content; kept the earliest",)
 
 
 @pytest.mark.parametrize(
