@@ -8,19 +8,24 @@
   get lanes of their own instead of being cut. Hardware metrics sampled in the trace's window
   are counter tracks ("C" events) of their service's process, on the same time axis: one track
   per series (metric name and its attributes).
+- `perfetto-proto`: the same tracks in Perfetto's own protobuf format (TrackEvent), at the
+  spans' nanoseconds (query/perfetto.py).
 
 Every exporter takes the timeline and the metric samples around it (query/analysis.py's
-MetricSample; only Perfetto shows them).
+MetricSample; only the Perfetto forms show them) and renders a file's bytes (`EXPORTERS`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlscope.conventions import LEVEL
 
 from .analysis import MetricSample
+from .perfetto import assign_lanes, series_label, to_perfetto_proto
 from .timeline import Span, Timeline, TimelineSpan
 
 _NS_PER_US = 1000
@@ -113,37 +118,8 @@ def to_jaeger(timeline: Timeline, samples: Iterable[MetricSample] = ()) -> dict[
 # --- Perfetto / Chrome trace events -----------------------------------------------------------
 
 
-def _nests(lane: list[Span], span: Span) -> bool:
-    """Whether `span` can go on a lane whose still-open spans are `lane` (oldest first); spans
-    that ended before it starts are closed on the way."""
-    while lane and lane[-1].end_ns <= span.start_ns:
-        lane.pop()
-    return not lane or lane[-1].end_ns >= span.end_ns
-
-
-def assign_lanes(spans: Sequence[Span]) -> dict[str, int]:
-    """span id -> lane (0, 1, ...), such that the spans of a lane nest: each one lies within
-    the one before it or after it ends. Greedy by start time, longest first: a child lands in
-    its parent's lane unless a sibling still runs there."""
-    open_spans: list[list[Span]] = []  # per lane, the stack of spans still open
-    lanes: dict[str, int] = {}
-    for span in sorted(spans, key=lambda s: (s.start_ns, -s.end_ns, s.span_id)):
-        lane = next((index for index, stack in enumerate(open_spans) if _nests(stack, span)), len(open_spans))
-        if lane == len(open_spans):
-            open_spans.append([])
-        open_spans[lane].append(span)
-        lanes[span.span_id] = lane
-    return lanes
-
-
 def _metadata(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
     return {"ph": "M", "name": kind, "pid": pid, "tid": tid, "args": {"name": name}}
-
-
-def _series_label(sample: MetricSample) -> str:
-    """`hw.power` or `hw.power hw.id=gpu0`: the counter track of one series."""
-    attributes = " ".join(f"{key}={value}" for key, value in sorted(sample.attributes.items()))
-    return f"{sample.name} {attributes}" if attributes else sample.name
 
 
 def _counter_events(samples: Iterable[MetricSample], origin: int, pids: dict[str, int]) -> list[dict[str, Any]]:
@@ -154,7 +130,7 @@ def _counter_events(samples: Iterable[MetricSample], origin: int, pids: dict[str
             pids[sample.service] = len(pids) + 1
             events.append(_metadata("process_name", pids[sample.service], 0, sample.service or "(no service)"))
         events.append({
-            "name": _series_label(sample),
+            "name": series_label(sample),
             "ph": "C",
             "ts": (sample.time_ns - origin) / _NS_PER_US,
             "pid": pids[sample.service],
@@ -198,4 +174,26 @@ def to_perfetto(timeline: Timeline, samples: Iterable[MetricSample] = ()) -> dic
     }
 
 
-EXPORTERS: dict[str, Callable[[Timeline, Iterable[MetricSample]], dict[str, Any]]] = {"jaeger": to_jaeger, "perfetto": to_perfetto}
+# --- the formats --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One export format: how a timeline and its samples become a file's bytes."""
+
+    render: Callable[[Timeline, Iterable[MetricSample]], bytes]
+    media_type: str
+    suffix: str  # of the file name
+
+
+def _json(document: Callable[[Timeline, Iterable[MetricSample]], dict[str, Any]]) -> Callable[..., bytes]:
+    # As the API's JSON answers: UTF-8 text, and no NaN, which JSON has not.
+    return lambda timeline, samples: json.dumps(document(timeline, samples), ensure_ascii=False,
+                                                allow_nan=False).encode()
+
+
+EXPORTERS: dict[str, Exporter] = {
+    "jaeger": Exporter(_json(to_jaeger), "application/json", "jaeger.json"),
+    "perfetto": Exporter(_json(to_perfetto), "application/json", "perfetto.json"),
+    "perfetto-proto": Exporter(to_perfetto_proto, "application/x-protobuf", "pftrace"),
+}

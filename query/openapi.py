@@ -282,9 +282,16 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                 "parameters": [_TRACE_ID],
                 "responses": {"200": json_content(ref("TraceCounters"), "the counters"), "404": ERROR}}},
             "/api/traces/{trace_id}/export": {"get": {
-                "summary": "one trace in Jaeger UI JSON or Chrome/Perfetto trace-event JSON",
-                "parameters": [_TRACE_ID, query_param("format", {"type": "string", "enum": sorted(EXPORTERS)}, "")],
-                "responses": {"200": json_content({"type": "object"}, "the exported trace"), "400": ERROR, "404": ERROR}}},
+                "summary": "one trace as a file: Jaeger UI JSON, Chrome/Perfetto trace-event JSON, or a Perfetto "
+                           "protobuf trace (TrackEvent; a .pftrace file)",
+                "parameters": [_TRACE_ID, query_param(
+                    "format", {"type": "string", "enum": sorted(EXPORTERS)},
+                    "jaeger: Jaeger UI JSON; perfetto: trace-event JSON with counter tracks; perfetto-proto: "
+                    "Perfetto's protobuf Trace, slices at the spans' nanoseconds and counter tracks")],
+                "responses": {"200": {"description": "the exported trace", "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}},
+                    "400": ERROR, "404": ERROR}}},
             "/api/evaluations": {"get": {
                 "summary": "evaluation results, by model, framework, batch size and scenario",
                 "parameters": [

@@ -9,12 +9,14 @@ import pytest
 
 from mlscope.conventions import DEFAULT_LEVEL, LAYER_PATH, LAYER_TYPE, LEVELS, PROCESS_PID, THREAD_ID, THREAD_NAME
 from mlscope.query import SqlLimits, create_query_app
+from mlscope.query.export import EXPORTERS
 from mlscope.query.reader import limit_settings
 from mlscope.query.sqlguard import SAFE_TABLE_FUNCTIONS, check_query, is_refused_function
+from mlscope.query.timeline import build_timeline
 from mlscope.store import OutputCap, Store, open_store
 from mlscope.ui import PAGES
 from tests.query.query_server import COLLECTOR_STATUS, SQL_MAX_ROWS, Served, serve
-from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row
+from tests.query.trace_fixtures import KNOWN, KNOWN_SHAPE, MS, T0, TRACE, insert, row, spans
 
 LATER = "0000000000000000000000000000beef"
 ORPHANS = "00000000000000000000000000000bad"
@@ -199,8 +201,8 @@ async def test_trace_read_parameters_are_checked(api: Served, path: str, status:
         (f"/api/traces/{TRACE}?levels=model,kernel", 400,
          "unknown level 'kernel': expected one of application, model, layer, library, hardware"),
         (f"/api/traces/{TRACE}?raw=yes", 400, "raw must be 0 or 1, not 'yes'"),
-        (f"/api/traces/{TRACE}/export?format=zipkin", 400, "format must be one of jaeger, perfetto, not 'zipkin'"),
-        (f"/api/traces/{TRACE}/export", 400, "format must be one of jaeger, perfetto, not ''"),
+        (f"/api/traces/{TRACE}/export?format=zipkin", 400, "format must be one of jaeger, perfetto, perfetto-proto, not 'zipkin'"),
+        (f"/api/traces/{TRACE}/export", 400, "format must be one of jaeger, perfetto, perfetto-proto, not ''"),
         ("/api/traces/0000000000000000000000000000cafe/export?format=jaeger", 404,
          "trace 0000000000000000000000000000cafe not found"),
         ("/api/nothing", 404, "Not Found"),
@@ -210,13 +212,19 @@ async def test_errors_are_json_with_a_status(api: Served, path: str, status: int
     assert await api.get(path) == (status, {"error": error})
 
 
-@pytest.mark.parametrize("fmt, key", [("jaeger", "data"), ("perfetto", "traceEvents")])
-async def test_exports(api: Served, fmt: str, key: str) -> None:
+@pytest.mark.parametrize("fmt, file_name, media_type", [
+    ("jaeger", f"trace-{TRACE}.jaeger.json", "application/json"),
+    ("perfetto", f"trace-{TRACE}.perfetto.json", "application/json"),
+    ("perfetto-proto", f"trace-{TRACE}.pftrace", "application/x-protobuf"),
+])
+async def test_exports(api: Served, fmt: str, file_name: str, media_type: str) -> None:
     async with api.session.get(f"/api/traces/{TRACE}/export?format={fmt}") as response:
         assert response.status == 200
-        assert response.headers["Content-Disposition"] == f'attachment; filename="trace-{TRACE}.{fmt}.json"'
-        body = await response.json()
-    assert key in body
+        assert response.headers["Content-Disposition"] == f'attachment; filename="{file_name}"'
+        assert response.content_type == media_type
+        body = await response.read()
+    # The stored trace, rendered as the pure exporter renders the same rows.
+    assert body == EXPORTERS[fmt].render(build_timeline(TRACE, spans(KNOWN)), [])
 
 
 # --- SQL --------------------------------------------------------------------------------------

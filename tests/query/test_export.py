@@ -6,7 +6,8 @@ import json
 
 from mlscope.conventions import HW_POWER_METRIC, SYSTEM_CPU_UTILIZATION
 from mlscope.query.analysis import MetricSample
-from mlscope.query.export import assign_lanes, to_jaeger, to_perfetto
+from mlscope.query.export import to_jaeger, to_perfetto
+from mlscope.query.perfetto import assign_lanes
 from mlscope.query.timeline import build_timeline
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, row, spans
 
