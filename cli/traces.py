@@ -1,6 +1,7 @@
-"""`mlscope analyze` and `mlscope diff`: a trace's analysis and two traces compared, read from a
-running query service (GET /api/traces/{id}/analysis, GET /api/diff) and printed as tables, one
-per section, or as the service's JSON."""
+"""`mlscope analyze`, `mlscope diff` and `mlscope export`: a trace's analysis and two traces
+compared, read from a running query service (GET /api/traces/{id}/analysis, GET /api/diff) and
+printed as tables, one per section, or as the service's JSON; a trace as a file for other tools
+(GET /api/traces/{id}/export, whose `format` the service checks)."""
 
 from __future__ import annotations
 
@@ -66,19 +67,25 @@ def _hardware(body: dict[str, Any]) -> str:
     return "hardware per model span\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-def _get(url: str, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+def _get(url: str, path: str, params: dict[str, str] | None = None, *, raw: bool = False) -> Any:
+    """The service's JSON answer, or with `raw` its body as bytes."""
     from mlscope.client import ServiceClient, ServiceError
 
+    client = ServiceClient(url, timeout_s=120)
     try:
-        return ServiceClient(url, timeout_s=120).get(path, params)
+        return client.get_bytes(path, params) if raw else client.get(path, params)
     except ServiceError as error:
         raise UsageError(str(error)) from error
 
 
+def _trace_id(value: str) -> str:
+    if not _TRACE_ID.fullmatch(value):
+        raise UsageError(f"TRACE_ID must be 32 hex digits, not {value[:64]!r}")
+    return value.lower()
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    if not _TRACE_ID.fullmatch(args.trace_id):
-        raise UsageError(f"TRACE_ID must be 32 hex digits, not {args.trace_id[:64]!r}")
-    body = _get(args.url, f"/api/traces/{args.trace_id.lower()}/analysis")
+    body = _get(args.url, f"/api/traces/{_trace_id(args.trace_id)}/analysis")
     if args.format == "json":
         sys.stdout.write(json.dumps(body) + "\n")
     else:
@@ -98,6 +105,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    data = _get(args.url, f"/api/traces/{_trace_id(args.trace_id)}/export", {"format": args.format}, raw=True)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        try:
+            with open(args.output, "wb") as file:
+                file.write(data)
+        except OSError as error:
+            raise UsageError(f"cannot write {args.output}: {error.strerror or error}") from error
+        sys.stderr.write(f"mlscope: wrote {len(data)} bytes to {args.output}\n")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser("analyze", help="where a trace's time goes: levels, critical path, ops, layers")
     analyze.add_argument("trace_id", metavar="TRACE_ID")
@@ -111,3 +133,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     diff.add_argument("--url", default=server_url(), help="the query service (default: MLSCOPE_SERVER)")
     diff.add_argument("--format", choices=("table", "json"), default="table")
     diff.set_defaults(handler=cmd_diff)
+
+    export = commands.add_parser("export", help="a trace as a file for Perfetto or Jaeger UI")
+    export.add_argument("trace_id", metavar="TRACE_ID")
+    export.add_argument("--format", default="perfetto-proto",
+                        help="perfetto-proto (a .pftrace: Perfetto's protobuf), perfetto (trace-event JSON) "
+                             "or jaeger (Jaeger UI JSON); default perfetto-proto")
+    export.add_argument("-o", "--output", default="-", help="the file to write (default: standard output)")
+    export.add_argument("--url", default=server_url(), help="the query service (default: MLSCOPE_SERVER)")
+    export.set_defaults(handler=cmd_export)
