@@ -209,3 +209,54 @@ async def test_predictors_and_their_jobs_are_listed(base_url: str, browser: Brow
     assert [r[:6] for r in jobs] == [[queued["jobs"][0]["job_id"][:8], queued["run_id"][:8], "gpu-box", "queued", "0", "—"]]
     assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
     assert problems == []
+
+
+async def mark_centre(page, selector: str) -> tuple[float, float]:
+    """A point's centre in the chart's own units (the SVG is scaled to the page's width)."""
+    locator = page.locator(selector)
+    return float(await locator.get_attribute("cx")), float(await locator.get_attribute("cy"))
+
+
+async def test_chart_choices_in_the_url_and_shared_points_reachable(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/evaluations")
+    await page.locator("#figure-batch select[name=metric]").select_option("throughput")
+    await page.locator("#figure-normalised select[name=dimension]").select_option("framework")
+    await page.locator("#figure-normalised select[name=baseline]").select_option("pytorch")
+    assert page.url == f"{base_url}/evaluations?metric=throughput&dimension=framework&baseline=pytorch"
+    await page.reload()
+    batch = page.locator("#figure-batch svg.chart")
+    await expect(batch.locator(".mark")).to_have_count(3)
+    assert await page.locator("#figure-batch select[name=metric]").input_value() == "throughput"
+    assert await page.locator("#figure-normalised select[name=dimension]").input_value() == "framework"
+    assert await page.locator("#figure-normalised select[name=baseline]").input_value() == "pytorch"
+    assert "resnet18 · onnxruntime\nbatch 32: throughput 1025" in await batch.locator(".mark title").all_text_contents()
+
+    # EVAL_1 and EVAL_3 are the same point (batch 8, throughput 512.25): drawn apart, near it,
+    # each one clickable (Playwright clicks only a mark nothing covers) and told so in its tooltip.
+    one, three = f"#figure-batch .mark[data-key='{EVAL_1}']", f"#figure-batch .mark[data-key='{EVAL_3}']"
+    (x1, y1), (x3, y3) = await mark_centre(page, one), await mark_centre(page, three)
+    assert 10 <= ((x1 - x3) ** 2 + (y1 - y3) ** 2) ** 0.5 <= 20  # two radii apart at least, close to the point
+    assert "(one of 2 at this point" in await page.locator(f"{one} title").text_content()
+    await page.locator(three).click(modifiers=["Shift"], timeout=5000)
+    await page.locator(one).click(modifiers=["Shift"], timeout=5000)
+    assert await page.locator("#compare-selected").get_attribute("href") == f"/compare?a={EVAL_3}&b={EVAL_1}"
+    await page.screenshot(path=str(SHOTS / "evaluations-shared-point.png"), full_page=True)
+
+    # Filtering keeps the charts' choices.
+    await page.locator("input[name=framework]").fill("onnxruntime")
+    await page.locator("#evaluation-filter button").click()
+    await page.wait_for_url(f"{base_url}/evaluations?framework=onnxruntime&metric=throughput&dimension=framework&baseline=pytorch")
+    await expect(page.locator("table.evaluations tbody tr")).to_have_count(2)
+    assert await page.locator("#figure-batch select[name=metric]").input_value() == "throughput"
+
+    # Bars of one series in one group (two runs of one configuration) share the bar's place.
+    rects = await page.evaluate("""() => {
+      const bar = (key) => ({ series: 0, value: 1, title: key, key, href: null });
+      const svg = window.mlscopeCharts.barChart([{ name: "g", bars: [bar("x"), bar("y")] }], ["s"], {
+        title: "t", xLabel: "x", yLabel: "y", yFormat: String });
+      return [...svg.querySelectorAll("rect.mark")].map((r) => [Number(r.getAttribute("x")), Number(r.getAttribute("width"))]);
+    }""")
+    assert len(rects) == 2 and rects[0][0] + rects[0][1] <= rects[1][0]
+    assert problems == []

@@ -939,8 +939,33 @@
     return node;
   }
 
+  // The charts' choices ride in the page's URL beside the filter (?metric=&dimension=&baseline=),
+  // so a reload or a pasted link draws the same charts; unknown values fall back to the defaults.
+  const CHART_PARAMS = ["metric", "dimension", "baseline"];
+  const DIMENSIONS = [["system_name", "across systems"], ["framework", "across frameworks"]];
+
+  function parseChartChoices(search) {
+    const params = new URLSearchParams(search);
+    const metric = params.get("metric");
+    const dimension = params.get("dimension");
+    return {
+      metric: CHART_METRICS.some(([field]) => field === metric) ? metric : CHART_METRICS[0][0],
+      dimension: DIMENSIONS.some(([field]) => field === dimension) ? dimension : null,
+      baseline: params.get("baseline"),
+    };
+  }
+
+  // The filter's query with the charts' choices of `search` kept.
+  function evaluationsUrl(filter, search) {
+    const params = new URLSearchParams(evaluationFilterQuery(filter));
+    const current = new URLSearchParams(search);
+    for (const name of CHART_PARAMS) if (current.get(name)) params.set(name, current.get(name));
+    const text = params.toString();
+    return `/evaluations${text ? `?${text}` : ""}`;
+  }
+
   // Fig. 3: a metric (p50 latency first) against batch size, one line per configuration.
-  function batchFigure(evaluations, picker) {
+  function batchFigure(evaluations, picker, choices) {
     const holder = el("div");
     const draw = (field) => {
       const metric = CHART_METRICS.find(([f]) => f === field);
@@ -948,16 +973,22 @@
         title: `${metric[1]} against batch size`, xLabel: "batch size", yLabel: metric[1],
         yFormat: (v) => metricText(v, metric[2]), onPick: picker.toggle, picked: picker }));
     };
-    const chooser = select("metric", CHART_METRICS.map(([field, label]) => [field, label]), CHART_METRICS[0][0], draw);
+    const chooser = select("metric", CHART_METRICS.map(([field, label]) => [field, label]), choices.metric, (field) => {
+      replaceUrlParams({ metric: field });
+      draw(field);
+    });
     draw(chooser.value);
     return el("figure", { class: "figure", id: "figure-batch" },
       el("figcaption", null, "Latency against batch size (Fig. 3) ", chooser), holder);
   }
 
   // Fig. 4: p50 latency across systems (or frameworks) divided by a baseline's.
-  function normalisedFigure(evaluations, picker) {
+  function normalisedFigure(evaluations, picker, choices) {
     const holder = el("div");
-    const state = { dimension: new Set(evaluations.map((e) => fieldText(e, "system_name"))).size > 1 ? "system_name" : "framework" };
+    const state = {
+      dimension: choices.dimension || (new Set(evaluations.map((e) => fieldText(e, "system_name"))).size > 1 ? "system_name" : "framework"),
+      baseline: choices.baseline,
+    };
     const baselineSelect = el("select", { name: "baseline" });
     const draw = () => {
       const names = [...new Set(evaluations.map((e) => fieldText(e, state.dimension)))].sort();
@@ -969,9 +1000,16 @@
         title: "p50 latency normalised to the baseline", xLabel: "configuration", yLabel: `p50 / ${state.baseline}`,
         yFormat: (v) => `${v}×`, reference: 1, onPick: picker.toggle, picked: picker }));
     };
-    baselineSelect.addEventListener("change", () => { state.baseline = baselineSelect.value; draw(); });
-    const dimension = select("dimension", [["system_name", "across systems"], ["framework", "across frameworks"]], state.dimension,
-      (value) => { state.dimension = value; draw(); });
+    baselineSelect.addEventListener("change", () => {
+      state.baseline = baselineSelect.value;
+      replaceUrlParams({ baseline: state.baseline });
+      draw();
+    });
+    const dimension = select("dimension", DIMENSIONS, state.dimension, (value) => {
+      state.dimension = value;
+      draw();
+      replaceUrlParams({ dimension: value, baseline: state.baseline });
+    });
     draw();
     return el("figure", { class: "figure", id: "figure-normalised" },
       el("figcaption", null, "Latency normalised to a baseline (Fig. 4) ", dimension, " baseline ", baselineSelect), holder);
@@ -994,12 +1032,13 @@
   async function renderEvaluations(main) {
     document.title = "mlscope: evaluations";
     const filter = parseEvaluationFilter(location.search);
+    const choices = parseChartChoices(location.search);
     const [{ evaluations }, dispatch] = await Promise.all([
       fetchJson(`/api/evaluations${evaluationFilterQuery(filter)}`),
       // A query process started with --no-dispatch serves no predictors or jobs: evaluations still show.
       Promise.all([fetchJson("/api/predictors"), fetchJson(`/api/jobs?latest=${RECENT_JOBS}`)]).catch((error) => error)]);
     const form = filterForm(filter, evaluations, (next) => {
-      history.pushState(null, "", `/evaluations${evaluationFilterQuery(next)}`);
+      history.pushState(null, "", evaluationsUrl(next, location.search));
       renderEvaluations(main).catch((error) => showError(main, error));
     });
     const picker = comparePicker(main);
@@ -1007,7 +1046,7 @@
       el("h1", null, "Evaluations"), form,
       evaluations.length
         ? el("div", null,
-          el("div", { class: "charts" }, batchFigure(evaluations, picker), normalisedFigure(evaluations, picker)),
+          el("div", { class: "charts" }, batchFigure(evaluations, picker, choices), normalisedFigure(evaluations, picker, choices)),
           el("p", { class: "muted" }, "A point opens its trace; shift-click picks it for compare. ",
             `${evaluations.length} evaluations `, picker.link),
           evaluationTable(evaluations, picker))

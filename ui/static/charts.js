@@ -13,6 +13,7 @@
   const MARGIN = { left: 64, right: 170, top: 16, bottom: 48 };
   const PLOT_W = WIDTH - MARGIN.left - MARGIN.right;
   const PLOT_H = HEIGHT - MARGIN.top - MARGIN.bottom;
+  const POINT_R = 5;
 
   function svgEl(tag, attributes, ...children) {
     const node = document.createElementNS(SVG, tag);
@@ -80,9 +81,26 @@
     });
   }
 
+  // For items that would be drawn on the same spot (same keyOf): each one's rank among them and
+  // how many they are, in the order given, so they can be drawn apart and each stays reachable.
+  function sharedSpots(items, keyOf) {
+    const groups = new Map();
+    const ranks = items.map((item) => {
+      const key = keyOf(item);
+      const rank = groups.get(key) || 0;
+      groups.set(key, rank + 1);
+      return rank;
+    });
+    return items.map((item, i) => ({ rank: ranks[i], of: groups.get(keyOf(item)) }));
+  }
+
+  function sharedTitle(title, of) {
+    return of > 1 ? `${title}\n(one of ${of} at this point, drawn side by side)` : title;
+  }
+
   // A mark (circle or bar) wrapped in a link when it has one; its tooltip is a <title> text node.
-  function mark(shape, attributes, item, options) {
-    const node = svgEl(shape, attributes, svgEl("title", null, item.title));
+  function mark(shape, attributes, item, options, of) {
+    const node = svgEl(shape, attributes, svgEl("title", null, sharedTitle(item.title, of || 1)));
     node.classList.add("mark");
     if (options.picked && options.picked.has(item.key)) node.classList.add("picked");
     node.dataset.key = item.key === undefined ? "" : String(item.key);
@@ -115,14 +133,20 @@
         String(value)));
     }
     svg.append(axisLabel(options.xLabel, MARGIN.left + PLOT_W / 2, HEIGHT - 8, false));
-    series.forEach((s, index) => {
-      const sorted = [...s.points].sort((a, b) => a.x - b.x);
-      const at = (p) => [MARGIN.left + x(p.x), MARGIN.top + PLOT_H - y(p.y)];
-      svg.append(svgEl("polyline", { points: sorted.map((p) => at(p).join(",")).join(" "), fill: "none", stroke: color(index), "stroke-width": 2 }));
-      for (const p of sorted) {
-        const [cx, cy] = at(p);
-        svg.append(mark("circle", { cx, cy, r: 5, fill: color(index) }, p, options));
-      }
+    const at = (p) => [MARGIN.left + x(p.x), MARGIN.top + PLOT_H - y(p.y)];
+    const placed = series.flatMap((s, index) => [...s.points].sort((a, b) => a.x - b.x).map((p) => ({ p, index, at: at(p) })));
+    series.forEach((_, index) => {
+      const line = placed.filter((item) => item.index === index).map((item) => item.at.join(",")).join(" ");
+      svg.append(svgEl("polyline", { points: line, fill: "none", stroke: color(index), "stroke-width": 2 }));
+    });
+    // Points on the same pixel are set around it on a ring wide enough that none covers another.
+    const spots = sharedSpots(placed, (item) => item.at.map(Math.round).join(","));
+    placed.forEach(({ p, index, at: [cx, cy] }, i) => {
+      const { rank, of } = spots[i];
+      const ring = of > 1 ? POINT_R / Math.sin(Math.PI / Math.max(of, 2)) + 1 : 0;
+      const angle = Math.PI + (2 * Math.PI * rank) / of;
+      svg.append(mark("circle", { cx: cx + ring * Math.cos(angle), cy: cy + ring * Math.sin(angle), r: POINT_R, fill: color(index) },
+        p, options, of));
     });
     legend(svg, series.map((s) => s.name));
     return svg;
@@ -141,11 +165,14 @@
     const width = Math.max(2, (slot * 0.8) / Math.max(1, seriesNames.length));
     groups.forEach((group, gi) => {
       const left = MARGIN.left + gi * slot + slot * 0.1;
-      for (const bar of group.bars) {
+      // Bars of one series in one group share its place: each gets a part of its width.
+      const spots = sharedSpots(group.bars, (bar) => bar.series);
+      group.bars.forEach((bar, i) => {
+        const { rank, of } = spots[i];
         const h = y(bar.value);
-        svg.append(mark("rect", { x: left + bar.series * width, y: MARGIN.top + PLOT_H - h, width: Math.max(1, width - 1), height: h,
-          fill: color(bar.series) }, bar, options));
-      }
+        svg.append(mark("rect", { x: left + bar.series * width + (rank * width) / of, y: MARGIN.top + PLOT_H - h,
+          width: Math.max(1, width / of - 1), height: h, fill: color(bar.series) }, bar, options, of));
+      });
       if (groups.length <= 24) {
         svg.append(label({ x: left + slot * 0.4, y: MARGIN.top + PLOT_H + 16, "text-anchor": "middle", class: "tick" },
           group.name, 18));
