@@ -22,6 +22,13 @@ from tests.ui.test_timeline import until
 from tests.ui.test_viewer import open_page
 
 SHOTS = Path(__file__).parent / "artifacts"
+# Records the Blob URLs the page makes and revokes (the real functions still run).
+COUNT_OBJECT_URLS = """() => {
+  const made = [], revoked = [], create = URL.createObjectURL, revoke = URL.revokeObjectURL;
+  window.__objectUrls = { made, revoked };
+  URL.createObjectURL = (blob) => { const url = create(blob); made.push(url); return url; };
+  URL.revokeObjectURL = (url) => { revoked.push(url); revoke(url); };
+}"""
 EVIL = "<img src=x onerror=window.__pwned=1>"
 A, B = "a" * 32, "b" * 32
 
@@ -149,6 +156,7 @@ async def test_sql_schema_results_csv_and_chart(base_url: str, browser: Browser)
                                           + "' ORDER BY duration_ns DESC, ")
     await spans.locator("li button", has_text="span_id").first.click()
     assert (await page.locator("#sql-query").input_value()).endswith("DESC, span_id")
+    await page.evaluate(COUNT_OBJECT_URLS)
     await page.locator("#sql-run").click()
     await expect(page.locator("table.sql-result tbody tr")).to_have_count(3)
     assert [r[0] for r in await table_rows(page, "table.sql-result")] == ["features.0", "features.1", EVIL]
@@ -160,6 +168,15 @@ async def test_sql_schema_results_csv_and_chart(base_url: str, browser: Browser)
     csv = Path(await (await waiting.value).path()).read_text()
     assert csv.splitlines()[0] == '"name","duration_ns"'
     assert csv.splitlines()[1] == f'"features.0","{60 * 1_000_000}"'
+    # One Blob URL, made for the download and revoked after it (a result alone makes none).
+    urls = await page.evaluate("window.__objectUrls")
+    assert len(urls["made"]) == 1
+
+    async def revoked() -> bool:
+        return bool(await page.evaluate("window.__objectUrls.revoked.length === 1 && "
+                                        "window.__objectUrls.revoked[0] === window.__objectUrls.made[0]"))
+
+    assert await until(page, revoked)
     await page.screenshot(path=str(SHOTS / "sql.png"), full_page=True)
     assert await page.locator("main img").count() == 0 and await page.evaluate("window.__pwned") is None
     assert problems == []

@@ -248,6 +248,16 @@
     return body;
   }
 
+  // Saves `blob` as `filename` through a Blob URL, revoked once the download has started (an
+  // unrevoked one keeps its blob in memory for the page's life).
+  const REVOKE_AFTER_MS = 1000;
+
+  function saveBlob(blob, filename) {
+    const url = URL.createObjectURL(blob);
+    el("a", { href: url, download: filename }).click();
+    setTimeout(() => URL.revokeObjectURL(url), REVOKE_AFTER_MS);
+  }
+
   // A download link that carries the token: a plain link's request could not.
   function downloadLink(url, filename, text) {
     const link = el("a", { href: url, download: filename }, text);
@@ -258,9 +268,7 @@
         link.textContent = `${text} (${response.status})`;
         return;
       }
-      const saver = el("a", { href: URL.createObjectURL(await response.blob()), download: filename });
-      saver.click();
-      setTimeout(() => URL.revokeObjectURL(saver.href), 1000);  // after the download has started
+      saveBlob(await response.blob(), filename);
     });
     return link;
   }
@@ -706,9 +714,11 @@
         yFormat: (v) => formatNumber(v, 3) }));
   }
 
+  // The CSV is made when asked for, not with every result.
   function csvLink(columns, rows) {
-    const url = URL.createObjectURL(new Blob([toCsv(columns, rows)], { type: "text/csv" }));
-    return el("a", { id: "sql-csv", href: url, download: "mlscope-query.csv" }, "Download CSV");
+    const button = el("button", { type: "button", id: "sql-csv", class: "span-link" }, "Download CSV");
+    button.addEventListener("click", () => saveBlob(new Blob([toCsv(columns, rows)], { type: "text/csv" }), "mlscope-query.csv"));
+    return button;
   }
 
   async function runSql(query) {
