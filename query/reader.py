@@ -10,12 +10,13 @@ import functools
 import math
 import os
 import threading
+import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
-from mlscope.store.model import SPAN_DEPTHS
+from mlscope.store.model import SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SPAN_DEPTHS
 from mlscope.store import (
     SPAN_ROWS, TABLES, Columns, OutputCap, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
 )
@@ -130,8 +131,6 @@ def _span_fields_sql() -> str:
     def text(column: str) -> str:
         return f"toJSONString({column})"
 
-    level = (f"if(level IN ({', '.join(sql_string(level) for level in LEVELS)}), level, "
-             f"{sql_string(DEFAULT_LEVEL)})")
     event = _json_members_sql([("time_ns", "toString(t)"), ("name", "toJSONString(n)"),
                                ("attributes", "if(isValidJSON(a), a, '{}')")])
     events = (f"concat('[', arrayStringConcat(arrayMap((t, n, a) -> concat('{{', {event}, '}}'), "
@@ -140,7 +139,7 @@ def _span_fields_sql() -> str:
     scope = _json_members_sql([("name", text("scope_name")), ("version", text("scope_version"))])
     return _json_members_sql([
         *((name, text(name)) for name in ("span_id", "parent_span_id", "name", "kind", "service")),
-        ("level", text(level)),
+        ("level", text(_stored_level_sql("level"))),
         *((name, f"toString({name})") for name in ("start_ns", "end_ns", "duration_ns")),
         ("attributes", _json_object_sql("attr_keys", "attr_values")),
         ("resource", _json_object_sql("resource_keys", "resource_values")),
@@ -156,27 +155,99 @@ def _stored_level_sql(column: str) -> str:
     return f"if({column} IN ({', '.join(sql_string(level) for level in LEVELS)}), {column}, {sql_string(DEFAULT_LEVEL)})"
 
 
-def _window_entries_sql(trace_id: str, span_count: int, window: tuple[int, int], resolution_ns: int) -> str:
-    """span_depths rows of `trace_id` (as filled for `span_count` spans) overlapping `window`,
-    as drawn at `resolution_ns` per pixel from the window's start: a span at least a pixel wide is
-    an entry of its own; narrower ones are merged per (service, depth, pixel of their start), named
-    after the name holding most of their time (ties: the greatest name), and given the level
-    holding most of it (`dominant_level`; a single span's own). The inner query sums each name's
-    time, and each level's beside it, the outer one picks the name and the level."""
-    start, end, resolution = int(window[0]), int(window[1]), int(resolution_ns)
-    duration = "if(end_ns > start_ns, end_ns - start_ns, 0)"
-    # floor((start_ns - start) / resolution), exact, for spans starting before the window too
-    pixel = (f"if(start_ns >= {start}, toInt64(intDiv(start_ns - {start}, {resolution})), "
-             f"-1 - toInt64(intDiv({start} - start_ns - 1, {resolution})))")
-    overlaps = f"trace_id = {sql_string(trace_id)} AND start_ns <= {end} AND end_ns >= {start}"
-    # span_depths has no level (schema 009): it is joined from the spans of the same window.
-    # span_rows rather than the deduplicating `spans` view: ANY JOIN takes one copy of a
-    # duplicate anyway, and FINAL would merge the trace's rows on every read.
-    levels = f"(SELECT span_id, level FROM span_rows WHERE {overlaps}) AS span_levels"
+@dataclass(frozen=True)
+class DepthFill:
+    """One complete fill of a trace's span_depths (span_depth_fills): its id, the span count it
+    was made for and the bucket widths its pyramid holds, 2^first_bucket_log2 to
+    2^last_bucket_log2 ns (none when first > last)."""
+
+    fill: int
+    span_count: int
+    first_bucket_log2: int
+    last_bucket_log2: int
+
+    def bucket_log2_at(self, resolution_ns: int) -> int | None:
+        """The pyramid width read at `resolution_ns` a pixel: the widest held that is no wider
+        than a pixel (so a bucket lies across at most two pixels); None when the pyramid holds
+        none that narrow (the window's spans are read themselves)."""
+        width = min(max(1, int(resolution_ns)).bit_length() - 1, self.last_bucket_log2)
+        return width if width >= self.first_bucket_log2 else None
+
+
+# A span of class c (span_depths.duration_bits) lasts less than 2^c ns; UInt64 spans: c <= 64.
+_DURATION_CLASSES = range(65)
+_DURATION_SQL = "toUInt64(if(end_ns > start_ns, end_ns - start_ns, 0))"
+
+
+def _fill_condition(trace_id: str, fill: int) -> str:
+    return f"trace_id = {sql_string(trace_id)} AND fill = {int(fill)}"
+
+
+def _span_rows_condition(start: int, end: int, skipped: tuple[int, int] | None) -> str:
+    """span_depths rows overlapping [start, end], as ranges of its key (duration class, start):
+    a span of class c reaches the window only if it starts after start - 2^c. With `skipped`
+    (first, last start the pyramid covers), the spans narrower than the pyramid's buckets that
+    start there are left out; `skipped` names the bucket width's class as its third bound."""
+    ranges = []
+    for duration_class in _DURATION_CLASSES:
+        lowest = max(0, start - 2**duration_class + 1)
+        if lowest > end:
+            continue
+        if skipped is not None and duration_class <= skipped[2]:
+            parts = [(lowest, min(end, skipped[0] - 1)), (max(lowest, skipped[1] + 1), end)]
+        else:
+            parts = [(lowest, end)]
+        ranges += [f"(duration_bits = {duration_class} AND start_ns BETWEEN {low} AND {high})"
+                   for low, high in parts if low <= high]
+    return f"end_ns >= {start} AND ({' OR '.join(ranges) or '0'})"
+
+
+def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> str:
+    """The rows of `fill` overlapping `window`, as drawn at `resolution_ns` per pixel from the
+    window's start: a span at least a pixel wide is an entry of its own; narrower ones are merged
+    per (service, depth, pixel), named after the name holding most of their time (ties: the
+    greatest name), and given the level holding most of it (`dominant_level`; a single span's
+    own).
+
+    Zoomed out, the narrow spans come from the pyramid (DepthFill.bucket_log2_at): each bucket
+    wholly inside the window, per name and level, lands in the pixel of its first start, so a
+    span near a pixel's edge may be merged into the next pixel's entry; the spans at the window's
+    edges, in part-covered buckets, and those at least a bucket wide come from span_depths and
+    fall in the pixel of their own start. The innermost query lists both as (count, summed time)
+    rows, the next one sums each name's time and each level's beside it, the outer one picks the
+    name and the level."""
+    start, end, resolution = int(window[0]), int(window[1]), max(1, int(resolution_ns))
+
+    def pixel(time_ns: str) -> str:
+        # floor((time_ns - start) / resolution), exact, for spans starting before the window too
+        return (f"if({time_ns} >= {start}, toInt64(intDiv({time_ns} - {start}, {resolution})), "
+                f"-1 - toInt64(intDiv({start} - {time_ns} - 1, {resolution})))")
+
+    bucket_log2 = fill.bucket_log2_at(resolution)
+    first_bucket = last_bucket = 0
+    if bucket_log2 is not None:
+        first_bucket = -(-max(0, start) >> bucket_log2)
+        last_bucket = ((end + 1) >> bucket_log2) - 1
+        if first_bucket > last_bucket:
+            bucket_log2 = None
+    skipped = None if bucket_log2 is None else (
+        first_bucket << bucket_log2, ((last_bucket + 1) << bucket_log2) - 1, bucket_log2)
+    wide = f"{_DURATION_SQL} >= {resolution}"
+    rows = [
+        f"SELECT service AS track, depth, name, level, if({wide}, span_id, '') AS wide_span_id, "
+        f"if({wide}, toInt64(0), {pixel('start_ns')}) AS pixel, start_ns AS first_ns, end_ns AS last_ns, "
+        f"toUInt64(1) AS spans, {_DURATION_SQL} AS time_ns, span_id AS one_span_id FROM {SPAN_DEPTHS.name} "
+        f"WHERE {_fill_condition(trace_id, fill.fill)} AND {_span_rows_condition(start, end, skipped)}"]
+    if bucket_log2 is not None:
+        rows.append(
+            f"SELECT service AS track, depth, name, level, '' AS wide_span_id, {pixel('first_ns')} AS pixel, first_ns, "
+            f"last_ns, spans, total_ns AS time_ns, span_id AS one_span_id FROM {SPAN_DEPTH_BUCKETS.name} "
+            f"WHERE {_fill_condition(trace_id, fill.fill)} AND bucket_log2 = {bucket_log2} "
+            f"AND bucket BETWEEN {first_bucket} AND {last_bucket}")
     # One summed-time column per level (LEVELS is fixed and short) rather than grouping by level
     # too: the groups stay those of the names, and sumMap over strings is missing on 18.16 servers.
     level_ns = [f"level_ns_{index}" for index in range(len(LEVELS))]
-    level_sums = "".join(f"sumIf({duration}, {_stored_level_sql('level')} = {sql_string(level)}) AS {column}, "
+    level_sums = "".join(f"sumIf(time_ns, level = {sql_string(level)}) AS {column}, "
                          for level, column in zip(LEVELS, level_ns))
     dominant_level = (f"arrayReduce('argMax', [{', '.join(map(sql_string, LEVELS))}], "
                       f"[{', '.join(f'(sum({column}), {sql_string(level)})' for level, column in zip(LEVELS, level_ns))}])")
@@ -185,14 +256,31 @@ def _window_entries_sql(trace_id: str, span_count: int, window: tuple[int, int],
         "sum(name_ns) AS total_ns, argMax(name, (name_ns, name)) AS dominant_name, "
         f"{dominant_level} AS dominant_level, "
         "if(sum(spans) = 1, any(one_span_id), '') AS span_id FROM ("
-        "SELECT service AS track, depth, name, "
-        f"if({duration} >= {resolution}, span_id, '') AS wide_span_id, if({duration} >= {resolution}, 0, {pixel}) AS pixel, "
-        f"min(start_ns) AS first_ns, max(end_ns) AS last_ns, count() AS spans, sum({duration}) AS name_ns, {level_sums}"
-        "any(span_id) AS one_span_id "
-        f"FROM {SPAN_DEPTHS.name} ANY LEFT JOIN {levels} USING span_id "
-        f"WHERE span_count = {int(span_count)} AND {overlaps} "
+        "SELECT track, depth, name, wide_span_id, pixel, min(first_ns) AS first_ns, max(last_ns) AS last_ns, "
+        f"sum(spans) AS spans, sum(time_ns) AS name_ns, {level_sums}any(one_span_id) AS one_span_id "
+        f"FROM ({' UNION ALL '.join(rows)}) "
         "GROUP BY track, depth, wide_span_id, pixel, name"
         ") GROUP BY track, depth, wide_span_id, pixel ORDER BY track, depth, start_ns, span_id")
+
+
+def _bucket_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
+    """INSERT of `fill`'s pyramid level of width 2^bucket_log2 ns: from its spans when it is the
+    first level, else from the level below, halved, and the spans of the class that became
+    narrower than a bucket."""
+    columns = ", ".join(SPAN_DEPTH_BUCKETS.column_names)
+    keys = "trace_id, span_count, fill, service, depth, name, level"
+    condition = _fill_condition(trace_id, fill.fill)
+    narrow = f"duration_bits <= {bucket_log2}" if bucket_log2 == fill.first_bucket_log2 else f"duration_bits = {bucket_log2}"
+    sources = [f"SELECT {keys}, bitShiftRight(start_ns, {bucket_log2}) AS bucket, toUInt64(1) AS spans, "
+               f"{_DURATION_SQL} AS total_ns, start_ns AS first_ns, end_ns AS last_ns, span_id "
+               f"FROM {SPAN_DEPTHS.name} WHERE {condition} AND {narrow}"]
+    if bucket_log2 > fill.first_bucket_log2:
+        sources.append(f"SELECT {keys}, bitShiftRight(bucket, 1) AS bucket, spans, total_ns, first_ns, last_ns, span_id "
+                       f"FROM {SPAN_DEPTH_BUCKETS.name} WHERE {condition} AND bucket_log2 = {bucket_log2 - 1}")
+    return (f"INSERT INTO {SPAN_DEPTH_BUCKETS.name} ({columns}) "
+            f"SELECT trace_id, span_count, fill, toUInt64({bucket_log2}) AS bucket_log2, bucket, service, depth, name, "
+            "level, sum(spans), sum(total_ns), min(first_ns), max(last_ns), any(span_id) "
+            f"FROM ({' UNION ALL '.join(sources)}) GROUP BY {keys}, bucket")
 
 
 def _select(name: str) -> str:
@@ -233,21 +321,35 @@ class TraceReader:
             f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}").rows
         return int(rows[0][0]) if rows else 0
 
-    def has_span_depths(self, trace_id: str, span_count: int) -> bool:
-        """Whether span_depths holds `trace_id`'s tree as it was at `span_count` spans."""
-        rows = self._store.execute(f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE trace_id = {sql_string(trace_id)} "
-                                   f"AND span_count = {int(span_count)}").rows
-        return bool(rows and rows[0][0])
+    def span_depth_fill(self, trace_id: str, span_count: int) -> DepthFill | None:
+        """The fill of `trace_id` at `span_count` spans that reads use: of the complete ones, the
+        smallest id (so that processes that filled it at once all read the same one)."""
+        rows = self._store.execute(
+            f"SELECT fill, first_bucket_log2, last_bucket_log2 FROM {SPAN_DEPTH_FILLS.name} "
+            f"WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} ORDER BY fill LIMIT 1").rows
+        return DepthFill(int(rows[0][0]), int(span_count), int(rows[0][1]), int(rows[0][2])) if rows else None
 
-    def store_span_depths(self, columns: Columns) -> None:
-        """Adds a trace's tree to span_depths (columns as SPAN_DEPTHS declares them)."""
+    def store_span_depths(self, trace_id: str, fill: DepthFill, columns: Columns) -> None:
+        """Writes one fill of a trace: its span rows (columns as SPAN_DEPTHS declares them), its
+        pyramid built from them by the store, then its row in span_depth_fills, which makes it
+        readable. The rows of the trace's earlier span counts are then deleted (in the
+        background: a read names its fill, so it never sees them either way)."""
         self._store.insert(SPAN_DEPTHS.name, columns)
+        for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
+            self._store.execute(_bucket_sql(trace_id, fill, bucket_log2))
+        self._store.insert(SPAN_DEPTH_FILLS.name, {
+            "trace_id": [trace_id], "span_count": [fill.span_count], "fill": [fill.fill],
+            "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
+            "filled_ns": [time.time_ns()]})
+        for table in (SPAN_DEPTH_FILLS, SPAN_DEPTH_BUCKETS, SPAN_DEPTHS):
+            self._store.execute(f"ALTER TABLE {table.name} DELETE WHERE trace_id = {sql_string(trace_id)} "
+                                f"AND span_count < {int(fill.span_count)}")
 
-    def window_entries(self, trace_id: str, span_count: int, window: tuple[int, int], resolution_ns: int) -> Columns:
+    def window_entries(self, trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> Columns:
         """The level-of-detail entries of a window, merged by the store (_window_entries_sql), by
         track, depth, then start: track, depth, start_ns, end_ns, span_total, total_ns,
-        dominant_name, span_id ('' for merged entries)."""
-        return self._store.execute_columns(_window_entries_sql(trace_id, span_count, window, resolution_ns))
+        dominant_name, dominant_level, span_id ('' for merged entries)."""
+        return self._store.execute_columns(_window_entries_sql(trace_id, fill, window, resolution_ns))
 
     def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,

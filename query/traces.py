@@ -8,7 +8,9 @@ kept ancestors need every span), then every column of the kept spans only.
 
 from __future__ import annotations
 
+import secrets
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,11 +18,11 @@ from mlscope.conventions import stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
-from .reader import TraceReader
+from .reader import DepthFill, TraceReader
 from .timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, SpanTree, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
-WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service")
+WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service", "level")
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
 MAX_IDS_IN_QUERY = 10_000
@@ -115,38 +117,78 @@ def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
     return TraceRead(read, _rows_of_kept(skeleton, tree, read))
 
 
-# One fill of span_depths at a time in this process: two first reads of a trace would store its
-# tree twice (and double its counts).
+# One fill of span_depths at a time in this process; fills by other processes at once are
+# told apart by their fill ids (reader.span_depth_fill reads one).
 _DEPTH_FILL = threading.Lock()
+# The pyramid's finest buckets: those in which a trace's spans start in at most 1/16 as many
+# buckets as it has spans. Finer ones would merge too little to read faster than the spans.
+PYRAMID_SPANS_PER_BUCKET = 16
 
 
-def span_depth_columns(trace_id: str, span_count: int, columns: Columns, tree: SpanTree) -> Columns:
-    """span_depths rows for a trace's tree over `columns` (WINDOW_COLUMNS of every span)."""
+def pyramid_widths(starts: Sequence[int], spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> tuple[int, int]:
+    """(first, last) bucket width, as log2 ns, of the pyramid of a trace whose spans start at
+    `starts` (ascending): from the finest width at which the starts fall in at most
+    len(starts) / spans_per_bucket buckets (at least one), to the width at which they share one."""
+    # Sorted starts fall in 1 + (the neighbours whose highest differing bit is at or above k)
+    # buckets of width 2^k: one pass gives the count at every width.
+    highest_bits = Counter((earlier ^ later).bit_length() for earlier, later in zip(starts, starts[1:]))
+    last = max(highest_bits, default=0)
+    most_buckets = max(1, len(starts) // max(1, spans_per_bucket))
+    buckets = 1
+    for width in range(last, -1, -1):
+        buckets += highest_bits.get(width + 1, 0)
+        if buckets > most_buckets:
+            return width + 1, last
+    return 0, last
+
+
+def span_depth_columns(trace_id: str, fill: DepthFill, columns: Columns, tree: SpanTree) -> Columns:
+    """span_depths rows of `fill` for a trace's tree over `columns` (WINDOW_COLUMNS of every span)."""
     order = tree.order
+    levels = {level: stored_level(level) for level in set(columns["level"])}
+    starts, ends = ([columns[name][row] for row in order] for name in ("start_ns", "end_ns"))
     return {
         "trace_id": [trace_id] * len(order),
-        "span_count": [span_count] * len(order),
+        "span_count": [fill.span_count] * len(order),
+        "fill": [fill.fill] * len(order),
         **{name: [columns[name][row] for row in order] for name in ("span_id", "service", "name")},
+        "level": [levels[columns["level"][row]] for row in order],
         "depth": list(tree.depths),
-        **{name: [columns[name][row] for row in order] for name in ("start_ns", "end_ns")},
+        "duration_bits": [max(0, end - start).bit_length() for start, end in zip(starts, ends)],
+        "start_ns": starts,
+        "end_ns": ends,
     }
+
+
+def fill_span_depths(reader: TraceReader, trace_id: str, bounds: tuple[int, int], span_count: int,
+                     spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> DepthFill:
+    """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
+    spans, with its pyramid (pyramid_widths); returns that fill."""
+    columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS)
+    tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
+    first, last = pyramid_widths(columns["start_ns"], spans_per_bucket)
+    fill = DepthFill(secrets.randbits(63), span_count, first, last)
+    reader.store_span_depths(trace_id, fill, span_depth_columns(trace_id, fill, columns, tree))
+    return fill
 
 
 def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> Columns | None:
     """The spans of `trace_id` overlapping `window` as drawn at `resolution_ns`, merged by the
     store (reader.window_entries); depth is the span's in the whole trace. The first windowed
     read of a trace (or of a trace grown since) reads and trees every span once to fill
-    span_depths; later ones cost in proportion to the entries drawn. None for an unknown trace."""
+    span_depths and its pyramid; later ones cost in proportion to the entries drawn. None for an
+    unknown trace."""
     bounds = reader.trace_bounds(trace_id)
     if bounds is None:
         return None
     span_count = reader.span_count(trace_id)
-    with _DEPTH_FILL:
-        if not reader.has_span_depths(trace_id, span_count):
-            columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS)
-            tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
-            reader.store_span_depths(span_depth_columns(trace_id, span_count, columns, tree))
-    return _with_span_details(reader, trace_id, bounds, reader.window_entries(trace_id, span_count, window, resolution_ns))
+    fill = reader.span_depth_fill(trace_id, span_count)
+    if fill is None:
+        with _DEPTH_FILL:
+            filled = reader.span_depth_fill(trace_id, span_count) or fill_span_depths(reader, trace_id, bounds, span_count)
+        # Another process may have filled the trace at the same time: all read the smallest fill id.
+        fill = reader.span_depth_fill(trace_id, span_count) or filled
+    return _with_span_details(reader, trace_id, bounds, reader.window_entries(trace_id, fill, window, resolution_ns))
 
 
 def _with_span_details(reader: TraceReader, trace_id: str, bounds: tuple[int, int], entries: Columns) -> Columns:

@@ -1,34 +1,46 @@
-"""The windowed read: span_depths filled once per trace (and again when it grows), the narrow
-spans merged by the store, on both backends."""
+"""The windowed read: span_depths filled once per trace (and again when it grows, the older rows
+deleted), the narrow spans merged by the store from the spans or from the pyramid of merged
+buckets, one fill read however many processes filled the trace, on both backends."""
 
 from __future__ import annotations
 
-from mlscope.query.reader import TraceReader
+import time
+
+from mlscope.query.reader import DepthFill, TraceReader
 from mlscope.query.timeline import VIEWER_ATTRIBUTES, window_json
-from mlscope.query.traces import read_window
+from mlscope.query.traces import fill_span_depths, pyramid_widths, read_window
 from mlscope.store import Store
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
 
-
-def _depth_rows(tracks: list[str], depths: list[int], starts: list[int], ends: list[int], names: list[str]) -> dict:
-    return {"trace_id": [TRACE] * len(names), "span_count": [len(names)] * len(names),
-            "span_id": [f"{index:016x}" for index in range(len(names))], "service": tracks, "name": names,
-            "depth": depths, "start_ns": starts, "end_ns": ends}
+NO_PYRAMID = DepthFill(fill=1, span_count=0, first_bucket_log2=1, last_bucket_log2=0)
+ENTRY_COLUMNS = ("track", "depth", "start_ns", "end_ns", "span_total", "total_ns", "dominant_name", "span_id")
 
 
-def _entries(reader: TraceReader, count: int, window: tuple[int, int], resolution_ns: int) -> list[tuple]:
-    columns = reader.window_entries(TRACE, count, window, resolution_ns)
-    return list(zip(*(columns[name] for name in ("track", "depth", "start_ns", "end_ns", "span_total", "total_ns",
-                                                 "dominant_name", "span_id"))))
+def _store_fill(reader: TraceReader, fill: DepthFill, tracks: list[str], depths: list[int], starts: list[int],
+                ends: list[int], names: list[str], levels: list[str] | None = None) -> DepthFill:
+    """`fill` of TRACE holding these spans (ids by position), its pyramid built by the store."""
+    fill = DepthFill(fill.fill, len(names), fill.first_bucket_log2, fill.last_bucket_log2)
+    reader.store_span_depths(TRACE, fill, {
+        "trace_id": [TRACE] * len(names), "span_count": [len(names)] * len(names), "fill": [fill.fill] * len(names),
+        "span_id": [f"{index:016x}" for index in range(len(names))], "service": tracks, "name": names,
+        "level": levels or ["application"] * len(names), "depth": depths,
+        "duration_bits": [max(0, end - start).bit_length() for start, end in zip(starts, ends)],
+        "start_ns": starts, "end_ns": ends})
+    return fill
+
+
+def _entries(reader: TraceReader, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> list[tuple]:
+    columns = reader.window_entries(TRACE, fill, window, resolution_ns)
+    return list(zip(*(columns[name] for name in ENTRY_COLUMNS)))
 
 
 def test_store_merges_spans_narrower_than_the_resolution(store: Store) -> None:
     # One wide span and, below it, 10 narrow ones: 4 named "a" (1 ns each), 6 "b" (in two pixels).
     starts = [100, 101, 102, 103, 104, 110, 111, 112, 113, 114, 115]
     reader = TraceReader(store)
-    reader.store_span_depths(_depth_rows(["svc"] * 11, [0] + [1] * 10, starts, [200] + [s + 1 for s in starts[1:]],
-                                         ["wide", *"aaaa", *"bbbbbb"]))
-    assert _entries(reader, 11, (100, 300), 10) == [
+    fill = _store_fill(reader, NO_PYRAMID, ["svc"] * 11, [0] + [1] * 10, starts, [200] + [s + 1 for s in starts[1:]],
+                       ["wide", *"aaaa", *"bbbbbb"])
+    assert _entries(reader, fill, (100, 300), 10) == [
         ("svc", 0, 100, 200, 1, 100, "wide", f"{0:016x}"), ("svc", 1, 101, 105, 4, 4, "a", ""),
         ("svc", 1, 110, 116, 6, 6, "b", "")]
 
@@ -37,10 +49,9 @@ def test_store_keeps_tracks_and_depths_apart_and_names_the_dominant(store: Store
     # "y" holds 3 ns of p's depth-1 pixel against x's 1; a tie goes to the greatest name; a span
     # starting before the window falls in a pixel of its own (floor, not truncation).
     reader = TraceReader(store)
-    reader.store_span_depths(_depth_rows(["p", "p", "q", "p", "q", "q", "p"], [1, 1, 1, 2, 2, 2, 1],
-                                         [10, 12, 10, 10, 10, 12, 5], [11, 15, 11, 11, 12, 14, 11],
-                                         ["x", "y", "x", "x", "m", "n", "early"]))
-    assert [(track, depth, count, name) for track, depth, _, _, count, _, name, _ in _entries(reader, 7, (10, 30), 10)] == [
+    fill = _store_fill(reader, NO_PYRAMID, ["p", "p", "q", "p", "q", "q", "p"], [1, 1, 1, 2, 2, 2, 1],
+                       [10, 12, 10, 10, 10, 12, 5], [11, 15, 11, 11, 12, 14, 11], ["x", "y", "x", "x", "m", "n", "early"])
+    assert [(track, depth, count, name) for track, depth, _, _, count, _, name, _ in _entries(reader, fill, (10, 30), 10)] == [
         ("p", 1, 1, "early"), ("p", 1, 2, "y"), ("p", 2, 1, "x"), ("q", 1, 1, "x"), ("q", 2, 2, "n")]
 
 
@@ -69,15 +80,89 @@ def test_entries_carry_levels_and_single_spans_their_parent_and_attributes(store
     assert "parent_span_id" not in entries[2] and entries[2]["level"] == "layer"
 
 
-def test_a_trace_is_treed_once_and_again_when_it_grows(store: Store) -> None:
+def _pyramid_trace(reader: TraceReader, fill: DepthFill) -> DepthFill:
+    """Two tracks of narrow spans of three names and levels under a wide one, at irregular
+    starts, with a few spans of a middle width, from 2^20 ns on."""
+    base, count = 1 << 20, 600
+    starts = [base + index * 3 + (index * 37) % 11 for index in range(count)]
+    ends = [start + (40 + index % 20 if index % 50 == 0 else 1 + index % 7) for index, start in enumerate(starts)]
+    return _store_fill(reader, fill, ["a" if index % 3 else "b" for index in range(count)],
+                       [0] + [1 + index % 2 for index in range(1, count)], starts, [base + 4000] + ends[1:],
+                       [("x", "y", "z")[index % 3] for index in range(count)],
+                       [("layer", "library", "model", "layer")[index % 4] for index in range(count)])
+
+
+def test_the_pyramid_merges_as_the_spans_do(store: Store) -> None:
+    # The same spans as two fills: read as spans, and through a pyramid of every width from 1 ns.
+    reader = TraceReader(store)
+    spans = _pyramid_trace(reader, NO_PYRAMID)
+    pyramid = _pyramid_trace(reader, DepthFill(fill=2, span_count=0, first_bucket_log2=0, last_bucket_log2=12))
+    # No span is instant: width 1 ns is the first to hold buckets.
+    assert store.execute("SELECT min(bucket_log2), max(bucket_log2), uniqExact(bucket_log2) "
+                         "FROM span_depth_buckets").rows == [(1, 12, 12)]
+    base = 1 << 20
+    # Pixels made of whole buckets (the window's start and the resolution multiples of the width
+    # read): the very same entries, names and levels.
+    for window, resolution in (((base, base + 4000), 4), ((base + 64, base + 1000), 8), ((base, base + 2047), 32),
+                               ((base - 4096, base + 8192), 1024)):
+        assert reader.window_entries(TRACE, pyramid, window, resolution) == \
+            reader.window_entries(TRACE, spans, window, resolution), (window, resolution)
+    # Elsewhere a bucket lands in the pixel of its first start: every span of the window is still
+    # counted once, a wide one is still itself, and a track and depth have one entry a pixel.
+    for window, resolution in (((base + 3, base + 1203), 5), ((base + 101, base + 1900), 13), ((base + 7, base + 99), 6)):
+        by_pyramid, by_spans = (_entries(reader, fill, window, resolution) for fill in (pyramid, spans))
+        assert sum(entry[4] for entry in by_pyramid) == sum(entry[4] for entry in by_spans) > 10
+        assert sum(entry[5] for entry in by_pyramid) == sum(entry[5] for entry in by_spans)
+        assert [entry for entry in by_pyramid if entry[5] >= resolution] == \
+            [entry for entry in by_spans if entry[5] >= resolution]
+        pixels = [(track, depth, (start - window[0]) // resolution)
+                  for track, depth, start, _, count, total, _, _ in by_pyramid if total < resolution]
+        assert len(pixels) == len(set(pixels))
+
+
+def test_pyramid_widths_start_where_buckets_hold_enough_spans() -> None:
+    assert pyramid_widths(list(range(64)), 16) == (4, 6)  # 4 buckets of 16, then one of 64
+    assert pyramid_widths(list(range(64)), 1) == (0, 6)
+    assert pyramid_widths([5] * 40 + [1 << 30], 16) == (0, 31)  # two clumps: two buckets at any width
+    assert pyramid_widths([5] * 40 + [1 << 30], 40) == (31, 31)  # one bucket at most
+    assert pyramid_widths([7], 16) == (0, 0)
+
+
+def _wait_for_deletes(store: Store) -> None:
+    """Until the store has applied its pending ALTER ... DELETEs (they run in the background)."""
+    deadline = time.monotonic() + 60
+    while store.execute("SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+                        "AND is_done = 0").rows != [(0,)]:
+        assert time.monotonic() < deadline, "mutations still pending after 60 s"
+        time.sleep(0.05)
+
+
+def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_count(store: Store) -> None:
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
     window = (T0, T0 + 100 * MS)
     first = read_window(reader, TRACE, window, 50 * MS)
     assert first is not None and first == read_window(reader, TRACE, window, 50 * MS)
-    assert store.execute("SELECT count() FROM span_depths").rows == [(5,)]
+    assert store.execute("SELECT count(), uniqExact(fill) FROM span_depths").rows == [(5, 1)]
     store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
     grown = read_window(reader, TRACE, window, 50 * MS)
     assert grown is not None and ("late", 2) in zip(grown["dominant_name"], grown["depth"])
-    assert store.execute("SELECT count(), max(span_count) FROM span_depths").rows == [(11, 6)]
+    _wait_for_deletes(store)
+    for table in ("span_depths", "span_depth_buckets", "span_depth_fills"):
+        assert store.execute(f"SELECT DISTINCT span_count FROM {table}").rows == [(6,)], table
+    assert store.execute("SELECT count() FROM span_depths").rows == [(6,)]
     assert read_window(reader, "0" * 32, window, 50 * MS) is None
+
+
+def test_two_processes_filling_a_trace_at_once_do_not_double_its_counts(store: Store) -> None:
+    # Both fills complete, as when two query processes miss the cache together: reads use one.
+    store.insert("span_rows", columns_of(KNOWN))
+    reader = TraceReader(store)
+    bounds = reader.trace_bounds(TRACE)
+    assert bounds is not None
+    fills = [fill_span_depths(reader, TRACE, bounds, len(KNOWN), spans_per_bucket=1) for _ in range(2)]
+    assert reader.span_depth_fill(TRACE, len(KNOWN)) == min(fills, key=lambda fill: fill.fill)
+    for resolution in (1, 10 * MS, 200 * MS):
+        read = read_window(reader, TRACE, (T0, T0 + 100 * MS), resolution)
+        assert read is not None and sum(read["span_total"]) == len(KNOWN), resolution
+    assert store.execute("SELECT count() FROM span_depths").rows == [(2 * len(KNOWN),)]
