@@ -8,6 +8,7 @@ A message is the concatenation of its fields; a nested message is a length-delim
 
 from __future__ import annotations
 
+import functools
 import struct
 
 VARINT, FIXED64, LENGTH_DELIMITED = 0, 1, 2
@@ -17,10 +18,11 @@ _ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 
 def varint(value: int) -> bytes:
     """A non-negative integer as a base-128 varint (a negative int64 is masked with UINT64_MASK
-    by the caller: ten bytes of two's complement). Small values, most keys and lengths, take the
-    one-byte path."""
+    by the caller: ten bytes of two's complement). Keys and most lengths take the short paths."""
     if value < 0x80:
         return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     encoded = bytearray()
     while value > 0x7F:
         encoded.append(value & 0x7F | 0x80)
@@ -29,14 +31,20 @@ def varint(value: int) -> bytes:
     return bytes(encoded)
 
 
+@functools.cache
+def key(field: int, wire_type: int) -> bytes:
+    """A field's key: few distinct ones are written, over and over."""
+    return varint(field << 3 | wire_type)
+
+
 def uint_field(field: int, value: int) -> bytes:
     """A varint field: uint32/64, int32/64 (negatives as two's complement), bool, enum."""
-    return varint(field << 3 | VARINT) + varint(value & UINT64_MASK)
+    return key(field, VARINT) + varint(value & UINT64_MASK)
 
 
 def bytes_field(field: int, data: bytes) -> bytes:
     """A length-delimited field: bytes, or a nested message's encoding."""
-    return varint(field << 3 | LENGTH_DELIMITED) + varint(len(data)) + data
+    return key(field, LENGTH_DELIMITED) + varint(len(data)) + data
 
 
 def string_field(field: int, text: str) -> bytes:
@@ -45,4 +53,4 @@ def string_field(field: int, text: str) -> bytes:
 
 
 def double_field(field: int, value: float) -> bytes:
-    return varint(field << 3 | FIXED64) + struct.pack("<d", value)
+    return key(field, FIXED64) + struct.pack("<d", value)

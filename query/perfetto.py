@@ -97,6 +97,7 @@ INTERNED_EVENT_NAMES, INTERNED_ANNOTATION_NAMES = 2, 3
 INTERNED_IID, INTERNED_NAME = 1, 2
 
 SEQUENCE_ID = 1  # every packet is on one sequence: one writer wrote them all, in time order
+_SLICE_BEGIN, _SLICE_END = uint_field(EVENT_TYPE, TYPE_SLICE_BEGIN), uint_field(EVENT_TYPE, TYPE_SLICE_END)
 
 
 class _Interned:
@@ -178,6 +179,7 @@ class _Writer:
         self._uuids = 0
         self._names = _Interned(INTERNED_EVENT_NAMES)
         self._annotation_names = _Interned(INTERNED_ANNOTATION_NAMES)
+        self._attributes: dict[tuple[str, str], bytes] = {}
 
     def track(self, *fields: bytes) -> int:
         self._uuids += 1
@@ -190,23 +192,29 @@ class _Writer:
         name_iid = uint_field(ANNOTATION_NAME_IID, self._annotation_names.iid(name, new))
         return bytes_field(EVENT_DEBUG_ANNOTATIONS, name_iid + value)
 
+    def _attribute(self, name: str, value: str, new: list[bytes]) -> bytes:
+        """An attribute as a string annotation; the same pair recurs on every call of a layer,
+        so its encoding is kept (once its name is interned, the bytes never change)."""
+        encoded = self._attributes.get((name, value))
+        if encoded is None:
+            encoded = self._attributes[name, value] = self._annotation(
+                name, string_field(ANNOTATION_STRING_VALUE, value), new)
+        return encoded
+
     def slice_edge(self, edge: _Edge) -> None:
-        event = uint_field(EVENT_TRACK_UUID, edge.track)
+        track = uint_field(EVENT_TRACK_UUID, edge.track)
         if not edge.begin:
-            event += uint_field(EVENT_TYPE, TYPE_SLICE_END)
-            self.packets.append(_packet(bytes_field(PACKET_TRACK_EVENT, event), edge.time_ns))
+            self.packets.append(_packet(bytes_field(PACKET_TRACK_EVENT, track + _SLICE_END), edge.time_ns))
             return
         span, new = edge.item.span, []
-        annotations = [
-            (name, string_field(ANNOTATION_STRING_VALUE, value))
-            for name, value in (("span_id", span.span_id), ("parent_span_id", span.parent_span_id),
-                                *((key, str(value)) for key, value in span.attributes.items()))
-        ]
-        annotations.append(("self_ns", uint_field(ANNOTATION_INT_VALUE, edge.item.self_ns)))
-        event += (uint_field(EVENT_TYPE, TYPE_SLICE_BEGIN)
-                  + uint_field(EVENT_NAME_IID, self._names.iid(span.name, new))
-                  + string_field(EVENT_CATEGORIES, span.level)
-                  + b"".join(self._annotation(name, value, new) for name, value in annotations))
+        event = b"".join((
+            track, _SLICE_BEGIN, uint_field(EVENT_NAME_IID, self._names.iid(span.name, new)),
+            string_field(EVENT_CATEGORIES, span.level),
+            self._annotation("span_id", string_field(ANNOTATION_STRING_VALUE, span.span_id), new),
+            self._annotation("parent_span_id", string_field(ANNOTATION_STRING_VALUE, span.parent_span_id), new),
+            *(self._attribute(name, str(value), new) for name, value in span.attributes.items()),
+            self._annotation("self_ns", uint_field(ANNOTATION_INT_VALUE, edge.item.self_ns), new),
+        ))
         body = bytes_field(PACKET_TRACK_EVENT, event)
         if new:
             body = bytes_field(PACKET_INTERNED_DATA, b"".join(new)) + body
