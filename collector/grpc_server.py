@@ -1,6 +1,7 @@
 """OTLP/gRPC: TraceService/Export and MetricsService/Export on a grpc.aio server that shares the
 event loop, and so the pipeline, with the HTTP side. With a token file (mlscope.auth) a call
-needs `authorization: Bearer <token>` metadata with the `ingest` scope."""
+needs `authorization: Bearer <token>` metadata with the `ingest` scope, and its `mlscope.evaluation`
+spans the `predictor` (or `admin`) scope: others' are refused per span (collector/otlp.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from mlscope.auth import AuthPolicy, Scope, Verdict
 
 from .config import CollectorConfig
-from .otlp import METRICS, TRACES, Signal
+from .otlp import METRICS, TRACES, Signal, decode_request
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
 # OTLP exporters read the retry delay from this trailer (a serialized google.rpc.RetryInfo).
@@ -32,10 +33,11 @@ async def _export(
     pipeline: IngestPipeline, auth: AuthPolicy, signal: Signal, request: Message, context: grpc.aio.ServicerContext
 ) -> Message:
     metadata = dict(context.invocation_metadata() or ())
-    verdict = auth.check(metadata.get(_AUTHORIZATION_KEY), Scope.INGEST)
+    authorization = metadata.get(_AUTHORIZATION_KEY)
+    verdict = auth.check(authorization, Scope.INGEST)
     if verdict in _REFUSALS:
         await context.abort(*_REFUSALS[verdict])
-    decoded = signal.decode(request)
+    decoded, _ = decode_request(signal, request, auth.check(authorization, Scope.PREDICTOR) is Verdict.ALLOWED)
     try:
         await pipeline.submit(Batch(signal.name, decoded, request.SerializeToString()))
     except Refused as exc:

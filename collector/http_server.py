@@ -3,7 +3,8 @@
 Errors carry a google.rpc.Status in the request's encoding (JSON when the content type itself was
 refused). Bodies are decompressed here, not by aiohttp, so that the decompressed size is bounded
 while inflating: run the app with `auto_decompress=False` (the Collector's runner does).
-With a token file (mlscope.auth), both paths need an `ingest` token, checked before the body is read.
+With a token file (mlscope.auth), both paths need an `ingest` token, checked before the body is read,
+and `mlscope.evaluation` spans a `predictor` (or `admin`) one: others' are refused per span.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from google.rpc import code_pb2, status_pb2
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict
 from mlscope.listener import ListenerLimits, body_deadline
 
-from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal
+from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal, decode_request
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
 PIPELINE_KEY = web.AppKey("pipeline", IngestPipeline)
@@ -76,8 +77,8 @@ def _handler(signal: Signal) -> Callable[[web.Request], Awaitable[web.Response]]
                 )
             body = await _read_body(request, request.app[MAX_BODY_KEY])
             message = signal.parse(body, encoding)
-            decoded = signal.decode(message)
-            payload = body if encoding is Encoding.PROTOBUF else message.SerializeToString()
+            decoded, changed = decode_request(signal, message, _may_write_evaluations(request))
+            payload = body if encoding is Encoding.PROTOBUF and not changed else message.SerializeToString()
             await request.app[PIPELINE_KEY].submit(Batch(signal.name, decoded, payload))
         except MalformedRequest as exc:
             return _status_response(_HttpError(400, code_pb2.INVALID_ARGUMENT, str(exc)), encoding)
@@ -98,6 +99,11 @@ def _authorize(request: web.Request) -> None:
         raise _HttpError(401, code_pb2.UNAUTHENTICATED, "an ingest token is required (Authorization: Bearer <token>)")
     if verdict is Verdict.FORBIDDEN:
         raise _HttpError(403, code_pb2.PERMISSION_DENIED, "this token lacks the ingest scope")
+
+
+def _may_write_evaluations(request: web.Request) -> bool:
+    verdict = request.app[AUTH_KEY].check(request.headers.get("Authorization"), Scope.PREDICTOR)
+    return verdict is Verdict.ALLOWED
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from mlscope.conventions import LEVEL, SERVICE_NAME, stored_level
+from mlscope.conventions import EVALUATION_SPAN, LEVEL, SERVICE_NAME, stored_level
 from mlscope.store.model import METRIC_POINTS, SPAN_ROWS, Columns
 
 SPAN_TABLE = SPAN_ROWS.name
@@ -71,7 +71,14 @@ class Decoded:
     columns: Columns
     rows: int
     rejected: int
-    error_message: str
+    first_problem: str  # why the first rejected span or point was ("" when none was)
+
+    @property
+    def error_message(self) -> str:
+        if not self.rejected:
+            return ""
+        noun = "span" if self.table == SPAN_TABLE else "data point"
+        return f"{self.rejected} {noun}{'s' if self.rejected != 1 else ''} rejected; first: {self.first_problem}"
 
 
 # --- request bodies -> messages ---------------------------------------------------------------
@@ -302,7 +309,7 @@ def decode_traces(request: ExportTraceServiceRequest, window: tuple[int, int] | 
                     event_name_lists.append([])
                     event_attr_lists.append([])
                 links.append(_links_json(span.links) if span.links else "[]")
-    return Decoded(SPAN_TABLE, columns, len(trace_ids), rejected, _partial_message(rejected, "span", first_problem))
+    return Decoded(SPAN_TABLE, columns, len(trace_ids), rejected, first_problem)
 
 
 def _links_json(links: Iterable[Any]) -> str:
@@ -317,12 +324,6 @@ def _links_json(links: Iterable[Any]) -> str:
             for link in links
         ]
     )
-
-
-def _partial_message(rejected: int, noun: str, first_problem: str) -> str:
-    if not rejected:
-        return ""
-    return f"{rejected} {noun}{'s' if rejected != 1 else ''} rejected; first: {first_problem}"
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ def decode_metrics(request: ExportMetricsServiceRequest, window: tuple[int, int]
                     for column, cell in row.items():
                         columns[column].append(cell)
     rows = len(columns["time_ns"])
-    return Decoded(METRIC_TABLE, columns, rows, rejected, _partial_message(rejected, "data point", first_problem))
+    return Decoded(METRIC_TABLE, columns, rows, rejected, first_problem)
 
 
 def _point_values(kind: str, point: Any) -> tuple[float, int, list[float], list[int]]:
@@ -436,3 +437,30 @@ class Signal:
 TRACES = Signal("traces", parse_trace_request, decode_traces, trace_response)
 METRICS = Signal("metrics", parse_metrics_request, decode_metrics, metrics_response)
 SIGNALS: dict[str, Signal] = {signal.name: signal for signal in (TRACES, METRICS)}
+
+
+# --- evaluation rows: the predictor scope's -----------------------------------------------------
+
+EVALUATION_NEEDS_SCOPE = f"a {EVALUATION_SPAN} span needs a token with the predictor or admin scope"
+
+
+def decode_request(signal: Signal, request: Message, may_write_evaluations: bool) -> tuple[Decoded, bool]:
+    """`signal.decode(request)`, and whether `request` was changed. For a sender who may not write
+    evaluation rows (with --auth, a token without `predictor` or `admin`), a trace request's
+    `mlscope.evaluation` spans, which the store turns into `evaluations` rows, are removed from
+    `request` (so that a spooled copy holds none either) and counted in partial_success; the rest
+    of the request is kept. Costs one scan of the decoded names when there is none."""
+    decoded = signal.decode(request)
+    if may_write_evaluations or signal is not TRACES or EVALUATION_SPAN not in decoded.columns["name"]:
+        return decoded, False
+    removed = 0
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            spans = scope_spans.spans
+            for index in reversed(range(len(spans))):
+                if spans[index].name == EVALUATION_SPAN:
+                    del spans[index]
+                    removed += 1
+    decoded = signal.decode(request)
+    return replace(decoded, rejected=decoded.rejected + removed,
+                   first_problem=decoded.first_problem or EVALUATION_NEEDS_SCOPE), True

@@ -11,14 +11,16 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 
 from mlscope.auth import parse_token_file
 from mlscope.collector import Collector
+from mlscope.collector.otlp import EVALUATION_NEEDS_SCOPE, TRACES, decode_request
 from mlscope.dispatch import Dispatcher, dispatch_mount
 from mlscope.query import create_query_app
 from mlscope.store import Store, open_store
-from mlscope.conventions import ENV_OTLP_HEADERS
+from mlscope.conventions import ENV_OTLP_HEADERS, EVALUATION_SPAN
 from tests.collector.collector_testing import post, quick_config, span_request
 from tests.collector.test_http import HERE as COLLECTOR_TESTS
 from tests.collector.test_http import run_program
@@ -136,3 +138,46 @@ async def test_otel_sdk_exporters_deliver_with_the_token_in_otel_exporter_otlp_h
 
     rows = (await asyncio.to_thread(embedded_store.execute, f"SELECT count() FROM spans WHERE trace_id = '{trace_id}'")).rows
     assert rows == [(5,)]
+
+
+def _request_with_an_evaluation() -> ExportTraceServiceRequest:
+    request = span_request(3)
+    request.resource_spans[0].scope_spans[0].spans[2].name = EVALUATION_SPAN
+    return request
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("token, may_evaluate", [(INGEST, False), (PREDICTOR, True), (ADMIN, True)])
+async def test_evaluation_spans_need_a_predictor_token_the_rest_is_stored(
+    protocol: str, token: str, may_evaluate: bool, collector: Collector, embedded_store: Store
+) -> None:
+    request = _request_with_an_evaluation()
+    if protocol == "http":
+        async with aiohttp.ClientSession() as session:
+            status, _, body = await post(session, f"http://127.0.0.1:{collector.http_port}/v1/traces",
+                                         request.SerializeToString(), headers=bearer(token))
+        assert status == 200
+        answer = ExportTraceServiceResponse.FromString(body)
+    else:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.grpc_port}") as channel:
+            answer = await TraceServiceStub(channel).Export(request, metadata=(("authorization", f"Bearer {token}"),))
+    trace_id = request.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+    stored = await asyncio.to_thread(embedded_store.execute, f"SELECT name FROM spans WHERE trace_id = '{trace_id}'")
+    evaluations = await asyncio.to_thread(embedded_store.execute,
+                                          f"SELECT count() FROM evaluations WHERE trace_id = '{trace_id}'")
+    if may_evaluate:
+        assert (answer.partial_success.rejected_spans, len(stored.rows), evaluations.rows) == (0, 3, [(1,)])
+    else:
+        assert answer.partial_success.rejected_spans == 1
+        assert answer.partial_success.error_message == f"1 span rejected; first: {EVALUATION_NEEDS_SCOPE}"
+        assert (sorted(stored.rows), evaluations.rows) == ([("op-0",), ("op-1",)], [(0,)])
+
+
+def test_a_refused_evaluation_span_leaves_the_request_so_a_spooled_copy_holds_none() -> None:
+    request = _request_with_an_evaluation()
+    decoded, changed = decode_request(TRACES, request, may_write_evaluations=False)
+    assert (changed, decoded.rows, decoded.rejected) == (True, 2, 1)
+    assert EVALUATION_SPAN not in [span.name for span in request.resource_spans[0].scope_spans[0].spans]
+    untouched = _request_with_an_evaluation()
+    decoded, changed = decode_request(TRACES, untouched, may_write_evaluations=True)
+    assert (changed, decoded.rows, decoded.rejected) == (False, 3, 0)
