@@ -31,12 +31,13 @@ from aiohttp import web
 from mlscope.auth import Scope, requires
 from mlscope.store import sql_string
 
-from .errors import BadRequest
+from .errors import BadRequest, TooLarge
 from .export import jaeger_trace, structured_response
 from .http import json_response
 from .params import int_between, natural, parse_params, text
 from .reader import TraceReader
 from .timeline import build_timeline
+from .traces import SpanCap
 
 PREFIX = "/jaeger/api"
 DEFAULT_LIMIT = 20  # Jaeger UI's default search size
@@ -147,18 +148,21 @@ def trace_ids_sql(query: TraceQuery) -> str:
 # --- reads (blocking: run in a worker thread) -------------------------------------------------
 
 
-def jaeger_traces(reader: TraceReader, trace_ids: list[str]) -> list[dict[str, Any]]:
-    """Each trace the store holds, as Jaeger renders it; unknown ids are left out."""
+def jaeger_traces(reader: TraceReader, trace_ids: list[str], cap: SpanCap = SpanCap()) -> list[dict[str, Any]]:
+    """Each trace the store holds, as Jaeger renders it; unknown ids are left out. TooLarge for a
+    trace past `cap`'s full span count, checked on the trace index before its spans are read
+    (a whole trace is built in memory, as for GET /api/traces/{id})."""
     traces = []
     for trace_id in trace_ids:
+        cap.check(trace_id, reader.span_count(trace_id))
         spans = reader.trace_spans(trace_id)
         if spans:
             traces.append(jaeger_trace(build_timeline(trace_id, spans)))
     return traces
 
 
-def find_traces(reader: TraceReader, query: TraceQuery) -> list[dict[str, Any]]:
-    return jaeger_traces(reader, reader.first_column(trace_ids_sql(query)))
+def find_traces(reader: TraceReader, query: TraceQuery, cap: SpanCap = SpanCap()) -> list[dict[str, Any]]:
+    return jaeger_traces(reader, reader.first_column(trace_ids_sql(query)), cap)
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -168,9 +172,10 @@ def _error(status: int, message: str) -> web.Response:
     return json_response(structured_response(None, [{"code": status, "msg": message}]), status=status)
 
 
-def jaeger_routes(reader: TraceReader) -> list[web.RouteDef]:
+def jaeger_routes(reader: TraceReader, cap: SpanCap = SpanCap()) -> list[web.RouteDef]:
     """The four routes over `reader`. Each answers its own errors in Jaeger's shape (a Jaeger
-    client reads `errors[0].msg`); a store outage still goes to the app's error middleware."""
+    client reads `errors[0].msg`), a trace past `cap` included (413, naming the ways to read
+    less, as GET /api/traces/{id} does); a store outage still goes to the app's error middleware."""
 
     @requires(Scope.READ)
     async def services(request: web.Request) -> web.Response:
@@ -189,7 +194,11 @@ def jaeger_routes(reader: TraceReader) -> list[web.RouteDef]:
             query = parse_trace_query(request.query)
         except BadRequest as error:
             return _error(400, str(error))
-        return json_response(structured_response(await asyncio.to_thread(find_traces, reader, query)))
+        try:
+            found = await asyncio.to_thread(find_traces, reader, query, cap)
+        except TooLarge as error:
+            return _error(413, str(error))
+        return json_response(structured_response(found))
 
     @requires(Scope.READ)
     async def trace(request: web.Request) -> web.Response:
@@ -197,7 +206,10 @@ def jaeger_routes(reader: TraceReader) -> list[web.RouteDef]:
             trace_id = parse_trace_id(request.match_info["trace_id"])
         except BadRequest as error:
             return _error(400, str(error))
-        found = await asyncio.to_thread(jaeger_traces, reader, [trace_id])
+        try:
+            found = await asyncio.to_thread(jaeger_traces, reader, [trace_id], cap)
+        except TooLarge as error:
+            return _error(413, str(error))
         if not found:
             return _error(404, "trace not found")
         return json_response(structured_response(found))

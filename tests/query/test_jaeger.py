@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from mlscope.query.errors import BadRequest
-from mlscope.query.jaeger import TraceQuery, go_duration_ns, parse_trace_id, parse_trace_query, trace_ids_sql
+from mlscope.query.jaeger import (
+    TraceQuery, go_duration_ns, jaeger_routes, parse_trace_id, parse_trace_query, trace_ids_sql,
+)
+from mlscope.query.reader import TraceReader
+from mlscope.query.traces import SpanCap
 from tests.query.api_fixtures_jaeger import LATER, TRACE_ROWS
+from tests.query.query_server import serve
 from tests.query.trace_fixtures import MS, T0, TRACE, insert
 
 ENVELOPE = {"data", "total", "limit", "offset", "errors"}
@@ -129,3 +136,26 @@ async def test_errors_in_jaeger_shape(jaeger, path: str, status: int, message: s
     assert answer_status == status and set(body) == ENVELOPE and body["data"] is None
     (error,) = body["errors"]
     assert error["code"] == status and message in error["msg"]
+
+
+@pytest.mark.parametrize("cap, status", [(4, 413), (5, 200)])
+async def test_a_trace_past_the_span_cap_is_a_413_pointing_to_the_windowed_read(jaeger, cap: int, status: int) -> None:
+    """TRACE has 5 spans: past the cap, the trace route and a search finding it answer as
+    GET /api/traces/{id} does, before any span is read."""
+    app = web.Application()
+    app.add_routes(jaeger_routes(TraceReader(jaeger.store), SpanCap(full=cap)))
+    runner, base_url = await serve(app)
+    try:
+        async with aiohttp.ClientSession(base_url) as session:
+            for path in (f"/jaeger/api/traces/{TRACE}", "/jaeger/api/traces?service=svc&operation=predict"):
+                async with session.get(path) as response:
+                    assert response.status == status, path
+                    body = await response.json()
+                if status == 413:
+                    (error,) = body["errors"]
+                    assert error["code"] == 413 and f"has 5 spans, more than one response holds ({cap})" in error["msg"]
+                    assert f"/api/traces/{TRACE}/window" in error["msg"]
+                else:
+                    assert [trace["traceID"] for trace in body["data"]] == [TRACE]
+    finally:
+        await runner.cleanup()
