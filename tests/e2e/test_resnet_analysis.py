@@ -1,8 +1,11 @@
 """Issue 12's claims on a real library-level ResNet-18 run: the in-code model (agents/resnet.py)
-traced by an agent in this process, stored by a real `mlscope serve`, then analysed and diffed
-through the query API. One trace per batch size: an application span holding its model calls."""
+traced by an agent in this process, stored by a real `mlscope serve`, then analysed, diffed and
+exported through the query API. One trace per batch size: an application span holding its model
+calls."""
 
 from __future__ import annotations
+
+import urllib.request
 
 import torch
 
@@ -11,6 +14,7 @@ from mlscope.agents.resnet import resnet18
 from mlscope.conventions import LAYER_PATH
 
 from tests.e2e.served_process import Served
+from tests.query.perfetto_reader import read
 
 CALLS = 2
 SIDE = 64  # pixels: small enough for two cores, big enough for every layer to run
@@ -34,7 +38,7 @@ def traced_runs(served: Served, batch_sizes: tuple[int, ...]) -> tuple[torch.nn.
     return net, traces
 
 
-def test_analysis_and_diff_of_a_library_level_resnet18(served: Served) -> None:
+def test_analysis_diff_and_perfetto_export_of_a_library_level_resnet18(served: Served) -> None:
     net, traces = traced_runs(served, (1, 8))
     module_paths = {path for path, _ in net.named_modules()}  # "" is the model itself
     assert len(module_paths) > 60  # every module of ResNet-18 is called in its forward
@@ -65,3 +69,12 @@ def test_analysis_and_diff_of_a_library_level_resnet18(served: Served) -> None:
     assert all(row["a_ns"] > 0 and row["b_ns"] > 0 for row in diff["layers"])
     assert all(row["a_calls"] == row["b_calls"] >= CALLS for row in diff["layers"])
     assert (diff["a_only"], diff["b_only"]) == ([], [])
+
+    # The same run in Perfetto's protobuf: a slice per span, at the span's nanoseconds.
+    spans = served.get_json(f"/api/traces/{traces[8]}")["spans"]
+    with urllib.request.urlopen(served.url(f"/api/traces/{traces[8]}/export?format=perfetto-proto"),
+                                timeout=60) as response:
+        slices = read(response.read()).slices  # `read` checks that every slice ends within its parent
+    assert {span_id: (piece.name, piece.begin_ns, piece.end_ns) for span_id, piece in slices.items()} == {
+        span["span_id"]: (span["name"], span["start_ns"], span["end_ns"]) for span in spans}
+    assert {piece.categories[0] for piece in slices.values()} == {"application", "model", "layer", "library"}
