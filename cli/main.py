@@ -14,18 +14,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlscope.auth import NO_AUTH, AuthPolicy, BadTokenFile, load_token_file
 from mlscope.conventions import (
-    DEFAULT_ENDPOINT, ENV_AUTH_FILE, HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
+    DEFAULT_ENDPOINT, ENV_AUTH_FILE, ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT, ENV_LOG_LINES_PER_MINUTE, ENV_MAX_CONNECTIONS,
+    HTTP_PORT, LOOPBACK, OTLP_GRPC_PORT, OTLP_HTTP_PORT, UnknownLevel, collector_endpoint,
     LEVELS, otlp_headers, parse_level,
 )
 from mlscope.store import BadStoreUrl, Store, StoreError, StoreUnavailable, default_store_url, open_store
 
 from . import evaluate, traces
 from .common import CommandFailed, UsageError, render_rows
+
+if TYPE_CHECKING:
+    from mlscope.listener import ListenerLimits
 
 # --- serving ---------------------------------------------------------------------------------
 
@@ -40,15 +45,17 @@ async def _serve(
     on_ready: Callable[[dict[str, int]], None] | None = None,
     no_dispatch: bool = False,
     auth: AuthPolicy = NO_AUTH,
+    limits: ListenerLimits | None = None,
 ) -> None:
     """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
     given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store) until
-    SIGINT/SIGTERM, printing each bound port as `name: port`. `auth` guards every port."""
+    SIGINT/SIGTERM, printing each bound port as `name: port`. `auth` guards every port, `limits`
+    (default: ListenerLimits()) bounds slow and numerous clients on each and the log lines."""
     from mlscope.collector import NO_GRPC, Collector, CollectorConfig
     from mlscope.listener import GuardedSite, ListenerLimits, listener_runner, rate_limit_logs
 
-    rate_limit_logs()  # a flood of failing requests must not become a flood of log lines
-    limits = ListenerLimits()
+    limits = limits or ListenerLimits()
+    rate_limit_logs(limits.log_lines_per_minute)  # a flood of failing requests must not become a flood of log lines
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -141,13 +148,58 @@ def _auth_policy(args: argparse.Namespace) -> AuthPolicy:
     return policy
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}")
+        return value
+
+    return parse
+
+
+# --header-timeout & co: (ListenerLimits field, flag, environment variable, parser, help)
+_LISTENER_OPTIONS: tuple[tuple[str, str, str, Callable[[str], float], str], ...] = (
+    ("header_timeout_s", "--header-timeout", ENV_HEADER_TIMEOUT, _positive(float),
+     "seconds a connection has to send a request head (and the longest idle keep-alive; default 10)"),
+    ("body_timeout_s", "--body-timeout", ENV_BODY_TIMEOUT, _positive(float),
+     "seconds a request's body has to arrive once its handler started (default 30)"),
+    ("max_connections", "--max-connections", ENV_MAX_CONNECTIONS, _positive(int),
+     "open connections per port; more are answered 503 (default: a quarter of the file-descriptor limit, 64-4096)"),
+    ("log_lines_per_minute", "--log-lines-per-minute", ENV_LOG_LINES_PER_MINUTE, _positive(int),
+     "log lines per minute from one place in the code; the rest are counted (default 20)"),
+)
+
+
+def _listener_limits(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ListenerLimits:
+    """The limits on slow and numerous clients: each flag, else its environment variable, else
+    ListenerLimits' default; a bad variable is a UsageError naming it."""
+    from mlscope.listener import ListenerLimits
+
+    given: dict[str, float] = {}
+    for field_name, _, variable, parse, _ in _LISTENER_OPTIONS:
+        value = getattr(args, field_name)
+        if value is None and env.get(variable):
+            try:
+                value = parse(env[variable])
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"{variable}: {exc}") from None
+        if value is not None:
+            given[field_name] = value
+    return ListenerLimits(**given)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     auth = _auth_policy(args)
+    limits = _listener_limits(args)
     store = _open(args)
     try:
         asyncio.run(
             _serve(store, args.host, args.port, args.otlp_http_port, args.otlp_grpc_port, _spool_dir(args),
-                   no_dispatch=args.no_dispatch, auth=auth)
+                   no_dispatch=args.no_dispatch, auth=auth, limits=limits)
         )
     finally:
         store.close()
@@ -394,6 +446,12 @@ def _add_auth(parser: argparse.ArgumentParser) -> None:
                         help="serve a non-loopback --host without a token file (anyone who reaches it can read and write)")
 
 
+def _add_listener_limits(parser: argparse.ArgumentParser) -> None:
+    for field_name, flag_name, variable, parse, help_text in _LISTENER_OPTIONS:
+        parser.add_argument(flag_name, dest=field_name, type=parse, metavar="SECONDS" if field_name.endswith("_s") else "N",
+                            help=f"{help_text}; env {variable}")
+
+
 def _add_no_dispatch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dispatch", action="store_true",
                         help="serve no predictors and jobs (/api/predictors, /api/jobs): one process per store may")
@@ -413,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(serve)
     serve.add_argument("--host", default=LOOPBACK)
     _add_auth(serve)
+    _add_listener_limits(serve)
     _add_collector(serve)
     serve.add_argument("--port", type=_port, default=HTTP_PORT, help="query API and viewer port")
     _add_no_dispatch(serve)
@@ -422,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(collector)
     collector.add_argument("--host", default=LOOPBACK)
     _add_auth(collector)
+    _add_listener_limits(collector)
     _add_collector(collector)
     collector.set_defaults(handler=cmd_collector, no_dispatch=True)
 
@@ -429,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(query)
     query.add_argument("--host", default=LOOPBACK)
     _add_auth(query)
+    _add_listener_limits(query)
     query.add_argument("--port", type=_port, default=HTTP_PORT)
     _add_no_dispatch(query)
     query.set_defaults(handler=cmd_query)

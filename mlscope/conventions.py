@@ -204,6 +204,13 @@ ENV_LEVELED_REPORT = "MLSCOPE_LEVELED_REPORT"
 """Set by `mlscope run --leveled`: where each process of a pass appends its span tally."""
 ENV_AUTH_FILE = "MLSCOPE_AUTH_FILE"
 """`serve`, `collector`, `query`: the token file (`--auth FILE`); without one they serve loopback only."""
+ENV_HEADER_TIMEOUT = "MLSCOPE_HEADER_TIMEOUT_S"
+ENV_BODY_TIMEOUT = "MLSCOPE_BODY_TIMEOUT_S"
+ENV_MAX_CONNECTIONS = "MLSCOPE_MAX_CONNECTIONS"
+ENV_LOG_LINES_PER_MINUTE = "MLSCOPE_LOG_LINES_PER_MINUTE"
+"""`serve`, `collector`, `query`: the limits on slow and numerous clients and on log lines
+(mlscope.listener); the flags `--header-timeout`, `--body-timeout`, `--max-connections`,
+`--log-lines-per-minute` win."""
 ENV_TOKEN = "MLSCOPE_TOKEN"
 """The bearer token mlscope's HTTP API clients send (`sql --url`, `report`, `evaluate --remote`, `predictor`)."""
 ENV_OTLP_HEADERS = "OTEL_EXPORTER_OTLP_HEADERS"

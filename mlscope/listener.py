@@ -53,6 +53,7 @@ class ListenerLimits:
     header_timeout_s: float = 10.0  # to receive a request's head (and the longest idle keep-alive)
     body_timeout_s: float = 30.0  # to receive a request's body once its handler has started
     max_connections: int = field(default_factory=default_max_connections)  # per port
+    log_lines_per_minute: int = 20  # per code location that logs (rate_limit_logs)
 
 
 def listener_runner(app: web.Application, limits: ListenerLimits, **runner_args: Any) -> web.AppRunner:
@@ -184,10 +185,10 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def rate_limit_logs() -> None:
-    """Puts a RateLimitFilter on each of the root logger's handlers (or on logging's last-resort
-    handler, which prints when none is configured), once."""
+def rate_limit_logs(lines_per_minute: int = ListenerLimits.log_lines_per_minute) -> None:
+    """Puts a RateLimitFilter of `lines_per_minute` per code location on each of the root logger's
+    handlers (or on logging's last-resort handler, which prints when none is configured), once."""
     handlers = logging.getLogger().handlers or [logging.lastResort]
     for handler in handlers:
         if handler is not None and not any(isinstance(kind, RateLimitFilter) for kind in handler.filters):
-            handler.addFilter(RateLimitFilter())
+            handler.addFilter(RateLimitFilter(lines_per_minute, 60.0))
