@@ -10,9 +10,10 @@ The protobuf form is a `Trace` of `TracePacket`s holding `TrackDescriptor`s (pro
 counters) and `TrackEvent`s (TYPE_SLICE_BEGIN / TYPE_SLICE_END per span at its own nanosecond
 start and end, TYPE_COUNTER with `double_counter_value` per sample), on one packet sequence.
 Event and annotation names are interned (`InternedData`), a span's attributes are string debug
-annotations. It is written here with a small encoder (varints and length-delimited fields)
-rather than generated classes: only a few messages are needed and nothing is installed for it.
-ui.perfetto.dev and trace_processor open the result.
+annotations. It is written field by field (mlscope/protowire.py) rather than with generated
+classes: only a few messages are needed, and nothing has to be installed for them. The tests read
+it back with classes built from the field numbers below; trace_processor itself is not run by them
+(it downloads its binary at first use, which this project's machines cannot).
 
 Field numbers, from google/perfetto's protos/perfetto/trace/:
   trace.proto                         Trace.packet = 1
