@@ -151,6 +151,9 @@ SPAN_DEPTHS = _table(
     ("span_count", "UInt64"),
     ("fill", "UInt64"),
     ("span_id", "String"),
+    ("parent_span_id", "String"),
+    ("attr_keys", "Array(String)"),
+    ("attr_values", "Array(String)"),
     ("service", "String"),
     ("name", "String"),
     ("level", "String"),
@@ -175,6 +178,9 @@ SPAN_DEPTH_BUCKETS = _table(
     ("first_ns", "UInt64"),
     ("last_ns", "UInt64"),
     ("span_id", "String"),
+    ("parent_span_id", "String"),
+    ("attr_keys", "Array(String)"),
+    ("attr_values", "Array(String)"),
 )
 SPAN_DEPTH_FILLS = _table(
     "span_depth_fills",

@@ -1,18 +1,24 @@
 -- The windowed read's cache, reshaped so that a read touches about as many rows as it draws.
 -- span_depths is a cache the query service refills on demand: the 009 rows are dropped.
 --
--- span_depths: one row per span of one fill of a trace. `fill` is the fill's random id: two
--- query processes filling the same trace at once each write their own rows, and reads name one
--- fill (the smallest id of the trace's latest span count, in span_depth_fills). `level` is the
--- span's stored level; `duration_bits` is the bit length of its duration (a span of class c lasts
--- less than 2^c ns), so that a read asks, per class, only for the starts that can reach its
--- window (ORDER BY start within a class).
+-- span_depths: one row per span of one fill of a trace. `fill` is the fill's id (its start time,
+-- ns, with random low bits): two query processes filling the same trace at once each write their
+-- own rows, and reads name one fill (the smallest id of the trace's current row count
+-- `span_count`, in span_depth_fills); a fill deletes the trace's earlier fills of another count.
+-- The parent and the viewer's attributes (attr_keys/attr_values) are what a span drawn as itself
+-- carries, so a read needs nothing from span_rows. `level` is the span's stored level;
+-- `duration_bits` the bit length of its duration (a span of class c lasts less than 2^c ns), so
+-- that a read asks, per class, only for the starts that can reach its window (ORDER BY start
+-- within a class).
 DROP TABLE IF EXISTS span_depths;
 CREATE TABLE IF NOT EXISTS span_depths (
     trace_id String,
     span_count UInt64,
     fill UInt64,
     span_id String,
+    parent_span_id String,
+    attr_keys Array(String),
+    attr_values Array(String),
     service String,
     name String,
     level String,
@@ -25,8 +31,9 @@ ORDER BY (trace_id, fill, duration_bits, start_ns);
 
 -- The pyramid: per fill, for each stored bucket width 2^bucket_log2 ns, the spans narrower than
 -- a bucket merged per (service, depth, bucket of their start, name, level): their count, summed
--- time, first start and last end, and one span's id (the span itself when `spans` is 1). A
--- zoomed-out read regroups the buckets of the width just under its resolution into pixels.
+-- time, first start and last end, and one span's id, parent and viewer's attributes (the span's
+-- own when `spans` is 1). A zoomed-out read regroups the buckets of the width just under its
+-- resolution into pixels.
 CREATE TABLE IF NOT EXISTS span_depth_buckets (
     trace_id String,
     span_count UInt64,
@@ -41,7 +48,10 @@ CREATE TABLE IF NOT EXISTS span_depth_buckets (
     total_ns UInt64,
     first_ns UInt64,
     last_ns UInt64,
-    span_id String
+    span_id String,
+    parent_span_id String,
+    attr_keys Array(String),
+    attr_values Array(String)
 ) ENGINE = MergeTree
 ORDER BY (trace_id, fill, bucket_log2, bucket);
 
