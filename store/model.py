@@ -182,6 +182,28 @@ SPAN_DEPTH_BUCKETS = _table(
     ("attr_keys", "Array(String)"),
     ("attr_values", "Array(String)"),
 )
+SPAN_DEPTH_TILES = _table(
+    "span_depth_tiles",
+    ("trace_id", "String"),
+    ("span_count", "UInt64"),
+    ("fill", "UInt64"),
+    ("bucket_log2", "UInt64"),
+    ("bucket", "UInt64"),
+    ("service", "String"),
+    ("depth", "UInt64"),
+    ("name", "String"),
+    ("name_ns", "UInt64"),
+    ("level", "String"),
+    ("level_ns", "UInt64"),
+    ("spans", "UInt64"),
+    ("total_ns", "UInt64"),
+    ("first_ns", "UInt64"),
+    ("last_ns", "UInt64"),
+    ("span_id", "String"),
+    ("parent_span_id", "String"),
+    ("attr_keys", "Array(String)"),
+    ("attr_values", "Array(String)"),
+)
 SPAN_DEPTH_FILLS = _table(
     "span_depth_fills",
     ("trace_id", "String"),
@@ -197,11 +219,12 @@ SCHEMA_MIGRATIONS = _table("schema_migrations", ("version", "UInt64"), ("name", 
 
 TABLES: dict[str, Table] = {
     table.name: table for table in (SPAN_ROWS, METRIC_POINTS, PREDICTOR_HEARTBEATS, JOB_STATES, SPAN_DEPTHS,
-                                SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SCHEMA_MIGRATIONS)
+                                SPAN_DEPTH_BUCKETS, SPAN_DEPTH_TILES,
+                                SPAN_DEPTH_FILLS, SCHEMA_MIGRATIONS)
 }
-"""Every table a writer inserts into, by name (span_depths, span_depth_buckets, span_depth_fills:
-the query service, a cache of each trace's tree). The other tables of the schema (`trace_index`,
-`evaluation_rows`) are filled by materialized views over span_rows."""
+"""Every table a writer inserts into, by name (span_depths, span_depth_buckets, span_depth_tiles,
+span_depth_fills: the query service, a cache of each trace's tree). The other tables of the
+schema (`trace_index`, `evaluation_rows`) are filled by materialized views over span_rows."""
 
 
 def empty_columns(table: str) -> Columns:

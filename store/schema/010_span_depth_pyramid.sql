@@ -32,8 +32,8 @@ ORDER BY (trace_id, fill, duration_bits, start_ns);
 -- The pyramid: per fill, for each stored bucket width 2^bucket_log2 ns, the spans narrower than
 -- a bucket merged per (service, depth, bucket of their start, name, level): their count, summed
 -- time, first start and last end, and one span's id, parent and viewer's attributes (the span's
--- own when `spans` is 1). A zoomed-out read regroups the buckets of the width just under its
--- resolution into pixels.
+-- own when `spans` is 1), built level on level (a width's rows from the narrower one's);
+-- span_depth_tiles summarizes each bucket for reads.
 CREATE TABLE IF NOT EXISTS span_depth_buckets (
     trace_id String,
     span_count UInt64,
@@ -44,6 +44,34 @@ CREATE TABLE IF NOT EXISTS span_depth_buckets (
     depth UInt64,
     name String,
     level String,
+    spans UInt64,
+    total_ns UInt64,
+    first_ns UInt64,
+    last_ns UInt64,
+    span_id String,
+    parent_span_id String,
+    attr_keys Array(String),
+    attr_values Array(String)
+) ENGINE = MergeTree
+ORDER BY (trace_id, fill, bucket_log2, bucket);
+
+-- The pyramid as reads take it: per fill, bucket width, service, depth and bucket, one row for
+-- that bucket's rows of span_depth_buckets (its names and levels): the name holding most of its
+-- time (`name`, that time in `name_ns`; ties: the greatest name), the level holding most
+-- (`level`, `level_ns`), and their count, summed time, first start, last end and single span's
+-- fields, so that a zoomed-out read reads about one row per track, depth and pixel.
+CREATE TABLE IF NOT EXISTS span_depth_tiles (
+    trace_id String,
+    span_count UInt64,
+    fill UInt64,
+    bucket_log2 UInt64,
+    bucket UInt64,
+    service String,
+    depth UInt64,
+    name String,
+    name_ns UInt64,
+    level String,
+    level_ns UInt64,
     spans UInt64,
     total_ns UInt64,
     first_ns UInt64,
