@@ -178,9 +178,6 @@ SPAN_DEPTH_BUCKETS = _table(
     ("first_ns", "UInt64"),
     ("last_ns", "UInt64"),
     ("span_id", "String"),
-    ("parent_span_id", "String"),
-    ("attr_keys", "Array(String)"),
-    ("attr_values", "Array(String)"),
 )
 SPAN_DEPTH_TILES = _table(
     "span_depth_tiles",
@@ -200,9 +197,6 @@ SPAN_DEPTH_TILES = _table(
     ("first_ns", "UInt64"),
     ("last_ns", "UInt64"),
     ("span_id", "String"),
-    ("parent_span_id", "String"),
-    ("attr_keys", "Array(String)"),
-    ("attr_values", "Array(String)"),
 )
 SPAN_DEPTH_FILLS = _table(
     "span_depth_fills",
