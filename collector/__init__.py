@@ -5,8 +5,8 @@
     ...
     await collector.stop()           # flushes what is pending; the store stays open
 
-Inside: `otlp` decodes (pure), `http_server` / `grpc_server` receive, `pipeline` batches into the
-store and falls back to the on-disk `spool` while the store is down.
+Inside: `otlp` decodes (pure), `decoding` decides where (large bodies in worker threads),
+`http_server` / `grpc_server` receive, `pipeline` batches into the store and falls back to the on-disk `spool` while the store is down.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from mlscope.listener import GuardedSite, listener_runner
 from mlscope.store import Store
 
 from .config import NO_GRPC, CollectorConfig, default_spool_dir
+from .decoding import Decoder
 from .grpc_server import create_grpc_server
 from .http_server import create_otlp_app
 from .pipeline import IngestPipeline
@@ -37,9 +38,10 @@ class Collector:
         self.grpc_port = config.grpc_port
         spool_dir = config.spool_dir or default_spool_dir(store.url)
         self._pipeline = IngestPipeline(store, Spool(spool_dir, config.max_spool_bytes), config)
+        self._decoder = Decoder(config.decode_inline_max_bytes, config.decode_threads)
         # auto_decompress off: http_server inflates gzip itself, bounded (see its docstring).
         self._runner = listener_runner(
-            create_otlp_app(self._pipeline, config.max_body_bytes, auth, config.listener.body_timeout_s),
+            create_otlp_app(self._pipeline, config.max_body_bytes, self._decoder, auth, config.listener.body_timeout_s),
             config.listener, access_log=None, auto_decompress=False,
         )
         self._grpc: grpc.aio.Server | None = None
@@ -53,7 +55,7 @@ class Collector:
             await site.start()
             self.http_port = self._runner.addresses[0][1]
             if self.config.grpc_port != NO_GRPC:
-                self._grpc = create_grpc_server(self._pipeline, self.config, self._auth)
+                self._grpc = create_grpc_server(self._pipeline, self.config, self._auth, self._decoder)
                 self.grpc_port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
                 await self._grpc.start()
         except BaseException:
@@ -61,6 +63,7 @@ class Collector:
             if self._grpc is not None:
                 await self._grpc.stop(None)
             await self._runner.cleanup()
+            self._decoder.close()
             raise
 
     async def stop(self) -> None:
@@ -71,6 +74,7 @@ class Collector:
             await self._grpc.stop(_GRPC_STOP_GRACE_S)
         # Stops the HTTP site, waits for its handlers, then the app's cleanup closes the pipeline.
         await self._runner.cleanup()
+        self._decoder.close()
 
     def status(self) -> dict[str, int | bool | str]:
         """For /readyz: rows pending, spooled bytes, whether the store took the last insert."""

@@ -9,15 +9,17 @@ import math
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc.error_details_pb2 import RetryInfo
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from mlscope.auth import AuthPolicy, Scope, Verdict
 
 from .config import CollectorConfig
-from .otlp import METRICS, TRACES, Signal, decode_request
+from .decoding import Decoder
+from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal, decode_body
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
 # OTLP exporters read the retry delay from this trailer (a serialized google.rpc.RetryInfo).
@@ -29,17 +31,20 @@ _REFUSALS = {
 }
 
 
-async def _export(
-    pipeline: IngestPipeline, auth: AuthPolicy, signal: Signal, request: Message, context: grpc.aio.ServicerContext
-) -> Message:
+async def _export(pipeline: IngestPipeline, auth: AuthPolicy, decoder: Decoder, signal: Signal, body: bytes,
+                  context: grpc.aio.ServicerContext) -> Message:
     metadata = dict(context.invocation_metadata() or ())
     authorization = metadata.get(_AUTHORIZATION_KEY)
     verdict = auth.check(authorization, Scope.INGEST)
     if verdict in _REFUSALS:
         await context.abort(*_REFUSALS[verdict])
-    decoded, _ = decode_request(signal, request, auth.check(authorization, Scope.PREDICTOR) is Verdict.ALLOWED)
+    may_write_evaluations = auth.check(authorization, Scope.PREDICTOR) is Verdict.ALLOWED
     try:
-        await pipeline.submit(Batch(signal.name, decoded, request.SerializeToString()))
+        decoded, payload = await decoder.run(len(body), decode_body, signal, body, Encoding.PROTOBUF, may_write_evaluations)
+    except MalformedRequest as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    try:
+        await pipeline.submit(Batch(signal.name, decoded, payload))
     except Refused as exc:
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, Overloaded) else grpc.StatusCode.UNAVAILABLE
         retry_info = RetryInfo(retry_delay=Duration(seconds=math.ceil(exc.retry_after_s)))
@@ -47,25 +52,24 @@ async def _export(
     return signal.response(decoded)
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, pipeline: IngestPipeline, auth: AuthPolicy) -> None:
-        self._pipeline = pipeline
-        self._auth = auth
-
-    async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 (gRPC name)
-        return await _export(self._pipeline, self._auth, TRACES, request, context)
+def _serialized(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
-class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, pipeline: IngestPipeline, auth: AuthPolicy) -> None:
-        self._pipeline = pipeline
-        self._auth = auth
+def _service(service: ServiceDescriptor, signal: Signal, pipeline: IngestPipeline, auth: AuthPolicy,
+             decoder: Decoder) -> grpc.GenericRpcHandler:
+    """`service`'s Export, taking the request's bytes as they arrived (no deserializer): the
+    handler parses them, in a decode thread when they are large (collector/decoding.py)."""
 
-    async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 (gRPC name)
-        return await _export(self._pipeline, self._auth, METRICS, request, context)
+    async def export(body: bytes, context: grpc.aio.ServicerContext) -> Message:
+        return await _export(pipeline, auth, decoder, signal, body, context)
+
+    method = grpc.unary_unary_rpc_method_handler(export, response_serializer=_serialized)
+    return grpc.method_handlers_generic_handler(service.full_name, {"Export": method})
 
 
-def create_grpc_server(pipeline: IngestPipeline, config: CollectorConfig, auth: AuthPolicy) -> grpc.aio.Server:
+def create_grpc_server(pipeline: IngestPipeline, config: CollectorConfig, auth: AuthPolicy,
+                       decoder: Decoder) -> grpc.aio.Server:
     """An unstarted server; the caller adds the port (add_insecure_port returns the bound one).
     Bounded like the HTTP port: message size, connections, streams per connection and calls at
     once, and a connection that has not finished its HTTP/2 handshake within the header timeout
@@ -77,6 +81,8 @@ def create_grpc_server(pipeline: IngestPipeline, config: CollectorConfig, auth: 
         ("grpc.server_handshake_timeout_ms", round(config.listener.header_timeout_s * 1000)),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.grpc_max_concurrent_rpcs)
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(pipeline, auth), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(pipeline, auth), server)
+    server.add_generic_rpc_handlers((
+        _service(trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"], TRACES, pipeline, auth, decoder),
+        _service(metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"], METRICS, pipeline, auth, decoder),
+    ))
     return server

@@ -21,12 +21,14 @@ from google.rpc import code_pb2, status_pb2
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict
 from mlscope.listener import ListenerLimits, body_deadline
 
-from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal, decode_request
+from .decoding import Decoder
+from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal, decode_body
 from .pipeline import Batch, IngestPipeline, Overloaded, Refused
 
 PIPELINE_KEY = web.AppKey("pipeline", IngestPipeline)
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 AUTH_KEY = web.AppKey("auth", AuthPolicy)
+DECODER_KEY = web.AppKey("decoder", Decoder)
 
 _ENCODINGS = {encoding.value: encoding for encoding in Encoding}
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -40,16 +42,18 @@ class _HttpError(Exception):
         self.retry_after_s = retry_after_s
 
 
-def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, auth: AuthPolicy = NO_AUTH,
+def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, decoder: Decoder, auth: AuthPolicy = NO_AUTH,
                     body_timeout_s: float = ListenerLimits.body_timeout_s) -> web.Application:
     """The OTLP/HTTP app; its lifetime owns the pipeline's background tasks. A body still
-    arriving `body_timeout_s` after its head closes the connection (mlscope.listener)."""
+    arriving `body_timeout_s` after its head closes the connection (mlscope.listener); `decoder`
+    decides where a body is decoded (collector/decoding.py)."""
     # The raw body is held to the same limit as the decompressed one: gzip never makes an OTLP
     # request bigger, and anything larger must not even be buffered.
     app = web.Application(client_max_size=max_body_bytes, middlewares=[body_deadline(body_timeout_s)])
     app[PIPELINE_KEY] = pipeline
     app[MAX_BODY_KEY] = max_body_bytes
     app[AUTH_KEY] = auth
+    app[DECODER_KEY] = decoder
     app.cleanup_ctx.append(_pipeline_lifetime)
     app.router.add_post("/v1/traces", _handler(TRACES))
     app.router.add_post("/v1/metrics", _handler(METRICS))
@@ -76,9 +80,8 @@ def _handler(signal: Signal) -> Callable[[web.Request], Awaitable[web.Response]]
                     "use application/x-protobuf or application/json",
                 )
             body = await _read_body(request, request.app[MAX_BODY_KEY])
-            message = signal.parse(body, encoding)
-            decoded, changed = decode_request(signal, message, _may_write_evaluations(request))
-            payload = body if encoding is Encoding.PROTOBUF and not changed else message.SerializeToString()
+            decoded, payload = await request.app[DECODER_KEY].run(
+                len(body), decode_body, signal, body, encoding, _may_write_evaluations(request))
             await request.app[PIPELINE_KEY].submit(Batch(signal.name, decoded, payload))
         except MalformedRequest as exc:
             return _status_response(_HttpError(400, code_pb2.INVALID_ARGUMENT, str(exc)), encoding)

@@ -464,3 +464,12 @@ def decode_request(signal: Signal, request: Message, may_write_evaluations: bool
     decoded = signal.decode(request)
     return replace(decoded, rejected=decoded.rejected + removed,
                    first_problem=decoded.first_problem or EVALUATION_NEEDS_SCOPE), True
+
+
+def decode_body(signal: Signal, body: bytes, encoding: Encoding, may_write_evaluations: bool) -> tuple[Decoded, bytes]:
+    """A request body's rows (decode_request) and the request as OTLP protobuf for the spool
+    (the body itself when it is protobuf and nothing was refused from it). MalformedRequest for
+    a body that is not the signal's request."""
+    message = signal.parse(body, encoding)
+    decoded, changed = decode_request(signal, message, may_write_evaluations)
+    return decoded, body if encoding is Encoding.PROTOBUF and not changed else message.SerializeToString()
