@@ -1,7 +1,7 @@
 """Query benchmark: trace reads out of a loaded store, as the API answers them (read, tree,
 render, JSON text), without HTTP.
 
-    .venv/bin/python bench/query.py [--total 600000] [--runs 10] [--server]
+    .venv/bin/python bench/query.py [--total 600000] [--runs 10] [--server] [--window-only]
 
 Loads `--total` spans of a realistic shape (bench/query_traces.py): one 100k-span trace, one big
 trace of half the total (1M at the full size of 10M) and 1k-span traces for the rest, into the
@@ -9,7 +9,8 @@ embedded store in a temporary directory (and a throwaway clickhouse-server with 
 prints p50/p99 for: a 1k-span trace (JSON, compact); the 100k-span trace (JSON, compact,
 ?levels=application,model, ?max_depth=1) beside the Span-object path (reader.trace_spans +
 build_timeline, which exports still use); the first windowed read of the big trace (which
-fills span_depths), then windowed reads at 2,000 pixels from the whole run down to 1/10,000 of it.
+fills span_depths and its pyramid), then windowed reads at 2,000 pixels from the whole run down
+to 1/10,000 of it, each with the entries it draws. --window-only skips the 1k and 100k reads.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def span_objects_path(reader: TraceReader, trace_id: str) -> Callable[[], object
     return lambda: build_timeline(trace_id, reader.trace_spans(trace_id))
 
 
-def window(reader: TraceReader, trace_id: str, zoom: int) -> Callable[[], str]:
+def window(reader: TraceReader, trace_id: str, zoom: int, drawn: list[int]) -> Callable[[], str]:
+    """A read of 1/`zoom` of the trace around its middle at PIXELS pixels; appends the number of
+    entries each read drew to `drawn`."""
     start, end = reader.trace_bounds(trace_id)
     width = (end - start) // zoom
     middle = start + (end - start) // 2
@@ -86,16 +89,29 @@ def window(reader: TraceReader, trace_id: str, zoom: int) -> Callable[[], str]:
     def run() -> str:
         read = read_window(reader, trace_id, bounds, resolution)
         assert read is not None
+        drawn.append(len(read["span_id"]))
         return json.dumps(window_json(trace_id, bounds, resolution, read))
     return run
 
 
-def bench(store: Store, total: int, runs: int) -> None:
+def window_rows(reader: TraceReader, trace_id: str, runs: int) -> list[tuple[str, Callable[[], object], int, list[int]]]:
+    """The first windowed read of `trace_id` (it trees the trace once and fills span_depths and its
+    pyramid; the rest read those), then each zoom: (label, read, runs, entries drawn by each run)."""
+    rows: list[tuple[str, Callable[[], object], int, list[int]]] = []
+    for zoom in (1, *ZOOMS):
+        drawn: list[int] = []
+        label = f"big trace, first window (fills span_depths) at {PIXELS} px" if not rows else \
+            f"big trace window 1/{zoom} at {PIXELS} px"
+        rows.append((label, window(reader, trace_id, zoom, drawn), 1 if not rows else runs, drawn))
+    return rows
+
+
+def bench(store: Store, total: int, runs: int, window_only: bool) -> None:
     started = time.perf_counter()
     small, mid, big = load(store, total)
-    print(f"{store.url}: {total:,} spans loaded in {time.perf_counter() - started:.1f} s")
+    print(f"{store.url}: {total:,} spans loaded in {time.perf_counter() - started:.1f} s", flush=True)
     reader = TraceReader(store)
-    rows = [
+    fetches = [] if window_only else [
         ("1k trace, JSON", fetch(reader, small, TraceQuery()), runs),
         ("1k trace, compact", fetch(reader, small, TraceQuery(), compact=True), runs),
         ("100k trace, JSON", fetch(reader, mid, TraceQuery()), max(3, runs // 4)),
@@ -103,12 +119,10 @@ def bench(store: Store, total: int, runs: int) -> None:
         ("100k trace, ?levels=application,model", fetch(reader, mid, TraceQuery(levels=frozenset({"application", "model"}))), runs),
         ("100k trace, ?max_depth=1", fetch(reader, mid, TraceQuery(max_depth=1)), runs),
         ("100k trace, Span objects (export's path, no JSON)", span_objects_path(reader, mid), max(3, runs // 4)),
-        # The first windowed read of a trace trees it once and fills span_depths; the rest read that.
-        (f"big trace, first window (fills span_depths) at {PIXELS} px", window(reader, big, 1), 1),
-        *((f"big trace window 1/{zoom} at {PIXELS} px", window(reader, big, zoom), runs) for zoom in ZOOMS),
     ]
-    for label, action, count in rows:
-        print(f"  {label:<52} {timed(action, count)}")
+    for label, action, count, drawn in [(*row, []) for row in fetches] + window_rows(reader, big, runs):
+        timing = timed(action, count)
+        print(f"  {label:<52} {timing}" + (f"  {drawn[-1]:,} entries" if drawn else ""), flush=True)
 
 
 def main() -> None:
@@ -116,11 +130,12 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=600_000, help="spans loaded (the full run: 10000000)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--server", action="store_true", help="also a throwaway clickhouse-server")
+    parser.add_argument("--window-only", action="store_true", help="only the big trace's windowed reads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         store = open_store(f"embedded://{directory}/store")
         try:
-            bench(store, args.total, args.runs)
+            bench(store, args.total, args.runs, args.window_only)
         finally:
             store.close()
         if args.server:
@@ -129,7 +144,7 @@ def main() -> None:
             server = clickhouse_local_server.start(f"{directory}/ch")
             store = open_store(server.url)
             try:
-                bench(store, args.total, args.runs)
+                bench(store, args.total, args.runs, args.window_only)
             finally:
                 store.close()
                 server.stop()

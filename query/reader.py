@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
-from mlscope.store.model import SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SPAN_DEPTHS
+from mlscope.store.model import SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTHS
 from mlscope.store import (
     SPAN_ROWS, TABLES, Columns, OutputCap, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
 )
@@ -165,6 +165,8 @@ class DepthFill:
     span_count: int
     first_bucket_log2: int
     last_bucket_log2: int
+    # The duration classes its spans fall in (span_depths.duration_bits); every class when unknown.
+    duration_classes: tuple[int, ...] = tuple(range(65))
 
     def bucket_log2_at(self, resolution_ns: int) -> int | None:
         """The pyramid width read at `resolution_ns` a pixel: the widest held that is no wider
@@ -174,8 +176,8 @@ class DepthFill:
         return width if width >= self.first_bucket_log2 else None
 
 
-# A span of class c (span_depths.duration_bits) lasts less than 2^c ns; UInt64 spans: c <= 64.
-_DURATION_CLASSES = range(65)
+# Fills whose duration classes a reader remembers (a few numbers each); past that it starts over.
+_CACHED_FILLS = 4096
 _DURATION_SQL = "toUInt64(if(end_ns > start_ns, end_ns - start_ns, 0))"
 
 
@@ -183,22 +185,25 @@ def _fill_condition(trace_id: str, fill: int) -> str:
     return f"trace_id = {sql_string(trace_id)} AND fill = {int(fill)}"
 
 
-def _span_rows_condition(start: int, end: int, skipped: tuple[int, int] | None) -> str:
-    """span_depths rows overlapping [start, end], as ranges of its key (duration class, start):
-    a span of class c reaches the window only if it starts after start - 2^c. With `skipped`
-    (first, last start the pyramid covers), the spans narrower than the pyramid's buckets that
-    start there are left out; `skipped` names the bucket width's class as its third bound."""
+def _span_rows_condition(fill: DepthFill, window: tuple[int, int], narrow_log2: int,
+                         skipped: tuple[int, int] | None) -> str:
+    """span_depths rows of `fill` overlapping `window`, as ranges of its key (duration class,
+    start): a span of class c lasts less than 2^c ns, so it reaches the window only if it starts
+    after the window's start - 2^c. The classes up to `narrow_log2` share one range (reading at
+    most 2^narrow_log2 ns of spans before the window for nothing); the others each have theirs,
+    one per class the fill holds (each range costs the store's key analysis more than a few rows
+    read). `skipped`: the starts, first to last, whose spans of those narrow classes the pyramid
+    holds instead."""
+    start, end = window
+    narrow = [duration_class for duration_class in fill.duration_classes if duration_class <= narrow_log2]
     ranges = []
-    for duration_class in _DURATION_CLASSES:
-        lowest = max(0, start - 2**duration_class + 1)
-        if lowest > end:
-            continue
-        if skipped is not None and duration_class <= skipped[2]:
-            parts = [(lowest, min(end, skipped[0] - 1)), (max(lowest, skipped[1] + 1), end)]
-        else:
-            parts = [(lowest, end)]
-        ranges += [f"(duration_bits = {duration_class} AND start_ns BETWEEN {low} AND {high})"
-                   for low, high in parts if low <= high]
+    if narrow:
+        lowest = max(0, start - 2**max(narrow) + 1)
+        parts = [(lowest, end)] if skipped is None else [(lowest, min(end, skipped[0] - 1)), (max(lowest, skipped[1] + 1), end)]
+        ranges += [f"(duration_bits <= {max(narrow)} AND start_ns BETWEEN {low} AND {high})" for low, high in parts if low <= high]
+    for duration_class in fill.duration_classes:
+        if duration_class > narrow_log2 and max(0, start - 2**duration_class + 1) <= end:
+            ranges.append(f"(duration_bits = {duration_class} AND start_ns BETWEEN {max(0, start - 2**duration_class + 1)} AND {end})")
     return f"end_ns >= {start} AND ({' OR '.join(ranges) or '0'})"
 
 
@@ -215,7 +220,8 @@ def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int],
     edges, in part-covered buckets, and those at least a bucket wide come from span_depths and
     fall in the pixel of their own start. The innermost query lists both as (count, summed time)
     rows, the next one sums each name's time and each level's beside it, the outer one picks the
-    name and the level."""
+    name and the level. A group of one span (one row, then) keeps its id, parent and the viewer's
+    attributes (attr_keys/attr_values)."""
     start, end, resolution = int(window[0]), int(window[1]), max(1, int(resolution_ns))
 
     def pixel(time_ns: str) -> str:
@@ -230,37 +236,48 @@ def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int],
         last_bucket = ((end + 1) >> bucket_log2) - 1
         if first_bucket > last_bucket:
             bucket_log2 = None
-    skipped = None if bucket_log2 is None else (
-        first_bucket << bucket_log2, ((last_bucket + 1) << bucket_log2) - 1, bucket_log2)
+    skipped = None if bucket_log2 is None else (first_bucket << bucket_log2, ((last_bucket + 1) << bucket_log2) - 1)
+    narrow_log2 = resolution.bit_length() - 1 if bucket_log2 is None else bucket_log2
     wide = f"{_DURATION_SQL} >= {resolution}"
     rows = [
         f"SELECT service AS track, depth, name, level, if({wide}, span_id, '') AS wide_span_id, "
         f"if({wide}, toInt64(0), {pixel('start_ns')}) AS pixel, start_ns AS first_ns, end_ns AS last_ns, "
-        f"toUInt64(1) AS spans, {_DURATION_SQL} AS time_ns, span_id AS one_span_id FROM {SPAN_DEPTHS.name} "
-        f"WHERE {_fill_condition(trace_id, fill.fill)} AND {_span_rows_condition(start, end, skipped)}"]
+        f"toUInt64(1) AS spans, {_DURATION_SQL} AS time_ns, time_ns AS name_ns, time_ns AS level_ns, "
+        f"span_id AS one_span_id FROM {SPAN_DEPTHS.name} "
+        f"WHERE {_fill_condition(trace_id, fill.fill)} AND {_span_rows_condition(fill, (start, end), narrow_log2, skipped)}"]
     if bucket_log2 is not None:
         rows.append(
             f"SELECT service AS track, depth, name, level, '' AS wide_span_id, {pixel('first_ns')} AS pixel, first_ns, "
-            f"last_ns, spans, total_ns AS time_ns, span_id AS one_span_id FROM {SPAN_DEPTH_BUCKETS.name} "
+            f"last_ns, spans, total_ns AS time_ns, name_ns, level_ns, span_id AS one_span_id FROM {SPAN_DEPTH_TILES.name} "
             f"WHERE {_fill_condition(trace_id, fill.fill)} AND bucket_log2 = {bucket_log2} "
             f"AND bucket BETWEEN {first_bucket} AND {last_bucket}")
-    # One summed-time column per level (LEVELS is fixed and short) rather than grouping by level
-    # too: the groups stay those of the names, and sumMap over strings is missing on 18.16 servers.
-    level_ns = [f"level_ns_{index}" for index in range(len(LEVELS))]
-    level_sums = "".join(f"sumIf(time_ns, level = {sql_string(level)}) AS {column}, "
-                         for level, column in zip(LEVELS, level_ns))
-    dominant_level = (f"arrayReduce('argMax', [{', '.join(map(sql_string, LEVELS))}], "
-                      f"[{', '.join(f'(sum({column}), {sql_string(level)})' for level, column in zip(LEVELS, level_ns))}])")
     return (
         "SELECT track, depth, min(first_ns) AS start_ns, max(last_ns) AS end_ns, sum(spans) AS span_total, "
-        "sum(name_ns) AS total_ns, argMax(name, (name_ns, name)) AS dominant_name, "
-        f"{dominant_level} AS dominant_level, "
-        "if(sum(spans) = 1, any(one_span_id), '') AS span_id FROM ("
+        "sum(group_ns) AS total_ns, argMax(name, (name_ns, name)) AS dominant_name, "
+        f"{_dominant_level_sql('sum')} AS dominant_level, if(sum(spans) = 1, any(one_span_id), '') AS span_id FROM ("
         "SELECT track, depth, name, wide_span_id, pixel, min(first_ns) AS first_ns, max(last_ns) AS last_ns, "
-        f"sum(spans) AS spans, sum(time_ns) AS name_ns, {level_sums}any(one_span_id) AS one_span_id "
+        f"sum(spans) AS spans, sum(time_ns) AS group_ns, sum(name_ns) AS name_ns, {_level_sums_sql('level_ns')}"
+        "any(one_span_id) AS one_span_id "
         f"FROM ({' UNION ALL '.join(rows)}) "
         "GROUP BY track, depth, wide_span_id, pixel, name"
         ") GROUP BY track, depth, wide_span_id, pixel ORDER BY track, depth, start_ns, span_id")
+
+
+# One summed-time column per level (LEVELS is fixed and short) rather than grouping by level too:
+# the groups stay those of the names, and sumMap over strings is missing on 18.16 servers.
+_LEVEL_NS = tuple(f"level_ns_{index}" for index in range(len(LEVELS)))
+
+
+def _level_sums_sql(time_ns: str) -> str:
+    """`time_ns` summed per level, as the columns _LEVEL_NS (each followed by ', ')."""
+    return "".join(f"sumIf({time_ns}, level = {sql_string(level)}) AS {column}, " for level, column in zip(LEVELS, _LEVEL_NS))
+
+
+def _dominant_level_sql(merge: str) -> str:
+    """The level whose _LEVEL_NS column, merged by the aggregate `merge`, is greatest (ties: the
+    greatest level)."""
+    times = ", ".join(f"({merge}({column}), {sql_string(level)})" for level, column in zip(LEVELS, _LEVEL_NS))
+    return f"arrayReduce('argMax', [{', '.join(map(sql_string, LEVELS))}], [{times}])"
 
 
 def _bucket_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
@@ -283,6 +300,21 @@ def _bucket_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
             f"FROM ({' UNION ALL '.join(sources)}) GROUP BY {keys}, bucket")
 
 
+def _tile_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
+    """INSERT of `fill`'s tiles of width 2^bucket_log2 ns from its buckets: per track, depth and
+    bucket, the name holding most of the time (ties: the greatest name) and the level holding most."""
+    columns = ", ".join(SPAN_DEPTH_TILES.column_names)
+    keys = "trace_id, span_count, fill, bucket_log2, bucket, service, depth"
+    return (f"INSERT INTO {SPAN_DEPTH_TILES.name} ({columns}) "
+            f"SELECT {keys}, argMax(name, (name_ns, name)), argMax(name_ns, (name_ns, name)), "
+            f"{_dominant_level_sql('sum')}, arrayReduce('max', [{', '.join(f'sum({column})' for column in _LEVEL_NS)}]), "
+            "sum(spans), sum(name_ns), min(first_ns), max(last_ns), any(span_id) FROM ("
+            f"SELECT {keys}, name, sum(spans) AS spans, sum(total_ns) AS name_ns, {_level_sums_sql('total_ns')}"
+            "min(first_ns) AS first_ns, max(last_ns) AS last_ns, any(span_id) AS span_id "
+            f"FROM {SPAN_DEPTH_BUCKETS.name} WHERE {_fill_condition(trace_id, fill.fill)} AND bucket_log2 = {bucket_log2} "
+            f"GROUP BY {keys}, name) GROUP BY {keys}")
+
+
 def _select(name: str) -> str:
     """A stored column, `attribute:KEY` (timeline.ATTRIBUTE_COLUMN): the span's attribute KEY,
     else its resource's; '' when neither has it (ClickHouse reads index 0 of an array as ''),
@@ -301,6 +333,8 @@ class TraceReader:
         self._store = store
         self._sql_limits = sql_limits
         self._sql_slots = threading.BoundedSemaphore(sql_limits.max_concurrent)
+        # fill id -> the duration classes of its spans: a fill never changes once readable.
+        self._duration_classes: dict[int, tuple[int, ...]] = {}
 
     def list_traces(self, trace_filter: TraceFilter) -> list[dict[str, Any]]:
         """Trace summaries, newest first; an empty list when nothing matches."""
@@ -321,35 +355,66 @@ class TraceReader:
             f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}").rows
         return int(rows[0][0]) if rows else 0
 
+    def span_row_count(self, trace_id: str) -> int:
+        """How many rows span_rows holds for `trace_id` (a span written twice counts twice until
+        the store merges them): what tells a windowed read that its trace changed. Far cheaper
+        than the trace index's distinct count on a big trace (no set of span ids to merge)."""
+        rows = self._store.execute(f"SELECT count() FROM span_rows WHERE trace_id = {sql_string(trace_id)}").rows
+        return int(rows[0][0]) if rows else 0
+
     def span_depth_fill(self, trace_id: str, span_count: int) -> DepthFill | None:
-        """The fill of `trace_id` at `span_count` spans that reads use: of the complete ones, the
+        """The fill of `trace_id` at `span_count` rows that reads use: of the complete ones, the
         smallest id (so that processes that filled it at once all read the same one)."""
         rows = self._store.execute(
             f"SELECT fill, first_bucket_log2, last_bucket_log2 FROM {SPAN_DEPTH_FILLS.name} "
             f"WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} ORDER BY fill LIMIT 1").rows
-        return DepthFill(int(rows[0][0]), int(span_count), int(rows[0][1]), int(rows[0][2])) if rows else None
+        if not rows:
+            return None
+        fill = int(rows[0][0])
+        classes = self._duration_classes.get(fill)
+        if classes is None:
+            classes = tuple(sorted(int(row[0]) for row in self._store.execute(
+                f"SELECT DISTINCT duration_bits FROM {SPAN_DEPTHS.name} WHERE {_fill_condition(trace_id, fill)}").rows))
+            if len(self._duration_classes) >= _CACHED_FILLS:
+                self._duration_classes.clear()
+            self._duration_classes[fill] = classes
+        return DepthFill(fill, int(span_count), int(rows[0][1]), int(rows[0][2]), classes)
 
     def store_span_depths(self, trace_id: str, fill: DepthFill, columns: Columns) -> None:
         """Writes one fill of a trace: its span rows (columns as SPAN_DEPTHS declares them), its
         pyramid built from them by the store, then its row in span_depth_fills, which makes it
-        readable. The rows of the trace's earlier span counts are then deleted (in the
-        background: a read names its fill, so it never sees them either way)."""
+        readable. The trace's earlier fills (smaller ids) of another row count are then deleted,
+        complete or not (in the background: a read names its fill, so it never sees them either
+        way); a fill of the same count made at the same time stays, unread, until the next."""
         self._store.insert(SPAN_DEPTHS.name, columns)
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
             self._store.execute(_bucket_sql(trace_id, fill, bucket_log2))
+            self._store.execute(_tile_sql(trace_id, fill, bucket_log2))
         self._store.insert(SPAN_DEPTH_FILLS.name, {
             "trace_id": [trace_id], "span_count": [fill.span_count], "fill": [fill.fill],
             "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
             "filled_ns": [time.time_ns()]})
-        for table in (SPAN_DEPTH_FILLS, SPAN_DEPTH_BUCKETS, SPAN_DEPTHS):
+        for table in (SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTH_BUCKETS, SPAN_DEPTHS):
             self._store.execute(f"ALTER TABLE {table.name} DELETE WHERE trace_id = {sql_string(trace_id)} "
-                                f"AND span_count < {int(fill.span_count)}")
+                                f"AND fill < {int(fill.fill)} AND span_count != {int(fill.span_count)}")
 
     def window_entries(self, trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> Columns:
         """The level-of-detail entries of a window, merged by the store (_window_entries_sql), by
         track, depth, then start: track, depth, start_ns, end_ns, span_total, total_ns,
         dominant_name, dominant_level, span_id ('' for merged entries)."""
         return self._store.execute_columns(_window_entries_sql(trace_id, fill, window, resolution_ns))
+
+    def span_details(self, trace_id: str, fill: DepthFill, spans: Sequence[tuple[str, int, int]]) -> Columns:
+        """span_id, parent_span_id, attr_keys, attr_values (the viewer's attributes a span has) of
+        `spans`, each (span id, start_ns, end_ns), from `fill`'s span_depths: found by start, in
+        its key, not by id (which would read every row of the fill); other spans starting at the
+        same time come too."""
+        if not spans:
+            return {name: [] for name in ("span_id", "parent_span_id", "attr_keys", "attr_values")}
+        starts = ", ".join(map(str, sorted({int(start) for _, start, _ in spans})))
+        return self._store.execute_columns(
+            f"SELECT span_id, parent_span_id, attr_keys, attr_values FROM {SPAN_DEPTHS.name} "
+            f"WHERE {_fill_condition(trace_id, fill.fill)} AND start_ns IN ({starts})")
 
     def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,

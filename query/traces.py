@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from .reader import DepthFill, TraceReader
 from .timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, SpanTree, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
-WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service", "level")
+# What a fill of span_depths reads of every span: its tree, what the merge groups by, and what a
+# span drawn as itself carries (the per-span fields of the compact form).
+WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
+WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service", "level",
+                  *(ATTRIBUTE_COLUMN + key for key in WINDOW_ATTRIBUTES))
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
 MAX_IDS_IN_QUERY = 10_000
-# What a window's single span carries beyond its entry: the per-span fields of the compact form.
-WINDOW_SPAN_COLUMNS = ("span_id", "parent_span_id", *(ATTRIBUTE_COLUMN + key for key in VIEWER_ATTRIBUTES.values()))
 
 
 @dataclass(frozen=True)
@@ -143,15 +146,21 @@ def pyramid_widths(starts: Sequence[int], spans_per_bucket: int = PYRAMID_SPANS_
 
 
 def span_depth_columns(trace_id: str, fill: DepthFill, columns: Columns, tree: SpanTree) -> Columns:
-    """span_depths rows of `fill` for a trace's tree over `columns` (WINDOW_COLUMNS of every span)."""
+    """span_depths rows of `fill` for a trace's tree over `columns` (WINDOW_COLUMNS of every span);
+    of the viewer's attributes, those a span has."""
     order = tree.order
     levels = {level: stored_level(level) for level in set(columns["level"])}
     starts, ends = ([columns[name][row] for row in order] for name in ("start_ns", "end_ns"))
+    attributes = [[(key, value) for key in WINDOW_ATTRIBUTES if (value := columns[ATTRIBUTE_COLUMN + key][row])]
+                  for row in order]
     return {
         "trace_id": [trace_id] * len(order),
         "span_count": [fill.span_count] * len(order),
         "fill": [fill.fill] * len(order),
-        **{name: [columns[name][row] for row in order] for name in ("span_id", "service", "name")},
+        **{name: [columns[name][row] for row in order] for name in ("span_id", "parent_span_id")},
+        "attr_keys": [[key for key, _ in pairs] for pairs in attributes],
+        "attr_values": [[value for _, value in pairs] for pairs in attributes],
+        **{name: [columns[name][row] for row in order] for name in ("service", "name")},
         "level": [levels[columns["level"][row]] for row in order],
         "depth": list(tree.depths),
         "duration_bits": [max(0, end - start).bit_length() for start, end in zip(starts, ends)],
@@ -160,47 +169,53 @@ def span_depth_columns(trace_id: str, fill: DepthFill, columns: Columns, tree: S
     }
 
 
+def new_fill_id() -> int:
+    """A fill's id: the time it starts (ns; later fills have larger ids, which is how a fill tells
+    the trace's earlier ones), its lowest 10 bits random so that processes starting together differ."""
+    return time.time_ns() >> 10 << 10 | secrets.randbits(10)
+
+
 def fill_span_depths(reader: TraceReader, trace_id: str, bounds: tuple[int, int], span_count: int,
                      spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> DepthFill:
     """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
-    spans, with its pyramid (pyramid_widths); returns that fill."""
+    rows, with its pyramid (pyramid_widths); returns that fill."""
+    fill_id = new_fill_id()
     columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS)
     tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
     first, last = pyramid_widths(columns["start_ns"], spans_per_bucket)
-    fill = DepthFill(secrets.randbits(63), span_count, first, last)
+    fill = DepthFill(fill_id, span_count, first, last)
     reader.store_span_depths(trace_id, fill, span_depth_columns(trace_id, fill, columns, tree))
     return fill
 
 
 def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> Columns | None:
     """The spans of `trace_id` overlapping `window` as drawn at `resolution_ns`, merged by the
-    store (reader.window_entries); depth is the span's in the whole trace. The first windowed
-    read of a trace (or of a trace grown since) reads and trees every span once to fill
+    store (reader.window_entries), with the viewer's attributes as ATTRIBUTE_COLUMN columns; depth
+    is the span's in the whole trace. The first windowed read of a trace (or of a trace changed
+    since: its row count in span_rows differs) reads and trees every span once to fill
     span_depths and its pyramid; later ones cost in proportion to the entries drawn. None for an
     unknown trace."""
     bounds = reader.trace_bounds(trace_id)
     if bounds is None:
         return None
-    span_count = reader.span_count(trace_id)
+    span_count = reader.span_row_count(trace_id)
     fill = reader.span_depth_fill(trace_id, span_count)
     if fill is None:
         with _DEPTH_FILL:
             filled = reader.span_depth_fill(trace_id, span_count) or fill_span_depths(reader, trace_id, bounds, span_count)
         # Another process may have filled the trace at the same time: all read the smallest fill id.
         fill = reader.span_depth_fill(trace_id, span_count) or filled
-    return _with_span_details(reader, trace_id, bounds, reader.window_entries(trace_id, fill, window, resolution_ns))
+    return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
 
 
-def _with_span_details(reader: TraceReader, trace_id: str, bounds: tuple[int, int], entries: Columns) -> Columns:
-    """`entries` with the parent and viewer attributes (WINDOW_SPAN_COLUMNS) of each single span,
-    '' for merged entries. They are read by id for the spans drawn as themselves only: span_depths
-    has none of them, and reading every span of a zoomed-out window's attributes would cost more
-    than the merge itself."""
-    singles = [span_id for span_id in entries["span_id"] if span_id]
-    found: dict[str, tuple[str, ...]] = {}
-    for first in range(0, len(singles), MAX_IDS_IN_QUERY):
-        read = reader.trace_columns(trace_id, bounds, WINDOW_SPAN_COLUMNS, span_ids=singles[first:first + MAX_IDS_IN_QUERY])
-        found.update(zip(read["span_id"], zip(*(read[name] for name in WINDOW_SPAN_COLUMNS[1:]))))
-    blank = ("",) * (len(WINDOW_SPAN_COLUMNS) - 1)
-    details = [found.get(span_id, blank) for span_id in entries["span_id"]]
-    return {**entries, **{name: [row[index] for row in details] for index, name in enumerate(WINDOW_SPAN_COLUMNS[1:])}}
+def _with_span_details(reader: TraceReader, trace_id: str, fill: DepthFill, entries: Columns) -> Columns:
+    """`entries` with the parent and the viewer's attributes (ATTRIBUTE_COLUMN columns) of each
+    single span, '' for merged entries, read from the fill for the spans drawn as themselves only."""
+    singles = [(span_id, start, end) for span_id, start, end in zip(entries["span_id"], entries["start_ns"], entries["end_ns"])
+               if span_id]
+    read = reader.span_details(trace_id, fill, singles)
+    found = {span_id: (parent, dict(zip(keys, values)))
+             for span_id, parent, keys, values in zip(read["span_id"], read["parent_span_id"], read["attr_keys"], read["attr_values"])}
+    details = [found.get(span_id, ("", {})) for span_id in entries["span_id"]]
+    return {**entries, "parent_span_id": [parent for parent, _ in details],
+            **{ATTRIBUTE_COLUMN + key: [attributes.get(key, "") for _, attributes in details] for key in WINDOW_ATTRIBUTES}}

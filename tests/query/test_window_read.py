@@ -18,13 +18,15 @@ ENTRY_COLUMNS = ("track", "depth", "start_ns", "end_ns", "span_total", "total_ns
 
 def _store_fill(reader: TraceReader, fill: DepthFill, tracks: list[str], depths: list[int], starts: list[int],
                 ends: list[int], names: list[str], levels: list[str] | None = None) -> DepthFill:
-    """`fill` of TRACE holding these spans (ids by position), its pyramid built by the store."""
-    fill = DepthFill(fill.fill, len(names), fill.first_bucket_log2, fill.last_bucket_log2)
+    """`fill` of TRACE holding these spans (ids by position), its pyramid built by the store, as
+    reads see it (with the duration classes of its spans)."""
+    classes = [max(0, end - start).bit_length() for start, end in zip(starts, ends)]
+    fill = DepthFill(fill.fill, len(names), fill.first_bucket_log2, fill.last_bucket_log2, tuple(sorted(set(classes))))
     reader.store_span_depths(TRACE, fill, {
         "trace_id": [TRACE] * len(names), "span_count": [len(names)] * len(names), "fill": [fill.fill] * len(names),
-        "span_id": [f"{index:016x}" for index in range(len(names))], "service": tracks, "name": names,
-        "level": levels or ["application"] * len(names), "depth": depths,
-        "duration_bits": [max(0, end - start).bit_length() for start, end in zip(starts, ends)],
+        "span_id": [f"{index:016x}" for index in range(len(names))], "parent_span_id": [""] * len(names),
+        "attr_keys": [[]] * len(names), "attr_values": [[]] * len(names), "service": tracks, "name": names,
+        "level": levels or ["application"] * len(names), "depth": depths, "duration_bits": classes,
         "start_ns": starts, "end_ns": ends})
     return fill
 
@@ -98,8 +100,9 @@ def test_the_pyramid_merges_as_the_spans_do(store: Store) -> None:
     spans = _pyramid_trace(reader, NO_PYRAMID)
     pyramid = _pyramid_trace(reader, DepthFill(fill=2, span_count=0, first_bucket_log2=0, last_bucket_log2=12))
     # No span is instant: width 1 ns is the first to hold buckets.
-    assert store.execute("SELECT min(bucket_log2), max(bucket_log2), uniqExact(bucket_log2) "
-                         "FROM span_depth_buckets").rows == [(1, 12, 12)]
+    for table in ("span_depth_buckets", "span_depth_tiles"):
+        assert store.execute(f"SELECT min(bucket_log2), max(bucket_log2), uniqExact(bucket_log2) FROM {table}").rows == \
+            [(1, 12, 12)], table
     base = 1 << 20
     # Pixels made of whole buckets (the window's start and the resolution multiples of the width
     # read): the very same entries, names and levels.
@@ -107,16 +110,17 @@ def test_the_pyramid_merges_as_the_spans_do(store: Store) -> None:
                                ((base - 4096, base + 8192), 1024)):
         assert reader.window_entries(TRACE, pyramid, window, resolution) == \
             reader.window_entries(TRACE, spans, window, resolution), (window, resolution)
-    # Elsewhere a bucket lands in the pixel of its first start: every span of the window is still
-    # counted once, a wide one is still itself, and a track and depth have one entry a pixel.
+    # Elsewhere a bucket lands in the pixel of its first start and a pixel of several buckets is
+    # named after their dominant names: every span of the window is still counted once, a wide one
+    # is still itself, and a track and depth have one entry a pixel.
     for window, resolution in (((base + 3, base + 1203), 5), ((base + 101, base + 1900), 13), ((base + 7, base + 99), 6)):
         by_pyramid, by_spans = (_entries(reader, fill, window, resolution) for fill in (pyramid, spans))
         assert sum(entry[4] for entry in by_pyramid) == sum(entry[4] for entry in by_spans) > 10
         assert sum(entry[5] for entry in by_pyramid) == sum(entry[5] for entry in by_spans)
-        assert [entry for entry in by_pyramid if entry[5] >= resolution] == \
-            [entry for entry in by_spans if entry[5] >= resolution]
+        assert [entry for entry in by_pyramid if entry[3] - entry[2] >= resolution and entry[4] == 1] == \
+            [entry for entry in by_spans if entry[3] - entry[2] >= resolution and entry[4] == 1]
         pixels = [(track, depth, (start - window[0]) // resolution)
-                  for track, depth, start, _, count, total, _, _ in by_pyramid if total < resolution]
+                  for track, depth, start, _, _, _, _, span_id in by_pyramid if not span_id]
         assert len(pixels) == len(set(pixels))
 
 
@@ -148,7 +152,7 @@ def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_c
     grown = read_window(reader, TRACE, window, 50 * MS)
     assert grown is not None and ("late", 2) in zip(grown["dominant_name"], grown["depth"])
     _wait_for_deletes(store)
-    for table in ("span_depths", "span_depth_buckets", "span_depth_fills"):
+    for table in ("span_depths", "span_depth_buckets", "span_depth_tiles", "span_depth_fills"):
         assert store.execute(f"SELECT DISTINCT span_count FROM {table}").rows == [(6,)], table
     assert store.execute("SELECT count() FROM span_depths").rows == [(6,)]
     assert read_window(reader, "0" * 32, window, 50 * MS) is None
@@ -161,7 +165,8 @@ def test_two_processes_filling_a_trace_at_once_do_not_double_its_counts(store: S
     bounds = reader.trace_bounds(TRACE)
     assert bounds is not None
     fills = [fill_span_depths(reader, TRACE, bounds, len(KNOWN), spans_per_bucket=1) for _ in range(2)]
-    assert reader.span_depth_fill(TRACE, len(KNOWN)) == min(fills, key=lambda fill: fill.fill)
+    read_fill = reader.span_depth_fill(TRACE, len(KNOWN))
+    assert read_fill is not None and read_fill.fill == min(fill.fill for fill in fills) and fills[0].fill != fills[1].fill
     for resolution in (1, 10 * MS, 200 * MS):
         read = read_window(reader, TRACE, (T0, T0 + 100 * MS), resolution)
         assert read is not None and sum(read["span_total"]) == len(KNOWN), resolution
