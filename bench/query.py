@@ -1,7 +1,7 @@
 """Query benchmark: trace reads out of a loaded store, as the API answers them (read, tree,
 render, JSON text), without HTTP.
 
-    .venv/bin/python bench/query.py [--total 600000] [--runs 10] [--server] [--window-only]
+    .venv/bin/python bench/query.py [--total 600000] [--runs 10] [--server | --server-only] [--window-only]
 
 Loads `--total` spans of a realistic shape (bench/query_traces.py): one 100k-span trace, one big
 trace of half the total (1M at the full size of 10M) and 1k-span traces for the rest, into the
@@ -130,15 +130,17 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=600_000, help="spans loaded (the full run: 10000000)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--server", action="store_true", help="also a throwaway clickhouse-server")
+    parser.add_argument("--server-only", action="store_true", help="only the throwaway clickhouse-server")
     parser.add_argument("--window-only", action="store_true", help="only the big trace's windowed reads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        store = open_store(f"embedded://{directory}/store")
-        try:
-            bench(store, args.total, args.runs, args.window_only)
-        finally:
-            store.close()
-        if args.server:
+        if not args.server_only:
+            store = open_store(f"embedded://{directory}/store")
+            try:
+                bench(store, args.total, args.runs, args.window_only)
+            finally:
+                store.close()
+        if args.server or args.server_only:
             from deploy import clickhouse_local_server
 
             server = clickhouse_local_server.start(f"{directory}/ch")

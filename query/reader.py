@@ -394,9 +394,12 @@ class TraceReader:
             "trace_id": [trace_id], "span_count": [fill.span_count], "fill": [fill.fill],
             "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
             "filled_ns": [time.time_ns()]})
-        for table in (SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTH_BUCKETS, SPAN_DEPTHS):
-            self._store.execute(f"ALTER TABLE {table.name} DELETE WHERE trace_id = {sql_string(trace_id)} "
-                                f"AND fill < {int(fill.fill)} AND span_count != {int(fill.span_count)}")
+        earlier = f"trace_id = {sql_string(trace_id)} AND fill < {int(fill.fill)} AND span_count != {int(fill.span_count)}"
+        # A delete is a mutation, which rewrites parts of the table: only when there is something
+        # to delete, never on a trace's first fill.
+        if self._store.execute(f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE {earlier}").rows[0][0]:
+            for table in (SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTH_BUCKETS, SPAN_DEPTHS):
+                self._store.execute(f"ALTER TABLE {table.name} DELETE WHERE {earlier}")
 
     def window_entries(self, trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> Columns:
         """The level-of-detail entries of a window, merged by the store (_window_entries_sql), by
