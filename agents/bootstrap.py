@@ -381,6 +381,7 @@ class ProcessSpan:
 
     def _start(self, attributes: Mapping[str, Any], parent: otel_context.Context | None) -> None:
         self.span = self._agent.start_span(self._name(), "application", attributes, context=parent)
+        self._pid = os.getpid()  # the process this span is of: a forked child has it until restarted
         self._parent_pid = os.getppid()
         # Current in this thread; the parent of what other threads trace without a span of their own.
         self._agent.default_parent = trace.set_span_in_context(self.span)
@@ -434,7 +435,7 @@ class ProcessSpan:
         """Ends the span (error status for `reason` or a non-zero exit code) and shuts the agent
         down within `timeout_s`: ORT profilers and the hardware sampler hand over what they
         hold, all is exported (what is not by then is dropped)."""
-        if self._ended:
+        if self._ended or os.getpid() != self._pid:  # the parent's span, in a child not restarted: the parent's to end
             return
         self._ended = True
         try:
@@ -527,6 +528,32 @@ def _watch_exit(process: ProcessSpan) -> None:
             _die_of(signum)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        os.register_at_fork(before=_hold_sigterm_for_fork, after_in_parent=_release_sigterm_after_fork,
+                            after_in_child=_release_sigterm_after_fork)
+
+
+_SIGTERM_HELD: set[int] = set()
+"""The threads (by ident) that blocked SIGTERM for the fork they are making."""
+
+
+def _hold_sigterm_for_fork() -> None:
+    """`os.register_at_fork` before-hook: SIGTERM is blocked in the forking thread, so the child
+    starts with it blocked and gets it only once its after-fork hooks have rebuilt the agent and
+    started its own process span (`_release_sigterm_after_fork`, registered after them). Caught
+    earlier (Pool.terminate() on a worker still starting, on a loaded machine), the handler ended
+    the parent's span from the child, or Python dropped the signal (it clears those that came
+    before its own after-fork reset) and the child never ended."""
+    if signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}):
+        _SIGTERM_HELD.add(threading.get_ident())
+
+
+def _release_sigterm_after_fork() -> None:
+    """After-fork hook, in parent and child: SIGTERM unblocked again where `_hold_sigterm_for_fork`
+    blocked it (one that came meanwhile is delivered now). The child's only thread has the
+    forking thread's ident."""
+    if threading.get_ident() in _SIGTERM_HELD:
+        _SIGTERM_HELD.discard(threading.get_ident())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _die_of(signum: int) -> None:
