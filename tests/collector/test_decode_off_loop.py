@@ -76,3 +76,13 @@ async def test_only_a_body_past_the_inline_limit_leaves_the_loop(
             await TraceServiceStub(channel).Export(request_message)
     (thread,) = threads
     assert (thread is not threading.current_thread(), thread.name.startswith("mlscope-decode")) == (off_loop, off_loop)
+
+
+async def test_a_grpc_message_that_is_no_export_request_is_invalid_argument(start_collector: StartCollector) -> None:
+    collector = await start_collector()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.grpc_port}") as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")  # bytes as given
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await export(b"\x0a\xff\xff\xff\xff")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ExportTraceServiceRequest" in refused.value.details()
