@@ -58,6 +58,9 @@ FIRST_DRAW = """() => {
     api: performance.getEntriesByType('resource').filter(e => e.name.includes('/api/traces/') && e.responseEnd <= ready)
            .map(e => e.responseEnd).reduce((a, b) => Math.max(a, b), 0),
     windowed: window.mlscopeTimeline.model.aggregateCount !== null,
+    reads: performance.getEntriesByType('resource').filter(e => e.name.includes('/api/') && e.startTime <= ready)
+             .map(e => ({ path: new URL(e.name).pathname.split('/').pop() + new URL(e.name).search.slice(0, 20),
+                          start: e.startTime, end: e.responseEnd, bytes: e.encodedBodySize })),
   };
 }"""
 
@@ -139,6 +142,8 @@ async def bench(spans: int, seconds: float) -> None:
                 first = await page.evaluate(FIRST_DRAW)
                 print(f"  first complete draw {first['ready']:.0f} ms after navigation "
                       f"(API responses complete at {first['api']:.0f} ms; {'windowed' if first['windowed'] else 'whole'} read)")
+                for read in first["reads"]:
+                    print(f"    {read['path']:28} {read['start']:6.0f} -> {read['end']:6.0f} ms  {read['bytes'] / 1e6:5.2f} MB")
                 for name, values in (await measure(page, seconds)).items():
                     if values:
                         print(f"  {name:13} median {statistics.median(values):6.1f} ms  p95 {percentile(values, 0.95):6.1f} ms"

@@ -626,6 +626,10 @@
   // What a timeline draws of trace `base` (/api/traces/{id}): its compact form at `levelsQuery`
   // (null: no level shown), or past `windowPast` spans its first window and a reader of later
   // ones (fetchWindow, else null); `counters` is GET {base}/counters (span count, sampled series).
+  // The compact form is not asked for beside the counters: their span count decides whether it
+  // is wanted, a cancelled compact read keeps the server building it (stalling the window read
+  // that replaces it), and at 100k spans the two answers share the server's cores, so starting
+  // both at once draws no sooner (docs/PERFORMANCE.md, viewer section).
   async function loadTrace(base, levelsQuery, windowPast) {
     const counters = await fetchJson(`${base}/counters`);
     const windowed = Number(counters.span_count) > windowPast ? await windowedTrace(base) : null;
