@@ -126,6 +126,7 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     # Each evaluation's own subtree is drawn (one span here) and diffed (GET /api/diff on evaluation ids).
     await expect(page.locator('[data-testid=compare-timelines] [data-testid=timeline][data-ready="1"]')).to_have_count(2)
     assert [r[0] for r in await table_rows(page, "table.diff-levels")] == ["application"]
+    await page.screenshot(path=str(SHOTS / "compare-evaluations.png"), full_page=True)
     assert await page.evaluate("window.__pwned") is None
     assert problems == []
 

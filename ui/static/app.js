@@ -1173,7 +1173,7 @@
       const root = trace.span_id.length ? trace.strings[trace.name[0]] : "(no spans)";
       return { title: `trace ${traceId}: ${root}`, columns: trace, fetchWindow, href };
     }
-    const title = `evaluation ${id}: ${choiceLabel(evaluation)}`;
+    const title = `${choiceLabel(evaluation)} · span ${id}`;
     const columns = fetchWindow ? null : window.mlscopeTimelineLib.subtreeColumns(trace, id);
     return columns ? { title, columns, fetchWindow: null, href: `${href}?span=${encodeURIComponent(id)}` }
       : { title, problem: fetchWindow ? "its trace is read a window at a time: open it on its trace page" : "its span is not in its trace" };
