@@ -2,7 +2,8 @@
 
 Everything but the encoding is the SDK's: endpoint and environment variables, headers, TLS,
 compression, the HTTP client's retries with backoff on 429/502/503/504 and connection errors
-(honouring Retry-After) within the timeout, the request size limit, the exporter's own metrics
+(honouring Retry-After) within the timeout, except a refused connection (nothing listens: the
+collector is gone, and waiting for it would only delay the program's exit), the request size limit, the exporter's own metrics
 and shutdown. Its `export` encodes inline, so this overrides `export` with the same steps around
 a different encoder. It leans on the SDK exporter's attributes as of
 opentelemetry-exporter-otlp-proto-http 1.45 (`_client`, `_metrics`, `_max_request_size`,
@@ -57,6 +58,11 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
             return result
 
         self._client._submit = submit_keeping_the_answer
+        # A refused connection is not retried: nothing listens there (the collector is gone), and
+        # the SDK's backoff would keep every export, and the program's exit, waiting for seconds.
+        transport = self._client._transport
+        is_connection_error = transport.is_connection_error
+        transport.is_connection_error = lambda error: is_connection_error(error) and not connection_refused(error)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -95,6 +101,22 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
         if refused and self._on_rejected is not None:
             self._on_rejected(body, spans, refused, reason)
         return SpanExportResult.SUCCESS
+
+
+def connection_refused(error: BaseException | None) -> bool:
+    """Whether `error` (the HTTP client's: requests' ConnectionError around urllib3's errors)
+    comes of a refused connection, somewhere in its chain of causes and arguments."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return False
 
 
 def partial_success(answer: Any) -> tuple[int, str]:

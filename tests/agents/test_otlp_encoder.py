@@ -4,6 +4,9 @@ and its exporter against real collectors."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -273,6 +276,32 @@ def test_the_exporter_gives_up_with_failure_when_no_collector_answers() -> None:
     finally:
         exporter.shutdown()
     assert exporter.export(mixed_batch()) is SpanExportResult.FAILURE  # after shutdown
+
+
+def test_a_refused_connection_is_not_retried_and_a_dropped_one_is(caplog: pytest.LogCaptureFixture) -> None:
+    # Refused: nothing listens (the collector is gone), and the SDK's backoff would hold the export
+    # (and the program's exit) for seconds. Dropped: a stale pooled connection, tried again.
+    with socket.socket() as bound:  # bound, not listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        exporter = FastOTLPSpanExporter(endpoint=f"http://127.0.0.1:{bound.getsockname()[1]}/v1/traces", timeout=5)
+        with caplog.at_level(logging.WARNING):
+            assert exporter.export(mixed_batch()) is SpanExportResult.FAILURE
+    assert "Connection refused" in caplog.text and "retrying" not in caplog.text
+
+    accepted: list[None] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def accept_and_close() -> None:
+            while len(accepted) < 2:
+                connection, _ = server.accept()
+                accepted.append(None)
+                connection.close()
+
+        acceptor = threading.Thread(target=accept_and_close, daemon=True)
+        acceptor.start()
+        exporter = FastOTLPSpanExporter(endpoint=f"http://127.0.0.1:{server.getsockname()[1]}/v1/traces", timeout=0.5)
+        assert exporter.export(mixed_batch()) is SpanExportResult.FAILURE
+        acceptor.join(10)
+    assert len(accepted) == 2
 
 
 def trace_tiny_model(service: str, port: int, level: str,

@@ -118,6 +118,23 @@ def test_no_collector_one_line_the_program_runs_and_no_trace_is_claimed() -> Non
     assert elapsed < 10
 
 
+def test_a_collector_gone_mid_run_is_not_waited_for_and_what_it_missed_is_reported(served: Served) -> None:
+    program = "import sys; print('ready', flush=True); sys.stdin.readline(); print('ran')"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{served.ports['otlp-http']}", "--",
+         sys.executable, "-c", program],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert run.stdout.readline() == "ready\n"
+    served.process.kill()
+    served.process.wait()
+    stdout, stderr = run.communicate("go\n", timeout=60)  # a hang guard: a refused export is not retried
+    assert (run.returncode, stdout) == (0, "ran\n")
+    assert re.fullmatch(r"mlscope: trace [0-9a-f]{32} is incomplete: 1 spans not delivered \(application 1\) to the "
+                        r"collector at http://127\.0\.0\.1:\d+", stderr.splitlines()[-1]), stderr
+    assert "retrying" not in stderr
+
+
 def test_spans_the_collector_refuses_are_reported_not_claimed_stored() -> None:
     # A collector that takes mlscope run's start-up check, then refuses every export.
     requests: list[int] = []
