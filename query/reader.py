@@ -414,10 +414,12 @@ class TraceReader:
         same time come too."""
         if not spans:
             return {name: [] for name in ("span_id", "parent_span_id", "attr_keys", "attr_values")}
-        starts = ", ".join(map(str, sorted({int(start) for _, start, _ in spans})))
+        starts = sorted({int(start) for _, start, _ in spans})
+        # PREWHERE: the other columns are read only where a start matches.
         return self._store.execute_columns(
             f"SELECT span_id, parent_span_id, attr_keys, attr_values FROM {SPAN_DEPTHS.name} "
-            f"WHERE {_fill_condition(trace_id, fill.fill)} AND start_ns IN ({starts})")
+            f"PREWHERE start_ns IN ({', '.join(map(str, starts))}) "
+            f"WHERE {_fill_condition(trace_id, fill.fill)} AND start_ns BETWEEN {starts[0]} AND {starts[-1]}")
 
     def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,

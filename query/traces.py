@@ -195,16 +195,20 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     since: its row count in span_rows differs) reads and trees every span once to fill
     span_depths and its pyramid; later ones cost in proportion to the entries drawn. None for an
     unknown trace."""
-    bounds = reader.trace_bounds(trace_id)
-    if bounds is None:
-        return None
     span_count = reader.span_row_count(trace_id)
+    if not span_count:
+        return None
     fill = reader.span_depth_fill(trace_id, span_count)
     if fill is None:
         with _DEPTH_FILL:
-            filled = reader.span_depth_fill(trace_id, span_count) or fill_span_depths(reader, trace_id, bounds, span_count)
-        # Another process may have filled the trace at the same time: all read the smallest fill id.
-        fill = reader.span_depth_fill(trace_id, span_count) or filled
+            fill = reader.span_depth_fill(trace_id, span_count)
+            if fill is None:
+                bounds = reader.trace_bounds(trace_id)
+                if bounds is None:
+                    return None  # its rows went since they were counted
+                filled = fill_span_depths(reader, trace_id, bounds, span_count)
+                # Another process may have filled it at the same time: all read the smallest fill id.
+                fill = reader.span_depth_fill(trace_id, span_count) or filled
     return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
 
 
