@@ -13,6 +13,7 @@ from playwright.async_api import Browser, Page, expect
 from mlscope.query import create_query_app
 from mlscope.store import Store
 from mlscope.ui import SECURITY_HEADERS
+from tests.query import perfetto_reader
 from tests.query.query_server import serve
 from tests.query.trace_fixtures import KNOWN, insert
 
@@ -104,6 +105,25 @@ async def test_deep_link_with_a_level_filter(base_url: str, browser: Browser) ->
     await page.locator("input[value=layer]").uncheck()
     await expect(page.locator(".meta")).to_contain_text("3 spans")  # (wait_for_function would need eval: CSP refuses it)
     assert await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
+async def test_perfetto_protobuf_download_holds_every_span(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await open_page(browser, problems)
+    await page.goto(f"{base_url}/traces/{TRACE}")
+    await page.locator(READY).wait_for()
+    async with page.expect_download() as download_info:
+        await page.get_by_text("Perfetto trace (protobuf)").click()
+    download = await download_info.value
+    assert download.suggested_filename == f"trace-{TRACE}.pftrace"
+    path = await download.path()
+    assert path is not None
+    with open(path, "rb") as file:
+        trace = perfetto_reader.read(file.read())
+    spans = [row for row in ROWS if row["trace_id"] == TRACE]
+    assert {span_id: (found.name, found.begin_ns, found.end_ns) for span_id, found in trace.slices.items()} == {
+        span["span_id"]: (span["name"], span["start_ns"], span["end_ns"]) for span in spans}
     assert problems == []
 
 

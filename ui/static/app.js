@@ -670,6 +670,7 @@
         el("span", { class: "total" }, formatDuration(timeline.model.totalNs)),
         el("span", null, windowed ? `${counters.span_count} spans (read a window at a time)` : `${count} spans`),
         downloadLink(`${base}/export?format=perfetto`, `trace-${traceId}.perfetto.json`, "Perfetto JSON"),
+        downloadLink(`${base}/export?format=perfetto-proto`, `trace-${traceId}.pftrace`, "Perfetto trace (protobuf)"),
         downloadLink(`${base}/export?format=jaeger`, `trace-${traceId}.jaeger.json`, "Jaeger JSON")),
       el("div", { class: "toolbar" }, levelFilter(shown, onLevels), search.element,
         el("span", { class: "muted keys" }, "W/S zoom · A/D pan · wheel zooms · drag pans · shift+drag zooms to a range")),
