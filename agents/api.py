@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,7 @@ class Agent:
         self._tracer = parts.provider.get_tracer(AGENT_SCOPE)
         self._deep_spans = parts.deep_spans or InlineSpans(self._tracer)
         self._loss = parts.loss or SpanLoss()
+        self._processor = parts.processor
         # At hardware level: samples taken at each model span's ends give its mlscope.hw.* figures.
         self._sampler = parts.sampler if self.enabled("hardware") else None
         self._onnx_sessions: weakref.WeakSet[TracedOnnxSession] = weakref.WeakSet()
@@ -402,6 +404,16 @@ class Agent:
         """`undelivered_spans` per level (only levels that lost any)."""
         return self._loss.counts()
 
+    def unconfirmed_spans(self) -> dict[str, int]:
+        """Spans neither delivered nor counted lost yet, per level: those waiting in the export
+        queue or in an export the collector has not answered (`start_agent`'s agents). What a
+        shutdown cut short leaves: the deep levels' are counted by then (`DeferredSpans` gives up
+        on what it still holds; its exports in flight are the exporter's)."""
+        counts: Counter[str] = Counter(self._processor.queued() if self._processor is not None else {})
+        if isinstance(self._exporter, DeliveryWatch):
+            counts.update(self._exporter.in_flight())
+        return dict(counts)
+
     def flush_deep_spans(self, timeout_s: float) -> bool:
         """Writes and exports every queued call's deep spans (ending their model spans), so
         what they lost is counted; False when `timeout_s` ran out first (at most
@@ -453,6 +465,8 @@ class AgentParts:
     sampler: HardwareSampler | None = None
     loss: SpanLoss | None = None
     """Where the exporter, the processor and the writer count what they do not deliver."""
+    processor: CountingBatchSpanProcessor | None = None
+    """The provider's export queue (stages, model spans), when it is one whose content can be counted."""
 
 
 class _TracedModel:
@@ -525,8 +539,9 @@ def start_agent(
         if wrap_exporter is not None:
             exporter = wrap_exporter(exporter)
         watch = exporter = DeliveryWatch(exporter, loss)
-        provider.add_span_processor(CountingBatchSpanProcessor(exporter, loss, MODEL_QUEUE_SPANS, EXPORT_BATCH_SPANS,
-                                                               failing=lambda: watch.failing))
+        processor = CountingBatchSpanProcessor(exporter, loss, MODEL_QUEUE_SPANS, EXPORT_BATCH_SPANS,
+                                               failing=lambda: watch.failing)
+        provider.add_span_processor(processor)
         deep_spans = deep_span_writer(level, provider, exporter, chosen, loss)
         sampler = None
         if level == LEVELS[-1]:  # hardware
@@ -536,7 +551,7 @@ def start_agent(
 
             sampler = HardwareSampler(OTLPMetricExporter(endpoint=f"{base}/v1/metrics"), provider.resource)
             sampler.start()
-        return AgentParts(provider, exporter, deep_spans, sampler, loss)
+        return AgentParts(provider, exporter, deep_spans, sampler, loss, processor)
 
     parts = build()
     return Agent(parts.provider, level, parts.sampler, parts.deep_spans, exporter=parts.exporter, rebuild=build,

@@ -58,6 +58,7 @@ import threading
 import time
 import types
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ from mlscope.conventions import (
     ENV_TRACE_FILE,
     FRAMEWORK_VERSION,
     LEVELED_PASS,
+    LEVELS,
     PHASE,
     PROCESS_COMMAND_LINE,
     PROCESS_EXECUTABLE_PATH,
@@ -391,6 +393,8 @@ class ProcessSpan:
         self._signal: str | None = None
         self._ended = False
         self._die_of: int | None = None
+        self._reporting = threading.Lock()
+        self._reported = False
 
     def restart_in_child(self, attributes: Mapping[str, Any]) -> None:
         """In the child of a fork (after the agent has been rebuilt there): this process's own
@@ -463,17 +467,35 @@ class ProcessSpan:
         if threading.get_ident() == self._thread:  # else (SIGTERM's thread) detaching fails loudly
             otel_context.detach(self._token)
         self._agent.shutdown(max(deadline - time.monotonic(), 0.0))
-        if self._agent.undelivered_spans and self.undelivered_report:
-            try:
-                with open(self.undelivered_report, "a", encoding="utf-8") as report:
-                    report.write(undelivered_line(self._agent.dropped_spans()))
-            except OSError as exc:
-                log.debug("mlscope: undelivered spans not reported to %s: %s", self.undelivered_report, exc)
+        self._report_undelivered(self._agent.dropped_spans())
         for callback in self.at_end:
             try:
                 callback()
             except Exception:  # at exit: one failing clean-up must not stop the others
                 log.exception("mlscope: clean-up at exit failed")
+
+
+    def report_unfinished(self) -> None:
+        """`end()` ran out of time (on SIGTERM, before the process dies): what is counted lost so
+        far and what is still queued or in flight, which may yet arrive but is not confirmed,
+        reported as undelivered; `end()` reports nothing after this."""
+        counts = Counter(self._agent.dropped_spans())
+        counts.update(self._agent.unconfirmed_spans())
+        if self.span.is_recording():  # not even ended: it will not be sent (once ended, it is queued or in flight)
+            counts[LEVELS[0]] += 1
+        self._report_undelivered(counts)
+
+    def _report_undelivered(self, counts: Mapping[str, int]) -> None:
+        """Appends `counts` (spans not delivered, per level) to the run's report, once, if any."""
+        with self._reporting:
+            if self._reported or not any(counts.values()) or not self.undelivered_report:
+                return
+            self._reported = True
+        try:
+            with open(self.undelivered_report, "a", encoding="utf-8") as report:
+                report.write(undelivered_line(counts))
+        except OSError as exc:
+            log.debug("mlscope: undelivered spans not reported to %s: %s", self.undelivered_report, exc)
 
 
 PF_EXITING = 0x4
@@ -524,6 +546,8 @@ def _watch_exit(process: ProcessSpan) -> None:
                                      name="mlscope-sigterm", daemon=True)
             ender.start()
             ender.join(SIGTERM_SHUTDOWN_S + 0.5)
+            if ender.is_alive():  # stuck (a collector slow to answer): what it holds is not claimed delivered
+                process.report_unfinished()
             # Then die of the signal as the program would have: the exit status stays honest.
             _die_of(signum)
 

@@ -17,10 +17,12 @@ batch processor) and `export_encoded` (requests the deferred worker encoded, age
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError, _is_request_too_large
@@ -184,6 +186,33 @@ class DeliveryWatch(ExporterDecorator):
         super().__init__(exporter)
         self.loss = loss
         self.failing = False
+        self._in_flight: dict[int, Callable[[], Mapping[str, int]]] = {}
+        """Exports not answered yet, by id: their spans per level, counted only when asked."""
+        self._keys = itertools.count()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._while_in_flight(lambda: Counter(map(span_level, spans))):
+            return super().export(spans)
+
+    def export_encoded(self, body: bytes, spans: int) -> SpanExportResult:
+        with self._while_in_flight(lambda: request_levels(body, spans)):
+            return super().export_encoded(body, spans)
+
+    @contextlib.contextmanager
+    def _while_in_flight(self, levels: Callable[[], Mapping[str, int]]) -> Iterator[None]:
+        key = next(self._keys)
+        self._in_flight[key] = levels
+        try:
+            yield
+        finally:
+            del self._in_flight[key]
+
+    def in_flight(self) -> dict[str, int]:
+        """The spans of the exports still waiting for the collector's answer, per level."""
+        counts: Counter[str] = Counter()
+        for levels in list(self._in_flight.values()):
+            counts.update(levels())
+        return dict(counts)
 
     def exported(self, spans: Sequence[ReadableSpan], result: SpanExportResult) -> None:
         self.failing = result is not SpanExportResult.SUCCESS

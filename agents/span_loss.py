@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -108,6 +109,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self._queue_limit = max_queue_size
         self._failing = failing
         self._waits = True
+
+    def queued(self) -> dict[str, int]:
+        """The spans waiting in the queue for export, per level."""
+        return dict(Counter(map(span_level, list(self._batch_processor._queue))))
 
     def on_end(self, span: ReadableSpan) -> None:
         if not span.context.trace_flags.sampled:

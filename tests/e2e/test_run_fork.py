@@ -4,7 +4,9 @@ span records the exit code and signal as the shell sees them."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import itertools
 import re
 import signal
 import socket
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -135,33 +138,61 @@ def test_a_collector_gone_mid_run_is_not_waited_for_and_what_it_missed_is_report
     assert "retrying" not in stderr
 
 
-def test_spans_the_collector_refuses_are_reported_not_claimed_stored() -> None:
-    # A collector that takes mlscope run's start-up check, then refuses every export.
-    requests: list[int] = []
+@contextlib.contextmanager
+def fake_collector(status_of: Callable[[int], int]) -> Iterator[int]:
+    """An OTLP/HTTP endpoint (its port yielded) answering its Nth request (from 1, mlscope run's
+    start-up check first) with the status `status_of(N)`, which may hold the answer."""
+    requests = itertools.count(1)
 
-    class Refusing(http.server.BaseHTTPRequestHandler):
+    class Answering(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            requests.append(1)
-            self.send_response(200 if len(requests) == 1 else 400)
+            self.send_response(status_of(next(requests)))
             self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{server.server_port}", "--",
-             sys.executable, "-c", "print('ran')"],
-            capture_output=True, text=True, timeout=60, cwd=REPO,
-        )
+        yield server.server_port
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_sigterm_whose_export_the_collector_does_not_answer_in_time_is_reported_not_claimed_stored() -> None:
+    release = threading.Event()
+
+    def held_after_the_check(request: int) -> int:
+        if request > 1:
+            release.wait(30)
+        return 200
+
+    with fake_collector(held_after_the_check) as port:
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{port}", "--", sys.executable,
+                 "-c", "import os, signal; print('ran', flush=True); os.kill(os.getpid(), signal.SIGTERM)"],
+                capture_output=True, text=True, timeout=60, cwd=REPO,
+            )
+        finally:
+            release.set()
+    assert (result.returncode, result.stdout) == (128 + signal.SIGTERM, "ran\n")
+    assert re.fullmatch(r"mlscope: trace [0-9a-f]{32} is incomplete: 1 spans not delivered \(application 1\) to the "
+                        r"collector at http://127\.0\.0\.1:\d+", result.stderr.splitlines()[-1]), result.stderr
+
+
+def test_spans_the_collector_refuses_are_reported_not_claimed_stored() -> None:
+    with fake_collector(lambda request: 200 if request == 1 else 400) as port:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "mlscope", "run", "--endpoint", f"http://127.0.0.1:{port}", "--",
+             sys.executable, "-c", "print('ran')"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
     assert (result.returncode, result.stdout) == (0, "ran\n")
     assert re.search(r"^mlscope: trace [0-9a-f]{32} is incomplete: 1 spans not delivered", result.stderr, re.MULTILINE), \
         result.stderr
