@@ -600,6 +600,11 @@ def _restart_in_forked_child(process: ProcessSpan, leveled: Callable[[], None] |
     try:
         resource = process._agent.resource_attributes()
         process.restart_in_child({key: resource[key] for key in PROCESS_ATTRIBUTES if key in resource})
+        # The agent's rebuilt provider and writer registered their exit handlers after this one:
+        # it must run first (atexit runs the last registered first), or the span ends into a
+        # provider already shut down, and is lost.
+        atexit.unregister(process.end)
+        atexit.register(process.end)
         if leveled is not None:
             leveled()
         inject_env(os.environ, trace.set_span_in_context(process.span))

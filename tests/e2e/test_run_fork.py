@@ -96,6 +96,18 @@ def test_children_sigtermed_as_they_start_end_as_their_own_process_spans(served:
     assert "mlscope.process.signal" not in root["attributes"]
 
 
+def test_a_forked_helper_that_outlives_the_program_is_marked(served: Served) -> None:
+    program = "import os, time\nif os.fork() == 0:\n    time.sleep(1)\n    print('helper', flush=True)\nelse:\n    print('ran', flush=True)"
+    result, trace_id = mlscope_run(served, "--", sys.executable, "-c", program, timeout=60)
+    assert (result.returncode, sorted(result.stdout.split())) == (0, ["helper", "ran"]), result.stderr
+    spans = wait_for_trace(served, trace_id, 2)["spans"]
+    (root,) = [span for span in spans if span["parent_span_id"] == ""]
+    (helper,) = [span for span in spans if span is not root]
+    assert helper["parent_span_id"] == root["span_id"] and helper["end_ns"] > root["end_ns"]
+    assert helper["attributes"]["mlscope.process.orphaned"] == "true"
+    assert "mlscope.process.orphaned" not in root["attributes"]
+
+
 def test_ctrl_c_is_recorded_as_the_shell_sees_it(served: Served) -> None:
     result, trace_id = mlscope_run(served, "--", sys.executable, "-c", "raise KeyboardInterrupt")
     assert result.returncode == 128 + signal.SIGINT
