@@ -149,21 +149,36 @@ def span_depth_columns(trace_id: str, fill: DepthFill, columns: Columns, tree: S
     """span_depths rows of `fill` for a trace's tree over `columns` (WINDOW_COLUMNS of every span);
     of the viewer's attributes, those a span has."""
     order = tree.order
+
+    def in_order(name: str) -> list:
+        column = columns[name]
+        return [column[row] for row in order]
+
     levels = {level: stored_level(level) for level in set(columns["level"])}
-    starts, ends = ([columns[name][row] for row in order] for name in ("start_ns", "end_ns"))
-    attributes = [[(key, value) for key in WINDOW_ATTRIBUTES if (value := columns[ATTRIBUTE_COLUMN + key][row])]
-                  for row in order]
+    starts, ends = in_order("start_ns"), in_order("end_ns")
+    attr_keys: list[list[str]] = []
+    attr_values: list[list[str]] = []
+    none: list[str] = []  # most spans have none of the viewer's attributes: one shared empty list
+    for found in zip(*(in_order(ATTRIBUTE_COLUMN + key) for key in WINDOW_ATTRIBUTES)):
+        if any(found):
+            attr_keys.append([key for key, value in zip(WINDOW_ATTRIBUTES, found) if value])
+            attr_values.append([value for value in found if value])
+        else:
+            attr_keys.append(none)
+            attr_values.append(none)
     return {
         "trace_id": [trace_id] * len(order),
         "span_count": [fill.span_count] * len(order),
         "fill": [fill.fill] * len(order),
-        **{name: [columns[name][row] for row in order] for name in ("span_id", "parent_span_id")},
-        "attr_keys": [[key for key, _ in pairs] for pairs in attributes],
-        "attr_values": [[value for _, value in pairs] for pairs in attributes],
-        **{name: [columns[name][row] for row in order] for name in ("service", "name")},
-        "level": [levels[columns["level"][row]] for row in order],
+        "span_id": in_order("span_id"),
+        "parent_span_id": in_order("parent_span_id"),
+        "attr_keys": attr_keys,
+        "attr_values": attr_values,
+        "service": in_order("service"),
+        "name": in_order("name"),
+        "level": [levels[level] for level in in_order("level")],
         "depth": list(tree.depths),
-        "duration_bits": [max(0, end - start).bit_length() for start, end in zip(starts, ends)],
+        "duration_bits": [(end - start).bit_length() if end > start else 0 for start, end in zip(starts, ends)],
         "start_ns": starts,
         "end_ns": ends,
     }
