@@ -87,7 +87,7 @@ def create_query_app(
     app[OPENAPI] = openapi_document(mounts)
     app[AUTH] = auth
     app[SPAN_CAP] = span_cap
-    app.add_routes([*_routes(), *jaeger_routes(app[READER])])
+    app.add_routes([*_routes(), *jaeger_routes(app[READER], span_cap)])
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
     add_viewer(app)
@@ -146,16 +146,24 @@ async def healthz(request: web.Request) -> web.Response:
 
 @public
 async def readyz(request: web.Request) -> web.Response:
+    """Ready or not for anyone (probes carry no token); the store URL, the spool's figures and the
+    errors' text only for a caller who may read, since they name paths and hosts."""
     store = request.app[STORE]
     status = request.app[COLLECTOR_STATUS]
+    detailed = request.app[AUTH].check(request.headers.get("Authorization"), Scope.READ) is Verdict.ALLOWED
     health = await store.health.check()  # within a second, whatever the store does
-    extra = {"store": store.url, "store_state_age_s": round(health.age_s, 3),
-             **({"collector": status()} if status else {})}
+    collector = status() if status else {}
+    extra = ({"store": store.url, "store_state_age_s": round(health.age_s, 3),
+              **({"collector": collector} if status else {})} if detailed else {})
+
+    def unavailable(reason: str, error: object) -> web.Response:
+        return error_response(503, f"{reason}: {error}" if detailed else reason, status="unavailable", **extra)
+
     if not health.ok:
-        return error_response(503, f"store unavailable: {health.error}", status="unavailable", **extra)
-    replay_error = extra.get("collector", {}).get("replay_error")
+        return unavailable("store unavailable", health.error)
+    replay_error = collector.get("replay_error")
     if replay_error:  # acknowledged spans wait in the spool until the replay works again
-        return error_response(503, f"spool replay failing: {replay_error}", status="unavailable", **extra)
+        return unavailable("spool replay failing", replay_error)
     return json_response({"status": "ready", **extra})
 
 

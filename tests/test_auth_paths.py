@@ -118,6 +118,18 @@ async def test_health_and_the_viewers_pages_stay_open(api_url: str, path: str) -
         assert response.status == 200
 
 
+@pytest.mark.parametrize(("token", "detailed"), [(NO_TOKEN, False), ("not-a-token", False), (INGEST, False),
+                                               (READ, True), (ADMIN, True)])
+async def test_readyz_answers_everyone_but_names_the_store_only_to_readers(
+    api_url: str, token: str | None, detailed: bool
+) -> None:
+    async with aiohttp.ClientSession(api_url) as session, session.get("/readyz", headers=bearer(token)) as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body["status"] == "ready"
+    assert ("store" in body, "store_state_age_s" in body) == (detailed, detailed)
+
+
 async def test_a_401_names_the_bearer_scheme(api_url: str) -> None:
     async with aiohttp.ClientSession(api_url) as session, session.get("/api/traces") as response:
         assert response.status == 401

@@ -13,13 +13,12 @@ import json
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from mlscope.query import create_query_app
 from mlscope.query.errors import BadRequest
 from mlscope.query.jaeger import (
-    TraceQuery, go_duration_ns, jaeger_routes, parse_trace_id, parse_trace_query, trace_ids_sql,
+    TraceQuery, go_duration_ns, parse_trace_id, parse_trace_query, trace_ids_sql,
 )
-from mlscope.query.reader import TraceReader
 from mlscope.query.traces import SpanCap
 from tests.query.api_fixtures_jaeger import LATER, TRACE_ROWS
 from tests.query.query_server import serve
@@ -141,10 +140,8 @@ async def test_errors_in_jaeger_shape(jaeger, path: str, status: int, message: s
 @pytest.mark.parametrize("cap, status", [(4, 413), (5, 200)])
 async def test_a_trace_past_the_span_cap_is_a_413_pointing_to_the_windowed_read(jaeger, cap: int, status: int) -> None:
     """TRACE has 5 spans: past the cap, the trace route and a search finding it answer as
-    GET /api/traces/{id} does, before any span is read."""
-    app = web.Application()
-    app.add_routes(jaeger_routes(TraceReader(jaeger.store), SpanCap(full=cap)))
-    runner, base_url = await serve(app)
+    GET /api/traces/{id} does, before any span is read; the cap is the query app's own."""
+    runner, base_url = await serve(create_query_app(jaeger.store, span_cap=SpanCap(full=cap)))
     try:
         async with aiohttp.ClientSession(base_url) as session:
             for path in (f"/jaeger/api/traces/{TRACE}", "/jaeger/api/traces?service=svc&operation=predict"):
