@@ -160,8 +160,8 @@ def main() -> None:
     except RuntimeError as exc:
         print(f"clickhouse_local_server: {str(exc).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
-    print(server.url, flush=True)
-    try:
+    try:  # the URL inside: a SIGTERM right after it is printed must still reach the cleanup
+        print(server.url, flush=True)
         server.process.wait()
     except KeyboardInterrupt:
         pass
