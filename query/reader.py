@@ -157,9 +157,9 @@ def _stored_level_sql(column: str) -> str:
 
 @dataclass(frozen=True)
 class DepthFill:
-    """One complete fill of a trace's span_depths (span_depth_fills): its id, the span count it
-    was made for and the bucket widths its pyramid holds, 2^first_bucket_log2 to
-    2^last_bucket_log2 ns (none when first > last)."""
+    """One complete fill of a trace's span_depths (span_depth_fills): its id, the trace's row
+    count in span_rows it was made for (`span_count`) and the bucket widths its pyramid holds,
+    2^first_bucket_log2 to 2^last_bucket_log2 ns (none when first > last)."""
 
     fill: int
     span_count: int
