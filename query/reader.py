@@ -441,7 +441,10 @@ class TraceReader:
         if fields_here:
             selected += [name for name in _SPAN_COLUMN_NAMES if name not in selected]
         columns = self._store.execute_columns(
-            f"SELECT {', '.join(map(_select, selected))} FROM spans WHERE {' AND '.join(conditions)} ORDER BY start_ns, span_id")
+            f"SELECT {', '.join(map(_select, selected))} FROM spans WHERE {' AND '.join(conditions)} "
+            # content_hash last: copies of a span re-sent with other content (span_tree keeps one)
+            # come out in the same order on every read.
+            "ORDER BY start_ns, span_id, end_ns, content_hash")
         if fields_here:
             columns[SPAN_FIELDS_COLUMN] = span_fields_json(columns)
         return {name: columns.get(name, []) for name in names}
