@@ -48,9 +48,10 @@ async def _serve(
     limits: ListenerLimits | None = None,
 ) -> None:
     """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
-    given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store) until
-    SIGINT/SIGTERM, printing each bound port as `name: port`. `auth` guards every port, `limits`
-    (default: ListenerLimits()) bounds slow and numerous clients on each and the log lines."""
+    given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store, and that
+    process fills big traces' window caches in the background) until SIGINT/SIGTERM, printing each
+    bound port as `name: port`. `auth` guards every port, `limits` (default: ListenerLimits())
+    bounds slow and numerous clients on each and the log lines."""
     from mlscope.collector import NO_GRPC, Collector, CollectorConfig
     from mlscope.listener import GuardedSite, ListenerLimits, listener_runner, rate_limit_logs
 
@@ -84,11 +85,13 @@ async def _serve(
         if port is not None:
             from mlscope.dispatch import Dispatcher, dispatch_mount
             from mlscope.query import create_query_app
+            from mlscope.query.settler import SettlerPolicy
 
             mounts = [] if no_dispatch else [
                 dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]
             app = create_query_app(store, collector.status if collector else None, mounts=mounts, auth=auth,
-                                   body_timeout_s=limits.body_timeout_s)
+                                   body_timeout_s=limits.body_timeout_s,
+                                   fill_window_caches=None if no_dispatch else SettlerPolicy())
             runner = listener_runner(app, limits, access_log=None)
             await runner.setup()
             await GuardedSite(runner, host, port, limits.max_connections).start()
@@ -454,7 +457,8 @@ def _add_listener_limits(parser: argparse.ArgumentParser) -> None:
 
 def _add_no_dispatch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dispatch", action="store_true",
-                        help="serve no predictors and jobs (/api/predictors, /api/jobs): one process per store may")
+                        help="serve no predictors and jobs (/api/predictors, /api/jobs) and fill no window caches "
+                             "in the background: one process per store may")
 
 
 def _add_collector(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from .jaeger import jaeger_routes
 from .listing import parse_trace_filter, trace_page
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
+from .settler import SettlerPolicy, settler_context
 from .params import int_between, one_of, parse_params
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
 from .traces import SpanCap, TraceQuery, read_trace, read_window
@@ -73,12 +74,15 @@ def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
     mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
     body_timeout_s: float = ListenerLimits.body_timeout_s, span_cap: SpanCap = SpanCap(),
+    fill_window_caches: SettlerPolicy | None = None,
 ) -> web.Application:
     """The query API and the viewer over `store`, with `mounts` served beside them;
     `collector_status`, when given, is reported by /readyz (a collector running in the same
     process). `auth` decides who may call each route, the mounts' included. A request body still
     arriving `body_timeout_s` after its head closes the connection (mlscope.listener); a trace
-    past `span_cap` is answered 413."""
+    past `span_cap` is answered 413. With `fill_window_caches`, big traces get their windowed
+    read's cache filled in the background once quiet (query/settler.py): only in the one process
+    per store that writes."""
     app = web.Application(middlewares=[errors_as_json, authorize(auth), body_deadline(body_timeout_s)],
                           client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
@@ -91,6 +95,8 @@ def create_query_app(
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
     add_viewer(app)
+    if fill_window_caches is not None:
+        app.cleanup_ctx.append(settler_context(app[READER], fill_window_caches))
     return app
 
 

@@ -208,11 +208,21 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     store (reader.window_entries), with the viewer's attributes as ATTRIBUTE_COLUMN columns; depth
     is the span's in the whole trace. The first windowed read of a trace (or of a trace changed
     since: its row count in span_rows differs) reads and trees every span once to fill
-    span_depths and its pyramid; later ones cost in proportion to the entries drawn. None for an
-    unknown trace."""
+    span_depths and its pyramid, unless the settler (query/settler.py) filled it once it went
+    quiet; later ones cost in proportion to the entries drawn. None for an unknown trace."""
     span_count = reader.span_row_count(trace_id)
     if not span_count:
         return None
+    fill = depth_fill(reader, trace_id, span_count)
+    if fill is None:
+        return None
+    return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+
+
+def depth_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
+    """The fill of `trace_id` at `span_count` rows that reads use, made now when there is none
+    (fill_span_depths, one fill at a time in this process); None when the trace's rows went since
+    they were counted."""
     fill = reader.span_depth_fill(trace_id, span_count)
     if fill is None:
         with _DEPTH_FILL:
@@ -220,11 +230,11 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
             if fill is None:
                 bounds = reader.trace_bounds(trace_id)
                 if bounds is None:
-                    return None  # its rows went since they were counted
+                    return None
                 filled = fill_span_depths(reader, trace_id, bounds, span_count)
                 # Another process may have filled it at the same time: all read the smallest fill id.
                 fill = reader.span_depth_fill(trace_id, span_count) or filled
-    return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+    return fill
 
 
 def _with_span_details(reader: TraceReader, trace_id: str, fill: DepthFill, entries: Columns) -> Columns:
