@@ -1,15 +1,18 @@
 """Viewer benchmark: the trace page's canvas timeline on a large trace in headless Chromium.
 
-    .venv/bin/python bench/ui.py [--spans 100000] [--spans 1000000] [--seconds 1.5]
+    .venv/bin/python bench/ui.py [--spans 100000] [--spans 1000000] [--seconds 1.5] [--runs 3]
 
 For each size it generates a library-level trace (process -> model calls -> layers -> ops, as
 tests/ui/deep_trace.py builds them) into an embedded store in a temporary directory, serves the
 query app with the viewer, opens /traces/{id} in Debian's Chromium and prints:
 
 - time to the first complete draw (navigation start -> data-ready="1"), and how much of it was
-  the API responses arriving (the resource timing of /api/traces/{id}...); past 200k spans the
-  page reads windows (GET /api/traces/{id}/window), so the run also counts the window reads made
-  while panning and zooming;
+  the API responses arriving (the resource timing of /api/traces/{id}...), `--runs` times cold
+  (opened right after the trace is stored: past 200k spans the page reads windows, GET
+  /api/traces/{id}/window, and the first one fills the trace's window cache; the cache is dropped
+  before each run) and as many times settled (once the query app's settler, query/settler.py,
+  has filled the cache of the quiet trace); the median of each;
+- the window reads made while panning and zooming;
 - frame times while zooming (W, S held), panning (A, D held) and turning the wheel: intervals
   between requestAnimationFrame callbacks in the page (a frame that takes too long shows as a
   longer interval), median and p95, and the timeline's own draw cost per frame.
@@ -28,13 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the trace builder lives with the viewer's tests
 
 from mlscope.query import create_query_app  # noqa: E402
-from mlscope.store import open_store  # noqa: E402
+from mlscope.query.settler import SettlerPolicy  # noqa: E402
+from mlscope.store import Store, open_store  # noqa: E402
 from tests.query.query_server import serve  # noqa: E402
 from tests.query.trace_fixtures import insert  # noqa: E402
 from tests.ui.conftest import CHROMIUM  # noqa: E402
@@ -125,36 +129,82 @@ async def window_reads(page: Page) -> list[float]:
         ".map(e => e.responseEnd - e.startTime)")
 
 
-async def bench(spans: int, seconds: float) -> None:
+WINDOW_CACHE_TABLES = ("span_depths", "span_depth_buckets", "span_depth_tiles", "span_depth_fills")
+
+
+async def first_draw(browser: Browser, base: str, seconds: float | None) -> float:
+    """Opens the trace in a new page: prints its first complete draw (and the API reads under it)
+    and, with `seconds`, the frames of each interaction; returns the first draw's time (ms)."""
+    page = await browser.new_page(viewport={"width": 1600, "height": 900})
+    await page.goto(f"{base}/traces/{DEEP_TRACE}")
+    await page.locator('[data-testid=timeline][data-ready="1"]').wait_for(timeout=600_000)
+    first = await page.evaluate(FIRST_DRAW)
+    print(f"  first complete draw {first['ready']:.0f} ms after navigation "
+          f"(API responses complete at {first['api']:.0f} ms; {'windowed' if first['windowed'] else 'whole'} read)")
+    for read in first["reads"]:
+        print(f"    {read['path']:28} {read['start']:6.0f} -> {read['end']:6.0f} ms  {read['bytes'] / 1e6:5.2f} MB")
+    if seconds is not None:
+        for name, values in (await measure(page, seconds)).items():
+            if values:
+                print(f"  {name:13} median {statistics.median(values):6.1f} ms  p95 {percentile(values, 0.95):6.1f} ms"
+                      f"  max {max(values):6.1f} ms  ({len(values)} frames)")
+        reads = await window_reads(page)
+        if reads:
+            print(f"  window reads  median {statistics.median(reads):6.1f} ms  p95 {percentile(reads, 0.95):6.1f} ms"
+                  f"  max {max(reads):6.1f} ms  ({len(reads)} reads)")
+    await page.close()
+    return float(first["ready"])
+
+
+async def settled(store: Store, timeout_s: float = 600.0) -> None:
+    """Until span_depth_fills holds a fill of the trace for its current row count."""
+    deadline = time.monotonic() + timeout_s
+    statement = (f"SELECT count() FROM span_depth_fills WHERE trace_id = '{DEEP_TRACE}' AND span_count = "
+                 f"(SELECT count() FROM span_rows WHERE trace_id = '{DEEP_TRACE}')")
+    while (await asyncio.to_thread(store.execute, statement)).rows[0][0] == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the settler did not fill the trace in {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def bench(spans: int, seconds: float, runs: int) -> None:
+    """Cold: the page opened right after the trace is stored (its first windowed read fills the
+    window cache), `runs` times, the cache dropped before each; then settled: the query app's
+    settler fills the trace once it is quiet, and the page is opened `runs` times."""
     with tempfile.TemporaryDirectory() as folder:
         url = f"embedded://{folder}/store"
         started = time.monotonic()
         count = fill_store(url, spans)
         print(f"\n{count:,} spans (stored in {time.monotonic() - started:.1f} s)")
         store = open_store(url)
-        runner, base = await serve(create_query_app(store))
         try:
             async with async_playwright() as playwright:
                 browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-                page = await browser.new_page(viewport={"width": 1600, "height": 900})
-                await page.goto(f"{base}/traces/{DEEP_TRACE}")
-                await page.locator('[data-testid=timeline][data-ready="1"]').wait_for(timeout=600_000)
-                first = await page.evaluate(FIRST_DRAW)
-                print(f"  first complete draw {first['ready']:.0f} ms after navigation "
-                      f"(API responses complete at {first['api']:.0f} ms; {'windowed' if first['windowed'] else 'whole'} read)")
-                for read in first["reads"]:
-                    print(f"    {read['path']:28} {read['start']:6.0f} -> {read['end']:6.0f} ms  {read['bytes'] / 1e6:5.2f} MB")
-                for name, values in (await measure(page, seconds)).items():
-                    if values:
-                        print(f"  {name:13} median {statistics.median(values):6.1f} ms  p95 {percentile(values, 0.95):6.1f} ms"
-                              f"  max {max(values):6.1f} ms  ({len(values)} frames)")
-                reads = await window_reads(page)
-                if reads:
-                    print(f"  window reads  median {statistics.median(reads):6.1f} ms  p95 {percentile(reads, 0.95):6.1f} ms"
-                          f"  max {max(reads):6.1f} ms  ({len(reads)} reads)")
+                cold = []
+                runner, base = await serve(create_query_app(store))
+                try:
+                    for run in range(runs):
+                        for table in WINDOW_CACHE_TABLES:
+                            store.execute(f"TRUNCATE TABLE {table}")
+                        print(f" cold, run {run + 1}")
+                        cold.append(await first_draw(browser, base, None))
+                finally:
+                    await runner.cleanup()
+                for table in WINDOW_CACHE_TABLES:
+                    store.execute(f"TRUNCATE TABLE {table}")
+                runner, base = await serve(create_query_app(store, fill_window_caches=SettlerPolicy()))
+                try:
+                    started = time.monotonic()
+                    await settled(store)
+                    print(f" settled (filled by the settler {time.monotonic() - started:.1f} s after the app started)")
+                    warm = [await first_draw(browser, base, seconds if run == runs - 1 else None) for run in range(runs)]
+                finally:
+                    await runner.cleanup()
                 await browser.close()
+            print(f"  first complete draw, median of {runs}: cold {statistics.median(cold):.0f} ms "
+                  f"({', '.join(f'{value:.0f}' for value in cold)}), settled {statistics.median(warm):.0f} ms "
+                  f"({', '.join(f'{value:.0f}' for value in warm)})")
         finally:
-            await runner.cleanup()
             store.close()
 
 
@@ -162,9 +212,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, action="append", help="trace size (repeatable; default 100000)")
     parser.add_argument("--seconds", type=float, default=1.5, help="how long each interaction lasts")
+    parser.add_argument("--runs", type=int, default=3, help="first draws measured, cold and settled each")
     args = parser.parse_args()
     for spans in args.spans or [100_000]:
-        asyncio.run(bench(spans, args.seconds))
+        asyncio.run(bench(spans, args.seconds, args.runs))
 
 
 if __name__ == "__main__":
