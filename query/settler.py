@@ -11,9 +11,10 @@ Quiet is judged by arrival, not by the spans' own times: a trace is quiet once i
 span_rows (what a fill is keyed by) has stayed the same for `quiet_s` as this process saw it. The
 trace index's last end is the agents' clock: skewed clocks, a spool replay or a late export bring
 spans whose ends say nothing of when they arrived. Each poll first counts span_rows' rows (from
-the parts' metadata, or on older servers the narrowest column); only when that changed does it look for big traces without a fill (one pass over
-span_rows' trace ids), so an idle store costs one count a poll. Shutdown waits for the fill under
-way, if any (a cut fill would be harmless, never read, but its rows would stay).
+the parts' metadata, or on older servers the narrowest column); only when that changed does it
+look for big traces without a fill (one pass over span_rows' trace ids), so an idle store costs
+one count a poll. Shutdown waits for the fill under way, if any (a cut fill would be harmless,
+never read, but its rows would stay).
 """
 
 from __future__ import annotations
