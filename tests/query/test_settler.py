@@ -62,10 +62,10 @@ async def test_a_quiet_big_trace_is_filled_without_a_read_and_again_once_it_grew
     try:
         [(trace, fill)] = await _fills(store, len(KNOWN))
         assert trace == TRACE
-        async with aiohttp.ClientSession(base_url) as session:
-            async with session.get(f"/api/traces/{TRACE}/window?start_ns={T0}&end_ns={T0 + 100 * MS}") as response:
-                assert response.status == 200
-                assert sum(entry["count"] for entry in (await response.json())["entries"]) == len(KNOWN)
+        window = f"{base_url}/api/traces/{TRACE}/window?start_ns={T0}&end_ns={T0 + 100 * MS}"
+        async with aiohttp.ClientSession() as session, session.get(window) as response:
+            assert response.status == 200
+            assert sum(entry["count"] for entry in (await response.json())["entries"]) == len(KNOWN)
         assert await _fills(store, len(KNOWN)) == [(TRACE, fill)]  # the read used it, filled nothing
         store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
         [(trace, grown)] = await _fills(store, len(KNOWN) + 1)
