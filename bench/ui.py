@@ -1,10 +1,11 @@
 """Viewer benchmark: the trace page's canvas timeline on a large trace in headless Chromium.
 
-    .venv/bin/python bench/ui.py [--spans 100000] [--spans 1000000] [--seconds 1.5] [--runs 3]
+    .venv/bin/python bench/ui.py [--spans 100000] [--spans 1000000] [--seconds 1.5] [--runs 3] [--server]
 
 For each size it generates a library-level trace (process -> model calls -> layers -> ops, as
-tests/ui/deep_trace.py builds them) into an embedded store in a temporary directory, serves the
-query app with the viewer, opens /traces/{id} in Debian's Chromium and prints:
+tests/ui/deep_trace.py builds them) into an embedded store in a temporary directory (a throwaway
+clickhouse-server with --server), serves the query app with the viewer, opens /traces/{id} in
+Debian's Chromium and prints:
 
 - time to the first complete draw (navigation start -> data-ready="1"), and how much of it was
   the API responses arriving (the resource timing of /api/traces/{id}...), `--runs` times cold
@@ -167,45 +168,44 @@ async def settled(store: Store, timeout_s: float = 600.0) -> None:
         await asyncio.sleep(0.2)
 
 
-async def bench(spans: int, seconds: float, runs: int) -> None:
+async def bench(url: str, spans: int, seconds: float, runs: int) -> None:
     """Cold: the page opened right after the trace is stored (its first windowed read fills the
     window cache), `runs` times, the cache dropped before each; then settled: the query app's
-    settler fills the trace once it is quiet, and the page is opened `runs` times."""
-    with tempfile.TemporaryDirectory() as folder:
-        url = f"embedded://{folder}/store"
-        started = time.monotonic()
-        count = fill_store(url, spans)
-        print(f"\n{count:,} spans (stored in {time.monotonic() - started:.1f} s)")
-        store = open_store(url)
-        try:
-            async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-                cold = []
-                runner, base = await serve(create_query_app(store))
-                try:
-                    for run in range(runs):
-                        for table in WINDOW_CACHE_TABLES:
-                            store.execute(f"TRUNCATE TABLE {table}")
-                        print(f" cold, run {run + 1}")
-                        cold.append(await first_draw(browser, base, None))
-                finally:
-                    await runner.cleanup()
-                for table in WINDOW_CACHE_TABLES:
-                    store.execute(f"TRUNCATE TABLE {table}")
-                runner, base = await serve(create_query_app(store, fill_window_caches=SettlerPolicy()))
-                try:
-                    started = time.monotonic()
-                    await settled(store)
-                    print(f" settled (filled by the settler {time.monotonic() - started:.1f} s after the app started)")
-                    warm = [await first_draw(browser, base, seconds if run == runs - 1 else None) for run in range(runs)]
-                finally:
-                    await runner.cleanup()
-                await browser.close()
-            print(f"  first complete draw, median of {runs}: cold {statistics.median(cold):.0f} ms "
-                  f"({', '.join(f'{value:.0f}' for value in cold)}), settled {statistics.median(warm):.0f} ms "
-                  f"({', '.join(f'{value:.0f}' for value in warm)})")
-        finally:
-            store.close()
+    settler fills the trace once it is quiet, and the page is opened `runs` times. `url`: an empty
+    store."""
+    started = time.monotonic()
+    count = fill_store(url, spans)
+    print(f"\n{count:,} spans (stored in {time.monotonic() - started:.1f} s)")
+    store = open_store(url)
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            cold = []
+            runner, base = await serve(create_query_app(store))
+            try:
+                for run in range(runs):
+                    for table in WINDOW_CACHE_TABLES:
+                        store.execute(f"TRUNCATE TABLE {table}")
+                    print(f" cold, run {run + 1}")
+                    cold.append(await first_draw(browser, base, None))
+            finally:
+                await runner.cleanup()
+            for table in WINDOW_CACHE_TABLES:
+                store.execute(f"TRUNCATE TABLE {table}")
+            runner, base = await serve(create_query_app(store, fill_window_caches=SettlerPolicy()))
+            try:
+                started = time.monotonic()
+                await settled(store)
+                print(f" settled (filled by the settler {time.monotonic() - started:.1f} s after the app started)")
+                warm = [await first_draw(browser, base, seconds if run == runs - 1 else None) for run in range(runs)]
+            finally:
+                await runner.cleanup()
+            await browser.close()
+        print(f"  first complete draw, median of {runs}: cold {statistics.median(cold):.0f} ms "
+              f"({', '.join(f'{value:.0f}' for value in cold)}), settled {statistics.median(warm):.0f} ms "
+              f"({', '.join(f'{value:.0f}' for value in warm)})")
+    finally:
+        store.close()
 
 
 def main() -> None:
@@ -213,9 +213,20 @@ def main() -> None:
     parser.add_argument("--spans", type=int, action="append", help="trace size (repeatable; default 100000)")
     parser.add_argument("--seconds", type=float, default=1.5, help="how long each interaction lasts")
     parser.add_argument("--runs", type=int, default=3, help="first draws measured, cold and settled each")
+    parser.add_argument("--server", action="store_true", help="a throwaway clickhouse-server instead of the embedded store")
     args = parser.parse_args()
     for spans in args.spans or [100_000]:
-        asyncio.run(bench(spans, args.seconds, args.runs))
+        with tempfile.TemporaryDirectory() as folder:
+            if not args.server:
+                asyncio.run(bench(f"embedded://{folder}/store", spans, args.seconds, args.runs))
+                continue
+            from deploy import clickhouse_local_server
+
+            server = clickhouse_local_server.start(f"{folder}/ch")
+            try:
+                asyncio.run(bench(server.url, spans, args.seconds, args.runs))
+            finally:
+                server.stop()
 
 
 if __name__ == "__main__":
