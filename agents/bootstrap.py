@@ -42,6 +42,7 @@ Limits: `python -I`, `-E` and `-S` skip PYTHONPATH or `site`, so nothing is trac
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import importlib.abc
 import importlib.machinery
@@ -534,14 +535,18 @@ def _watch_exit(process: ProcessSpan) -> None:
     sys.exit = exit_recording_code
     atexit.register(process.end)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        def on_sigterm(signum: int, frame: Any) -> None:
+        terminating = threading.Lock()
+
+        def terminate(signum: int) -> None:
+            if not terminating.acquire(blocking=False):  # the watchdog's or the handler's, whichever came first
+                return
             if process.ending:  # the signal interrupted the process span's own end: let it finish
                 process.die_of_after_end(signum)
                 return
             process.record_signal(signum)
             # Never waits long (a process manager, Pool.terminate, expects the process gone),
-            # nor on this thread: the code the signal interrupted may hold a lock the shutdown
-            # needs. What is not exported within the deadline is lost.
+            # nor on the main thread: the code the signal interrupted may hold a lock the
+            # shutdown needs. What is not exported within the deadline is lost.
             ender = threading.Thread(target=process.end, args=("terminated by SIGTERM", SIGTERM_SHUTDOWN_S),
                                      name="mlscope-sigterm", daemon=True)
             ender.start()
@@ -551,9 +556,80 @@ def _watch_exit(process: ProcessSpan) -> None:
             # Then die of the signal as the program would have: the exit status stays honest.
             _die_of(signum)
 
+        watchdog = _SigtermWatchdog(terminate)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            watchdog.handled.set()
+            terminate(signum)
+
         signal.signal(signal.SIGTERM, on_sigterm)
+        watchdog.start()
+
+        def after_fork_in_child() -> None:
+            nonlocal terminating
+            terminating = threading.Lock()
+            watchdog.restart_in_child()
+            _release_sigterm_after_fork()
+
         os.register_at_fork(before=_hold_sigterm_for_fork, after_in_parent=_release_sigterm_after_fork,
-                            after_in_child=_release_sigterm_after_fork)
+                            after_in_child=after_fork_in_child)
+
+
+SIGTERM_WATCHDOG_S = 1.0
+"""How long a SIGTERM may wait for the main thread to run its Python handler before the
+watchdog thread ends the process itself."""
+
+
+class _SigtermWatchdog:
+    """A Python signal handler runs on the main thread, between bytecodes: a main thread in a long
+    C call (a torch op, a regex), or in a wait that missed the signal (multiprocessing's
+    semaphore, when the signal comes between its non-blocking try and its blocking wait: a pool
+    worker then never ends, and Pool.terminate() waits for it), would leave a SIGTERM unhandled,
+    where untraced the process would have died. Python writes each signal's number to a wakeup fd;
+    a daemon thread reads it and, when the handler has not started within SIGTERM_WATCHDOG_S,
+    runs `terminate` itself. Left out when the program (asyncio) set a wakeup fd of its own; a
+    program that sets one later replaces this one."""
+
+    def __init__(self, terminate: Callable[[int], None]) -> None:
+        self._terminate = terminate
+        self.handled = threading.Event()
+        """Set by the Python handler as it starts."""
+        self._fds: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        """From the main thread (Python sets the wakeup fd there only)."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        if previous != -1:
+            signal.set_wakeup_fd(previous)
+            os.close(read_fd)
+            os.close(write_fd)
+            return
+        self._fds = (read_fd, write_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), name="mlscope-sigterm-watchdog", daemon=True).start()
+
+    def restart_in_child(self) -> None:
+        """In the child of a fork: its own pipe and thread (the parent's thread is not copied, and
+        the parent reads the pipe the child inherited)."""
+        self.handled = threading.Event()
+        if self._fds is None or signal.set_wakeup_fd(-1) != self._fds[1]:
+            return
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = None
+        self.start()
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                signals = os.read(read_fd, 512)
+            except OSError:
+                return
+            if not signals:
+                return
+            if signal.SIGTERM in signals and not self.handled.wait(SIGTERM_WATCHDOG_S):
+                self._terminate(signal.SIGTERM)
 
 
 _SIGTERM_HELD: set[int] = set()
@@ -581,7 +657,12 @@ def _release_sigterm_after_fork() -> None:
 
 
 def _die_of(signum: int) -> None:
-    signal.signal(signum, signal.SIG_DFL)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, signal.SIG_DFL)
+    else:  # Python sets handlers from the main thread only: the C library's own call (NULL: SIG_DFL)
+        libc_signal = ctypes.CDLL(None).signal
+        libc_signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        libc_signal(signum, None)
     os.kill(os.getpid(), signum)
 
 

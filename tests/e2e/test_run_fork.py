@@ -108,6 +108,18 @@ def test_a_forked_helper_that_outlives_the_program_is_marked(served: Served) -> 
     assert "mlscope.process.orphaned" not in root["attributes"]
 
 
+def test_a_sigterm_the_main_thread_cannot_handle_still_ends_the_program_as_untraced(served: Served) -> None:
+    # The main thread blocks SIGTERM, so the signal reaches another thread and the main thread's
+    # sleep goes on: untraced, the signal kills the process at once; traced, the Python handler
+    # would wait for the main thread (as a pool worker's semaphore wait that missed it would).
+    program = ("import os, signal, time; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
+               "print('ran', flush=True); os.kill(os.getpid(), signal.SIGTERM); time.sleep(600)")
+    result, trace_id = mlscope_run(served, "--", sys.executable, "-c", program, timeout=60)
+    assert (result.returncode, result.stdout) == (128 + signal.SIGTERM, "ran\n"), result.stderr
+    (root,) = wait_for_trace(served, trace_id, 1)["spans"]
+    assert (root["attributes"]["process.exit.code"], root["attributes"]["mlscope.process.signal"]) == ("143", "SIGTERM")
+
+
 def test_ctrl_c_is_recorded_as_the_shell_sees_it(served: Served) -> None:
     result, trace_id = mlscope_run(served, "--", sys.executable, "-c", "raise KeyboardInterrupt")
     assert result.returncode == 128 + signal.SIGINT
