@@ -12,8 +12,8 @@ span_rows (what a fill is keyed by) has stayed the same for `quiet_s` as this pr
 trace index's last end is the agents' clock: skewed clocks, a spool replay or a late export bring
 spans whose ends say nothing of when they arrived. Each poll first counts span_rows' rows (from
 the parts' metadata, or on older servers the narrowest column); only when that changed does it
-look for big traces without a fill (one pass over span_rows' trace ids), so an idle store costs
-one count a poll. Shutdown waits for the fill under way, if any (a cut fill would be harmless,
+look for big traces without a fill (one pass over span_rows' trace ids, at most
+SettlerPolicy.scan_share of the time), so an idle store costs one count a poll. Shutdown waits for the fill under way, if any (a cut fill would be harmless,
 never read, but its rows would stay).
 """
 
@@ -50,6 +50,10 @@ class SettlerPolicy:
     poll_s: float = 2.0
     # A fill that failed is tried again (for the same row count) only this much later.
     retry_s: float = 60.0
+    # The scan for unfilled traces reads every row's trace id: on a big store that is ingesting,
+    # it runs at most this share of the time (a trace whose count it has not seen change may then
+    # look quiet: a fill first checks the trace's count).
+    scan_share: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Settler:
         self._policy = policy
         self._clock = clock
         self._stored_rows: int | None = None  # span_rows' row count when `_unfilled` was read
+        self._next_scan_s = 0.0
         self._unfilled: dict[str, int] = {}
         self._seen: dict[str, Seen] = {}
         self._failed: dict[tuple[str, int], float] = {}  # (trace, count) -> when to try again
@@ -99,10 +104,12 @@ class Settler:
     def poll(self) -> list[tuple[str, int]]:
         """(trace id, row count) of the big traces to fill now."""
         stored_rows = int(self._reader.first_column("SELECT count() FROM span_rows")[0])
-        if stored_rows != self._stored_rows:
+        started_s = self._clock()
+        if stored_rows != self._stored_rows and started_s >= self._next_scan_s:
             # Rows only change with span_rows' count (an insert adds, a merge of copies removes).
             self._unfilled = self._reader.unfilled_traces(self._policy.min_spans)
             self._stored_rows = stored_rows
+            self._next_scan_s = started_s + (self._clock() - started_s) / self._policy.scan_share
             self._failed = {key: until for key, until in self._failed.items() if self._unfilled.get(key[0]) == key[1]}
         settled = settle(self._unfilled, self._seen, self._clock(), self._policy.quiet_s, self._failed)
         self._seen = settled.seen
