@@ -13,8 +13,9 @@ trace index's last end is the agents' clock: skewed clocks, a spool replay or a 
 spans whose ends say nothing of when they arrived. Each poll first counts span_rows' rows (from
 the parts' metadata, or on older servers the narrowest column); only when that changed does it
 look for big traces without a fill (one pass over span_rows' trace ids, at most
-SettlerPolicy.scan_share of the time), so an idle store costs one count a poll. Shutdown waits for the fill under way, if any (a cut fill would be harmless,
-never read, but its rows would stay).
+SettlerPolicy.scan_share of the time), so an idle store costs one count a poll. Shutdown waits
+for the fill under way, if any (a cut fill would be harmless, never read, but its rows would
+stay).
 """
 
 from __future__ import annotations
