@@ -85,7 +85,7 @@ async def _serve(
         if port is not None:
             from mlscope.dispatch import Dispatcher, dispatch_mount
             from mlscope.query import create_query_app
-            from mlscope.query.settler import SettlerPolicy
+            from mlscope.query import SettlerPolicy
 
             mounts = [] if no_dispatch else [
                 dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]

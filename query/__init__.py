@@ -6,8 +6,11 @@ to Jaeger and Perfetto, and read-only SQL, over HTTP; it also serves the viewer 
 
     TraceReader(store).run_sql("SELECT ...")          # the same guard and limits, without HTTP
 
-It only reads: the store's writers are the collector and mlscope.dispatch, which `mlscope serve`
-mounts beside this app (`create_query_app(..., mounts=[...])`).
+It reads spans and never writes them: the store's writers are the collector and mlscope.dispatch,
+which `mlscope serve` mounts beside this app (`create_query_app(..., mounts=[...])`). What it does
+write is derived: the windowed read's cache (span_depths and its pyramid), filled on a trace's
+first window read and, in the process that owns writes, by `settler` once a big trace goes quiet
+(`create_query_app(..., fill_window_caches=SettlerPolicy())`).
 
 Inside: `timeline`, `listing`, `evaluations`, `params`, `export` and `sqlguard` are pure; `reader`
 is the one place that talks to the store; `api` maps HTTP to them; `http` is how every route
@@ -19,5 +22,6 @@ from __future__ import annotations
 from .api import create_query_app
 from .errors import BadRequest, NotFound
 from .reader import SqlAnswer, SqlLimits, TraceReader
+from .settler import SettlerPolicy
 
-__all__ = ["BadRequest", "NotFound", "SqlAnswer", "SqlLimits", "TraceReader", "create_query_app"]
+__all__ = ["BadRequest", "NotFound", "SettlerPolicy", "SqlAnswer", "SqlLimits", "TraceReader", "create_query_app"]
