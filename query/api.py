@@ -18,7 +18,7 @@ from aiohttp import web
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict, public, requires
 from mlscope.conventions import parse_levels
 from mlscope.listener import ListenerLimits, body_deadline
-from mlscope.store import Store, sql_string
+from mlscope.store import Store
 from mlscope.ui import add_viewer
 
 from .errors import BadRequest, NotFound
@@ -260,7 +260,7 @@ async def trace_counters(request: web.Request) -> web.Response:
         bounds = reader.trace_bounds(trace_id)
         if bounds is None:
             return None
-        services = reader.first_column(f"SELECT DISTINCT service FROM spans WHERE trace_id = {sql_string(trace_id)}")
+        services = reader.trace_services(trace_id)
         samples = reader.metric_samples(services, *bounds)
         return {"trace_id": trace_id, "start_ns": bounds[0], "end_ns": bounds[1],
                 "span_count": reader.span_count(trace_id), "series": counter_series(samples, bounds[0])}

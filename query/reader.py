@@ -355,6 +355,11 @@ class TraceReader:
             f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}").rows
         return int(rows[0][0]) if rows else 0
 
+    def trace_services(self, trace_id: str) -> list[str]:
+        """The services that sent spans of `trace_id`. From span_rows, not the spans view: copies
+        of a span carry its service, and FINAL would merge every row of a big trace to list a few names."""
+        return self.first_column(f"SELECT DISTINCT service FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)}")
+
     def span_row_count(self, trace_id: str) -> int:
         """How many rows span_rows holds for `trace_id` (a span written twice counts twice until
         the store merges them): what tells a windowed read that its trace changed. Far cheaper
