@@ -23,12 +23,14 @@ and no warnings. It shows what the collector wrote when the adjusted view looks 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlscope.conventions import LAYER_PATH, LAYER_TYPE, PROCESS_PID, THREAD_ID, THREAD_NAME, stored_level
+from mlscope.conventions import (
+    LAYER_PATH, LAYER_TYPE, PROCESS_ORPHANED, PROCESS_PID, THREAD_ID, THREAD_NAME, stored_level,
+)
 from mlscope.store.model import Columns, Span
 
 
@@ -61,6 +63,21 @@ class SpanTree:
     depths: list[int]
     self_ns: list[int]
     warnings: tuple[str, ...]
+    # (span id, parent id) of each span outside its parent's time, each also in `warnings`.
+    outside_parent: tuple[tuple[str, str], ...] = ()
+
+    def excusing(self, span_ids: Collection[str]) -> SpanTree:
+        """This tree without the outside-its-parent warnings of `span_ids`: processes marked as
+        outliving their parent (PROCESS_ORPHANED) do so by design, not by clock skew."""
+        excused = {outside_parent_warning(span, up) for span, up in self.outside_parent if span in span_ids}
+        if not excused:
+            return self
+        return replace(self, warnings=tuple(warning for warning in self.warnings if warning not in excused),
+                       outside_parent=tuple(pair for pair in self.outside_parent if pair[0] not in span_ids))
+
+
+def outside_parent_warning(span_id: str, parent_id: str) -> str:
+    return f"span {span_id}: outside the time of its parent {parent_id}"
 
 
 def _covered_self(start: int, end: int, children: Iterable[tuple[int, int]]) -> int:
@@ -83,8 +100,9 @@ def self_time(span: Span, children: Iterable[Span]) -> int:
 
 
 def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequence[int],
-                 ends: Sequence[int]) -> tuple[list[int], list[int], list[str]]:
-    """(rows kept, parent row of each row or -1, warnings): of the copies of an id, the one
+                 ends: Sequence[int]) -> tuple[list[int], list[int], list[str], list[tuple[str, str]]]:
+    """(rows kept, parent row of each row or -1, warnings, (span id, parent id) of each span
+    outside its parent's time): of the copies of an id, the one
     that starts first (then ends first, then comes first) is kept; a parent not in the trace
     makes a root; every parent loop is broken at its earliest span; a child outside its parent's
     time is worth a warning (clock skew), nothing more."""
@@ -129,11 +147,10 @@ def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Seq
             current = parent[current]
         for visited in path:
             settled[visited] = True
-    for row in kept:
-        up = parent[row]
-        if up >= 0 and (starts[row] < starts[up] or ends[row] > ends[up]):
-            warnings.append(f"span {span_ids[row]}: outside the time of its parent {span_ids[up]}")
-    return kept, parent, warnings
+    outside = [(span_ids[row], span_ids[parent[row]]) for row in kept
+               if parent[row] >= 0 and (starts[row] < starts[parent[row]] or ends[row] > ends[parent[row]])]
+    warnings.extend(outside_parent_warning(span, up) for span, up in outside)
+    return kept, parent, warnings, outside
 
 
 def _pre_order(rows_by_start: Sequence[int], parent: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -181,7 +198,7 @@ def span_tree(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequen
     """The pre-order of a trace's rows with depth and self time. `keep` (by row) leaves only
     those rows, each under its nearest kept ancestor; `max_depth` then cuts what lies deeper.
     Self times are those of the whole trace: filtering changes depths, not self times."""
-    kept, parent, warnings = _parent_rows(span_ids, parent_ids, starts, ends)
+    kept, parent, warnings, outside = _parent_rows(span_ids, parent_ids, starts, ends)
     by_start = sorted(kept, key=lambda row: (starts[row], span_ids[row]))
     children: dict[int, list[int]] = {}
     for row in by_start:
@@ -197,7 +214,7 @@ def span_tree(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequen
     if max_depth is not None:
         shallow = [index for index, depth in enumerate(depths) if depth <= max_depth]
         order, depths = [order[index] for index in shallow], [depths[index] for index in shallow]
-    return SpanTree(order, depths, self_ns, tuple(warnings))
+    return SpanTree(order, depths, self_ns, tuple(warnings), tuple(outside))
 
 
 def level_warnings(span_ids: Sequence[str], levels: Sequence[str], rows: Iterable[int]) -> list[str]:
@@ -221,6 +238,7 @@ def build_timeline(
     span_ids = [span.span_id for span in stored]
     tree = span_tree(span_ids, [span.parent_span_id for span in stored], [span.start_ns for span in stored],
                      [span.end_ns for span in stored], keep=None if levels is None else [keep(s) for s in stored])
+    tree = tree.excusing({span.span_id for span in stored if span.attributes.get(PROCESS_ORPHANED) == "true"})
     warnings = level_warnings(span_ids, [span.level for span in stored], sorted(set(tree.order)))
     spans = tuple(
         TimelineSpan(replace(stored[row], level=stored_level(stored[row].level)), depth, tree.self_ns[row])

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mlscope.conventions import stored_level
+from mlscope.conventions import PROCESS_ORPHANED, stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
@@ -28,6 +28,7 @@ TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
 WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
 WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service", "level",
                   *(ATTRIBUTE_COLUMN + key for key in WINDOW_ATTRIBUTES))
+ORPHANED_COLUMN = ATTRIBUTE_COLUMN + PROCESS_ORPHANED
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
 MAX_IDS_IN_QUERY = 10_000
@@ -103,7 +104,7 @@ def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
     if query.levels is None and query.max_depth is None and query.window is None:
         columns = reader.trace_columns(trace_id, bounds, names)
         tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
-        return TraceRead(columns, tree)
+        return TraceRead(columns, _excusing_helpers(reader, trace_id, bounds, tree))
     skeleton = reader.trace_columns(trace_id, bounds, TREE_COLUMNS)
     starts, ends = skeleton["start_ns"], skeleton["end_ns"]
     keep = [
@@ -111,13 +112,24 @@ def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
         and (query.window is None or (start <= query.window[1] and end >= query.window[0]))
         for level, start, end in zip(skeleton["level"], starts, ends)
     ]
-    tree = span_tree(skeleton["span_id"], skeleton["parent_span_id"], starts, ends, keep=keep,
-                     max_depth=query.max_depth)
+    tree = _excusing_helpers(reader, trace_id, bounds, span_tree(
+        skeleton["span_id"], skeleton["parent_span_id"], starts, ends, keep=keep, max_depth=query.max_depth))
     cap.check(trace_id, len(tree.order), compact)
     kept_ids = [skeleton["span_id"][row] for row in tree.order]
     named = kept_ids if query.max_depth is not None and len(kept_ids) <= MAX_IDS_IN_QUERY else None
     read = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window, span_ids=named)
     return TraceRead(read, _rows_of_kept(skeleton, tree, read))
+
+
+def _excusing_helpers(reader: TraceReader, trace_id: str, bounds: tuple[int, int], tree: SpanTree) -> SpanTree:
+    """`tree` without the outside-its-parent warnings of process spans marked as outliving their
+    parent (a helper process, by design): the mark is read for the warned spans only."""
+    if not tree.outside_parent:
+        return tree
+    warned = [span_id for span_id, _ in tree.outside_parent]
+    marks = reader.trace_columns(trace_id, bounds, ("span_id", ORPHANED_COLUMN),
+                                 span_ids=warned if len(warned) <= MAX_IDS_IN_QUERY else None)
+    return tree.excusing({span_id for span_id, mark in zip(marks["span_id"], marks[ORPHANED_COLUMN]) if mark == "true"})
 
 
 # One fill of span_depths at a time in this process; fills by other processes at once are

@@ -100,12 +100,13 @@ def test_a_forked_helper_that_outlives_the_program_is_marked(served: Served) -> 
     program = "import os, time\nif os.fork() == 0:\n    time.sleep(1)\n    print('helper', flush=True)\nelse:\n    print('ran', flush=True)"
     result, trace_id = mlscope_run(served, "--", sys.executable, "-c", program, timeout=60)
     assert (result.returncode, sorted(result.stdout.split())) == (0, ["helper", "ran"]), result.stderr
-    spans = wait_for_trace(served, trace_id, 2)["spans"]
-    (root,) = [span for span in spans if span["parent_span_id"] == ""]
-    (helper,) = [span for span in spans if span is not root]
+    trace = wait_for_trace(served, trace_id, 2)
+    (root,) = [span for span in trace["spans"] if span["parent_span_id"] == ""]
+    (helper,) = [span for span in trace["spans"] if span is not root]
     assert helper["parent_span_id"] == root["span_id"] and helper["end_ns"] > root["end_ns"]
     assert helper["attributes"]["mlscope.process.orphaned"] == "true"
     assert "mlscope.process.orphaned" not in root["attributes"]
+    assert trace["warnings"] == []  # marked, not warned about as clock skew
 
 
 def test_a_sigterm_the_main_thread_cannot_handle_still_ends_the_program_as_untraced(served: Served) -> None:

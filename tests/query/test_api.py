@@ -7,7 +7,9 @@ import aiohttp
 from deploy import clickhouse_local_server
 import pytest
 
-from mlscope.conventions import DEFAULT_LEVEL, LAYER_PATH, LAYER_TYPE, LEVELS, PROCESS_PID, THREAD_ID, THREAD_NAME
+from mlscope.conventions import (
+    DEFAULT_LEVEL, LAYER_PATH, LAYER_TYPE, LEVELS, PROCESS_ORPHANED, PROCESS_PID, THREAD_ID, THREAD_NAME,
+)
 from mlscope.query import SqlLimits, create_query_app
 from mlscope.query.export import EXPORTERS
 from mlscope.query.reader import limit_settings
@@ -121,6 +123,19 @@ async def test_orphan_warning(api: Served) -> None:
     assert status == 200
     assert [(s["name"], s["depth"]) for s in body["spans"]] == [("stray", 0)]
     assert body["warnings"] == ["span 00000000000000f1: parent 00000000000000ff not in trace"]
+
+
+@pytest.mark.parametrize("query", ["", "?levels=application", "?max_depth=1", "?format=compact"])
+async def test_a_process_marked_as_outliving_its_parent_is_not_warned_about(served: Served, query: str) -> None:
+    trace = "000000000000000000000000000a11ce"
+    insert(served.store, [
+        row("00000000000000a1", "", "program", 0, 10, trace_id=trace),
+        row("00000000000000a2", "00000000000000a1", "helper", 5, 30, trace_id=trace,
+            attributes={PROCESS_ORPHANED: "true"}),
+        row("00000000000000a3", "00000000000000a1", "skewed", 5, 12, trace_id=trace),
+    ])
+    status, body = await served.get(f"/api/traces/{trace}{query}")
+    assert (status, body["warnings"]) == (200, ["span 00000000000000a3: outside the time of its parent 00000000000000a1"])
 
 
 async def test_levels_filter(api: Served) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mlscope.conventions import LAYER_PATH, PROCESS_PID, UnknownLevel, parse_levels
+from mlscope.conventions import LAYER_PATH, PROCESS_ORPHANED, PROCESS_PID, UnknownLevel, parse_levels
 from mlscope.query.timeline import (
     ATTRIBUTE_COLUMN,
     SPAN_FIELDS_COLUMN,
@@ -125,6 +125,14 @@ def test_child_outside_its_parent_is_a_warning_not_an_error() -> None:
     timeline = build_timeline(TRACE, spans(rows))
     assert shape(timeline) == [("root", 0, 5), ("early", 1, 10)]
     assert timeline.warnings == ("span 0b: outside the time of its parent 0a",)
+
+
+def test_a_process_marked_as_outliving_its_parent_is_not_warned_about() -> None:
+    rows = [row("0a", "", "root", 10, 20), row("0b", "0a", "helper", 12, 30, attributes={PROCESS_ORPHANED: "true"}),
+            row("0c", "0a", "skewed", 15, 25)]
+    timeline = build_timeline(TRACE, spans(rows))
+    assert shape(timeline) == [("root", 0, 2), ("helper", 1, 18), ("skewed", 1, 10)]
+    assert timeline.warnings == ("span 0c: outside the time of its parent 0a",)
 
 
 def test_spans_without_a_known_level_count_as_application() -> None:
