@@ -32,28 +32,14 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
+from mlscope.protowire import UINT64_MASK as _UINT64_MASK
+from mlscope.protowire import varint as _varint  # varints: one encoder, shared with query/perfetto.py
+
 log = logging.getLogger(__name__)
 
 # --- wire format --------------------------------------------------------------------------------
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_UINT64_MASK = (1 << 64) - 1
-_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
-
-
-def _varint(value: int) -> bytes:
-    """A non-negative integer as a base-128 varint; lengths below 16 KiB (nearly all here) take
-    one of the two fast paths."""
-    if value < 0x80:
-        return _ONE_BYTE_VARINTS[value]
-    if value < 0x4000:
-        return bytes((value & 0x7F | 0x80, value >> 7))
-    encoded = bytearray()
-    while value > 0x7F:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
 
 
 def _length_delimited(tag: bytes, payload: bytes) -> bytes:

@@ -1,6 +1,7 @@
 """Protocol buffers' wire format, written by hand: varints, fixed 64-bit and length-delimited
 fields. For encoders of a few known messages where generated classes would cost more than they
-give (query/perfetto.py's Perfetto trace). Standard library only, so any component may use it.
+give (query/perfetto.py's Perfetto trace; agents/otlp_encoder.py's OTLP requests take its varints).
+Standard library only, so any component may use it.
 
 Fields are written as `key` + value: the key is the field number and wire type as a varint.
 A message is the concatenation of its fields; a nested message is a length-delimited field.
