@@ -8,12 +8,13 @@ Screenshots are saved under tests/ui/artifacts/ (ignored by git) to be looked at
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Page, Route
 
 from mlscope.query import create_query_app
 from mlscope.store import Store
@@ -311,6 +312,21 @@ async def test_windowed_read_shows_aggregates_then_single_spans(base_url: str, b
     assert await bar(page, selected) is not None
     await screenshot(page, "timeline-windowed-op.png")
     assert problems == []
+
+
+async def test_a_big_trace_says_what_it_reads_while_its_first_window_is_prepared(base_url: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = await browser.new_page(viewport={"width": 1280, "height": 720})
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    held: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
+    await page.route("**/window*", lambda route: held.set_result(route) if not held.done() else route.continue_())
+    await page.goto(f"{base_url}/traces/{DEEP_TRACE}?window_over=10")
+    route = await asyncio.wait_for(held, 10)  # the first window read, not answered yet
+    loading = page.locator("[data-testid=loading]")
+    assert "Reading 127 spans a window at a time" in await loading.inner_text()
+    await route.continue_()
+    await page.locator(READY).wait_for()
+    assert await loading.count() == 0 and problems == []
 
 
 async def windows_read(page: Page, count: int) -> bool:

@@ -630,9 +630,15 @@
   // is wanted, a cancelled compact read keeps the server building it (stalling the window read
   // that replaces it), and at 100k spans the two answers share the server's cores, so starting
   // both at once draws no sooner (docs/PERFORMANCE.md, viewer section).
-  async function loadTrace(base, levelsQuery, windowPast) {
+  // `say(text)` tells the user what is being read while they wait.
+  async function loadTrace(base, levelsQuery, windowPast, say = () => {}) {
     const counters = await fetchJson(`${base}/counters`);
-    const windowed = Number(counters.span_count) > windowPast ? await windowedTrace(base) : null;
+    const big = Number(counters.span_count) > windowPast;
+    say(big
+      ? `Reading ${counters.span_count} spans a window at a time. The first read of a trace that has just ` +
+        "finished prepares its windows: seconds per million spans; later reads are quick."
+      : `Reading ${counters.span_count} spans…`);
+    const windowed = big ? await windowedTrace(base) : null;
     const trace = windowed ? windowed.trace : levelsQuery !== null
       ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
       : EMPTY_TRACE;
@@ -645,7 +651,12 @@
     const param = levelsParam(shown);
     const base = `/api/traces/${encodeURIComponent(traceId)}`;
     const levelsQuery = param === null ? "" : `levels=${encodeURIComponent(param)}`;
-    const { counters, trace, fetchWindow } = await loadTrace(base, shown.size ? levelsQuery : null, windowedOver(location.search));
+    // On a page without a timeline yet (not on a level toggle, which keeps the old one until the new one is read).
+    const say = (text) => {
+      if (!main.querySelector("[data-testid=timeline]")) main.replaceChildren(el("p", { class: "muted", "data-testid": "loading" }, text));
+    };
+    const { counters, trace, fetchWindow } = await loadTrace(
+      base, shown.size ? levelsQuery : null, windowedOver(location.search), say);
     const windowed = fetchWindow !== null;
     const detail = detailPanel(base, levelsQuery);
     const timeline = window.mlscopeTimelineLib.createTimeline({
