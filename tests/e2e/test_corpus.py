@@ -3,10 +3,7 @@ mlscope in it, each run under `mlscope run` at every level against one served em
 Each run must finish within its time limit with the stdout and exit code of the untraced run,
 give one trace, its processes named for what they are under the main process span, and store
 the expected spans per level; the tight loop may drop deep spans, but what it stores plus the
-drops recorded on its process span (and in `mlscope run`'s last line) is what it produced.
-
-Cost: the programs whose processes import torch again (spawned workers) or compile are swept at
-`model` and `library` only (library covers layer's spans too); the others at every level."""
+drops recorded on its process span (and in `mlscope run`'s last line) is what it produced."""
 
 from __future__ import annotations
 
@@ -42,7 +39,6 @@ class CorpusProgram:
     """The process spans' names, the main process's first (the others are its children)."""
     spans: Mapping[str, int]
     """Spans produced per level at the deepest level (library); a level shallower traces those above it."""
-    levels: tuple[str, ...] = LEVELS
     may_drop: bool = False
     """Whether the program outruns the collector: its drops are then recorded, not refused."""
 
@@ -56,7 +52,6 @@ class CorpusProgram:
 
 
 SPAWN_TRACKER = "multiprocessing.resource_tracker"  # spawn starts it; it outlives the program
-SLOW_LEVELS = ("model", "library")
 # Span counts as torch 2.13 (pyproject's pin) runs these programs on CPU: layer spans are module
 # calls; library spans are aten ops (forward, and for training backward, loss and optimizer too).
 CORPUS = {
@@ -68,16 +63,16 @@ CORPUS = {
         {"application": 3, "model": 5 * 4 + 5, "layer": 4 * 4, "library": 77}),
     "training-spawn": CorpusProgram(
         "training", ("--spawn",), ("training.py", "DataLoader worker 0", "DataLoader worker 1", SPAWN_TRACKER),
-        {"application": 4, "model": 5 * 4 + 5, "layer": 4 * 4, "library": 77}, SLOW_LEVELS),
+        {"application": 4, "model": 5 * 4 + 5, "layer": 4 * 4, "library": 77}),
     "threads": CorpusProgram("threads", (), ("threads.py",),
                              {"application": 1, "model": 10, "layer": 10 * 4, "library": 10 * 3}),
     "pool-fork": CorpusProgram("pool", (), ("pool.py", "ForkPoolWorker-1", "ForkPoolWorker-2"),
                                {"application": 3, "model": 4, "layer": 4 * 4, "library": 4 * 3}),
     "pool-spawn": CorpusProgram("pool", ("--spawn",), ("pool.py", "SpawnPoolWorker-1", "SpawnPoolWorker-2", SPAWN_TRACKER),
-                                {"application": 4, "model": 4, "layer": 4 * 4, "library": 4 * 3}, SLOW_LEVELS),
+                                {"application": 4, "model": 4, "layer": 4 * 4, "library": 4 * 3}),
     # A compiled model is one layer; its ops are the compiled region's and those around it.
     "compiled": CorpusProgram("compiled", (), ("compiled.py",),
-                              {"application": 1, "model": 3, "layer": 3, "library": 18}, SLOW_LEVELS),
+                              {"application": 1, "model": 3, "layer": 3, "library": 18}),
     # Export calls the model twice (tracing); ORT's 3 runs have node (layer) and kernel spans.
     "onnx-export": CorpusProgram("onnx_export", (), ("onnx_export.py",),
                                  {"application": 1, "model": 2 + 3, "layer": 15, "library": 12}),
@@ -89,7 +84,7 @@ CORPUS = {
 
 def cases() -> Iterator[object]:
     for name, program in CORPUS.items():
-        for level in program.levels:
+        for level in LEVELS:
             yield pytest.param(name, level, id=f"{name}-{level}")
 
 
