@@ -42,13 +42,20 @@ PIXELS = 2_000
 ZOOMS = (1, 10, 100, 1_000, 10_000)
 
 
-def load(store: Store, total: int) -> tuple[str, str, str]:
-    """(a 1k-span trace, the 100k-span trace, the big trace) after inserting about `total` spans."""
-    big_spans = max(SMALL_SPANS, total // 2)
+SMALL_TRACES_PER_INSERT = 100  # as a collector's flush would batch them, not one part per trace
+
+
+def load(store: Store, total: int, big_spans: int | None = None) -> tuple[str, str, str]:
+    """(a 1k-span trace, the 100k-span trace, the big trace of `big_spans`, by default half the
+    store) after inserting about `total` spans."""
+    big_spans = max(SMALL_SPANS, total // 2 if big_spans is None else big_spans)
     small_count = max(1, (total - big_spans - MID_SPANS) // SMALL_SPANS)
-    plan = [(1, MID_SPANS), (2, big_spans)] + [(10 + number, SMALL_SPANS) for number in range(small_count)]
-    for offset, (number, spans) in enumerate(plan):
-        store.insert("span_rows", trace_columns(number, spans, T0 + offset * 10**9))
+    store.insert("span_rows", trace_columns(1, MID_SPANS, T0))
+    store.insert("span_rows", trace_columns(2, big_spans, T0 + 10**9))
+    for first in range(0, small_count, SMALL_TRACES_PER_INSERT):
+        batch = [trace_columns(10 + number, SMALL_SPANS, T0 + (2 + number) * 10**9)
+                 for number in range(first, min(first + SMALL_TRACES_PER_INSERT, small_count))]
+        store.insert("span_rows", {name: [value for columns in batch for value in columns[name]] for name in batch[0]})
     return trace_id_of(10), trace_id_of(1), trace_id_of(2)
 
 
@@ -106,9 +113,9 @@ def window_rows(reader: TraceReader, trace_id: str, runs: int) -> list[tuple[str
     return rows
 
 
-def bench(store: Store, total: int, runs: int, window_only: bool) -> None:
+def bench(store: Store, total: int, runs: int, window_only: bool, big_spans: int | None) -> None:
     started = time.perf_counter()
-    small, mid, big = load(store, total)
+    small, mid, big = load(store, total, big_spans)
     print(f"{store.url}: {total:,} spans loaded in {time.perf_counter() - started:.1f} s", flush=True)
     reader = TraceReader(store)
     fetches = [] if window_only else [
@@ -132,12 +139,14 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="also a throwaway clickhouse-server")
     parser.add_argument("--server-only", action="store_true", help="only the throwaway clickhouse-server")
     parser.add_argument("--window-only", action="store_true", help="only the big trace's windowed reads")
+    parser.add_argument("--big-spans", type=int, default=None,
+                        help="spans of the big trace (default: half of --total; the full run: 1000000)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         if not args.server_only:
             store = open_store(f"embedded://{directory}/store")
             try:
-                bench(store, args.total, args.runs, args.window_only)
+                bench(store, args.total, args.runs, args.window_only, args.big_spans)
             finally:
                 store.close()
         if args.server or args.server_only:
@@ -146,7 +155,7 @@ def main() -> None:
             server = clickhouse_local_server.start(f"{directory}/ch")
             store = open_store(server.url)
             try:
-                bench(store, args.total, args.runs, args.window_only)
+                bench(store, args.total, args.runs, args.window_only, args.big_spans)
             finally:
                 store.close()
                 server.stop()
