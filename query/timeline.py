@@ -23,8 +23,9 @@ and no warnings. It shows what the collector wrote when the adjusted view looks 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 import json
+from operator import itemgetter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -128,12 +129,14 @@ def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Seq
             if parent[row] < 0:
                 warnings.append(f"span {span_ids[row]}: parent {parent_id} not in trace")
     settled = [False] * len(span_ids)  # rows whose parent chain is known to end at a root
+    walked_from = [-1] * len(span_ids)  # the row whose walk up last passed here: on its path
     for row in kept:
+        if settled[row]:
+            continue
         path: list[int] = []
-        on_path: set[int] = set()
         current = row
         while not settled[current]:
-            if current in on_path:
+            if walked_from[current] == row:
                 loop = path[path.index(current):]
                 breaker = min(loop, key=lambda r: (starts[r], span_ids[r]))
                 parent[breaker] = -1
@@ -141,7 +144,7 @@ def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Seq
                 warnings.append(f"span {span_ids[breaker]}: parent chain loops ({chain}); shown as a root")
                 break
             path.append(current)
-            on_path.add(current)
+            walked_from[current] = row
             if parent[current] < 0:
                 break
             current = parent[current]
@@ -173,7 +176,9 @@ def _pre_order(rows_by_start: Sequence[int], parent: Sequence[int]) -> tuple[lis
         row, depth = stack.pop()
         order.append(row)
         depths.append(depth)
-        stack.extend((child, depth + 1) for child in reversed(children.get(row, ())))
+        below = children.get(row)
+        if below:  # most rows are leaves
+            stack.extend([(child, depth + 1) for child in reversed(below)])
     return order, depths
 
 
@@ -199,7 +204,7 @@ def span_tree(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequen
     those rows, each under its nearest kept ancestor; `max_depth` then cuts what lies deeper.
     Self times are those of the whole trace: filtering changes depths, not self times."""
     kept, parent, warnings, outside = _parent_rows(span_ids, parent_ids, starts, ends)
-    by_start = sorted(kept, key=lambda row: (starts[row], span_ids[row]))
+    by_start = sorted(kept, key=list(zip(starts, span_ids)).__getitem__)  # rows come sorted from the store: one pass
     children: dict[int, list[int]] = {}
     for row in by_start:
         if parent[row] >= 0:
@@ -323,16 +328,18 @@ class StringTable:
         self.strings: list[str] = []
         self._index: dict[str, int] = {}
 
-    def indexes(self, values: Iterable[str]) -> list[int]:
+    def indexes(self, values: Iterable[str], absent: str | None = None) -> list[int]:
+        """Each value's index, interning the new ones; a value equal to `absent` is -1 instead
+        (an attribute the span does not have). The loops over every value are the C ones of
+        dict.fromkeys and map: a trace's values are many, its distinct strings few."""
+        values = values if isinstance(values, (list, tuple)) else list(values)
         index = self._index
-        found = []
-        for value in values:
-            position = index.get(value)
-            if position is None:
-                position = index[value] = len(self.strings)
+        for value in dict.fromkeys(values):
+            if value != absent and value not in index:
+                index[value] = len(self.strings)
                 self.strings.append(value)
-            found.append(position)
-        return found
+        lookup = index if absent is None else {**index, absent: -1}
+        return list(map(lookup.__getitem__, values))
 
 
 VIEWER_ATTRIBUTES = {"process_pid": PROCESS_PID, "thread_id": THREAD_ID, "thread_name": THREAD_NAME,
@@ -348,33 +355,36 @@ COMPACT_COLUMNS = ("span_id", "parent_span_id", "name", "service", "level", "sta
 """The columns compact_json reads (the rest is for the documented JSON)."""
 
 
-def _interned_or_absent(table: StringTable, values: Iterable[str]) -> list[int]:
-    """Each value's index in `table`, -1 for '' (the span has no such attribute)."""
-    return [-1 if value == "" else table.indexes((value,))[0] for value in values]
+def _in_order(order: Sequence[int]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A column's values at the rows of `order`, in that order (itemgetter: one C call a column)."""
+    if len(order) < 2:
+        return lambda column: [column[row] for row in order]
+    pick = itemgetter(*order)
+    return lambda column: list(pick(column))
 
 
 def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
     """?format=compact: the timeline as parallel arrays in pre-order, names, services and levels
     as indexes into `strings`, times as offsets from `origin_ns` (a decimal string, exact) so
     that every number stays below 2**53 and reads exactly in JavaScript."""
-    order = tree.order
-    starts = [columns["start_ns"][row] for row in order]
+    in_order = _in_order(tree.order)
+    starts = in_order(columns["start_ns"])
     origin = min(starts, default=0)
     table = StringTable()
     return {
         "trace_id": trace_id,
         "format": "compact",
         "origin_ns": str(origin),
-        "span_id": [columns["span_id"][row] for row in order],
+        "span_id": in_order(columns["span_id"]),
         "parent": _parent_positions(tree.depths),
-        "name": table.indexes(columns["name"][row] for row in order),
-        "service": table.indexes(columns["service"][row] for row in order),
-        "level": table.indexes(stored_level(columns["level"][row]) for row in order),
+        "name": table.indexes(in_order(columns["name"])),
+        "service": table.indexes(in_order(columns["service"])),
+        "level": table.indexes(list(map(stored_level, in_order(columns["level"])))),
         "start_ns": [start - origin for start in starts],
-        "duration_ns": [columns["duration_ns"][row] for row in order],
-        "self_ns": [tree.self_ns[row] for row in order],
+        "duration_ns": in_order(columns["duration_ns"]),
+        "self_ns": in_order(tree.self_ns),
         "depth": tree.depths,
-        "attributes": {key: _interned_or_absent(table, (columns[ATTRIBUTE_COLUMN + key][row] for row in order))
+        "attributes": {key: table.indexes(in_order(columns[ATTRIBUTE_COLUMN + key]), absent="")
                        for key in VIEWER_ATTRIBUTES.values()},
         "strings": table.strings,
         "warnings": list(tree.warnings),

@@ -12,6 +12,7 @@ from mlscope.query.timeline import (
     ATTRIBUTE_COLUMN,
     SPAN_FIELDS_COLUMN,
     VIEWER_ATTRIBUTES,
+    StringTable,
     Timeline,
     build_timeline,
     compact_json,
@@ -216,3 +217,11 @@ def test_compact_form_interns_strings_and_keeps_numbers_exact() -> None:
     by_key = compact["attributes"]
     assert [compact["strings"][i] if i >= 0 else None for i in by_key[PROCESS_PID]] == ["4242", None, None, None, None]
     assert by_key[LAYER_PATH] == [-1] * 5
+
+
+def test_string_table_interns_in_order_of_first_use_and_marks_the_absent_value() -> None:
+    table = StringTable()
+    assert table.indexes(["b", "a", "b", ""]) == [0, 1, 0, 2]
+    # An attribute column: '' is "no such attribute" (-1) even though '' is interned as a name.
+    assert table.indexes(iter(["", "c", "a", ""]), absent="") == [-1, 3, 1, -1]
+    assert table.strings == ["b", "a", "", "c"]
