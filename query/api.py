@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -68,6 +68,7 @@ AUTH = web.AppKey("auth", AuthPolicy)
 SPAN_CAP = web.AppKey("span_cap", SpanCap)
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
+Found = TypeVar("Found")
 
 
 def create_query_app(
@@ -136,6 +137,15 @@ def _window(params: dict[str, int], bounds: tuple[int, int] = (0, 2**64 - 1)) ->
 
 def _json_text(document: Any) -> str:
     return json.dumps(document, ensure_ascii=False, allow_nan=False)
+
+
+async def _trace_off_loop(trace_id: str, read: Callable[[], Found | None]) -> Found:
+    """What `read` finds of trace `trace_id`, read in a worker thread (a big trace takes a
+    while); NotFound when it finds no such trace."""
+    found = await asyncio.to_thread(read)
+    if found is None:
+        raise NotFound(f"trace {trace_id} not found")
+    return found
 
 
 def _json_text_response(text: str) -> web.Response:
@@ -209,10 +219,7 @@ async def get_trace(request: web.Request) -> web.Response:
             return _json_text(compact_json(trace_id, read.columns, read.tree))
         return timeline_json(trace_id, read.columns, read.tree)  # already JSON text, joined from the store's
 
-    text = await asyncio.to_thread(read_and_render)
-    if text is None:
-        raise NotFound(f"trace {trace_id} not found")
-    return _json_text_response(text)
+    return _json_text_response(await _trace_off_loop(trace_id, read_and_render))
 
 
 @requires(Scope.READ)
@@ -231,10 +238,7 @@ async def get_trace_window(request: web.Request) -> web.Response:
         read = read_window(reader, trace_id, window, resolution)
         return None if read is None else _json_text(window_json(trace_id, window, resolution, read))
 
-    text = await asyncio.to_thread(read_and_render)
-    if text is None:
-        raise NotFound(f"trace {trace_id} not found")
-    return _json_text_response(text)
+    return _json_text_response(await _trace_off_loop(trace_id, read_and_render))
 
 
 def counter_series(samples: Sequence[MetricSample], origin_ns: int) -> list[dict[str, Any]]:
@@ -265,10 +269,7 @@ async def trace_counters(request: web.Request) -> web.Response:
         return {"trace_id": trace_id, "start_ns": bounds[0], "end_ns": bounds[1],
                 "span_count": reader.span_count(trace_id), "series": counter_series(samples, bounds[0])}
 
-    document = await asyncio.to_thread(read)
-    if document is None:
-        raise NotFound(f"trace {trace_id} not found")
-    return json_response(document)
+    return json_response(await _trace_off_loop(trace_id, read))
 
 
 @requires(Scope.READ)
