@@ -30,7 +30,12 @@ from . import evaluate, traces
 from .common import CommandFailed, UsageError, render_rows
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
+    from mlscope.collector import Collector
     from mlscope.listener import ListenerLimits
+
+    from .app_thread import AppThread
 
 # --- serving ---------------------------------------------------------------------------------
 
@@ -50,10 +55,17 @@ async def _serve(
     """Runs the collector (when OTLP ports are given) and the query API + viewer (when `port` is
     given; with dispatch mounted beside them unless `no_dispatch`: one dispatch per store, and that
     process fills big traces' window caches in the background) until SIGINT/SIGTERM, printing each
-    bound port as `name: port`. `auth` guards every port, `limits` (default: ListenerLimits())
-    bounds slow and numerous clients on each and the log lines."""
+    bound port as `name: port`, then calling `on_ready` (on this loop) once all are bound. `auth`
+    guards every port, `limits` (default: ListenerLimits()) bounds slow and numerous clients on each
+    and the log lines.
+
+    The collector runs on this loop, the query API on a loop of its own in a thread of its own
+    (AppThread), so that decoding and batching ingest never holds the API's answers (/healthz
+    included); both use the one `store`. An error that ends either side ends both."""
     from mlscope.collector import NO_GRPC, Collector, CollectorConfig
-    from mlscope.listener import GuardedSite, ListenerLimits, listener_runner, rate_limit_logs
+    from mlscope.listener import ListenerLimits, rate_limit_logs
+
+    from .app_thread import AppThread
 
     limits = limits or ListenerLimits()
     rate_limit_logs(limits.log_lines_per_minute)  # a flood of failing requests must not become a flood of log lines
@@ -64,7 +76,7 @@ async def _serve(
 
     bound: dict[str, int] = {}
     collector = None
-    runner = None
+    query = None
     try:
         if otlp_http_port is not None:
             collector = Collector(
@@ -83,29 +95,50 @@ async def _serve(
             if otlp_grpc_port is not None:
                 bound["otlp-grpc"] = collector.grpc_port
         if port is not None:
-            from mlscope.dispatch import Dispatcher, dispatch_mount
-            from mlscope.query import create_query_app
-            from mlscope.query import SettlerPolicy
-
-            mounts = [] if no_dispatch else [
-                dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]
-            app = create_query_app(store, collector.status if collector else None, mounts=mounts, auth=auth,
-                                   body_timeout_s=limits.body_timeout_s,
-                                   fill_window_caches=None if no_dispatch else SettlerPolicy())
-            runner = listener_runner(app, limits, access_log=None)
-            await runner.setup()
-            await GuardedSite(runner, host, port, limits.max_connections).start()
-            bound["http"] = runner.addresses[0][1]
+            query = AppThread("mlscope-query")
+            bound["http"] = await query.start(
+                lambda: _query_app(store, collector, no_dispatch, auth, limits), limits, host, port)
         for name, value in bound.items():
             print(f"{name}: {value}", flush=True)
         if on_ready:
             on_ready(bound)
-        await stop.wait()
+        await _until_stopped(stop, query)
     finally:
-        if runner:
-            await runner.cleanup()
-        if collector:
-            await collector.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        try:
+            if query:
+                await query.stop()
+        finally:
+            if collector:
+                await collector.stop()
+
+
+def _query_app(store: Store, collector: Collector | None, no_dispatch: bool, auth: AuthPolicy,
+               limits: ListenerLimits) -> web.Application:
+    """The query API and viewer of `_serve`, built on the loop that serves them."""
+    from mlscope.dispatch import Dispatcher, dispatch_mount
+    from mlscope.query import SettlerPolicy, create_query_app
+
+    mounts = [] if no_dispatch else [
+        dispatch_mount(Dispatcher(store), otlp_http_port=collector.http_port if collector else None)]
+    # /readyz reads the collector's status from the API's thread: a handful of counters, each read whole.
+    return create_query_app(store, collector.status if collector else None, mounts=mounts, auth=auth,
+                            body_timeout_s=limits.body_timeout_s,
+                            fill_window_caches=None if no_dispatch else SettlerPolicy())
+
+
+async def _until_stopped(stop: asyncio.Event, query: AppThread | None) -> None:
+    """Returns when `stop` is set; raises when the query API's thread ended by an error first."""
+    stopping = asyncio.ensure_future(stop.wait())
+    waiting = [stopping] if query is None else [stopping, asyncio.ensure_future(query.wait())]
+    try:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for finished in done:
+            finished.result()
+    finally:
+        for future in waiting:
+            future.cancel()
 
 
 def _level(text: str) -> str:
