@@ -58,7 +58,7 @@ def test_the_migration_keeps_stored_rows_and_the_views_over_them_work(
                    "trace_id": old_trace} for index in range(150)]
         store.insert("span_rows", columns_of([*SPANS, _evaluation_span("00000000000000e1", T0, "resnet18"), *spread]))
         monkeypatch.undo()
-        assert store.migrate() == ["011_span_content.sql"]
+        assert store.migrate()[0] == "011_span_content.sql"  # and any later file
 
         assert store.execute("SELECT count() FROM spans").rows == [(154,)]
         assert store.execute("SELECT countIf(content_hash = 0) FROM spans").rows == [(0,)]
