@@ -68,7 +68,7 @@ def test_evaluation_spans_become_rows_once(store: Store) -> None:
 
 def test_table_columns_are_the_result_fields(store: Store) -> None:
     columns = [column.name for column in store.execute("SELECT * FROM evaluations LIMIT 0").columns]
-    assert columns == ["trace_id", "span_id", "time_ns", *FIELDS, "day"]
+    assert columns == ["trace_id", "span_id", "time_ns", *FIELDS, "day", "content_hash", "conflict"]
 
 
 def _store_as_of_version_4(store_url: str) -> Store:
