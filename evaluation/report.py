@@ -38,6 +38,7 @@ _TABLE: tuple[tuple[str, str, Any], ...] = (
     ("system", "system_name", str),
     ("predictor", "predictor", str),
     ("lost spans", "spans_dropped", lambda count: f"{count}*" if count else "-"),
+    ("conflict", "conflict", lambda flag: "yes+" if flag else "-"),
 )
 
 
@@ -70,6 +71,21 @@ def lost_spans_footnote(rows: Sequence[Row]) -> str:
             "by the collector): their figures were measured, but their traces are incomplete\n")
 
 
+def conflicts_footnote(rows: Sequence[Row]) -> str:
+    """The line under the table for evaluations stored with more than one content ("" when
+    none were): each copy is a row of its own, flagged `conflict` by the `evaluations` view."""
+    conflicting = {(row["trace_id"], row["span_id"]) for row in rows if row.get("conflict")}
+    if not conflicting:
+        return ""
+    return (f"+ {len(conflicting)} evaluation(s) were sent more than once with different content (the same trace "
+            "and span ids): every copy is listed and none is in the figures; which one is right cannot be told here\n")
+
+
+def footnotes(rows: Sequence[Row]) -> str:
+    """Every line that goes under the table ("" when none does)."""
+    return lost_spans_footnote(rows) + conflicts_footnote(rows)
+
+
 def _latest(rows: Sequence[Row], *keys: str) -> dict[tuple, Row]:
     """The last row for each combination of `keys` (rows come oldest first)."""
     return {tuple(row[key] for key in keys): row for row in rows}
@@ -77,8 +93,9 @@ def _latest(rows: Sequence[Row], *keys: str) -> dict[tuple, Row]:
 
 def _figure_rows(rows: Sequence[Row]) -> list[Row]:
     """The rows the figures compare: single-stream, at the shallowest level traced (the one
-    whose tracing costs least: deeper levels are there to show their own overhead)."""
-    single_stream = [row for row in rows if row["scenario"] == FIGURE_SCENARIO]
+    whose tracing costs least: deeper levels are there to show their own overhead), leaving out
+    conflicting copies (a figure drawn from one of them would silently pick a side)."""
+    single_stream = [row for row in rows if row["scenario"] == FIGURE_SCENARIO and not row.get("conflict")]
     levels = [row.get("level") or LEVELS[1] for row in single_stream]
     shallowest = min(levels, key=LEVELS.index, default=None)
     return [row for row, level in zip(single_stream, levels) if level == shallowest]

@@ -2,7 +2,8 @@
 
 Pure: no I/O. Text filters match exactly and are quoted by `sql_string`; numbers pass through
 int(), so no parameter can change the statement. Rows come back with every column of the table
-(CONTRACT.md: one row per evaluated configuration and scenario).
+(CONTRACT.md: one row per evaluated configuration and scenario; an evaluation sent again with
+other content under the same ids is a row per content, each with `conflict` 1: schema/012).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from mlscope.store import sql_string
 from .params import ParseParam, natural, parse_params, text
 
 TEXT_FILTERS = ("model", "framework", "scenario", "level", "system", "predictor", "run_id", "job_id", "span_id")
-NUMBER_FILTERS = ("batch_size",)
+NUMBER_FILTERS = ("batch_size", "conflict")
 MAX_ROWS = 10_000
 
 
@@ -31,6 +32,7 @@ class EvaluationFilter:
     job_id: str | None = None
     span_id: str | None = None
     batch_size: int | None = None
+    conflict: int | None = None  # 1: only the copies of evaluations stored with more than one content
 
 
 EVALUATION_PARAMS: dict[str, ParseParam] = {**dict.fromkeys(TEXT_FILTERS, text), **dict.fromkeys(NUMBER_FILTERS, natural)}
@@ -42,11 +44,12 @@ def parse_evaluation_filter(params: Mapping[str, str]) -> EvaluationFilter:
 
 
 def evaluations_sql(evaluation_filter: EvaluationFilter) -> str:
-    """Oldest first within model, framework, batch size and scenario: the order a report reads."""
+    """Oldest first within model, framework, batch size and scenario: the order a report reads
+    (ties: by span id, then content hash, so the copies of a conflicting evaluation keep an order)."""
     conditions = [f"{name} = {sql_string(value)}" for name in TEXT_FILTERS
                   if (value := getattr(evaluation_filter, name)) is not None]
     conditions += [f"{name} = {int(value)}" for name in NUMBER_FILTERS
                    if (value := getattr(evaluation_filter, name)) is not None]
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return (f"SELECT * FROM evaluations{where} "
-            f"ORDER BY model, framework, batch_size, scenario, time_ns, span_id LIMIT {MAX_ROWS}")
+            f"ORDER BY model, framework, batch_size, scenario, time_ns, span_id, content_hash LIMIT {MAX_ROWS}")
