@@ -120,9 +120,9 @@ def _evaluate_remotely(args: argparse.Namespace) -> int:
 
 
 def _show_evaluations(rows: list[dict], figure: str | None) -> None:
-    from mlscope.evaluation.report import lost_spans_footnote, table, write_figure
+    from mlscope.evaluation.report import footnotes, table, write_figure
 
-    sys.stdout.write(render_rows(table(rows), "table") + lost_spans_footnote(rows))
+    sys.stdout.write(render_rows(table(rows), "table") + footnotes(rows))
     if figure:
         write_figure(rows, Path(figure))
         print(f"mlscope: figure written to {figure}", file=sys.stderr)
@@ -168,7 +168,7 @@ def cmd_predictor(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Reads a model's evaluations from a query service; prints them and writes the figures."""
-    from mlscope.evaluation.report import lost_spans_footnote, table, write_figure
+    from mlscope.evaluation.report import footnotes, table, write_figure
     from mlscope.client import ServiceClient, ServiceError
 
     try:
@@ -181,7 +181,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.baseline and args.baseline not in systems:
         raise UsageError(f"no evaluations of model {args.model!r} on system {args.baseline!r}; "
                          f"its systems: {', '.join(systems)}")
-    sys.stdout.write(render_rows(table(rows), "table") + lost_spans_footnote(rows))
+    sys.stdout.write(render_rows(table(rows), "table") + footnotes(rows))
     if args.out:
         try:
             write_figure(rows, Path(args.out), args.baseline)
