@@ -10,6 +10,10 @@ heartbeating reads as `lost`.
 A predictor belongs to the token that first registered it (its `owner`, a fingerprint of the
 token): only that token, or an admin's, heartbeats as it, reads the jobs sent to it (their
 requests hold the manifests) and moves them on. Another token is refused with `NotYours` (403).
+A predictor registered while auth was off has no owner (''); once auth is on, the first token
+that heartbeats for it from the same process (host, pid and start time as stored) claims it, so
+a predictor that already held its token keeps its id and its jobs across the switch; any other
+process is refused (`claimed_owner`).
 """
 
 from __future__ import annotations
@@ -127,11 +131,43 @@ def heartbeat_columns(heartbeat: Heartbeat, seen_ns: int, owner: str = "") -> Co
     }
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What the store says of a registered predictor: its owner and the process that beats as it."""
+
+    owner: str  # '' when it was registered while auth was off
+    host: str
+    pid: int
+    started_ns: int
+
+
+def claimed_owner(predictor_id: str, registered: Registration | None, heartbeat: Heartbeat, caller: Caller) -> str:
+    """The owner a heartbeat leaves the predictor with: the caller's for a new predictor, the
+    stored one otherwise (NotYours unless the caller may act as it), except that a predictor
+    registered while auth was off is claimed by the first token that heartbeats for it from the
+    process that registered it (the same host, pid and start time). Another process is refused:
+    knowing a predictor's id (it is in the resource of the spans it sends) must not be enough to
+    take over the jobs meant for it."""
+    if registered is None:
+        return caller.owner
+    if registered.owner or not caller.owner:
+        check_acts_as(predictor_id, registered.owner, caller)
+        return registered.owner
+    if (heartbeat.host, heartbeat.pid, heartbeat.started_ns) == (registered.host, registered.pid, registered.started_ns):
+        return caller.owner
+    if caller.admin:
+        return registered.owner
+    raise NotYours(f"predictor {predictor_id} was registered while auth was off, by another process ({registered.host}, "
+                   f"pid {registered.pid}); only that process can claim it with a token. Start mlscope predictor "
+                   f"again with MLSCOPE_TOKEN set: it registers under a new id")
+
+
 PREDICTORS_SQL = f"SELECT * FROM predictors ORDER BY seen_ns DESC LIMIT {MAX_ROWS}"
 
 
-def owner_sql(predictor_id: str) -> str:
-    return f"SELECT owner FROM predictors WHERE predictor_id = {sql_string(predictor_id)}"
+def registration_sql(predictor_id: str) -> str:
+    """The columns of a `Registration`, in its order."""
+    return f"SELECT owner, host, pid, started_ns FROM predictors WHERE predictor_id = {sql_string(predictor_id)}"
 
 
 def predictor_json(row: Mapping[str, Any], now_ns: int, timing: DispatchTiming) -> dict[str, Any]:
