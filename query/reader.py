@@ -1,13 +1,16 @@
 """The query service's only door to the store: its reads, each one statement.
 
-Blocking (the store's calls are); the HTTP layer runs them in worker threads. Every read goes
-through the deduplicating views or merges `trace_index`, never the physical tables.
+Blocking (the store's calls are); the HTTP layer runs them in worker threads. Reads go through
+the deduplicating views or merge `trace_index`, but for a trace's own rows: those come from
+span_rows, whose copies of a span the reader collapses itself (trace_columns), and the windowed
+read's cache, which only this package writes.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
 import threading
 import time
@@ -29,6 +32,14 @@ from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
 
 _SPAN_COLUMN_NAMES = SPAN_ROWS.column_names
+
+
+class RowsOverLimit(Exception):
+    """A read given `max_rows` would read more rows than that (trace_columns)."""
+
+
+# ClickHouse's code for a read past max_rows_to_read (TOO_MANY_ROWS), the same on every version.
+_TOO_MANY_ROWS = 158
 
 
 class QueryFailed(BadRequest):
@@ -315,6 +326,22 @@ def _tile_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
             f"GROUP BY {keys}, name) GROUP BY {keys}")
 
 
+# What tells the copies of one span apart: the columns of span_rows' key after the trace id.
+_COPY_KEY = ("span_id", "content_hash")
+
+
+def _without_copies(columns: Columns) -> Columns:
+    """`columns` (with _COPY_KEY's, ordered so that rows of one key are next to each other)
+    keeping the first row of each key: what FINAL would have merged. Most reads have no copies,
+    and one C-speed pass over the hashes says so."""
+    span_ids, hashes = columns["span_id"], columns["content_hash"]
+    if not any(map(operator.eq, hashes, hashes[1:])):
+        return columns
+    kept = [0, *(row for row in range(1, len(span_ids))
+                 if hashes[row] != hashes[row - 1] or span_ids[row] != span_ids[row - 1])]
+    return {name: [values[row] for row in kept] for name, values in columns.items()}
+
+
 def _select(name: str) -> str:
     """A stored column, `attribute:KEY` (timeline.ATTRIBUTE_COLUMN): the span's attribute KEY,
     else its resource's; '' when neither has it (ClickHouse reads index 0 of an array as ''),
@@ -436,15 +463,24 @@ class TraceReader:
             f"PREWHERE start_ns IN ({', '.join(map(str, starts))}) "
             f"WHERE {_fill_condition(trace_id, fill.fill)} AND start_ns BETWEEN {starts[0]} AND {starts[-1]}")
 
-    def trace_columns(self, trace_id: str, bounds: tuple[int, int], names: Sequence[str] = _SPAN_COLUMN_NAMES,
+    def trace_columns(self, trace_id: str, names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,
-                      span_ids: Collection[str] | None = None) -> Columns:
-        """The `names` columns of the spans of `trace_id`, by start time then span id: only the
-        partitions of its `bounds` are read, and the level filter (levels as stored_level counts
-        them), the time window (spans overlapping it) and a list of span ids are applied by the
-        store."""
-        first_day, last_day = (f"toDate(toDateTime(intDiv({time_ns}, 1000000000)))" for time_ns in bounds)
-        conditions = [f"trace_id = {sql_string(trace_id)}", f"start_date >= {first_day}", f"start_date <= {last_day}"]
+                      span_ids: Collection[str] | None = None, max_rows: int | None = None) -> Columns:
+        """The `names` columns of the spans of `trace_id`, by start time then span id, each span
+        once (as the `spans` view has it); the level filter (levels as stored_level counts them),
+        the time window (spans overlapping it) and a list of span ids are applied by the store.
+
+        Read from span_rows without FINAL: its merge of the copies costs more than the rows it
+        saves (the `spans` view doubled a small trace's read), and the copies a retry wrote, not
+        yet merged, are identical rows under one key (span id, content hash), which the order
+        puts next to each other: _without_copies drops them here. Nor are the trace's partitions
+        bounded by its time range: the trace id, first in span_rows' key, finds its granules in
+        every part for about what asking the trace index for that range costs.
+
+        With `max_rows`, RowsOverLimit when the store would read more rows than that: it refuses
+        before reading, on the rows of the granules the key selected (a few thousand more than
+        the trace's own at most), so a caller needs no count first to bound what it reads."""
+        conditions = [f"trace_id = {sql_string(trace_id)}"]
         if levels is not None:
             conditions.append(level_condition(levels))
         if window is not None:
@@ -455,11 +491,19 @@ class TraceReader:
         selected = [name for name in names if name != SPAN_FIELDS_COLUMN] if fields_here else list(names)
         if fields_here:
             selected += [name for name in _SPAN_COLUMN_NAMES if name not in selected]
-        columns = self._store.execute_columns(
-            f"SELECT {', '.join(map(_select, selected))} FROM spans WHERE {' AND '.join(conditions)} "
-            # content_hash last: copies of a span re-sent with other content (span_tree keeps one)
-            # come out in the same order on every read.
-            "ORDER BY start_ns, span_id, end_ns, content_hash")
+        selected += [name for name in _COPY_KEY if name not in selected]
+        settings = None if max_rows is None else {"max_rows_to_read": max_rows, "read_overflow_mode": "throw"}
+        try:
+            read = self._store.execute_columns(
+                f"SELECT {', '.join(map(_select, selected))} FROM {SPAN_ROWS.name} WHERE {' AND '.join(conditions)} "
+                # content_hash last: copies of a span re-sent with other content (span_tree keeps
+                # one) come out in the same order on every read.
+                "ORDER BY start_ns, span_id, end_ns, content_hash", settings)
+        except StoreError as exc:
+            if max_rows is not None and exc.code == _TOO_MANY_ROWS:
+                raise RowsOverLimit(f"trace {trace_id}: more than {max_rows} rows to read") from exc
+            raise
+        columns = _without_copies(read)
         if fields_here:
             columns[SPAN_FIELDS_COLUMN] = span_fields_json(columns)
         return {name: columns.get(name, []) for name in names}
@@ -472,10 +516,7 @@ class TraceReader:
     def trace_spans(self, trace_id: str) -> list[Span]:
         """Every span of `trace_id` (lowercase hex) by start time, then span id; an empty list
         for a trace the store does not hold."""
-        bounds = self.trace_bounds(trace_id)
-        if bounds is None:
-            return []
-        columns = self.trace_columns(trace_id, bounds)
+        columns = self.trace_columns(trace_id)
         return [span_from_row({name: columns[name][row] for name in _SPAN_COLUMN_NAMES})
                 for row in range(len(columns["span_id"]))]
 

@@ -19,7 +19,7 @@ from mlscope.conventions import PROCESS_ORPHANED, stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
-from .reader import DepthFill, TraceReader
+from .reader import DepthFill, RowsOverLimit, TraceReader
 from .timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, SpanTree, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
@@ -86,48 +86,71 @@ def _rows_of_kept(columns: Columns, tree: SpanTree, read: Columns) -> SpanTree:
 
 def read_trace(reader: TraceReader, trace_id: str, query: TraceQuery,
                names: Sequence[str] = SPAN_ROWS.column_names, cap: SpanCap = SpanCap(),
-               compact: bool = False) -> TraceRead | None:
+               compact: bool = False, row_count: int | None = None) -> TraceRead | None:
     """The `names` columns of the spans of `trace_id` the query keeps, in tree order; None for
-    an unknown trace. TooLarge past `cap` (the `compact` one for ?format=compact): checked on
-    the trace index's count before any span is read, or, with filters, on the spans kept
-    before their columns are."""
-    bounds = reader.trace_bounds(trace_id)
-    if bounds is None:
-        return None
-    filtered = not query.raw and (query.levels is not None or query.max_depth is not None or query.window is not None)
-    if not filtered:
-        cap.check(trace_id, reader.span_count(trace_id), compact)
-    if query.raw:
-        columns = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window)
-        rows = list(range(len(columns["span_id"])))
-        return TraceRead(columns, SpanTree(rows, [0] * len(rows), list(columns["duration_ns"]), ()))
-    if query.levels is None and query.max_depth is None and query.window is None:
-        columns = reader.trace_columns(trace_id, bounds, names)
+    an unknown trace. TooLarge past `cap` (the `compact` one for ?format=compact), checked
+    before the spans are read: with filters, on the spans kept; else on the trace's distinct
+    spans, counted only when its rows in span_rows may be more than the cap (`row_count`, when
+    the caller has just counted them; else the store's estimate as it starts the read)."""
+    if query.raw or (query.levels is None and query.max_depth is None and query.window is None):
+        columns = _read_whole(reader, trace_id, query, names, cap, compact, row_count)
+        if columns is None:
+            return None
+        if query.raw:
+            rows = list(range(len(columns["span_id"])))
+            return TraceRead(columns, SpanTree(rows, [0] * len(rows), list(columns["duration_ns"]), ()))
         tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
-        return TraceRead(columns, _excusing_helpers(reader, trace_id, bounds, tree))
-    skeleton = reader.trace_columns(trace_id, bounds, TREE_COLUMNS)
+        return TraceRead(columns, _excusing_helpers(reader, trace_id, tree))
+    skeleton = reader.trace_columns(trace_id, TREE_COLUMNS)
+    if not skeleton["span_id"]:
+        return None
     starts, ends = skeleton["start_ns"], skeleton["end_ns"]
     keep = [
         (query.levels is None or stored_level(level) in query.levels)
         and (query.window is None or (start <= query.window[1] and end >= query.window[0]))
         for level, start, end in zip(skeleton["level"], starts, ends)
     ]
-    tree = _excusing_helpers(reader, trace_id, bounds, span_tree(
+    tree = _excusing_helpers(reader, trace_id, span_tree(
         skeleton["span_id"], skeleton["parent_span_id"], starts, ends, keep=keep, max_depth=query.max_depth))
     cap.check(trace_id, len(tree.order), compact)
     kept_ids = [skeleton["span_id"][row] for row in tree.order]
     named = kept_ids if query.max_depth is not None and len(kept_ids) <= MAX_IDS_IN_QUERY else None
-    read = reader.trace_columns(trace_id, bounds, names, levels=query.levels, window=query.window, span_ids=named)
+    read = reader.trace_columns(trace_id, names, levels=query.levels, window=query.window, span_ids=named)
     return TraceRead(read, _rows_of_kept(skeleton, tree, read))
 
 
-def _excusing_helpers(reader: TraceReader, trace_id: str, bounds: tuple[int, int], tree: SpanTree) -> SpanTree:
+def _read_whole(reader: TraceReader, trace_id: str, query: TraceQuery, names: Sequence[str], cap: SpanCap,
+                compact: bool, row_count: int | None) -> Columns | None:
+    """Every span of the trace (raw: those of the query's levels and window), None for an unknown
+    trace. One statement when the trace is small: the read itself refuses to start on more rows
+    than the cap (as the store estimates them from the granules it would read: a little more
+    than the rows), and only then are the trace's distinct spans counted."""
+    limit = cap.compact if compact else cap.full
+    if row_count is not None and not row_count:
+        return None
+    columns = None
+    if row_count is None or row_count <= limit:
+        try:
+            columns = reader.trace_columns(trace_id, names, levels=query.levels, window=query.window,
+                                           max_rows=None if row_count is not None else limit)
+        except RowsOverLimit:
+            pass
+    if columns is None:  # more rows than the cap: copies not merged yet count as rows, spans may not be more
+        cap.check(trace_id, reader.span_count(trace_id), compact)
+        columns = reader.trace_columns(trace_id, names, levels=query.levels, window=query.window)
+    if columns["span_id"]:
+        return columns
+    # None read: an unknown trace, or raw filters that keep no span of it.
+    return columns if reader.span_row_count(trace_id) else None
+
+
+def _excusing_helpers(reader: TraceReader, trace_id: str, tree: SpanTree) -> SpanTree:
     """`tree` without the outside-its-parent warnings of process spans marked as outliving their
     parent (a helper process, by design): the mark is read for the warned spans only."""
     if not tree.outside_parent:
         return tree
     warned = [span_id for span_id, _ in tree.outside_parent]
-    marks = reader.trace_columns(trace_id, bounds, ("span_id", ORPHANED_COLUMN),
+    marks = reader.trace_columns(trace_id, ("span_id", ORPHANED_COLUMN),
                                  span_ids=warned if len(warned) <= MAX_IDS_IN_QUERY else None)
     return tree.excusing({span_id for span_id, mark in zip(marks["span_id"], marks[ORPHANED_COLUMN]) if mark == "true"})
 
@@ -202,12 +225,15 @@ def new_fill_id() -> int:
     return time.time_ns() >> 10 << 10 | secrets.randbits(10)
 
 
-def fill_span_depths(reader: TraceReader, trace_id: str, bounds: tuple[int, int], span_count: int,
-                     spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> DepthFill:
+def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
+                     spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> DepthFill | None:
     """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
-    rows, with its pyramid (pyramid_widths); returns that fill."""
+    rows, with its pyramid (pyramid_widths); returns that fill, or None when the trace has no
+    span (any more)."""
     fill_id = new_fill_id()
-    columns = reader.trace_columns(trace_id, bounds, WINDOW_COLUMNS)
+    columns = reader.trace_columns(trace_id, WINDOW_COLUMNS)
+    if not columns["span_id"]:
+        return None
     tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
     first, last = pyramid_widths(columns["start_ns"], spans_per_bucket)
     fill = DepthFill(fill_id, span_count, first, last)
@@ -240,10 +266,9 @@ def depth_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill
         with _DEPTH_FILL:
             fill = reader.span_depth_fill(trace_id, span_count)
             if fill is None:
-                bounds = reader.trace_bounds(trace_id)
-                if bounds is None:
+                filled = fill_span_depths(reader, trace_id, span_count)
+                if filled is None:
                     return None
-                filled = fill_span_depths(reader, trace_id, bounds, span_count)
                 # Another process may have filled it at the same time: all read the smallest fill id.
                 fill = reader.span_depth_fill(trace_id, span_count) or filled
     return fill

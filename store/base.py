@@ -89,10 +89,10 @@ class Store(ABC):
         """Runs one statement; raises StoreUnavailable when the store cannot be reached and
         StoreError (with ClickHouse's code) when the engine refuses it."""
 
-    def execute_columns(self, sql: str) -> Columns:
+    def execute_columns(self, sql: str, settings: Settings | None = None) -> Columns:
         """Runs one query of the store's own and returns its result by column (name -> values):
         the shape bulk readers want, without a tuple per row where the backend can avoid it."""
-        result = self.execute(sql)
+        result = self.execute(sql, settings)
         return {column.name: [row[index] for row in result.rows] for index, column in enumerate(result.columns)}
 
     @abstractmethod

@@ -134,9 +134,9 @@ class EmbeddedStore(Store):
         columns = tuple(Column(meta["name"], meta["type"]) for meta in payload["meta"])
         return QueryResult(columns=columns, rows=[tuple(row) for row in payload["data"]])
 
-    def execute_columns(self, sql: str) -> Columns:
+    def execute_columns(self, sql: str, settings: Settings | None = None) -> Columns:
         # Arrow out of the engine: no text to parse, and columns stay columns.
-        answer = self._run(sql, "Arrow").bytes()
+        answer = self._run(f"{sql}{_settings_clause(settings)}", "Arrow").bytes()
         table = pa.ipc.open_file(answer).read_all()
         return {name: table.column(name).to_pylist() for name in table.column_names}
 

@@ -162,11 +162,10 @@ def test_two_processes_filling_a_trace_at_once_do_not_double_its_counts(store: S
     # Both fills complete, as when two query processes miss the cache together: reads use one.
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
-    bounds = reader.trace_bounds(TRACE)
-    assert bounds is not None
-    fills = [fill_span_depths(reader, TRACE, bounds, len(KNOWN), spans_per_bucket=1) for _ in range(2)]
+    first, second = (fill_span_depths(reader, TRACE, len(KNOWN), spans_per_bucket=1) for _ in range(2))
     read_fill = reader.span_depth_fill(TRACE, len(KNOWN))
-    assert read_fill is not None and read_fill.fill == min(fill.fill for fill in fills) and fills[0].fill != fills[1].fill
+    assert first is not None and second is not None and first.fill != second.fill
+    assert read_fill is not None and read_fill.fill == min(first.fill, second.fill)
     for resolution in (1, 10 * MS, 200 * MS):
         read = read_window(reader, TRACE, (T0, T0 + 100 * MS), resolution)
         assert read is not None and sum(read["span_total"]) == len(KNOWN), resolution
