@@ -44,12 +44,20 @@ def _evaluation_span(span_id: str, start: int, model: str) -> dict:
                     attr_values=[model, "12.5"])
 
 
+def open_store_before(store_url: str, version: int, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The store at `store_url` as the schema files before `version` left it; its migrate()
+    applies the rest."""
+    every_file = store_base.schema_files()
+    monkeypatch.setattr(store_base, "schema_files", lambda: tuple(f for f in every_file if f.version < version))
+    try:
+        return open_store(store_url)
+    finally:
+        monkeypatch.undo()
+
+
 def test_the_migration_keeps_stored_rows_and_the_views_over_them_work(
         store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    every_file = store_base.schema_files()
-    monkeypatch.setattr(store_base, "schema_files",
-                        lambda: tuple(f for f in every_file if f.version < CONTENT_KEY_VERSION))
-    store = open_store(store_url)
+    store = open_store_before(store_url, CONTENT_KEY_VERSION, monkeypatch)
     try:
         # Before 011: spans of one trace, an evaluation, and a trace spread over 150 months (the
         # copy into the keyed table must take more partitions than one insert block may touch).
@@ -57,7 +65,6 @@ def test_the_migration_keeps_stored_rows_and_the_views_over_them_work(
         spread = [{**span_row(f"{index + 1:016x}", "", "monthly", T0 - index * MONTH_NS, T0 - index * MONTH_NS + 5),
                    "trace_id": old_trace} for index in range(150)]
         store.insert("span_rows", columns_of([*SPANS, _evaluation_span("00000000000000e1", T0, "resnet18"), *spread]))
-        monkeypatch.undo()
         assert store.migrate()[0] == "011_span_content.sql"  # and any later file
 
         assert store.execute("SELECT count() FROM spans").rows == [(154,)]
