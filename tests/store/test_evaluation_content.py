@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 
 from mlscope.conventions import EVALUATION_PREFIX, EVALUATION_SPAN
-from mlscope.store import Store, open_store
+from mlscope.store import Store
 from mlscope.store import base as store_base
 
+from .test_span_content import open_store_before
 from .test_store_conformance import T0, columns_of, span_row
 
 EVALUATION_CONTENT_VERSION = 12
@@ -47,10 +48,7 @@ def test_a_retry_folds_and_a_conflicting_copy_is_kept_and_flagged(store: Store) 
 
 def test_the_migration_brings_back_folded_copies_and_keeps_rows_without_a_span(
         store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    every_file = store_base.schema_files()
-    monkeypatch.setattr(store_base, "schema_files",
-                        lambda: tuple(f for f in every_file if f.version < EVALUATION_CONTENT_VERSION))
-    store = open_store(store_url)
+    store = open_store_before(store_url, EVALUATION_CONTENT_VERSION, monkeypatch)
     try:
         # Before 012: an evaluation sent twice with different figures (span_rows keeps both, the
         # old key folds them into one row), evaluations over 150 months (the copies must take more
@@ -63,7 +61,6 @@ def test_the_migration_brings_back_folded_copies_and_keeps_rows_without_a_span(
         store.execute("INSERT INTO evaluation_rows (trace_id, span_id, time_ns, model) "
                       f"SELECT '{'9' * 32}', '00000000000000f9', toUInt64({T0}), 'spanless'")
         assert store.execute("SELECT count() FROM evaluations WHERE span_id = '00000000000000e1'").rows == [(1,)]
-        monkeypatch.undo()
         assert store.migrate() == ["012_evaluation_content.sql"]
 
         assert store.execute("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
@@ -78,7 +75,7 @@ def test_the_migration_brings_back_folded_copies_and_keeps_rows_without_a_span(
         assert ("00000000000000e3", "vit", 12.5, 0) in _rows(store)
         assert store.execute("SELECT count() FROM evaluations WHERE model = 'resnet18'").rows == [(2,)]
         # Run again as after an interruption: the same rows, the views still working.
-        store.apply_schema_file(next(f for f in every_file if f.version == EVALUATION_CONTENT_VERSION))
+        store.apply_schema_file(next(f for f in store_base.schema_files() if f.version == EVALUATION_CONTENT_VERSION))
         assert store.execute("SELECT model, count() FROM evaluations GROUP BY model ORDER BY model").rows == [
             ("monthly", 150), ("resnet18", 2), ("spanless", 1), ("vit", 1)]
         assert store.migrate() == []
