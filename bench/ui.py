@@ -9,10 +9,12 @@ Debian's Chromium and prints:
 
 - time to the first complete draw (navigation start -> data-ready="1"), and how much of it was
   the API responses arriving (the resource timing of /api/traces/{id}...), `--runs` times cold
-  (opened right after the trace is stored: past 200k spans the page reads windows, GET
-  /api/traces/{id}/window, and the first one fills the trace's window cache; the cache is dropped
-  before each run) and as many times settled (once the query app's settler, query/settler.py,
-  has filled the cache of the quiet trace); the median of each;
+  (opened right after the trace is stored, each time by a new query app, so its cache of compact
+  forms is empty: past 200k spans the page reads windows, GET /api/traces/{id}/window, and the
+  first one fills the trace's window cache; that cache is dropped before each run), then once
+  settled (once the query app's settler, query/settler.py, has filled the window cache of the
+  quiet trace) and `--runs` times re-opened in that app (a trace read whole comes from its
+  compact-form cache); the median of each;
 - the window reads made while panning and zooming;
 - frame times while zooming (W, S held), panning (A, D held) and turning the wheel: intervals
   between requestAnimationFrame callbacks in the page (a frame that takes too long shows as a
@@ -181,15 +183,15 @@ async def bench(url: str, spans: int, seconds: float, runs: int) -> None:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             cold = []
-            runner, base = await serve(create_query_app(store))
-            try:
-                for run in range(runs):
-                    for table in WINDOW_CACHE_TABLES:
-                        store.execute(f"TRUNCATE TABLE {table}")
+            for run in range(runs):  # a new app each time: its compact-form cache starts empty
+                for table in WINDOW_CACHE_TABLES:
+                    store.execute(f"TRUNCATE TABLE {table}")
+                runner, base = await serve(create_query_app(store))
+                try:
                     print(f" cold, run {run + 1}")
                     cold.append(await first_draw(browser, base, None))
-            finally:
-                await runner.cleanup()
+                finally:
+                    await runner.cleanup()
             for table in WINDOW_CACHE_TABLES:
                 store.execute(f"TRUNCATE TABLE {table}")
             runner, base = await serve(create_query_app(store, fill_window_caches=SettlerPolicy()))
@@ -197,13 +199,16 @@ async def bench(url: str, spans: int, seconds: float, runs: int) -> None:
                 started = time.monotonic()
                 await settled(store)
                 print(f" settled (filled by the settler {time.monotonic() - started:.1f} s after the app started)")
-                warm = [await first_draw(browser, base, seconds if run == runs - 1 else None) for run in range(runs)]
+                first_open = await first_draw(browser, base, None)
+                print(" re-opened (the app's compact-form cache holds the trace when it was read whole)")
+                reopened = [await first_draw(browser, base, seconds if run == runs - 1 else None) for run in range(runs)]
             finally:
                 await runner.cleanup()
             await browser.close()
-        print(f"  first complete draw, median of {runs}: cold {statistics.median(cold):.0f} ms "
-              f"({', '.join(f'{value:.0f}' for value in cold)}), settled {statistics.median(warm):.0f} ms "
-              f"({', '.join(f'{value:.0f}' for value in warm)})")
+        print(f"  first complete draw: cold, median of {runs}, {statistics.median(cold):.0f} ms "
+              f"({', '.join(f'{value:.0f}' for value in cold)}); settled, first open {first_open:.0f} ms; "
+              f"re-opened, median of {runs}, {statistics.median(reopened):.0f} ms "
+              f"({', '.join(f'{value:.0f}' for value in reopened)})")
     finally:
         store.close()
 

@@ -8,9 +8,12 @@ Store calls block, so they run in worker threads (asyncio.to_thread) and never s
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -71,6 +74,43 @@ _TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 Found = TypeVar("Found")
 
 
+class EncodedCache:
+    """Encoded answers (gzip bytes) by key, the least recently used dropped past `max_bytes`.
+    Thread-safe: handlers fill it from worker threads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> bytes | None:
+        with self._lock:
+            body = self._entries.get(key)
+            if body is not None:
+                self._entries.move_to_end(key)
+            return body
+
+    def put(self, key: Hashable, body: bytes) -> None:
+        if len(body) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self._bytes += len(body) - (len(old) if old is not None else 0)
+            self._entries[key] = body
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+# The compact form of a trace, gzipped (about a tenth of its JSON: ~0.75 MB for 100k spans), by
+# trace, its row count in span_rows and the query: a re-open of a trace that did not change since
+# is sent without reading or treeing it again. A trace that changed has another row count (rows
+# only arrive, and the store's merges of re-sent copies only remove rows).
+COMPACT_CACHE = web.AppKey("compact_cache", EncodedCache)
+COMPACT_CACHE_BYTES = 128 * 2**20
+
+
 def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
     mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
@@ -92,6 +132,7 @@ def create_query_app(
     app[OPENAPI] = openapi_document(mounts)
     app[AUTH] = auth
     app[SPAN_CAP] = span_cap
+    app[COMPACT_CACHE] = EncodedCache(COMPACT_CACHE_BYTES)
     app.add_routes([*_routes(), *jaeger_routes(app[READER], span_cap)])
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
@@ -122,7 +163,7 @@ async def _timeline(request: web.Request, trace_id: str) -> Timeline:
 
 _NANOSECONDS = int_between(0, 2**64 - 1)
 TRACE_PARAMS = {"max_depth": int_between(0, 10_000), "start_ns": _NANOSECONDS, "end_ns": _NANOSECONDS,
-                "format": one_of(("json", "compact"))}
+                "format": one_of(("json", "compact")), "max_spans": int_between(0, 2**63)}
 WINDOW_PARAMS = {"start_ns": _NANOSECONDS, "end_ns": _NANOSECONDS, "resolution_ns": int_between(1, 2**63),
                  "pixels": int_between(1, 100_000)}
 DEFAULT_PIXELS = 2_000
@@ -150,6 +191,24 @@ async def _trace_off_loop(trace_id: str, read: Callable[[], Found | None]) -> Fo
 
 def _json_text_response(text: str) -> web.Response:
     return web.Response(text=text, content_type="application/json")
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header lets the answer be gzip: named (else `*`) without q=0."""
+    weights: dict[str, str] = {}
+    for entry in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in entry.split(";"))
+        weights.setdefault(coding.lower(), next((param[2:] for param in params if param.startswith("q=")), "1"))
+    weight = weights.get("gzip", weights.get("*", "0"))
+    try:
+        return float(weight) > 0
+    except ValueError:
+        return False
+
+
+def _gzip_json_response(body: bytes, gzipped: bool) -> web.Response:
+    headers = {"Vary": "Accept-Encoding", **({"Content-Encoding": "gzip"} if gzipped else {})}
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -208,16 +267,31 @@ async def get_trace(request: web.Request) -> web.Response:
     windowed = "start_ns" in params or "end_ns" in params
     query = TraceQuery(levels=parse_levels(request.query.get("levels")), max_depth=params.get("max_depth"),
                        window=_window(params) if windowed else None, raw=flag(request, "raw"))
-    compact = params.get("format") == "compact"
-    names = COMPACT_COLUMNS if compact else TIMELINE_COLUMNS
+    reader, cap = request.app[READER], request.app[SPAN_CAP]
+    if params.get("format") == "compact":
+        gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        cache = request.app[COMPACT_CACHE]
+
+        def read_compact() -> bytes | None:  # a big trace takes a while to read and encode: off the loop
+            if "max_spans" in params:
+                SpanCap(compact=params["max_spans"]).check(trace_id, reader.span_count(trace_id), compact=True)
+            key = (trace_id, reader.span_row_count(trace_id), query)  # counted first: never older than the body
+            body = cache.get(key)
+            if body is None:
+                read = read_trace(reader, trace_id, query, COMPACT_COLUMNS, cap, compact=True)
+                if read is None:
+                    return None
+                body = gzip.compress(_json_text(compact_json(trace_id, read.columns, read.tree)).encode(), 1, mtime=0)
+                cache.put(key, body)
+            return body if gzipped else gzip.decompress(body)
+
+        return _gzip_json_response(await _trace_off_loop(trace_id, read_compact), gzipped)
+    if "max_spans" in params:
+        raise BadRequest("max_spans is for format=compact")
 
     def read_and_render() -> str | None:  # a big trace takes a while to encode: off the loop
-        read = read_trace(request.app[READER], trace_id, query, names, request.app[SPAN_CAP], compact)
-        if read is None:
-            return None
-        if compact:
-            return _json_text(compact_json(trace_id, read.columns, read.tree))
-        return timeline_json(trace_id, read.columns, read.tree)  # already JSON text, joined from the store's
+        read = read_trace(reader, trace_id, query, TIMELINE_COLUMNS, cap)
+        return None if read is None else timeline_json(trace_id, read.columns, read.tree)  # joined from the store's text
 
     return _json_text_response(await _trace_off_loop(trace_id, read_and_render))
 

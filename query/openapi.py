@@ -89,7 +89,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "?format=compact: the timeline as parallel arrays in pre-order (index i of every array is "
                        "span i); name, service and level are indexes into `strings`; start_ns is an offset from "
-                       "origin_ns, so every number stays below 2**53",
+                       "origin_ns, so every number stays below 2**53. The service keeps each answer (gzipped) "
+                       "by trace, query and the trace's stored row count: a re-read of an unchanged trace is "
+                       "not read from the store again, one that gained spans is",
         "properties": {
             "trace_id": {"type": "string"}, "format": {"type": "string", "enum": ["compact"]},
             "origin_ns": {"type": "string", "description": "the first start, ns since the epoch, in decimal"},
@@ -260,10 +262,14 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                     query_param("start_ns", INTEGER, "only spans overlapping [start_ns, end_ns]"),
                     query_param("end_ns", INTEGER, "only spans overlapping [start_ns, end_ns]"),
                     query_param("format", {"type": "string", "enum": ["json", "compact"], "default": "json"},
-                                "compact: the CompactTimeline schema"),
+                                "compact: the CompactTimeline schema, gzip-encoded when Accept-Encoding allows"),
+                    query_param("max_spans", {"type": "integer", "minimum": 0},
+                                "format=compact only: 413 when the trace index counts more spans than this, "
+                                "answered before any span is read (a viewer's cue to read windows instead)"),
                 ],
                 "responses": {"200": {"description": "the timeline", "content": {"application/json": {"schema": {
-                    "oneOf": [ref("Timeline"), ref("CompactTimeline")]}}}}, "400": ERROR, "404": ERROR}}},
+                    "oneOf": [ref("Timeline"), ref("CompactTimeline")]}}}}, "400": ERROR, "404": ERROR,
+                    "413": {**ERROR, "description": "more spans than one answer holds, or than max_spans"}}}},
             "/api/traces/{trace_id}/window": {"get": {
                 "summary": "one trace's spans in a time window at a level of detail (spans narrower than the "
                            "resolution merged)",

@@ -242,7 +242,10 @@
   // `parse` is parseJson unless the body has no integer beyond 2^53 (the compact trace form):
   // a reviver costs seconds on a 100k-span trace.
   async function fetchJson(url, options, parse = parseJson) {
-    const response = await fetchWithToken(url, options);
+    return responseJson(await fetchWithToken(url, options), parse);
+  }
+
+  async function responseJson(response, parse = parseJson) {
     const body = parse(await response.text());
     if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
     return body;
@@ -626,22 +629,23 @@
   // What a timeline draws of trace `base` (/api/traces/{id}): its compact form at `levelsQuery`
   // (null: no level shown), or past `windowPast` spans its first window and a reader of later
   // ones (fetchWindow, else null); `counters` is GET {base}/counters (span count, sampled series).
-  // The compact form is not asked for beside the counters: their span count decides whether it
-  // is wanted, a cancelled compact read keeps the server building it (stalling the window read
-  // that replaces it), and at 100k spans the two answers share the server's cores, so starting
-  // both at once draws no sooner (docs/PERFORMANCE.md, viewer section).
+  // The compact form is asked for beside the counters with max_spans=windowPast: past it the
+  // server answers 413 from the trace index's count (the counters' span_count) before reading a
+  // span, so a big trace costs no compact form built for nothing.
   // `say(text)` tells the user what is being read while they wait.
   async function loadTrace(base, levelsQuery, windowPast, say = () => {}) {
+    const compactRead = levelsQuery === null ? null
+      : fetchWithToken(`${base}?format=compact&max_spans=${windowPast}${levelsQuery ? `&${levelsQuery}` : ""}`);
     const counters = await fetchJson(`${base}/counters`);
     const big = Number(counters.span_count) > windowPast;
     say(big
       ? `Reading ${counters.span_count} spans a window at a time. The first read of a trace that has just ` +
         "finished prepares its windows: seconds per million spans; later reads are quick."
       : `Reading ${counters.span_count} spans…`);
-    const windowed = big ? await windowedTrace(base) : null;
-    const trace = windowed ? windowed.trace : levelsQuery !== null
-      ? await fetchJson(`${base}?format=compact${levelsQuery ? `&${levelsQuery}` : ""}`, undefined, JSON.parse)
-      : EMPTY_TRACE;
+    const compact = compactRead && await compactRead;
+    // The trace may have grown past the cap between the two answers: either one says windows.
+    const windowed = big || (compact && compact.status === 413) ? await windowedTrace(base) : null;
+    const trace = windowed ? windowed.trace : compact ? await responseJson(compact, JSON.parse) : EMPTY_TRACE;
     return { counters, trace, fetchWindow: windowed ? windowed.fetchWindow : null };
   }
 

@@ -1,0 +1,75 @@
+"""GET /api/traces/{id}?format=compact as sent: gzip when the client accepts it (the same JSON
+as without), kept per app by the trace's row count so that a re-open is not read again yet a
+trace that grew is, and max_spans (a viewer's cue to read windows instead) answered before any
+span is read. Both backends."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from mlscope.query.api import EncodedCache, accepts_gzip
+from tests.query.query_server import Served
+from tests.query.trace_fixtures import KNOWN, TRACE, insert, row
+
+COMPACT = f"/api/traces/{TRACE}?format=compact"
+LATE = row("00000000000000e6", "00000000000000a1", "late", 96, 99, "application")
+
+
+async def raw_get(api: Served, path: str, accept_encoding: str) -> tuple[int, dict[str, str], bytes]:
+    async with api.session.get(path, headers={"Accept-Encoding": accept_encoding}, auto_decompress=False) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def test_compact_is_gzip_when_accepted_and_the_same_json_when_not(served: Served) -> None:
+    insert(served.store, KNOWN)
+    status, headers, zipped = await raw_get(served, COMPACT, "gzip, deflate")
+    assert (status, headers["Content-Encoding"], headers["Vary"]) == (200, "gzip", "Accept-Encoding")
+    status, headers, plain = await raw_get(served, COMPACT, "identity")
+    assert status == 200 and "Content-Encoding" not in headers
+    assert gzip.decompress(zipped) == plain
+    body = json.loads(plain)
+    assert [body["strings"][i] for i in body["name"]] == ["pipeline", "predict", "conv1", "relu", "postprocess"]
+
+
+async def test_a_reopen_is_the_same_answer_and_a_trace_that_grew_is_read_again(served: Served) -> None:
+    insert(served.store, KNOWN)
+    first = await served.get(COMPACT)
+    assert await served.get(COMPACT) == first
+    insert(served.store, [LATE])
+    status, body = await served.get(COMPACT)
+    assert status == 200 and [body["strings"][i] for i in body["name"]][-1] == "late"
+    # Each query is its own answer.
+    status, body = await served.get(f"{COMPACT}&levels=model")
+    assert [body["strings"][i] for i in body["name"]] == ["predict"]
+
+
+async def test_max_spans_is_a_413_past_it(served: Served) -> None:
+    insert(served.store, KNOWN)
+    status, body = await served.get(f"{COMPACT}&max_spans=4")  # 5 spans
+    assert status == 413 and "has 5 spans" in body["error"]
+    assert (await served.get(f"{COMPACT}&max_spans=5"))[0] == 200
+    status, body = await served.get(f"/api/traces/{TRACE}?max_spans=5")
+    assert (status, body["error"]) == (400, "max_spans is for format=compact")
+    assert (await served.get(f"/api/traces/{'0' * 32}?format=compact&max_spans=5"))[0] == 404
+
+
+@pytest.mark.parametrize("header, accepted", [
+    ("gzip", True), ("deflate, gzip;q=0.5", True), ("gzip;q=0", False), ("*", True), ("*;q=0, gzip", True),
+    ("gzip;q=0, *", False), ("identity", False), ("", False), ("GZIP", True), ("gzip;q=x", False),
+])
+def test_accepts_gzip(header: str, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
+
+
+def test_encoded_cache_drops_the_least_recently_used_past_its_budget() -> None:
+    cache = EncodedCache(max_bytes=10)
+    cache.put("a", b"aaaa")
+    cache.put("b", b"bbbb")
+    assert cache.get("a") == b"aaaa"  # now the most recently used
+    cache.put("c", b"cccc")
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (b"aaaa", None, b"cccc")
+    cache.put("big", b"x" * 11)  # more than the whole budget: not kept, nothing dropped for it
+    assert (cache.get("big"), cache.get("a")) == (None, b"aaaa")
