@@ -163,6 +163,8 @@ def cmd_predictor(args: argparse.Namespace) -> int:
         process.serve(threading.Event(), on_job=lambda line: print(f"mlscope: {line}", file=sys.stderr, flush=True))
     except Stopped as stopped:
         print(f"mlscope: predictor {identity.name} stopped ({stopped})", file=sys.stderr)
+    except ServiceError as exc:
+        raise CommandFailed(f"predictor {identity.name}: {args.server} refused its heartbeat: {exc}") from exc
     return 0
 
 

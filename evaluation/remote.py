@@ -117,6 +117,7 @@ class PredictorProcess:
         self._shared_env = dict(shared_env or {})
         self._poll_s = poll_s
         self._heartbeat_s = 5.0
+        self._refused: ServiceError | None = None  # the service's answer when it refused a heartbeat
 
     def register(self) -> str:
         """The first heartbeat (ServiceError when the dispatch cannot be reached or refuses
@@ -131,7 +132,8 @@ class PredictorProcess:
 
     def serve(self, stop: threading.Event, on_job: Callable[[str], None] = lambda line: None) -> None:
         """Pulls and runs jobs until `stop` is set; Stopped during a job marks it failed and
-        propagates."""
+        propagates; ServiceError (401/403) once the service refuses a heartbeat, after the job
+        under way ends."""
         beating = threading.Thread(target=self._beat, args=(stop,), name="mlscope-heartbeat", daemon=True)
         beating.start()
         try:
@@ -146,13 +148,19 @@ class PredictorProcess:
         finally:
             stop.set()
             beating.join(timeout=10)
+        if self._refused is not None:
+            raise self._refused
 
     def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(self._heartbeat_s):
             try:
                 self._client.post("/api/predictors", self.identity.heartbeat())
-            except ServiceError as exc:  # the service may be restarting: keep trying
-                log.warning("heartbeat failed: %s", exc)
+            except ServiceError as exc:
+                if exc.status in (401, 403):  # the token no longer may act as this predictor: retrying cannot help
+                    self._refused = exc
+                    stop.set()
+                    return
+                log.warning("heartbeat failed: %s", exc)  # the service may be restarting: keep trying
 
     def _queued_jobs(self) -> list[dict[str, Any]]:
         try:
