@@ -34,6 +34,7 @@ from .jaeger import jaeger_routes
 from .listing import parse_trace_filter, trace_page
 from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
+from .search import DEFAULT_LIMIT, SEARCH_PARAMS, search_trace
 from .settler import SettlerPolicy, settler_context
 from .params import int_between, one_of, parse_params
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
@@ -56,6 +57,7 @@ def _routes() -> list[web.RouteDef]:
         web.get("/api/traces/{trace_id}/export", export_trace),
         web.get("/api/traces/{trace_id}/window", get_trace_window),
         web.get("/api/traces/{trace_id}/counters", trace_counters),
+        web.get("/api/traces/{trace_id}/search", search_spans),
         web.post("/api/sql", run_sql),
         web.get("/api/evaluations", list_evaluations),
         web.get("/api/traces/{trace_id}/analysis", analyze_trace),
@@ -344,6 +346,18 @@ async def trace_counters(request: web.Request) -> web.Response:
                 "span_count": reader.span_count(trace_id), "series": counter_series(samples, bounds[0])}
 
     return json_response(await _trace_off_loop(trace_id, read))
+
+
+@requires(Scope.READ)
+async def search_spans(request: web.Request) -> web.Response:
+    """The spans of the whole trace whose name or layer label holds ?q= (query/search.py)."""
+    trace_id = _trace_id(request)
+    params = parse_params(request.query, SEARCH_PARAMS)
+    if "q" not in params:
+        raise BadRequest("q (the text to search for) is required")
+    reader, store = request.app[READER], request.app[STORE]
+    return json_response(await _trace_off_loop(
+        trace_id, lambda: search_trace(reader, store, trace_id, params["q"], params.get("limit", DEFAULT_LIMIT))))
 
 
 @requires(Scope.READ)

@@ -21,6 +21,9 @@ from .jaeger import DEFAULT_LIMIT as JAEGER_DEFAULT_LIMIT
 from .jaeger import MAX_LIMIT as JAEGER_MAX_LIMIT
 from .jaeger import PREFIX as JAEGER_PREFIX
 from .listing import MAX_LIMIT, NUMBER_FILTERS, STATUSES, TEXT_FILTERS
+from .search import DEFAULT_LIMIT as SEARCH_DEFAULT_LIMIT
+from .search import MAX_LIMIT as SEARCH_LIMIT
+from .search import MAX_TEXT_CHARS as SEARCH_TEXT_CHARS
 from .timeline import VIEWER_ATTRIBUTES
 
 
@@ -130,6 +133,19 @@ SCHEMAS: dict[str, Any] = {
                                "description": "single spans only (count 1): the viewer's attributes "
                                               "(the values of /api/conventions' attributes) the span has (its own, else its "
                                               "resource's), by key"}}}},
+        },
+    },
+    "TraceSearch": {
+        "type": "object",
+        "properties": {
+            "trace_id": {"type": "string"}, "q": {"type": "string"},
+            "total": {**INTEGER, "description": "how many spans match, listed or not"},
+            "matches": {"type": "array", "description": "the first `limit`, by start_ns, depth, span_id",
+                        "items": {"type": "object", "properties": {
+                            "span_id": {"type": "string"}, "name": {"type": "string"},
+                            "level": {"type": "string", "enum": list(LEVELS)},
+                            "track": {"type": "string", "description": "the service, as the window entries' track"},
+                            "depth": INTEGER, "start_ns": INTEGER, "end_ns": INTEGER}}},
         },
     },
     "TraceCounters": {
@@ -282,6 +298,18 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                                 "the window's width in pixels, when resolution_ns is not given"),
                 ],
                 "responses": {"200": json_content(ref("TraceWindow"), "the window"), "400": ERROR, "404": ERROR}}},
+            "/api/traces/{trace_id}/search": {"get": {
+                "summary": "the spans of the whole trace whose name or layer label (`features.3 (Conv2d)`) "
+                           "contains a text, case-insensitively, by start time (then depth, span id); depth and "
+                           "track as the window reads draw them (this reads and fills the same window cache)",
+                "parameters": [
+                    _TRACE_ID,
+                    {**query_param("q", {"type": "string", "minLength": 1, "maxLength": SEARCH_TEXT_CHARS},
+                                   "the text, matched as given (no pattern)"), "required": True},
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": SEARCH_LIMIT,
+                                          "default": SEARCH_DEFAULT_LIMIT}, "the most matches listed"),
+                ],
+                "responses": {"200": json_content(ref("TraceSearch"), "the matches"), "400": ERROR, "404": ERROR}}},
             "/api/traces/{trace_id}/counters": {"get": {
                 "summary": "one trace's extent and span count, and the metric series its services sampled "
                            "over it (the viewer's counter tracks)",

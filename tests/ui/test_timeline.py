@@ -374,6 +374,43 @@ async def test_windowed_detail_links_parent_and_children(base_url: str, browser:
     assert problems == []
 
 
+async def test_windowed_search_covers_the_whole_trace_and_moves_the_window(base_url: str, browser: Browser) -> None:
+    """Zoomed onto the first model call, a search finds the layers of every call (the whole trace,
+    GET /api/traces/{id}/search), and next/previous move the window to each one and select it."""
+    problems: list[str] = []
+    url = f"{base_url}/traces/{DEEP_TRACE}?window_over=10&start=99000000&end=112000000"  # the first model call
+    page = await open_trace(browser, url, problems)
+    assert await until(page, lambda: windows_read(page, 1))  # the read of the view, after the whole trace's
+    assert await in_window(page, OP)
+    third_layers = [r["span_id"] for r in sorted(ROWS, key=lambda r: r["start_ns"]) if r["attr_values"][:1] == ["features.2"]]
+    assert len(third_layers) == 5  # 4 calls and the worker's
+    assert not await in_window(page, third_layers[1])  # the second call is outside the window read
+    search = page.locator("[data-testid=search]")
+    count = page.locator("[data-testid=search-count]")
+    await search.fill("Features.2")
+    await count.filter(has_text="5 matches in the trace").wait_for()
+    details = page.locator("[data-testid=details]")
+    for expected in (*third_layers, third_layers[0]):  # next through all, wrapping to the first
+        await search.press("Enter")
+        assert await until(page, lambda: selected_is(page, expected)), expected
+        assert await bar(page, expected) is not None  # drawn, as a span of its own
+        await details.locator("h2", has_text="features.2 (ReLU)").wait_for()
+    await search.press("Shift+Enter")  # previous, wrapping to the last
+    assert await until(page, lambda: selected_is(page, third_layers[-1]))
+    assert await count.text_content() == "5 of 5 matches in the trace"
+    rect = await bar(page, third_layers[-1])
+    box = await page.locator("[data-testid=timeline]").bounding_box()
+    assert rect and box and box["x"] <= rect["x"] and rect["x"] + rect["width"] <= box["x"] + box["width"]
+    await screenshot(page, "timeline-windowed-search.png")
+    # A hostile name is searched for as text, found, and drawn as text.
+    await search.fill("onerror")
+    await search.press("Enter")
+    assert await until(page, lambda: selected_is(page, span_id(5)))
+    await details.locator("h2").filter(has_text="onerror").wait_for()
+    assert await details.locator("h2").text_content() == EVIL and await page.evaluate("window.__pwned") is None
+    assert problems == []
+
+
 async def test_window_entry_whose_parent_is_outside_keeps_its_id(base_url: str, browser: Browser) -> None:
     page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}", [])
     model = await page.evaluate("""() => {

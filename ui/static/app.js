@@ -508,27 +508,73 @@
   }
 
   // Enter selects the next match, Shift+Enter the previous; typing highlights the matches.
-  // searchFor(text) does both from elsewhere (the analysis tables' rows).
-  function searchBox(timeline) {
+  // searchFor(text) does both from elsewhere (the analysis tables' rows). With `searchTrace`
+  // (windowed mode: the page holds one window) the matches come from the whole trace
+  // (GET /api/traces/{id}/search) and next/previous move the window to each one.
+  function searchBox(timeline, searchTrace) {
     const input = el("input", { type: "search", "data-testid": "search", placeholder: "search spans (Enter: next)" });
-    const count = el("span", { class: "muted search-count" });
+    const count = el("span", { class: "muted search-count", "data-testid": "search-count" });
+    let found = null; // searchTrace's answer for found.q, and the match at found.at
+    const traceMatches = async (text) => {
+      if (!found || found.q !== text) found = { ...(await searchTrace(text)), q: text, at: -1 };
+      return found;
+    };
+    let countTimer = 0;
     const highlight = () => {
-      const found = timeline.setSearch(input.value);
-      count.textContent = input.value.trim() ? `${found} matches` : "";
+      const text = input.value;
+      const local = timeline.setSearch(text);
+      count.textContent = text.trim() ? `${local} matches` : "";
+      if (!searchTrace || !text.trim()) return;
+      clearTimeout(countTimer);
+      countTimer = setTimeout(() => traceMatches(text.trim()).then((answer) => {
+        if (input.value.trim() !== answer.q) return;
+        const listed = answer.matches.length < answer.total ? ` (the first ${answer.matches.length} reachable)` : "";
+        count.textContent = `${answer.total} matches in the trace${listed}`;
+      }).catch((error) => { count.textContent = `search failed: ${error.message}`; }), SEARCH_DEBOUNCE_MS);
+    };
+    const step = async (direction) => {
+      timeline.setSearch(input.value);
+      if (!searchTrace) {
+        timeline.selectMatch(direction);
+        return;
+      }
+      const text = input.value.trim();
+      if (!text) return;
+      const answer = await traceMatches(text);
+      const n = answer.matches.length;
+      if (!n) return;
+      answer.at = answer.at < 0 && direction < 0 ? n - 1 : (((answer.at + direction) % n) + n) % n;
+      const match = answer.matches[answer.at];
+      count.textContent = `${answer.at + 1} of ${answer.total} matches in the trace`;
+      timeline.goToSpan(match.span_id, match.start, match.end);
     };
     input.addEventListener("input", highlight);
     input.addEventListener("keydown", (event) => {
       if (event.key !== "Enter") return;
       event.preventDefault();
-      timeline.setSearch(input.value);
-      timeline.selectMatch(event.shiftKey ? -1 : 1);
+      step(event.shiftKey ? -1 : 1).catch((error) => { count.textContent = `search failed: ${error.message}`; });
     });
     const searchFor = (text) => {
       input.value = text;
       highlight();
-      timeline.selectMatch(1);
+      step(1).catch((error) => { count.textContent = `search failed: ${error.message}`; });
     };
     return { element: el("label", { class: "search" }, input, count), searchFor };
+  }
+
+  const SEARCH_DEBOUNCE_MS = 250;
+  const SEARCH_LIMIT = 1000; // matches listed for next/previous in windowed mode (the API's most)
+
+  // GET {base}/search as the matches' ids and times after `origin` (BigInt ns).
+  function traceSearch(base, origin) {
+    return async (text) => {
+      const answer = await fetchJson(`${base}/search?q=${encodeURIComponent(text)}&limit=${SEARCH_LIMIT}`);
+      return {
+        total: Number(answer.total),
+        matches: answer.matches.map((m) => ({
+          span_id: m.span_id, start: Number(toBig(m.start_ns) - origin), end: Number(toBig(m.end_ns) - origin) })),
+      };
+    };
   }
 
   // A table cell whose button acts on the timeline (selects a span, or searches for a name).
@@ -676,7 +722,7 @@
       replaceUrlParams({ levels: levelsParam(levels) });
       renderTrace(main, traceId).catch((error) => showError(main, error));
     };
-    const search = searchBox(timeline);
+    const search = searchBox(timeline, windowed ? traceSearch(base, timeline.model.origin) : null);
     const parts = [
       el("h1", null, count ? trace.strings[trace.name[0]] : "(no spans at these levels)"),
       el("div", { class: "meta" },

@@ -633,6 +633,7 @@
     let windowRequest = 0;
     let windowReads = 0; // answers applied, read by tests
     let lastReadKey = ""; // the view and width of the latest read
+    let pendingId = null; // a span goToSpan selects once a window read brings it
     function scheduleWindowRead() {
       if (!fetchWindow) return;
       clearTimeout(windowTimer);
@@ -667,6 +668,26 @@
       setOutline(outlineIds);
       windowReads += 1;
       scrollBy(0);
+      if (pendingId !== null && model.byId.has(pendingId)) {
+        const i = model.byId.get(pendingId);
+        pendingId = null;
+        select(i, { reveal: true });
+      }
+    }
+
+    // Selects span `spanId`, which lasts [start, end] (ns after the origin): at once when the model
+    // holds it as a span of its own, else (a windowed read holding it merged, or not at all) once
+    // the read of the view fitted onto it brings it.
+    function goToSpan(spanId, start, end) {
+      const i = model.byId.get(spanId);
+      if (i !== undefined && !(model.aggregateCount && model.aggregateCount[i] > 0)) {
+        pendingId = null;
+        select(i, { reveal: true });
+        return;
+      }
+      pendingId = spanId;
+      view = fitView(start, end);
+      viewChanged();
     }
 
     function scrollBy(dy) {
@@ -705,20 +726,24 @@
     }
 
     // --- selection and search ---
+    // The view onto [start, end] (ns after the origin): kept when the interval is in it and at
+    // least 4 px wide, else centred on it at between 1.5 and 20 times its width.
+    function fitView(start, end) {
+      const width = view.t1 - view.t0;
+      const spanWidth = end - start;
+      if (start >= view.t0 && end <= view.t1 && spanWidth * scale() >= 4) return view;
+      const fitted = Math.max(spanWidth * 1.5, Math.min(width, spanWidth * 20), MIN_WINDOW_NS);
+      const middle = (start + end) / 2;
+      return { t0: middle - fitted / 2, t1: middle + fitted / 2 };
+    }
+
     function reveal(i) {
       const track = trackFor(i);
       if (track.collapsed) {
         track.collapsed = false;
         tops = trackTops();
       }
-      const width = view.t1 - view.t0;
-      const spanWidth = model.ends[i] - model.starts[i];
-      const visible = model.starts[i] >= view.t0 && model.ends[i] <= view.t1;
-      if (!visible || spanWidth * scale() < 4) {
-        const fitted = Math.max(spanWidth * 1.5, Math.min(width, spanWidth * 20), MIN_WINDOW_NS);
-        const middle = (model.starts[i] + model.ends[i]) / 2;
-        view = { t0: middle - fitted / 2, t1: middle + fitted / 2 };
-      }
+      view = fitView(model.starts[i], model.ends[i]);
       const y = rowTop(i);
       if (y < RULER_H + HEADER_H || y + ROW_H > spansBottom()) scrollBy(y - (RULER_H + spansBottom()) / 2);
       viewChanged();
@@ -925,7 +950,7 @@
       windowReads: () => windowReads,
       // The aggregates' ids in the current window (windowed reads), for tests.
       aggregateIds: () => (model.aggregateCount ? model.spanIds.filter((_, i) => model.aggregateCount[i] > 0) : []),
-      select, setSearch, selectMatch, currentView, setOutline, setCounters,
+      select, setSearch, selectMatch, goToSpan, currentView, setOutline, setCounters,
       // Moves the view without telling onViewMove (it is how a linked timeline follows).
       setView(next) {
         view = clampView(next, extentNs);
