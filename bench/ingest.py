@@ -236,10 +236,21 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[RunResult]:
 # --- --sql-load: ingest beside one SQL client, through `mlscope serve` --------------------------
 
 
+# How a query of the SQL client ended, by the ClickHouse error code in a 400's message.
+_ENDINGS = {"Code: 241.": "memory limit", "Code: 159.": "time limit"}
+
+
+def _ending(status: int, body: str) -> str:
+    if status == 200:
+        return "answered"
+    return next((ending for code, ending in _ENDINGS.items() if code in body), f"HTTP {status}")
+
+
 async def sql_loop(url: str, query: str, seconds: float) -> dict[str, object]:
     """One client posting `query` to /api/sql back to back until `seconds` have passed: how many,
-    how each ended (HTTP status) and how long they took, with the first refusal's message."""
-    statuses: collections.Counter[int] = collections.Counter()
+    how each ended (answered, memory limit, time limit, else its HTTP status) and how long they
+    took, with the first refusal's message."""
+    endings: collections.Counter[str] = collections.Counter()
     durations: list[float] = []
     first_error = ""
     deadline = time.perf_counter() + seconds
@@ -247,12 +258,12 @@ async def sql_loop(url: str, query: str, seconds: float) -> dict[str, object]:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             async with session.post(url, json={"query": query}) as response:
-                body = await response.read()
+                body = (await response.read()).decode(errors="replace")
             durations.append(time.perf_counter() - started)
-            statuses[response.status] += 1
+            endings[_ending(response.status, body)] += 1
             if response.status != 200 and not first_error:
-                first_error = body.decode(errors="replace")[:300]
-    return {"statuses": dict(statuses), "durations": durations, "first_error": first_error}
+                first_error = body[:300]
+    return {"endings": dict(endings), "durations": durations, "first_error": first_error}
 
 
 @dataclass(frozen=True)
@@ -352,10 +363,10 @@ def sql_load_backend(backend: str, args: argparse.Namespace) -> None:
     loaded = statistics.median(b.spans_per_s for _, b in pairs)
     ratios = [b.spans_per_s / a.spans_per_s for a, b in pairs]
     loaded_healthz = [latency for _, b in pairs for latency in b.healthz_s]
-    statuses: collections.Counter[str] = collections.Counter()
+    endings: collections.Counter[str] = collections.Counter()
     durations = []
     for _, b in pairs:
-        statuses.update(b.sql["statuses"])
+        endings.update(b.sql["endings"])
         durations += b.sql["durations"]
     verdict = "meets" if statistics.median(ratios) >= SQL_LOAD_GOAL_RATIO and max(loaded_healthz) <= HEALTHZ_GOAL_S else "MISSES"
     print(f"{backend:8s}: ingest alone {alone:,.0f} spans/s, with one SQL client {loaded:,.0f} spans/s: "
@@ -363,7 +374,7 @@ def sql_load_backend(backend: str, args: argparse.Namespace) -> None:
           f"({', '.join(f'{ratio:.2f}' for ratio in ratios)}); goal >= {SQL_LOAD_GOAL_RATIO}")
     print(f"          /healthz alone: {_latency_figures([t for a, _ in pairs for t in a.healthz_s])}")
     print(f"          /healthz with SQL: {_latency_figures(loaded_healthz)}; goal <= {HEALTHZ_GOAL_S * 1000:.0f} ms")
-    print(f"          SQL: {sum(statuses.values())} queries, HTTP {dict(statuses)}, median {statistics.median(durations):.1f} s "
+    print(f"          SQL: {sum(endings.values())} queries, ended by {dict(endings)}, median {statistics.median(durations):.1f} s "
           f"each; first refusal: {next((b.sql['first_error'] for _, b in pairs if b.sql['first_error']), 'none')}")
     print(f"          {verdict} issue 11's goal; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
