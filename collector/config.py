@@ -40,8 +40,8 @@ class CollectorConfig:
     # timeout, max_connections holds for each port.
     listener: ListenerLimits = field(default_factory=ListenerLimits)
     # A request body larger than this (HTTP, or gRPC message) is parsed and decoded in a worker
-    # thread, at most `decode_threads` at once (more wait their turn), so that the event loop
-    # the collector shares with the query API keeps answering meanwhile; a smaller one is decoded
+    # thread, at most `decode_threads` at once (more wait their turn), so that the collector's
+    # event loop keeps reading and answering other requests meanwhile; a smaller one is decoded
     # inline, where the hop to a thread would cost more than the loop time it frees.
     decode_inline_max_bytes: int = 256 * 2**10
     decode_threads: int = 2

@@ -1,7 +1,8 @@
 """Where a request is decoded: a small one inline on the event loop, a large one in a small pool of
-worker threads, so that a big body never holds the loop the collector shares with the query API
-(its /healthz included) for the whole of its decode. The decode still holds the GIL most of the
-time; in a thread it is preempted every few milliseconds, which is what lets the loop answer."""
+worker threads, so that a big body never holds the collector's loop (the other requests it reads
+and answers, and any app served on the same loop) for the whole of its decode. The decode still
+holds the GIL most of the time; in a thread it is preempted every few milliseconds, which is what
+lets the loop answer. (`mlscope serve` runs the query API on a loop and thread of its own.)"""
 
 from __future__ import annotations
 
