@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 import json
-from operator import itemgetter
+from itertools import compress, islice, repeat
+from operator import eq, itemgetter, le
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,13 +82,18 @@ def outside_parent_warning(span_id: str, parent_id: str) -> str:
     return f"span {span_id}: outside the time of its parent {parent_id}"
 
 
-def _covered_self(start: int, end: int, children: Iterable[tuple[int, int]]) -> int:
-    """Duration minus the union of the (start, end) intervals, sorted by start, clipped to it."""
+def _covered_self(start: int, end: int, rows: Iterable[int], starts: Sequence[int], ends: Sequence[int]) -> int:
+    """[start, end]'s length minus the union of the intervals of `rows` (sorted by start), each
+    clipped to it: one loop over row indexes, no tuple per child."""
     covered = 0
     reach = start  # the end of the union so far
-    for child_start, child_end in children:
-        low = max(child_start, reach)
-        high = min(child_end, end)
+    for row in rows:
+        low = starts[row]
+        high = ends[row]
+        if low < reach:
+            low = reach
+        if high > end:
+            high = end
         if high > low:
             covered += high - low
             reach = high
@@ -96,18 +102,18 @@ def _covered_self(start: int, end: int, children: Iterable[tuple[int, int]]) -> 
 
 def self_time(span: Span, children: Iterable[Span]) -> int:
     """Duration minus the union of the children's intervals clipped to the span."""
-    intervals = [(child.start_ns, child.end_ns) for child in sorted(children, key=Span.sort_key)]
-    return _covered_self(span.start_ns, span.end_ns, intervals)
+    ordered = sorted(children, key=Span.sort_key)
+    return _covered_self(span.start_ns, span.end_ns, range(len(ordered)),
+                         [child.start_ns for child in ordered], [child.end_ns for child in ordered])
 
 
-def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequence[int],
-                 ends: Sequence[int]) -> tuple[list[int], list[int], list[str], list[tuple[str, str]]]:
-    """(rows kept, parent row of each row or -1, warnings, (span id, parent id) of each span
-    outside its parent's time): of the copies of an id, the one
-    that starts first (then ends first, then comes first) is kept; a parent not in the trace
-    makes a root; every parent loop is broken at its earliest span; a child outside its parent's
-    time is worth a warning (clock skew), nothing more."""
-    row_of: dict[str, int] = {}
+def _first_copies(span_ids: Sequence[str], starts: Sequence[int], ends: Sequence[int]) -> tuple[dict[str, int], list[str]]:
+    """(span id -> the row kept of its copies, a warning per id sent more than once): of the
+    copies of an id, the one that starts first (then ends first, then comes first)."""
+    row_of = dict(zip(span_ids, range(len(span_ids))))  # the last copy of each id
+    if len(row_of) == len(span_ids):  # no copies: the common case, in C
+        return row_of, []
+    row_of = {}
     copies: dict[str, int] = {}
     for row, span_id in enumerate(span_ids):
         first = row_of.get(span_id)
@@ -118,18 +124,16 @@ def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Seq
         copies[span_id] = copies.get(span_id, 1) + 1
         if (starts[row], ends[row]) < (starts[first], ends[first]):
             row_of[span_id] = row
-    warnings = [f"span {span_id}: sent {count} times with different content; kept the earliest"
-                for span_id, count in copies.items()]
-    kept = sorted(row_of.values())
-    parent = [-1] * len(span_ids)
-    for row in kept:
-        parent_id = parent_ids[row]
-        if parent_id:
-            parent[row] = row_of.get(parent_id, -1)
-            if parent[row] < 0:
-                warnings.append(f"span {span_ids[row]}: parent {parent_id} not in trace")
-    settled = [False] * len(span_ids)  # rows whose parent chain is known to end at a root
-    walked_from = [-1] * len(span_ids)  # the row whose walk up last passed here: on its path
+    return row_of, [f"span {span_id}: sent {count} times with different content; kept the earliest"
+                    for span_id, count in copies.items()]
+
+
+def _break_loops(kept: Sequence[int], parent: list[int], starts: Sequence[int], span_ids: Sequence[str],
+                 settled: list[bool]) -> list[str]:
+    """Makes a root of the earliest span of every parent loop among `kept` (`parent` changed in
+    place); `settled` marks the rows already known to hang from a root. A warning per loop."""
+    warnings = []
+    walked_from = [-1] * len(parent)  # the row whose walk up last passed here: on its path
     for row in kept:
         if settled[row]:
             continue
@@ -150,25 +154,39 @@ def _parent_rows(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Seq
             current = parent[current]
         for visited in path:
             settled[visited] = True
-    outside = [(span_ids[row], span_ids[parent[row]]) for row in kept
-               if parent[row] >= 0 and (starts[row] < starts[parent[row]] or ends[row] > ends[parent[row]])]
-    warnings.extend(outside_parent_warning(span, up) for span, up in outside)
-    return kept, parent, warnings, outside
+    return warnings
 
 
-def _pre_order(rows_by_start: Sequence[int], parent: Sequence[int]) -> tuple[list[int], list[int]]:
-    """(rows in pre-order, their depths) for `rows_by_start` (sorted by start time then span id),
-    each under `parent[row]` when that is one of them; iterative, as deep traces would exhaust
-    Python's stack."""
-    members = set(rows_by_start)
+def _in_start_order(starts: Sequence[int], span_ids: Sequence[str]) -> bool:
+    """Whether the rows are sorted by start time then span id (as the store returns them)."""
+    later = islice(starts, 1, None)
+    if not all(map(le, starts, later)):
+        return False
+    ties = compress(range(len(starts) - 1), map(eq, starts, islice(starts, 1, None)))
+    return all(span_ids[row] <= span_ids[row + 1] for row in ties)
+
+
+def _tree_lists(rows_by_start: Sequence[int], parent: Sequence[int]) -> tuple[list[int], dict[int, list[int]]]:
+    """(roots, parent row -> its children) of `rows_by_start` (sorted by start time then span id),
+    each under parent[row] (a row among them) or a root; children in start order."""
     roots: list[int] = []
     children: dict[int, list[int]] = {}
     for row in rows_by_start:
         up = parent[row]
-        if up >= 0 and up in members:
-            children.setdefault(up, []).append(row)
-        else:
+        if up < 0:
             roots.append(row)
+        else:
+            below = children.get(up)
+            if below is None:
+                children[up] = [row]
+            else:
+                below.append(row)
+    return roots, children
+
+
+def _pre_order(roots: Sequence[int], children: dict[int, list[int]]) -> tuple[list[int], list[int]]:
+    """(rows in pre-order, their depths) from `roots` down; iterative, as deep traces would
+    exhaust Python's stack. Rows on a parent loop are not reached."""
     order: list[int] = []
     depths: list[int] = []
     stack = [(root, 0) for root in reversed(roots)]
@@ -202,20 +220,42 @@ def span_tree(span_ids: Sequence[str], parent_ids: Sequence[str], starts: Sequen
               keep: Sequence[bool] | None = None, max_depth: int | None = None) -> SpanTree:
     """The pre-order of a trace's rows with depth and self time. `keep` (by row) leaves only
     those rows, each under its nearest kept ancestor; `max_depth` then cuts what lies deeper.
-    Self times are those of the whole trace: filtering changes depths, not self times."""
-    kept, parent, warnings, outside = _parent_rows(span_ids, parent_ids, starts, ends)
-    by_start = sorted(kept, key=list(zip(starts, span_ids)).__getitem__)  # rows come sorted from the store: one pass
-    children: dict[int, list[int]] = {}
-    for row in by_start:
-        if parent[row] >= 0:
-            children.setdefault(parent[row], []).append(row)
-    self_ns = [ends[row] - starts[row] if ends[row] > starts[row] else 0 for row in range(len(span_ids))]
+    Self times are those of the whole trace: filtering changes depths, not self times.
+
+    Fix-ups: of the copies of an id, the one that starts first (then ends first, then comes
+    first) is kept; a parent not in the trace makes a root; every parent loop is broken at its
+    earliest span; a child outside its parent's time is worth a warning (clock skew), nothing more."""
+    size = len(span_ids)
+    row_of, warnings = _first_copies(span_ids, starts, ends)
+    kept = sorted(row_of.values())
+    parent = list(map(row_of.get, parent_ids, repeat(-1)))
+    if "" in row_of:  # a span with no id: '' names no parent
+        parent = [up if up_id else -1 for up, up_id in zip(parent, parent_ids)]
+    for row in kept:
+        if parent[row] < 0 and parent_ids[row]:
+            warnings.append(f"span {span_ids[row]}: parent {parent_ids[row]} not in trace")
+    if len(kept) < size:  # a dropped copy's parent is never read; its row is never walked
+        for row in set(range(size)).difference(kept):
+            parent[row] = -1
+    by_start = kept if _in_start_order(starts, span_ids) else sorted(kept, key=list(zip(starts, span_ids)).__getitem__)
+    roots, children = _tree_lists(by_start, parent)
+    order, depths = _pre_order(roots, children)
+    if len(order) < len(kept):  # the rows not reached from a root hang from parent loops
+        reached = [False] * size
+        for row in order:
+            reached[row] = True
+        warnings.extend(_break_loops(kept, parent, starts, span_ids, reached))
+        roots, children = _tree_lists(by_start, parent)
+        order, depths = _pre_order(roots, children)
+    outside = [(span_ids[row], span_ids[parent[row]]) for row in kept
+               if parent[row] >= 0 and (starts[row] < starts[parent[row]] or ends[row] > ends[parent[row]])]
+    warnings.extend(outside_parent_warning(span, up) for span, up in outside)
+    self_ns = [end - start if end > start else 0 for start, end in zip(starts, ends)]
     for up, rows in children.items():
-        self_ns[up] = _covered_self(starts[up], ends[up], ((starts[row], ends[row]) for row in rows))
-    order, depths = _pre_order(by_start, parent)
+        self_ns[up] = _covered_self(starts[up], ends[up], rows, starts, ends)
     if keep is not None:
-        parent = _nearest_kept_parents(order, depths, keep, len(span_ids))
-        order, depths = _pre_order([row for row in by_start if keep[row]], parent)
+        parent = _nearest_kept_parents(order, depths, keep, size)
+        order, depths = _pre_order(*_tree_lists([row for row in by_start if keep[row]], parent))
     if max_depth is not None:
         shallow = [index for index, depth in enumerate(depths) if depth <= max_depth]
         order, depths = [order[index] for index in shallow], [depths[index] for index in shallow]
