@@ -18,6 +18,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
 from mlscope.store.model import SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTHS
 from mlscope.store import (
@@ -27,7 +29,7 @@ from mlscope.store import (
 from .analysis import MetricSample, metric_sample, metric_samples_sql
 from .errors import BadRequest, Busy
 from .evaluations import EvaluationFilter, evaluations_sql
-from .timeline import ATTRIBUTE_COLUMN, SPAN_FIELDS_COLUMN, span_fields_json
+from .timeline import ATTRIBUTE_COLUMN, SPAN_FIELDS_COLUMN, VIEWER_ATTRIBUTES, span_fields_json
 from .listing import TraceFilter, trace_list_sql, trace_summary
 from .sqlguard import check_query
 
@@ -187,6 +189,8 @@ class DepthFill:
         return width if width >= self.first_bucket_log2 else None
 
 
+# The viewer's attributes a fill keeps of each span: what a span drawn as itself carries.
+WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
 # Fills whose duration classes a reader remembers (a few numbers each); past that it starts over.
 _CACHED_FILLS = 4096
 _DURATION_SQL = "toUInt64(if(end_ns > start_ns, end_ns - start_ns, 0))"
@@ -328,17 +332,26 @@ def _tile_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
 
 # What tells the copies of one span apart: the columns of span_rows' key after the trace id.
 _COPY_KEY = ("span_id", "content_hash")
+# Reads of a trace's rows order them so (content_hash last: copies of a span re-sent with other
+# content, of which span_tree keeps one, come out in the same order on every read).
+_TRACE_ORDER = "ORDER BY start_ns, span_id, end_ns, content_hash"
+
+
+def copy_rows(span_ids: Sequence[Any], hashes: Sequence[int]) -> list[int]:
+    """The rows (ordered by _TRACE_ORDER, so that the rows of one _COPY_KEY are next to each
+    other) that repeat the row before: the copies FINAL would have merged. Most reads have none,
+    and one C-speed pass over the hashes says so."""
+    if not any(map(operator.eq, hashes, hashes[1:])):
+        return []
+    return [row for row in range(1, len(hashes)) if hashes[row] == hashes[row - 1] and span_ids[row] == span_ids[row - 1]]
 
 
 def _without_copies(columns: Columns) -> Columns:
-    """`columns` (with _COPY_KEY's, ordered so that rows of one key are next to each other)
-    keeping the first row of each key: what FINAL would have merged. Most reads have no copies,
-    and one C-speed pass over the hashes says so."""
-    span_ids, hashes = columns["span_id"], columns["content_hash"]
-    if not any(map(operator.eq, hashes, hashes[1:])):
+    """`columns` (with _COPY_KEY's) without copy_rows."""
+    copies = set(copy_rows(columns["span_id"], columns["content_hash"]))
+    if not copies:
         return columns
-    kept = [0, *(row for row in range(1, len(span_ids))
-                 if hashes[row] != hashes[row - 1] or span_ids[row] != span_ids[row - 1])]
+    kept = [row for row in range(len(columns["span_id"])) if row not in copies]
     return {name: [values[row] for row in kept] for name, values in columns.items()}
 
 
@@ -350,9 +363,13 @@ def _select(name: str) -> str:
         return f"{_span_fields_sql()} AS `{name}`"
     if not name.startswith(ATTRIBUTE_COLUMN):
         return name
-    key = sql_string(name[len(ATTRIBUTE_COLUMN):])
-    return (f"if(has(attr_keys, {key}), attr_values[indexOf(attr_keys, {key})], "
-            f"resource_values[indexOf(resource_keys, {key})]) AS `{name}`")
+    return f"{_attribute_sql(name[len(ATTRIBUTE_COLUMN):])} AS `{name}`"
+
+
+def _attribute_sql(key: str) -> str:
+    """The span's attribute `key`, else its resource's ('' when neither has it)."""
+    key = sql_string(key)
+    return f"if(has(attr_keys, {key}), attr_values[indexOf(attr_keys, {key})], resource_values[indexOf(resource_keys, {key})])"
 
 
 class TraceReader:
@@ -422,13 +439,27 @@ class TraceReader:
             f"WHERE (trace_id, rows) NOT IN (SELECT trace_id, span_count FROM {SPAN_DEPTH_FILLS.name})").rows
         return {str(trace_id): int(count) for trace_id, count in rows}
 
-    def store_span_depths(self, trace_id: str, fill: DepthFill, columns: Columns) -> None:
-        """Writes one fill of a trace: its span rows (columns as SPAN_DEPTHS declares them), its
+    def window_spans(self, trace_id: str) -> pa.Table:
+        """What a fill of span_depths takes of every row of `trace_id`, in _TRACE_ORDER, copies
+        included (copy_rows): span_id, parent_span_id, service, name, level (stored_level's, by
+        the store), attr_keys and attr_values (the viewer's attributes the span has, else its
+        resource's: WINDOW_ATTRIBUTES, in that order), start_ns, end_ns and content_hash. As
+        Arrow: a fill works on whole columns, never one Python object per value."""
+        found = ", ".join(_attribute_sql(key) for key in WINDOW_ATTRIBUTES)
+        return self._store.execute_arrow(
+            f"SELECT span_id, parent_span_id, service, name, level, "
+            f"arrayFilter((key, value) -> value != '', [{', '.join(map(sql_string, WINDOW_ATTRIBUTES))}], found) AS attr_keys, "
+            "arrayFilter(value -> value != '', found) AS attr_values, start_ns, end_ns, content_hash FROM ("
+            f"SELECT span_id, parent_span_id, service, name, {_stored_level_sql('level')} AS level, [{found}] AS found, "
+            f"start_ns, end_ns, content_hash FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)}) {_TRACE_ORDER}")
+
+    def store_span_depths(self, trace_id: str, fill: DepthFill, rows: pa.Table) -> None:
+        """Writes one fill of a trace: its span rows (SPAN_DEPTHS' columns, store.arrow_rows), its
         pyramid built from them by the store, then its row in span_depth_fills, which makes it
         readable. The trace's earlier fills (smaller ids) of another row count are then deleted,
         complete or not (in the background: a read names its fill, so it never sees them either
         way); a fill of the same count made at the same time stays, unread, until the next."""
-        self._store.insert(SPAN_DEPTHS.name, columns)
+        self._store.insert_arrow(SPAN_DEPTHS.name, rows)
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
             self._store.execute(_bucket_sql(trace_id, fill, bucket_log2))
             self._store.execute(_tile_sql(trace_id, fill, bucket_log2))
@@ -496,9 +527,7 @@ class TraceReader:
         try:
             read = self._store.execute_columns(
                 f"SELECT {', '.join(map(_select, selected))} FROM {SPAN_ROWS.name} WHERE {' AND '.join(conditions)} "
-                # content_hash last: copies of a span re-sent with other content (span_tree keeps
-                # one) come out in the same order on every read.
-                "ORDER BY start_ns, span_id, end_ns, content_hash", settings)
+                f"{_TRACE_ORDER}", settings)
         except StoreError as exc:
             if max_rows is not None and exc.code == _TOO_MANY_ROWS:
                 raise RowsOverLimit(f"trace {trace_id}: more than {max_rows} rows to read") from exc

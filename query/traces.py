@@ -11,23 +11,21 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlscope.conventions import PROCESS_ORPHANED, stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
-from .reader import DepthFill, RowsOverLimit, TraceReader
-from .timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, SpanTree, span_tree
+from .reader import WINDOW_ATTRIBUTES, DepthFill, RowsOverLimit, TraceReader, copy_rows
+from .timeline import ATTRIBUTE_COLUMN, SpanTree, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
-# What a fill of span_depths reads of every span: its tree, what the merge groups by, and what a
-# span drawn as itself carries (the per-span fields of the compact form).
-WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
-WINDOW_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "name", "service", "level",
-                  *(ATTRIBUTE_COLUMN + key for key in WINDOW_ATTRIBUTES))
 ORPHANED_COLUMN = ATTRIBUTE_COLUMN + PROCESS_ORPHANED
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
@@ -163,60 +161,80 @@ _DEPTH_FILL = threading.Lock()
 PYRAMID_SPANS_PER_BUCKET = 16
 
 
-def pyramid_widths(starts: Sequence[int], spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> tuple[int, int]:
+def pyramid_widths(starts: Sequence[int] | np.ndarray, spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> tuple[int, int]:
     """(first, last) bucket width, as log2 ns, of the pyramid of a trace whose spans start at
     `starts` (ascending): from the finest width at which the starts fall in at most
     len(starts) / spans_per_bucket buckets (at least one), to the width at which they share one."""
     # Sorted starts fall in 1 + (the neighbours whose highest differing bit is at or above k)
     # buckets of width 2^k: one pass gives the count at every width.
-    highest_bits = Counter((earlier ^ later).bit_length() for earlier, later in zip(starts, starts[1:]))
-    last = max(highest_bits, default=0)
+    starts = np.asarray(starts, dtype=np.uint64)
+    highest_bits = np.bincount(bit_lengths(starts[1:] ^ starts[:-1]).astype(np.int64), minlength=66)
+    last = int(np.flatnonzero(highest_bits)[-1]) if highest_bits.any() else 0
     most_buckets = max(1, len(starts) // max(1, spans_per_bucket))
     buckets = 1
     for width in range(last, -1, -1):
-        buckets += highest_bits.get(width + 1, 0)
+        buckets += int(highest_bits[width + 1])
         if buckets > most_buckets:
             return width + 1, last
     return 0, last
 
 
-def span_depth_columns(trace_id: str, fill: DepthFill, columns: Columns, tree: SpanTree) -> Columns:
-    """span_depths rows of `fill` for a trace's tree over `columns` (WINDOW_COLUMNS of every span);
-    of the viewer's attributes, those a span has."""
-    order = tree.order
+def bit_lengths(values: np.ndarray) -> np.ndarray:
+    """int.bit_length of each uint64 (exact: a float's exponent, less one where the conversion
+    rounded up to the next power of two)."""
+    values = np.asarray(values, dtype=np.uint64)
+    exponents = np.minimum(np.frexp(values.astype(np.float64))[1], 64).astype(np.int64)  # 2**64 - 1 rounds to 2**64
+    below = np.left_shift(np.uint64(1), np.maximum(exponents - 1, 0).astype(np.uint64)) > values
+    return (exponents - ((exponents > 0) & below)).astype(np.uint64)
 
-    def in_order(name: str) -> list:
-        column = columns[name]
-        return [column[row] for row in order]
 
-    levels = {level: stored_level(level) for level in set(columns["level"])}
-    starts, ends = in_order("start_ns"), in_order("end_ns")
-    attr_keys: list[list[str]] = []
-    attr_values: list[list[str]] = []
-    none: list[str] = []  # most spans have none of the viewer's attributes: one shared empty list
-    for found in zip(*(in_order(ATTRIBUTE_COLUMN + key) for key in WINDOW_ATTRIBUTES)):
-        if any(found):
-            attr_keys.append([key for key, value in zip(WINDOW_ATTRIBUTES, found) if value])
-            attr_values.append([value for value in found if value])
-        else:
-            attr_keys.append(none)
-            attr_values.append(none)
-    return {
-        "trace_id": [trace_id] * len(order),
-        "span_count": [fill.span_count] * len(order),
-        "fill": [fill.fill] * len(order),
-        "span_id": in_order("span_id"),
-        "parent_span_id": in_order("parent_span_id"),
-        "attr_keys": attr_keys,
-        "attr_values": attr_values,
-        "service": in_order("service"),
-        "name": in_order("name"),
-        "level": [levels[level] for level in in_order("level")],
-        "depth": list(tree.depths),
-        "duration_bits": [(end - start).bit_length() if end > start else 0 for start, end in zip(starts, ends)],
+def tree_depths(span_ids: pa.Array, parent_ids: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(kept, depth), by row, for a trace's rows in the reader's order (by start, span id, end):
+    `kept` marks each id's first row, the copy span_tree keeps; `depth` is the row's depth in
+    span_tree's tree (its parent: the kept row of its parent id; none when that is '' or not in
+    the trace). None when parents loop, which span_tree breaks at a chosen span: such a trace
+    is treed by span_tree. Whole-column operations (Arrow's hash lookups, then the parents
+    followed by doubling, log2(depth) steps), not a Python step per span."""
+    rows = len(span_ids)
+    kept = pc.index_in(span_ids, value_set=span_ids).to_numpy() == np.arange(rows)
+    up = pc.index_in(parent_ids, value_set=span_ids).fill_null(-1).to_numpy().astype(np.int64)
+    up[pc.equal(parent_ids, "").to_numpy(zero_copy_only=False)] = -1
+    depth = (up >= 0).astype(np.uint64)  # the hops from each row to `up`, its farthest ancestor known so far
+    for _ in range(rows.bit_length() + 2):  # a chain of `rows` spans is walked in bit_length + 1 doublings
+        below = np.flatnonzero(up >= 0)
+        if not len(below):
+            return kept, depth
+        ancestors = up[below]
+        depth[below] += depth[ancestors]
+        up[below] = up[ancestors]
+    return None  # still not at a root after more hops than rows: a loop
+
+
+def span_depth_rows(trace_id: str, fill: DepthFill, spans: pa.Table) -> pa.Table:
+    """span_depths rows of `fill` from the reader's window_spans of a trace: each span once (the
+    copy span_tree keeps), with its depth and duration class."""
+    found = tree_depths(spans["span_id"].combine_chunks(), spans["parent_span_id"].combine_chunks())
+    if found is None:
+        kept = np.zeros(spans.num_rows, dtype=bool)
+        depth = np.zeros(spans.num_rows, dtype=np.uint64)
+        tree = span_tree(*(spans[name].to_pylist() for name in ("span_id", "parent_span_id", "start_ns", "end_ns")))
+        kept[tree.order] = True
+        depth[tree.order] = tree.depths
+    else:
+        kept, depth = found
+    spans = spans.filter(pa.array(kept))
+    starts, ends = spans["start_ns"].to_numpy(), spans["end_ns"].to_numpy()
+    size = spans.num_rows
+    return pa.table({
+        "trace_id": pa.array([trace_id] * size, pa.string()),
+        "span_count": np.full(size, fill.span_count, np.uint64),
+        "fill": np.full(size, fill.fill, np.uint64),
+        **{name: spans[name] for name in ("span_id", "parent_span_id", "attr_keys", "attr_values", "service", "name", "level")},
+        "depth": depth[kept],
+        "duration_bits": bit_lengths(np.where(ends > starts, ends - starts, 0)),
         "start_ns": starts,
         "end_ns": ends,
-    }
+    })
 
 
 def new_fill_id() -> int:
@@ -231,13 +249,14 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
     rows, with its pyramid (pyramid_widths); returns that fill, or None when the trace has no
     span (any more)."""
     fill_id = new_fill_id()
-    columns = reader.trace_columns(trace_id, WINDOW_COLUMNS)
-    if not columns["span_id"]:
+    spans = reader.window_spans(trace_id).combine_chunks()
+    if not spans.num_rows:
         return None
-    tree = span_tree(columns["span_id"], columns["parent_span_id"], columns["start_ns"], columns["end_ns"])
-    first, last = pyramid_widths(columns["start_ns"], spans_per_bucket)
+    starts = spans["start_ns"].to_numpy()
+    copies = copy_rows(spans["span_id"], spans["content_hash"].to_pylist())
+    first, last = pyramid_widths(np.delete(starts, copies) if copies else starts, spans_per_bucket)
     fill = DepthFill(fill_id, span_count, first, last)
-    reader.store_span_depths(trace_id, fill, span_depth_columns(trace_id, fill, columns, tree))
+    reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans))
     return fill
 
 

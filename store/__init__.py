@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .base import CappedResult, OutputCap, Store, sql_string
+from .base import CappedResult, OutputCap, Store, arrow_rows, sql_string
 from .errors import SchemaError, StoreError, StoreUnavailable
 from .model import (
     METRIC_POINTS,
@@ -59,6 +59,7 @@ __all__ = [
     "StoreUnavailable",
     "TABLES",
     "Table",
+    "arrow_rows",
     "default_store_url",
     "empty_columns",
     "open_store",

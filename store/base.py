@@ -14,11 +14,36 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from .errors import SchemaError, StoreError
 from .health import HealthProbe
-from .model import SCHEMA_MIGRATIONS, TABLES, Columns, QueryResult, blocks_by_partition
+from .model import SCHEMA_MIGRATIONS, TABLES, Columns, QueryResult, Table, blocks_by_partition
 
 Settings = Mapping[str, int | float | str]
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "UInt64": pa.uint64(),
+    "Float64": pa.float64(),
+    "Array(String)": pa.list_(pa.string()),
+    "Array(UInt64)": pa.list_(pa.uint64()),
+    "Array(Float64)": pa.list_(pa.float64()),
+}
+"""The Arrow type of each ClickHouse type the tables use."""
+
+
+def _arrow_schema(table: Table) -> pa.Schema:
+    return pa.schema([(column.name, ARROW_TYPES[column.type]) for column in table.columns])
+
+
+ARROW_SCHEMAS = {name: _arrow_schema(table) for name, table in TABLES.items()}
+"""Each table of model.TABLES as an Arrow schema (Store.insert_arrow's rows)."""
+
+
+def arrow_rows(table: str, columns: Columns) -> pa.Table:
+    """`columns` (as Store.insert takes them) as Store.insert_arrow takes them."""
+    return pa.Table.from_pydict(columns, schema=ARROW_SCHEMAS[table])
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,19 @@ class Store(ABC):
         the shape bulk readers want, without a tuple per row where the backend can avoid it."""
         result = self.execute(sql, settings)
         return {column.name: [row[index] for row in result.rows] for index, column in enumerate(result.columns)}
+
+    def execute_arrow(self, sql: str) -> pa.Table:
+        """execute_columns' answer as an Arrow table, for readers that work on whole columns (the
+        windowed read's fill): the embedded engine hands its own over, with no Python object per
+        value; a column of a type ARROW_TYPES lacks is typed by Arrow from its values."""
+        result = self.execute(sql)
+        return pa.table({column.name: pa.array([row[index] for row in result.rows], type=ARROW_TYPES.get(column.type))
+                         for index, column in enumerate(result.columns)})
+
+    def insert_arrow(self, table: str, rows: pa.Table) -> None:
+        """Inserts an Arrow table of `table`'s columns (arrow_rows' schema) in one block: the bulk
+        writes of the windowed read's cache, whose tables are not partitioned by month."""
+        self.insert(table, rows.to_pydict())
 
     @abstractmethod
     def read_untrusted(self, sql: str, settings: Settings, cap: OutputCap) -> CappedResult:

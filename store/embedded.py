@@ -23,18 +23,10 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from .base import CappedResult, OutputCap, Settings, Store, setting_literal
+from .base import ARROW_SCHEMAS, CappedResult, OutputCap, Settings, Store, check_columns, setting_literal
 from .errors import StoreError, StoreUnavailable
-from .model import TABLES, Column, Columns, QueryResult, Table
+from .model import Column, Columns, QueryResult
 
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "String": pa.string(),
-    "UInt64": pa.uint64(),
-    "Float64": pa.float64(),
-    "Array(String)": pa.list_(pa.string()),
-    "Array(UInt64)": pa.list_(pa.uint64()),
-    "Array(Float64)": pa.list_(pa.float64()),
-}
 _ERROR_CODE = re.compile(r"Code: (\d+)\.")
 # chdb's prefix on errors raised while a streamed query is read; the engine's message follows.
 _STREAM_ERROR_PREFIX = "Streaming query failed: "
@@ -42,13 +34,6 @@ _STREAM_ERROR_PREFIX = "Streaming query failed: "
 _STREAM_FORMAT = "JSONCompactEachRowWithNamesAndTypes"
 # 64-bit integers as JSON numbers, not the quoted strings ClickHouse writes by default.
 _SESSION_SETTINGS = ("SET output_format_json_quote_64bit_integers = 0",)
-
-
-def _arrow_schema(table: Table) -> pa.Schema:
-    return pa.schema([(column.name, _ARROW_TYPES[column.type]) for column in table.columns])
-
-
-_SCHEMAS = {name: _arrow_schema(table) for name, table in TABLES.items()}
 
 
 def _store_error(exc: Exception) -> StoreError:
@@ -136,9 +121,11 @@ class EmbeddedStore(Store):
 
     def execute_columns(self, sql: str, settings: Settings | None = None) -> Columns:
         # Arrow out of the engine: no text to parse, and columns stay columns.
-        answer = self._run(f"{sql}{_settings_clause(settings)}", "Arrow").bytes()
-        table = pa.ipc.open_file(answer).read_all()
+        table = self.execute_arrow(f"{sql}{_settings_clause(settings)}")
         return {name: table.column(name).to_pylist() for name in table.column_names}
+
+    def execute_arrow(self, sql: str) -> pa.Table:
+        return pa.ipc.open_file(self._run(sql, "Arrow").bytes()).read_all()
 
     def read_untrusted(self, sql: str, settings: Settings, cap: OutputCap) -> CappedResult:
         # A session of its own per query (about 3 ms to open): whatever a failed or stopped
@@ -183,7 +170,13 @@ class EmbeddedStore(Store):
         return CappedResult(QueryResult(columns=columns, rows=rows), truncated)
 
     def _insert_block(self, table: str, names: list[str], columns: Columns) -> None:
-        arrow_table = pa.Table.from_pydict(columns, schema=_SCHEMAS[table])  # noqa: F841 (read by chdb)
+        self._insert_arrow_block(table, names, pa.Table.from_pydict(columns, schema=ARROW_SCHEMAS[table]))
+
+    def insert_arrow(self, table: str, rows: pa.Table) -> None:
+        names = check_columns(table, dict(zip(rows.column_names, rows.columns)))
+        self._insert_arrow_block(table, names, rows.cast(ARROW_SCHEMAS[table]))
+
+    def _insert_arrow_block(self, table: str, names: list[str], arrow_table: pa.Table) -> None:
         # chdb's Python() table function finds `arrow_table` in this frame's locals.
         self._run(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM Python(arrow_table)")
 

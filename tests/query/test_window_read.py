@@ -4,12 +4,16 @@ buckets, one fill read however many processes filled the trace, on both backends
 
 from __future__ import annotations
 
+import random
 import time
 
+import numpy as np
+import pyarrow as pa
+
 from mlscope.query.reader import DepthFill, TraceReader
-from mlscope.query.timeline import VIEWER_ATTRIBUTES, window_json
-from mlscope.query.traces import fill_span_depths, pyramid_widths, read_window
-from mlscope.store import Store
+from mlscope.query.timeline import VIEWER_ATTRIBUTES, span_tree, window_json
+from mlscope.query.traces import bit_lengths, fill_span_depths, pyramid_widths, read_window, tree_depths
+from mlscope.store import Store, arrow_rows
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
 
 NO_PYRAMID = DepthFill(fill=1, span_count=0, first_bucket_log2=1, last_bucket_log2=0)
@@ -22,12 +26,12 @@ def _store_fill(reader: TraceReader, fill: DepthFill, tracks: list[str], depths:
     reads see it (with the duration classes of its spans)."""
     classes = [max(0, end - start).bit_length() for start, end in zip(starts, ends)]
     fill = DepthFill(fill.fill, len(names), fill.first_bucket_log2, fill.last_bucket_log2, tuple(sorted(set(classes))))
-    reader.store_span_depths(TRACE, fill, {
+    reader.store_span_depths(TRACE, fill, arrow_rows("span_depths", {
         "trace_id": [TRACE] * len(names), "span_count": [len(names)] * len(names), "fill": [fill.fill] * len(names),
         "span_id": [f"{index:016x}" for index in range(len(names))], "parent_span_id": [""] * len(names),
         "attr_keys": [[]] * len(names), "attr_values": [[]] * len(names), "service": tracks, "name": names,
         "level": levels or ["application"] * len(names), "depth": depths, "duration_bits": classes,
-        "start_ns": starts, "end_ns": ends})
+        "start_ns": starts, "end_ns": ends}))
     return fill
 
 
@@ -130,6 +134,41 @@ def test_pyramid_widths_start_where_buckets_hold_enough_spans() -> None:
     assert pyramid_widths([5] * 40 + [1 << 30], 16) == (0, 31)  # two clumps: two buckets at any width
     assert pyramid_widths([5] * 40 + [1 << 30], 40) == (31, 31)  # one bucket at most
     assert pyramid_widths([7], 16) == (0, 0)
+
+
+def test_bit_lengths_are_exact_where_floats_round() -> None:
+    values = [0, 1, 2, 3, 2**52 - 1, 2**53 - 1, 2**53, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1]
+    assert bit_lengths(np.array(values, dtype=np.uint64)).tolist() == [value.bit_length() for value in values]
+
+
+def test_tree_depths_are_span_trees_for_copies_orphans_and_any_shape() -> None:
+    generator = random.Random(12)
+    for size in (1, 2, 5, 40, 300):
+        span_ids = [f"{generator.randrange(size * 2):04x}" for _ in range(size)]  # some ids twice
+        parents = [generator.choice(["", "ffff", *span_ids[:row]]) for row in range(size)]  # roots, orphans
+        starts = sorted(generator.randrange(1000) for _ in range(size))
+        tree = span_tree(span_ids, parents, starts, [start + 5 for start in starts])
+        found = tree_depths(pa.array(span_ids), pa.array(parents))
+        assert found is not None
+        kept, depths = found
+        assert np.flatnonzero(kept).tolist() == sorted(tree.order)
+        assert [int(depths[row]) for row in tree.order] == tree.depths
+
+
+def test_tree_depths_leave_loops_to_span_tree() -> None:
+    assert tree_depths(pa.array(["a", "b", "c"]), pa.array(["", "c", "b"])) is None
+    assert tree_depths(pa.array(["a"]), pa.array(["a"])) is None
+
+
+def test_a_fill_of_a_looping_trace_stores_span_trees_depths(store: Store) -> None:
+    looping = [row("00000000000000a1", "", "root", 0, 100), row("00000000000000b2", "00000000000000c3", "b", 10, 20),
+               row("00000000000000c3", "00000000000000b2", "c", 30, 40), row("00000000000000d4", "00000000000000c3", "d", 31, 32)]
+    store.insert("span_rows", columns_of(looping))
+    fill = fill_span_depths(TraceReader(store), TRACE, len(looping))
+    assert fill is not None
+    stored = dict(store.execute("SELECT span_id, depth FROM span_depths").rows)
+    tree = span_tree(*([span[name] for span in looping] for name in ("span_id", "parent_span_id", "start_ns", "end_ns")))
+    assert stored == {looping[row]["span_id"]: depth for row, depth in zip(tree.order, tree.depths)}
 
 
 def _wait_for_deletes(store: Store) -> None:
