@@ -403,6 +403,11 @@ def _in_order(order: Sequence[int]) -> Callable[[Sequence[Any]], list[Any]]:
     return lambda column: list(pick(column))
 
 
+def _stored_levels(levels: Iterable[str]) -> dict[str, str]:
+    """stored_level of each distinct value (a trace has a handful, and spans by the hundred thousand)."""
+    return {level: stored_level(level) for level in set(levels)}
+
+
 def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, Any]:
     """?format=compact: the timeline as parallel arrays in pre-order, names, services and levels
     as indexes into `strings`, times as offsets from `origin_ns` (a decimal string, exact) so
@@ -419,7 +424,7 @@ def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, A
         "parent": _parent_positions(tree.depths),
         "name": table.indexes(in_order(columns["name"])),
         "service": table.indexes(in_order(columns["service"])),
-        "level": table.indexes(list(map(stored_level, in_order(columns["level"])))),
+        "level": table.indexes(list(map(_stored_levels(columns["level"]).__getitem__, in_order(columns["level"])))),
         "start_ns": [start - origin for start in starts],
         "duration_ns": in_order(columns["duration_ns"]),
         "self_ns": in_order(tree.self_ns),
