@@ -88,10 +88,23 @@
     const thread = new Int32Array(n).fill(-1);
     const keys = new Map();
     const tracks = [];
+    // Neighbours in pre-order mostly share a track: the last one's is tried before a key is made.
+    let [lastService, lastPid, lastThread, lastTrack] = [-1, -2, -2, -1];
     for (let i = 0; i < n; i += 1) {
       const up = parent[i];
       pid[i] = ownPid[i] >= 0 ? ownPid[i] : (up >= 0 ? pid[up] : -1);
       thread[i] = ownThread[i] >= 0 ? ownThread[i] : (up >= 0 ? thread[up] : -1);
+      const t = columns.service[i] === lastService && pid[i] === lastPid && thread[i] === lastThread
+        ? lastTrack : trackKeyed(i);
+      trackOf[i] = t;
+      tracks[t].baseDepth = Math.min(tracks[t].baseDepth, depth[i]);
+      tracks[t].maxDepth = Math.max(tracks[t].maxDepth, depth[i]);
+      [lastService, lastPid, lastThread, lastTrack] = [columns.service[i], pid[i], thread[i], t];
+    }
+    return { trackOf, tracks };
+
+    // Span i's track, found by its key or made.
+    function trackKeyed(i) {
       const service = strings[columns.service[i]];
       const processKey = `${service}\u0000${pid[i]}`;
       const key = `${processKey}\u0000${thread[i]}`;
@@ -108,11 +121,8 @@
           isThread: thread[i] >= 0, baseDepth: Infinity, maxDepth: 0, collapsed: false,
         });
       }
-      trackOf[i] = t;
-      tracks[t].baseDepth = Math.min(tracks[t].baseDepth, depth[i]);
-      tracks[t].maxDepth = Math.max(tracks[t].maxDepth, depth[i]);
+      return t;
     }
-    return { trackOf, tracks };
   }
 
   // Each track's rows: span indices sorted by start, and the running maximum of their ends (so a
