@@ -41,9 +41,11 @@ class CollectorConfig:
     listener: ListenerLimits = field(default_factory=ListenerLimits)
     # A request body larger than this (HTTP, or gRPC message) is parsed and decoded in a worker
     # thread, at most `decode_threads` at once (more wait their turn), so that the collector's
-    # event loop keeps reading and answering other requests meanwhile; a smaller one is decoded
-    # inline, where the hop to a thread would cost more than the loop time it frees.
-    decode_inline_max_bytes: int = 256 * 2**10
+    # event loop keeps reading and answering other requests meanwhile; a smaller one (a few
+    # hundred spans at most) is decoded inline, where the hop to a thread would cost more than
+    # the loop time it frees. The limit sits below a typical exporter's batch: decoding those in
+    # threads shortened the tail of serve's /healthz beside ingest (docs/PERFORMANCE.md, Ingest).
+    decode_inline_max_bytes: int = 64 * 2**10
     decode_threads: int = 2
     grpc_max_streams_per_connection: int = 100
     grpc_max_concurrent_rpcs: int = 1_000  # over the whole server; more: RESOURCE_EXHAUSTED
