@@ -107,8 +107,9 @@ class EncodedCache:
 
 # The compact form of a trace, gzipped (about a tenth of its JSON: ~0.75 MB for 100k spans), by
 # trace, its row count in span_rows and the query: a re-open of a trace that did not change since
-# is sent without reading or treeing it again. A trace that changed has another row count (rows
-# only arrive, and the store's merges of re-sent copies only remove rows).
+# is sent without reading or treeing it again. Rows only arrive, and the store's merges only drop
+# copies of a span, so new spans change the count, as they change the window cache's key
+# (query/settler.py); the exception is as many copies merged away as spans arrived between two reads.
 COMPACT_CACHE = web.AppKey("compact_cache", EncodedCache)
 COMPACT_CACHE_BYTES = 128 * 2**20
 
