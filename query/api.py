@@ -356,9 +356,9 @@ async def search_spans(request: web.Request) -> web.Response:
     params = parse_params(request.query, SEARCH_PARAMS)
     if "q" not in params:
         raise BadRequest("q (the text to search for) is required")
-    reader, store = request.app[READER], request.app[STORE]
+    reader = request.app[READER]
     return json_response(await _trace_off_loop(
-        trace_id, lambda: search_trace(reader, store, trace_id, params["q"], params.get("limit", DEFAULT_LIMIT))))
+        trace_id, lambda: search_trace(reader, trace_id, params["q"], params.get("limit", DEFAULT_LIMIT))))
 
 
 @requires(Scope.READ)

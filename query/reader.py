@@ -557,6 +557,11 @@ class TraceReader:
         """The first column of a statement this package built (jaeger.py's lookups), never a user's SQL."""
         return [row[0] for row in self._store.execute(statement).rows]
 
+    def columns_of(self, statement: str) -> Columns:
+        """Every column of a statement this package built (search.py's matches), by name, never a
+        user's SQL."""
+        return self._store.execute_columns(statement)
+
     def evaluations(self, evaluation_filter: EvaluationFilter) -> list[dict[str, Any]]:
         """Evaluation rows as {column: value} (NaN, a value not measured, as None); an empty list
         when nothing matches."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlscope.conventions import LAYER_PATH, LAYER_TYPE
-from mlscope.store import Columns, Store, sql_string
+from mlscope.store import Columns, sql_string
 from mlscope.store.model import SPAN_DEPTHS
 
 from .errors import BadRequest
@@ -74,13 +74,12 @@ def search_json(trace_id: str, text: str, total: int, found: Columns) -> dict[st
     }
 
 
-def search_trace(reader: TraceReader, store: Store, trace_id: str, text: str,
-                 limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
+def search_trace(reader: TraceReader, trace_id: str, text: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
     """The spans of `trace_id` matching `text` (search_json); None for an unknown trace."""
     span_count = reader.span_row_count(trace_id)
     fill = depth_fill(reader, trace_id, span_count) if span_count else None
     if fill is None:
         return None
-    total = int(store.execute(count_sql(trace_id, fill.fill, text)).rows[0][0])
-    found = store.execute_columns(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
+    total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
+    found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
     return search_json(trace_id, text, total, found)
