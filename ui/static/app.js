@@ -15,9 +15,13 @@
   // --- pure transforms (no DOM) ---------------------------------------------------------------
 
   // Nanosecond times since the epoch exceed 2^53: keep integers exact as BigInt, reading their
-  // source text where the browser offers it.
+  // source text where the browser offers it. A `content_hash` (a UInt64 the API sends as a
+  // number) names a span copy and is never computed with: it is kept as its digits, a string.
   function parseJson(text) {
     return JSON.parse(text, (key, value, context) => {
+      if (key === "content_hash" && typeof value === "number") {
+        return context && /^\d+$/.test(context.source) ? context.source : String(value);
+      }
       if (typeof value === "number" && !Number.isSafeInteger(value) && Number.isInteger(value)
           && context && /^-?\d+$/.test(context.source)) {
         return BigInt(context.source);
@@ -106,10 +110,22 @@
   ];
   const NUMERIC_COLUMNS = new Set(["batch size", "p50", "p90", "p99", "throughput", "accuracy"]);
 
-  // API rows -> table rows: {id, traceId (null when none), cells: [strings]}.
+  // An evaluations row's own key: its span id is shared by the copies of an evaluation sent
+  // again with other content (each a row, `conflict` 1), its span copy's content hash is not.
+  function evaluationKey(e) {
+    return `${e.span_id}-${e.content_hash}`;
+  }
+
+  function isDisputed(e) {
+    return Number(e.conflict) === 1;
+  }
+
+  // API rows -> table rows: {id, spanId, disputed, traceId (null when none), cells: [strings]}.
   function evaluationRows(evaluations) {
     return evaluations.map((e) => ({
-      id: e.span_id,
+      id: evaluationKey(e),
+      spanId: e.span_id,
+      disputed: isDisputed(e),
       traceId: TRACE_ID.test(e.trace_id || "") ? e.trace_id : null,
       cells: EVALUATION_COLUMNS.map(([, cell]) => {
         const value = cell(e);
@@ -908,18 +924,31 @@
 
   function pointOf(e, value, title) {
     const traceId = TRACE_ID.test(e.trace_id || "") ? e.trace_id : null;
-    return { key: e.span_id, title, href: traceId ? `/traces/${encodeURIComponent(traceId)}` : null, value };
+    return { key: evaluationKey(e), title, href: traceId ? `/traces/${encodeURIComponent(traceId)}` : null, value };
   }
 
   function metricText(value, unit) {
     return unit === "ns" ? formatDuration(value) : formatNumber(value);
   }
 
-  // Fig. 3: one series per configuration (all but batch size), `field` against batch size.
+  // Which copy of a disputed evaluation is right cannot be told: the charts draw only undisputed
+  // rows and say how many they left out (null when none).
+  function leftOutOfCharts(evaluations) {
+    const disputed = evaluations.filter(isDisputed);
+    if (!disputed.length) return null;
+    const ids = new Set(disputed.map((e) => `${e.trace_id}/${e.span_id}`));
+    return `${disputed.length} disputed ${disputed.length === 1 ? "copy" : "copies"} of ${ids.size} `
+      + `${ids.size === 1 ? "evaluation" : "evaluations"} (sent again with other content) left out of this chart: `
+      + "see the rows marked disputed below.";
+  }
+
+  // Fig. 3: one series per configuration (all but batch size), `field` against batch size;
+  // disputed rows are left out.
   function batchSeries(evaluations, [field, label, unit]) {
-    const fields = varyingFields(evaluations, CONFIG_FIELDS);
+    const kept = evaluations.filter((e) => !isDisputed(e));
+    const fields = varyingFields(kept, CONFIG_FIELDS);
     const series = new Map();
-    for (const e of evaluations) {
+    for (const e of kept) {
       if (e[field] === null || e[field] === undefined) continue;
       const name = configLabel(e, fields);
       if (!series.has(name)) series.set(name, { name, points: [] });
@@ -930,14 +959,21 @@
     return [...series.values()];
   }
 
+  // The values of `dimension` the normalised chart draws (its baselines): those of undisputed rows.
+  function dimensionNames(evaluations, dimension) {
+    return [...new Set(evaluations.filter((e) => !isDisputed(e)).map((e) => fieldText(e, dimension)))].sort();
+  }
+
   // Fig. 4: each configuration's p50 latency on every value of `dimension` (system or framework)
-  // divided by its latency on `baseline`; configurations without a baseline row are left out.
+  // divided by its latency on `baseline`; configurations without a baseline row are left out,
+  // and so are disputed rows (a disputed baseline would make every bar of its group a guess).
   function normalisedGroups(evaluations, dimension, baseline) {
+    const kept = evaluations.filter((e) => !isDisputed(e));
     const others = [...CONFIG_FIELDS.filter(([field]) => field !== dimension), ["batch_size", "batch"]];
-    const names = [...new Set(evaluations.map((e) => fieldText(e, dimension)))].sort();
-    const shown = varyingFields(evaluations, others);
+    const names = dimensionNames(kept, dimension);
+    const shown = varyingFields(kept, others);
     const groups = new Map();
-    for (const e of evaluations) {
+    for (const e of kept) {
       if (!(Number(e.latency_p50_ns) > 0)) continue;
       const key = others.map(([field]) => fieldText(e, field)).join("\u0000");
       if (!groups.has(key)) groups.set(key, { name: configLabel(e, shown), rows: [] });
@@ -986,9 +1022,24 @@
     return form;
   }
 
-  // Up to two evaluations picked for /compare, from the table's boxes or by shift-clicking chart
-  // points; every view of the pick is redrawn from `picked`.
-  function comparePicker(main) {
+  // What /compare is given for an evaluations row: its span id (what GET /api/diff takes), and
+  // for a disputed copy its content hash (?a_copy=, ?b_copy=), so the page shows that copy's figures.
+  function compareChoice(e) {
+    return { id: e.span_id, copy: isDisputed(e) ? e.content_hash : null };
+  }
+
+  // Two choices ({id: a trace or evaluation id, copy}) -> /compare's URL.
+  function compareHref(a, b) {
+    const params = new URLSearchParams({ a: a.id, b: b.id });
+    if (a.copy) params.set("a_copy", a.copy);
+    if (b.copy) params.set("b_copy", b.copy);
+    return `/compare?${params}`;
+  }
+
+  // Up to two evaluations (rows, by evaluationKey) picked for /compare, from the table's boxes or
+  // by shift-clicking chart points; every view of the pick is redrawn from `picked`.
+  function comparePicker(main, evaluations) {
+    const byKey = new Map(evaluations.map((e) => [evaluationKey(e), e]));
     const picked = [];
     const link = el("a", { id: "compare-selected", class: "disabled" }, "Compare 2 selected");
     const sync = () => {
@@ -996,7 +1047,7 @@
       for (const node of main.querySelectorAll(".chart .mark")) node.classList.toggle("picked", picked.includes(node.dataset.key));
       const ready = picked.length === 2;
       link.classList.toggle("disabled", !ready);
-      if (ready) link.setAttribute("href", `/compare?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`);
+      if (ready) link.setAttribute("href", compareHref(compareChoice(byKey.get(picked[0])), compareChoice(byKey.get(picked[1]))));
       else link.removeAttribute("href");
     };
     const toggle = (id) => {
@@ -1055,7 +1106,7 @@
     });
     draw(chooser.value);
     return el("figure", { class: "figure", id: "figure-batch" },
-      el("figcaption", null, "Latency against batch size (Fig. 3) ", chooser), holder);
+      el("figcaption", null, "Latency against batch size (Fig. 3) ", chooser), holder, leftOutNote(evaluations));
   }
 
   // Fig. 4: p50 latency across systems (or frameworks) divided by a baseline's.
@@ -1067,7 +1118,7 @@
     };
     const baselineSelect = el("select", { name: "baseline" });
     const draw = () => {
-      const names = [...new Set(evaluations.map((e) => fieldText(e, state.dimension)))].sort();
+      const names = dimensionNames(evaluations, state.dimension);
       if (!names.includes(state.baseline)) state.baseline = names[0];
       baselineSelect.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
       baselineSelect.value = state.baseline;
@@ -1088,8 +1139,17 @@
     });
     draw();
     return el("figure", { class: "figure", id: "figure-normalised" },
-      el("figcaption", null, "Latency normalised to a baseline (Fig. 4) ", dimension, " baseline ", baselineSelect), holder);
+      el("figcaption", null, "Latency normalised to a baseline (Fig. 4) ", dimension, " baseline ", baselineSelect), holder,
+      leftOutNote(evaluations));
   }
+
+  function leftOutNote(evaluations) {
+    const text = leftOutOfCharts(evaluations);
+    return text && el("p", { class: "left-out" }, text);
+  }
+
+  const DISPUTED_TITLE = "This evaluation was sent more than once with different content: each copy is a row "
+    + "and none can be told right. Left out of the charts.";
 
   function evaluationTable(evaluations, picker) {
     const rows = evaluationRows(evaluations).map((row) => {
@@ -1100,9 +1160,17 @@
       const trace = row.traceId
         ? el("a", { class: "trace-link", href: `/traces/${encodeURIComponent(row.traceId)}` }, "trace")
         : el("span", { class: "muted" }, "—");
-      return el("tr", null, el("td", null, box), ...cells, el("td", null, trace));
+      const mark = row.disputed ? el("span", { class: "disputed", title: DISPUTED_TITLE }, "disputed") : null;
+      return el("tr", row.disputed ? { class: "disputed" } : null, el("td", null, box, mark), ...cells, el("td", null, trace));
     });
     return table(["", ...EVALUATION_COLUMNS.map(([label]) => label), "trace"], rows, "evaluations");
+  }
+
+  // "N evaluations", and the rows they take when some are disputed (a row per copy).
+  function countText(evaluations) {
+    const count = new Set(evaluations.map((e) => `${e.trace_id}/${e.span_id}`)).size;
+    const copies = evaluations.filter(isDisputed).length;
+    return `${count} evaluations${copies ? ` (${evaluations.length} rows: ${copies} disputed copies)` : ""}`;
   }
 
   async function renderEvaluations(main) {
@@ -1117,14 +1185,14 @@
       history.pushState(null, "", evaluationsUrl(next, location.search));
       renderEvaluations(main).catch((error) => showError(main, error));
     });
-    const picker = comparePicker(main);
+    const picker = comparePicker(main, evaluations);
     main.replaceChildren(
       el("h1", null, "Evaluations"), form,
       evaluations.length
         ? el("div", null,
           el("div", { class: "charts" }, batchFigure(evaluations, picker, choices), normalisedFigure(evaluations, picker, choices)),
           el("p", { class: "muted" }, "A point opens its trace; shift-click picks it for compare. ",
-            `${evaluations.length} evaluations `, picker.link),
+            `${countText(evaluations)} `, picker.link),
           evaluationTable(evaluations, picker))
         : el("p", { class: "muted" }, "No evaluations match."),
       ...(dispatch instanceof Error
@@ -1184,16 +1252,20 @@
   function choiceLabel(choice) {
     return choice.trace_id && !choice.span_id
       ? `trace: ${choice.root_name || "(no root)"} · ${choice.service} · ${formatTime(choice.start_ns)}`
-      : `evaluation: ${choice.model} · ${choice.framework} · batch ${choice.batch_size} · ${choice.system_name || choice.system}`;
+      : `evaluation: ${choice.model} · ${choice.framework} · batch ${choice.batch_size} · ${choice.system_name || choice.system}`
+        + (isDisputed(choice) ? ` · disputed copy ${choice.content_hash}` : "");
   }
 
   // /compare without two ids: pick two of the recent traces and evaluations.
   async function comparePickerPage(main, problem) {
     const [{ traces }, { evaluations }] = await Promise.all([fetchJson("/api/traces?limit=100"), fetchJson("/api/evaluations")]);
-    const choices = [...traces.map((t) => [t.trace_id, choiceLabel(t)]), ...evaluations.map((e) => [e.span_id, choiceLabel(e)])];
+    // An option's value is unique (a disputed evaluation's copies share their span id): the
+    // choice it stands for is looked up by it.
+    const choices = [...traces.map((t) => ({ value: t.trace_id, id: t.trace_id, copy: null, label: choiceLabel(t) })),
+      ...evaluations.map((e) => ({ value: evaluationKey(e), ...compareChoice(e), label: choiceLabel(e) }))];
     const pick = (name, index) => {
-      const node = el("select", { name }, ...choices.map(([id, label]) => el("option", { value: id }, label)));
-      if (choices[index]) node.value = choices[index][0];
+      const node = el("select", { name }, ...choices.map(({ value, label }) => el("option", { value }, label)));
+      if (choices[index]) node.value = choices[index].value;
       return node;
     };
     const [a, b] = [pick("a", 0), pick("b", 1)];
@@ -1201,17 +1273,33 @@
       el("label", null, "a ", a), el("label", null, "b ", b), el("button", { type: "submit" }, "Compare"));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      history.pushState(null, "", `/compare?a=${encodeURIComponent(a.value)}&b=${encodeURIComponent(b.value)}`);
+      const [x, y] = [a, b].map((node) => choices.find((choice) => choice.value === node.value));
+      history.pushState(null, "", compareHref(x, y));
       route();
     });
     main.replaceChildren(el("h1", null, "Compare"), problem ? el("p", { class: "error" }, problem) : null,
       choices.length >= 2 ? form : el("p", { class: "muted" }, "Fewer than two traces or evaluations to compare."));
   }
 
-  async function findEvaluation(id) {
+  // Evaluation `id`'s rows -> {evaluation: copy `copy` (its content hash) or the first row, copies}.
+  async function findEvaluation(id, copy) {
     const { evaluations } = await fetchJson(`/api/evaluations?span_id=${encodeURIComponent(id)}`);
     if (!evaluations.length) throw new Error(`no evaluation ${id}`);
-    return evaluations[0];
+    const evaluation = copy ? evaluations.find((e) => e.content_hash === copy) : evaluations[0];
+    if (!evaluation) throw new Error(`evaluation ${id} has no copy ${copy}`);
+    return { evaluation, copies: evaluations };
+  }
+
+  // The compare page's warning for side `side` when its evaluation is disputed, else null:
+  // GET /api/diff (the timelines and the diff) reads the copy its trace's timeline keeps.
+  function disputeWarning(side, found, picked) {
+    const { evaluation, copies } = found;
+    if (!isDisputed(evaluation)) return null;
+    const others = copies.filter((e) => e.content_hash !== evaluation.content_hash).map((e) => e.content_hash);
+    return `${side}: evaluation ${evaluation.span_id} is disputed: it was sent again with other content, and `
+      + `${copies.length} copies are stored (content hashes ${[evaluation.content_hash, ...others].join(", ")}). `
+      + `Its metrics here are copy ${evaluation.content_hash} (${picked ? "the one picked" : "the first listed"}); `
+      + "the timelines and the diff read the copy its trace's timeline keeps (the earliest), which may be another.";
   }
 
   function evaluationSections(evalA, evalB) {
@@ -1226,8 +1314,8 @@
   // One side of the compare page's timelines: a trace id (its whole trace) or an evaluation id
   // (its span's subtree, read from its trace's compact form) -> {title, columns, fetchWindow,
   // href} or {title, problem} when it cannot be drawn.
-  async function compareSide(id, findEvaluationOf) {
-    const evaluation = TRACE_ID.test(id) ? null : await findEvaluationOf(id);
+  async function compareSide(id, findItsEvaluation) {
+    const evaluation = TRACE_ID.test(id) ? null : (await findItsEvaluation()).evaluation;
     const traceId = evaluation ? evaluation.trace_id : id;
     const href = `/traces/${encodeURIComponent(traceId)}`;
     const { trace, fetchWindow } = await loadTrace(`/api/traces/${encodeURIComponent(traceId)}`, "", WINDOWED_OVER);
@@ -1235,7 +1323,10 @@
       const root = trace.span_id.length ? trace.strings[trace.name[0]] : "(no spans)";
       return { title: `trace ${traceId}: ${root}`, columns: trace, fetchWindow, href };
     }
-    const title = `${choiceLabel(evaluation)} · span ${id}`;
+    // A disputed evaluation's timeline is the copy its trace keeps, not necessarily the one picked.
+    const title = isDisputed(evaluation)
+      ? `${choiceLabel({ ...evaluation, conflict: 0 })} · disputed: the copy its trace keeps · span ${id}`
+      : `${choiceLabel(evaluation)} · span ${id}`;
     const columns = fetchWindow ? null : window.mlscopeTimelineLib.subtreeColumns(trace, id);
     return columns ? { title, columns, fetchWindow: null, href: `${href}?span=${encodeURIComponent(id)}` }
       : { title, problem: fetchWindow ? "its trace is read a window at a time: open it on its trace page" : "its span is not in its trace" };
@@ -1284,16 +1375,24 @@
       await comparePickerPage(main, problem);
       return;
     }
-    // An evaluation is looked up once, for its metrics and for its timeline.
+    // An evaluation is looked up once, for its metrics, its warning and its timeline; ?a_copy=
+    // and ?b_copy= pick a disputed evaluation's copy (a content hash, kept as text).
     const lookups = new Map();
-    const findEvaluationOf = (id) => {
-      if (!lookups.has(id)) lookups.set(id, findEvaluation(id));
-      return lookups.get(id);
-    };
-    const [diff, evaluationsShown, sides] = await Promise.all([
+    const sides = [["a", a], ["b", b]].map(([name, id]) => {
+      const copy = params.get(`${name}_copy`);
+      const find = () => {
+        if (!lookups.has(`${id} ${copy}`)) lookups.set(`${id} ${copy}`, findEvaluation(id, copy));
+        return lookups.get(`${id} ${copy}`);
+      };
+      return { name, id, copy, find };
+    });
+    const [diff, evaluationsShown, timelineSides, warnings] = await Promise.all([
       fetchJson(`/api/diff?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`),
-      kind === "evaluation" ? Promise.all([findEvaluationOf(a), findEvaluationOf(b)]).then(([x, y]) => evaluationSections(x, y)) : [],
-      Promise.all([a, b].map((id) => compareSide(id, findEvaluationOf).catch((error) => ({ title: id, problem: error.message })))),
+      kind === "evaluation" ? Promise.all(sides.map((side) => side.find()))
+        .then(([x, y]) => evaluationSections(x.evaluation, y.evaluation)) : [],
+      Promise.all(sides.map((side) => compareSide(side.id, side.find).catch((error) => ({ title: side.id, problem: error.message })))),
+      Promise.all(sides.map(async (side) => (EVALUATION_ID.test(side.id)
+        ? disputeWarning(side.name, await side.find(), Boolean(side.copy)) : null))),
     ]);
     // The diff names what it compared: a trace id, or "trace/span" for an evaluation.
     const traceLink = (label) => el("a", { href: `/traces/${encodeURIComponent(String(label).split("/")[0])}` }, String(label));
@@ -1301,7 +1400,8 @@
       el("h1", null, kind === "evaluation" ? "Compare evaluations" : "Compare traces"),
       el("div", { class: "meta" }, el("span", null, "a: ", traceLink(diff.a)), el("span", null, "b: ", traceLink(diff.b)),
         el("a", { href: "/compare" }, "pick others")),
-      ...evaluationsShown, compareTimelines(sides), ...diffSections(diff));
+      ...warnings.filter(Boolean).map((text) => el("p", { class: "warnings disputed-warning" }, text)),
+      ...evaluationsShown, compareTimelines(timelineSides), ...diffSections(diff));
   }
 
   function route() {
@@ -1325,7 +1425,7 @@
     window.mlscopeViewer = {
       attributes: Object.freeze({ ...conventions.attributes }),
       formatDuration, parseLevels, levelsParam, parseJson,
-      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, compareKind, sortDiffRows, compareEvaluations, toCsv, traceListParams,
+      parseEvaluationFilter, evaluationFilterQuery, evaluationRows, evaluationKey, batchSeries, normalisedGroups, compareKind, sortDiffRows, compareEvaluations, toCsv, traceListParams,
     };
     window.addEventListener("popstate", route);
     route();
