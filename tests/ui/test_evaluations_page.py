@@ -112,8 +112,8 @@ async def test_evaluations_table_filter_deep_link_and_hostile_model(base_url: st
     # Two picked rows link to their compare page.
     await page.goto(f"{base_url}/evaluations")
     await expect(page.locator("table.evaluations tbody tr")).to_have_count(3)
-    await page.locator(f"input[value='{EVAL_1}']").check()
-    await page.locator(f"input[value='{EVAL_2}']").check()
+    await page.locator(f"input[value^='{EVAL_1}-']").check()
+    await page.locator(f"input[value^='{EVAL_2}-']").check()
     await page.locator("#compare-selected").click()
     await page.wait_for_url(f"{base_url}/compare?a={EVAL_1}&b={EVAL_2}")
     await page.locator("table.metrics").wait_for()
@@ -153,11 +153,11 @@ async def test_evaluation_charts_link_points_to_traces_and_pick_two(base_url: st
     await page.screenshot(path=str(SHOTS / "evaluations-charts.png"), full_page=True)
 
     # Shift-click picks two points for compare (the table's boxes follow); a plain click opens the trace.
-    await batch.locator(f".mark[data-key='{EVAL_1}']").click(modifiers=["Shift"])
-    await batch.locator(f".mark[data-key='{EVAL_2}']").click(modifiers=["Shift"])
-    assert await page.locator(f"input[value='{EVAL_2}']").is_checked()
+    await batch.locator(f".mark[data-key^='{EVAL_1}-']").click(modifiers=["Shift"])
+    await batch.locator(f".mark[data-key^='{EVAL_2}-']").click(modifiers=["Shift"])
+    assert await page.locator(f"input[value^='{EVAL_2}-']").is_checked()
     assert await page.locator("#compare-selected").get_attribute("href") == f"/compare?a={EVAL_1}&b={EVAL_2}"
-    await batch.locator(f".mark[data-key='{EVAL_2}']").click()
+    await batch.locator(f".mark[data-key^='{EVAL_2}-']").click()
     await page.wait_for_url(f"{base_url}/traces/{EVAL_TRACE_1}")
     assert await page.evaluate("window.__pwned") is None
     assert problems == []
@@ -236,7 +236,7 @@ async def test_chart_choices_in_the_url_and_shared_points_reachable(base_url: st
 
     # EVAL_1 and EVAL_3 are the same point (batch 8, throughput 512.25): drawn apart, near it,
     # each one clickable (Playwright clicks only a mark nothing covers) and told so in its tooltip.
-    one, three = f"#figure-batch .mark[data-key='{EVAL_1}']", f"#figure-batch .mark[data-key='{EVAL_3}']"
+    one, three = f"#figure-batch .mark[data-key^='{EVAL_1}-']", f"#figure-batch .mark[data-key^='{EVAL_3}-']"
     (x1, y1), (x3, y3) = await mark_centre(page, one), await mark_centre(page, three)
     assert 10 <= ((x1 - x3) ** 2 + (y1 - y3) ** 2) ** 0.5 <= 20  # two radii apart at least, close to the point
     assert "(one of 2 at this point" in await page.locator(f"{one} title").text_content()
