@@ -38,7 +38,7 @@ from .search import DEFAULT_LIMIT, SEARCH_PARAMS, search_trace
 from .settler import SettlerPolicy, settler_context
 from .params import int_between, one_of, parse_params
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
-from .traces import SpanCap, TraceQuery, read_trace, read_window
+from .traces import SpanCap, TraceQuery, check_span_cap, read_trace, read_window
 
 CollectorStatus = Callable[[], dict[str, Any]]
 
@@ -156,9 +156,10 @@ def _trace_id(request: web.Request) -> str:
 
 
 async def _timeline(request: web.Request, trace_id: str) -> Timeline:
-    span_count = await asyncio.to_thread(request.app[READER].span_count, trace_id)
-    request.app[SPAN_CAP].check(trace_id, span_count)
-    spans = await asyncio.to_thread(request.app[READER].trace_spans, trace_id)
+    reader = request.app[READER]
+    if not await asyncio.to_thread(check_span_cap, reader, trace_id, request.app[SPAN_CAP]):
+        raise NotFound(f"trace {trace_id} not found")
+    spans = await asyncio.to_thread(reader.trace_spans, trace_id)
     if not spans:
         raise NotFound(f"trace {trace_id} not found")
     return build_timeline(trace_id, spans)
@@ -276,12 +277,13 @@ async def get_trace(request: web.Request) -> web.Response:
         cache = request.app[COMPACT_CACHE]
 
         def read_compact() -> bytes | None:  # a big trace takes a while to read and encode: off the loop
+            row_count = reader.span_row_count(trace_id)  # counted first: the key is never newer than the body
             if "max_spans" in params:
-                SpanCap(compact=params["max_spans"]).check(trace_id, reader.span_count(trace_id), compact=True)
-            key = (trace_id, reader.span_row_count(trace_id), query)  # counted first: never older than the body
+                check_span_cap(reader, trace_id, SpanCap(compact=params["max_spans"]), compact=True, row_count=row_count)
+            key = (trace_id, row_count, query)
             body = cache.get(key)
             if body is None:
-                read = read_trace(reader, trace_id, query, COMPACT_COLUMNS, cap, compact=True)
+                read = read_trace(reader, trace_id, query, COMPACT_COLUMNS, cap, compact=True, row_count=row_count)
                 if read is None:
                     return None
                 body = gzip.compress(_json_text(compact_json(trace_id, read.columns, read.tree)).encode(), 1, mtime=0)

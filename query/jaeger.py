@@ -37,7 +37,7 @@ from .http import json_response
 from .params import int_between, natural, parse_params, text
 from .reader import TraceReader
 from .timeline import build_timeline
-from .traces import SpanCap
+from .traces import SpanCap, check_span_cap
 
 PREFIX = "/jaeger/api"
 DEFAULT_LIMIT = 20  # Jaeger UI's default search size
@@ -150,11 +150,12 @@ def trace_ids_sql(query: TraceQuery) -> str:
 
 def jaeger_traces(reader: TraceReader, trace_ids: list[str], cap: SpanCap = SpanCap()) -> list[dict[str, Any]]:
     """Each trace the store holds, as Jaeger renders it; unknown ids are left out. TooLarge for a
-    trace past `cap`'s full span count, checked on the trace index before its spans are read
-    (a whole trace is built in memory, as for GET /api/traces/{id})."""
+    trace past `cap`'s full span count, checked before its spans are read (a whole trace is
+    built in memory, as for GET /api/traces/{id})."""
     traces = []
     for trace_id in trace_ids:
-        cap.check(trace_id, reader.span_count(trace_id))
+        if not check_span_cap(reader, trace_id, cap):
+            continue
         spans = reader.trace_spans(trace_id)
         if spans:
             traces.append(jaeger_trace(build_timeline(trace_id, spans)))

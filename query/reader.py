@@ -372,6 +372,10 @@ def _attribute_sql(key: str) -> str:
     return f"if(has(attr_keys, {key}), attr_values[indexOf(attr_keys, {key})], resource_values[indexOf(resource_keys, {key})])"
 
 
+# Up to this many rows in span_rows, a trace's distinct spans are counted over its rows (span_count).
+_DISTINCT_OVER_ROWS = 50_000
+
+
 class TraceReader:
     def __init__(self, store: Store, sql_limits: SqlLimits = SqlLimits()) -> None:
         self._store = store
@@ -392,12 +396,20 @@ class TraceReader:
             f"WHERE trace_id = {sql_string(trace_id)}").rows
         return (int(rows[0][1]), int(rows[0][2])) if rows and rows[0][0] else None
 
-    def span_count(self, trace_id: str) -> int:
-        """How many distinct spans the trace index counts for `trace_id` (0 for an unknown trace),
-        read before any span is: what a response's span cap is checked against."""
-        rows = self._store.execute(
-            f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}").rows
-        return int(rows[0][0]) if rows else 0
+    def span_count(self, trace_id: str, row_count: int | None = None) -> int:
+        """How many distinct spans `trace_id` has (0 for an unknown trace), read before any span
+        is. `row_count`: its span_row_count, when the caller has it. A trace of few rows has its
+        span ids counted over those rows, in time proportional to them; a bigger one is counted
+        by the trace index, whose distinct count costs what the sets of the index granule it
+        shares with other traces cost (a small trace beside a big one pays for the big one's)."""
+        row_count = self.span_row_count(trace_id) if row_count is None else row_count
+        if not row_count:
+            return 0
+        if row_count <= _DISTINCT_OVER_ROWS:
+            statement = f"SELECT uniqExact(span_id) FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)}"
+        else:
+            statement = f"SELECT uniqExactMerge(span_count) FROM trace_index WHERE trace_id = {sql_string(trace_id)}"
+        return int(self.first_column(statement)[0])
 
     def trace_services(self, trace_id: str) -> list[str]:
         """The services that sent spans of `trace_id`. From span_rows, not the spans view: copies

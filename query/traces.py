@@ -52,6 +52,19 @@ class SpanCap:
             f"?start_ns=&end_ns={compact_hint}, or draw it with /api/traces/{trace_id}/window")
 
 
+def check_span_cap(reader: TraceReader, trace_id: str, cap: SpanCap, compact: bool = False,
+                   row_count: int | None = None) -> int:
+    """TooLarge when `trace_id` has more spans than `cap` lets a response of its kind hold; else
+    its rows in span_rows (`row_count`, when the caller has just counted them), 0 for an unknown
+    trace. The rows are counted first, cheaply: there are never fewer rows than spans (copies a
+    retry wrote count until the store merges them), so only a trace of more rows than the cap
+    has its distinct spans counted."""
+    row_count = reader.span_row_count(trace_id) if row_count is None else row_count
+    if row_count > (cap.compact if compact else cap.full):
+        cap.check(trace_id, reader.span_count(trace_id, row_count), compact)
+    return row_count
+
+
 @dataclass(frozen=True)
 class TraceQuery:
     levels: frozenset[str] | None = None
@@ -134,7 +147,7 @@ def _read_whole(reader: TraceReader, trace_id: str, query: TraceQuery, names: Se
         except RowsOverLimit:
             pass
     if columns is None:  # more rows than the cap: copies not merged yet count as rows, spans may not be more
-        cap.check(trace_id, reader.span_count(trace_id), compact)
+        cap.check(trace_id, reader.span_count(trace_id, row_count), compact)
         columns = reader.trace_columns(trace_id, names, levels=query.levels, window=query.window)
     if columns["span_id"]:
         return columns

@@ -10,7 +10,7 @@ import pytest
 from mlscope.query.errors import TooLarge
 from mlscope.query.reader import RowsOverLimit, TraceReader
 from mlscope.query.timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS
-from mlscope.query.traces import SpanCap, TraceQuery, read_trace
+from mlscope.query.traces import SpanCap, TraceQuery, check_span_cap, read_trace
 from mlscope.store import Store
 from tests.query.trace_fixtures import KNOWN, TRACE, columns_of
 
@@ -72,6 +72,24 @@ def test_the_cap_counts_spans_not_copies_and_holds_before_a_read(store: Store) -
             read_trace(reader, TRACE, TraceQuery(), names, SpanCap(full=len(KNOWN) - 1, compact=len(KNOWN) - 1), compact)
     with pytest.raises(RowsOverLimit):
         reader.trace_columns(TRACE, ("span_id",), max_rows=len(KNOWN))
+
+
+def test_the_cap_check_counts_rows_first_and_distinct_spans_only_past_the_cap(store: Store) -> None:
+    store.insert("span_rows", columns_of(KNOWN))
+    store.insert("span_rows", columns_of(KNOWN))  # twice the rows, the same spans
+    reader = TraceReader(store)
+    rows, spans = 2 * len(KNOWN), len(KNOWN)
+    # Counted over the trace's rows, or by the trace index (a row count past the threshold): alike.
+    assert reader.span_count(TRACE) == reader.span_count(TRACE, row_count=10**9) == spans
+    assert reader.span_count("0" * 32) == 0
+    for compact in (False, True):
+        assert check_span_cap(reader, TRACE, SpanCap(full=rows, compact=rows), compact) == rows
+        assert check_span_cap(reader, TRACE, SpanCap(full=spans, compact=spans), compact) == rows  # copies are not spans
+        with pytest.raises(TooLarge):
+            check_span_cap(reader, TRACE, SpanCap(full=spans - 1, compact=spans - 1), compact)
+    # A row count the caller has is used as given: at or under the cap, no spans are counted.
+    assert check_span_cap(reader, TRACE, SpanCap(full=spans - 1), row_count=spans - 1) == spans - 1
+    assert check_span_cap(reader, "0" * 32, SpanCap(full=0, compact=0)) == 0
 
 
 def test_an_unknown_trace_is_none_and_a_raw_read_keeping_nothing_is_empty(store: Store) -> None:
