@@ -120,13 +120,11 @@ class Store(ABC):
         result = self.execute(sql, settings)
         return {column.name: [row[index] for row in result.rows] for index, column in enumerate(result.columns)}
 
+    @abstractmethod
     def execute_arrow(self, sql: str) -> pa.Table:
         """execute_columns' answer as an Arrow table, for readers that work on whole columns (the
         windowed read's fill): the embedded engine hands its own over, with no Python object per
         value; a column of a type ARROW_TYPES lacks is typed by Arrow from its values."""
-        result = self.execute(sql)
-        return pa.table({column.name: pa.array([row[index] for row in result.rows], type=ARROW_TYPES.get(column.type))
-                         for index, column in enumerate(result.columns)})
 
     def insert_arrow(self, table: str, rows: pa.Table) -> None:
         """Inserts an Arrow table of `table`'s columns (arrow_rows' schema) in one block: the bulk
