@@ -114,6 +114,22 @@ COMPACT_CACHE = web.AppKey("compact_cache", EncodedCache)
 COMPACT_CACHE_BYTES = 128 * 2**20
 
 
+def compact_answer(reader: TraceReader, cache: EncodedCache, cap: SpanCap, trace_id: str, query: TraceQuery,
+                   row_count: int) -> bytes | None:
+    """The compact form of `trace_id` under `query`, gzipped: from `cache`, else read and encoded
+    now and kept there; None for an unknown trace. `row_count`: its span_row_count, counted
+    before this call, so that a key is never newer than its body. Blocking."""
+    key = (trace_id, row_count, query)
+    body = cache.get(key)
+    if body is None:
+        read = read_trace(reader, trace_id, query, COMPACT_COLUMNS, cap, compact=True, row_count=row_count)
+        if read is None:
+            return None
+        body = gzip.compress(_json_text(compact_json(trace_id, read.columns, read.tree)).encode(), 1, mtime=0)
+        cache.put(key, body)
+    return body
+
+
 def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
     mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
@@ -125,8 +141,9 @@ def create_query_app(
     process). `auth` decides who may call each route, the mounts' included. A request body still
     arriving `body_timeout_s` after its head closes the connection (mlscope.listener); a trace
     past `span_cap` is answered 413. With `fill_window_caches`, big traces get their windowed
-    read's cache filled in the background once quiet (query/settler.py): only in the one process
-    per store that writes."""
+    read's cache filled in the background once quiet (query/settler.py), and those the viewer
+    reads whole their compact form in this app's cache: only in the one process per store that
+    writes."""
     app = web.Application(middlewares=[errors_as_json, authorize(auth), body_deadline(body_timeout_s)],
                           client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
@@ -141,7 +158,12 @@ def create_query_app(
         app.add_subapp(mount.prefix, mount.app)
     add_viewer(app)
     if fill_window_caches is not None:
-        app.cleanup_ctx.append(settler_context(app[READER], fill_window_caches))
+        reader, cache = app[READER], app[COMPACT_CACHE]
+
+        def warm(trace_id: str, row_count: int) -> None:  # the whole trace as the viewer asks for it
+            compact_answer(reader, cache, span_cap, trace_id, TraceQuery(), row_count)
+
+        app.cleanup_ctx.append(settler_context(reader, fill_window_caches, warm))
     return app
 
 
@@ -277,18 +299,11 @@ async def get_trace(request: web.Request) -> web.Response:
         cache = request.app[COMPACT_CACHE]
 
         def read_compact() -> bytes | None:  # a big trace takes a while to read and encode: off the loop
-            row_count = reader.span_row_count(trace_id)  # counted first: the key is never newer than the body
+            row_count = reader.span_row_count(trace_id)
             if "max_spans" in params:
                 check_span_cap(reader, trace_id, SpanCap(compact=params["max_spans"]), compact=True, row_count=row_count)
-            key = (trace_id, row_count, query)
-            body = cache.get(key)
-            if body is None:
-                read = read_trace(reader, trace_id, query, COMPACT_COLUMNS, cap, compact=True, row_count=row_count)
-                if read is None:
-                    return None
-                body = gzip.compress(_json_text(compact_json(trace_id, read.columns, read.tree)).encode(), 1, mtime=0)
-                cache.put(key, body)
-            return body if gzipped else gzip.decompress(body)
+            body = compact_answer(reader, cache, cap, trace_id, query, row_count)
+            return None if body is None else body if gzipped else gzip.decompress(body)
 
         return _gzip_json_response(await _trace_off_loop(trace_id, read_compact), gzipped)
     if "max_spans" in params:

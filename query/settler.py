@@ -5,7 +5,9 @@ read of a finished run finds it ready instead of treeing every span (seconds on 
 It runs in the one process per store that writes (the one that mounts dispatch: `serve`, or
 `query` without --no-dispatch), as a task of the query app (create_query_app's
 `fill_window_caches`). Fills go through the same lock as the windowed read's, one at a time, in a
-worker thread.
+worker thread. A trace the viewer reads whole (SettlerPolicy.warm_max_spans) then gets its
+whole-trace answer made too (the app's `warm`: api.compact_answer into the app's bounded cache of
+compact forms), so its first open after the run is answered from that cache.
 
 Quiet is judged by arrival, not by the spans' own times: a trace is quiet once its row count in
 span_rows (what a fill is keyed by) has stayed the same for `quiet_s` as this process saw it. The
@@ -49,6 +51,10 @@ class SettlerPolicy:
     # has most likely ended (if not, the trace is filled again once quiet again).
     quiet_s: float = 5.0
     poll_s: float = 2.0
+    # A trace filled with at most this many rows also gets the viewer's whole-trace answer made
+    # (the compact form, api.compact_answer), so its first open after the run is a cache hit: the
+    # viewer reads a trace whole up to 200,000 spans (app.js WINDOWED_OVER), windows past that.
+    warm_max_spans: int = 200_000
     # A fill that failed is tried again (for the same row count) only this much later.
     retry_s: float = 60.0
     # The scan for unfilled traces reads every row's trace id: on a big store that is ingesting,
@@ -88,14 +94,26 @@ def settle(unfilled: Mapping[str, int], seen: Mapping[str, Seen], now_s: float, 
     return Settled(now_seen, [(trace_id, span_count) for _, trace_id, span_count in ready])
 
 
-class Settler:
-    """The settler's state between polls; `poll` and `fill` block (run them in worker threads,
-    one at a time)."""
+def warms(span_count: int, policy: SettlerPolicy) -> bool:
+    """Whether a trace just filled at `span_count` rows gets its whole-trace answer made too: the
+    viewer reads it whole (rows are never fewer than spans, so a trace of more rows may still be
+    read whole; it is then read on its first open, as before)."""
+    return span_count <= policy.warm_max_spans
 
-    def __init__(self, reader: TraceReader, policy: SettlerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+
+Warm = Callable[[str, int], object]  # (trace id, row count): makes and keeps the trace's whole-trace answer
+
+
+class Settler:
+    """The settler's state between polls; `poll`, `fill` and `warm` block (run them in worker
+    threads, one at a time)."""
+
+    def __init__(self, reader: TraceReader, policy: SettlerPolicy, clock: Callable[[], float] = time.monotonic,
+                 warm: Warm | None = None) -> None:
         self._reader = reader
         self._policy = policy
         self._clock = clock
+        self._warm = warm
         self._stored_rows: int | None = None  # span_rows' row count when `_unfilled` was read
         self._next_scan_s = 0.0
         self._unfilled: dict[str, int] = {}
@@ -116,19 +134,26 @@ class Settler:
         self._seen = settled.seen
         return settled.ready
 
-    def fill(self, trace_id: str, span_count: int) -> None:
+    def fill(self, trace_id: str, span_count: int) -> bool:
         """Fills `trace_id` unless its row count is no longer `span_count` (it is not quiet: the
-        next poll sees the new count)."""
+        next poll sees the new count); whether it did."""
         try:
             if self._reader.span_row_count(trace_id) != span_count:
                 self._stored_rows = None
-                return
+                return False
             depth_fill(self._reader, trace_id, span_count)
         except Exception:
             self._failed[(trace_id, span_count)] = self._clock() + self._policy.retry_s
             raise
         self._unfilled.pop(trace_id, None)
         self._seen.pop(trace_id, None)
+        return True
+
+    def warm(self, trace_id: str, span_count: int) -> None:
+        """Makes the whole-trace answer of `trace_id`, just filled at `span_count` rows, when warms()
+        says so (with a `warm` given)."""
+        if self._warm is not None and warms(span_count, self._policy):
+            self._warm(trace_id, span_count)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Polls every `poll_s` and fills what is ready, until `stop` is set; then returns once
@@ -139,9 +164,15 @@ class Settler:
                     if stop.is_set():
                         break
                     try:
-                        await asyncio.to_thread(self.fill, trace_id, span_count)
+                        filled = await asyncio.to_thread(self.fill, trace_id, span_count)
                     except Exception:
                         log.exception("filling the window cache of trace %s (%d rows) failed", trace_id, span_count)
+                        continue
+                    if filled and not stop.is_set():
+                        try:
+                            await asyncio.to_thread(self.warm, trace_id, span_count)
+                        except Exception:
+                            log.exception("making the whole-trace answer of trace %s (%d rows) failed", trace_id, span_count)
             except Exception:
                 log.exception("looking for traces whose window cache to fill failed")
             try:
@@ -150,12 +181,13 @@ class Settler:
                 pass
 
 
-def settler_context(reader: TraceReader, policy: SettlerPolicy) -> Callable[[web.Application], AsyncIterator[None]]:
+def settler_context(reader: TraceReader, policy: SettlerPolicy,
+                    warm: Warm | None = None) -> Callable[[web.Application], AsyncIterator[None]]:
     """An aiohttp cleanup_ctx running a Settler from the app's startup to its cleanup."""
 
     async def settling(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(Settler(reader, policy).run(stop))
+        task = asyncio.create_task(Settler(reader, policy, warm=warm).run(stop))
         yield
         stop.set()
         await task

@@ -5,12 +5,18 @@ that a trace that grew is filled again once quiet."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
+from dataclasses import replace
 
 import aiohttp
 
 from mlscope.query import create_query_app
-from mlscope.query.settler import Seen, SettlerPolicy, settle
+from mlscope.query.api import COMPACT_CACHE
+from mlscope.query.reader import TraceReader
+from mlscope.query.settler import Seen, Settler, SettlerPolicy, settle, warms
+from mlscope.query.traces import TraceQuery
 from mlscope.store import Store
 from tests.query.query_server import serve
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
@@ -74,3 +80,47 @@ async def test_a_quiet_big_trace_is_filled_without_a_read_and_again_once_it_grew
         await runner.cleanup()
     # Under the threshold: never filled.
     assert store.execute(f"SELECT count() FROM span_depth_fills WHERE trace_id = '{SMALL_TRACE}'").rows == [(0,)]
+
+
+def test_a_trace_the_viewer_reads_whole_gets_its_answer_made_after_its_fill() -> None:
+    policy = SettlerPolicy(warm_max_spans=10)
+    assert warms(10, policy) and warms(1, policy) and not warms(11, policy)
+
+
+def test_the_settler_warms_what_it_filled_up_to_the_viewers_size_only(store: Store) -> None:
+    store.insert("span_rows", columns_of(KNOWN))
+    warmed: list[tuple[str, int]] = []
+
+    def settler(warm_max_spans: int) -> Settler:
+        return Settler(TraceReader(store), replace(POLICY, quiet_s=0.0, warm_max_spans=warm_max_spans),
+                       warm=lambda *made: warmed.append(made))
+
+    over = settler(len(KNOWN) - 1)
+    assert over.poll() == [(TRACE, len(KNOWN))]
+    assert over.fill(TRACE, len(KNOWN))
+    over.warm(TRACE, len(KNOWN))
+    assert warmed == []
+    within = settler(len(KNOWN))
+    assert not within.fill(TRACE, len(KNOWN) + 1)  # not its count: nothing filled, nothing to warm
+    assert within.fill(TRACE, len(KNOWN))
+    within.warm(TRACE, len(KNOWN))
+    assert warmed == [(TRACE, len(KNOWN))]
+
+
+async def test_a_quiet_trace_is_opened_from_the_cache_the_settler_warmed(store: Store) -> None:
+    store.insert("span_rows", columns_of(KNOWN))
+    app = create_query_app(store, fill_window_caches=POLICY)
+    runner, base_url = await serve(app)
+    try:
+        key, deadline = (TRACE, len(KNOWN), TraceQuery()), time.monotonic() + 60
+        while (warmed := app[COMPACT_CACHE].get(key)) is None:
+            assert time.monotonic() < deadline, "no compact answer warmed after 60 s"
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{base_url}/api/traces/{TRACE}?format=compact&max_spans=200000") as response:
+            assert response.status == 200
+            body = await response.json()
+        assert app[COMPACT_CACHE].get(key) is warmed  # answered from it, not read and put again
+        assert json.loads(gzip.decompress(warmed)) == body and len(body["span_id"]) == len(KNOWN)
+    finally:
+        await runner.cleanup()
