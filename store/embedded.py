@@ -34,6 +34,10 @@ _STREAM_ERROR_PREFIX = "Streaming query failed: "
 _STREAM_FORMAT = "JSONCompactEachRowWithNamesAndTypes"
 # 64-bit integers as JSON numbers, not the quoted strings ClickHouse writes by default.
 _SESSION_SETTINGS = ("SET output_format_json_quote_64bit_integers = 0",)
+# A user's read shares this process's cores with ingest: its threads run at the lowest OS
+# priority (nice 19; the engine resets them after the query), so a costly query slows itself
+# rather than the inserts. clickhouse-server 18.16 has no such setting; its reads run apart.
+_USER_READ_SETTINGS = {"os_thread_priority": 19}
 
 
 def _store_error(exc: Exception) -> StoreError:
@@ -133,7 +137,8 @@ class EmbeddedStore(Store):
         reader_session = self._open_session()
         try:
             self._configure(reader_session)
-            return self._stream(reader_session, f"{sql}{_settings_clause(settings)}", cap)
+            # First: a readonly=1 among `settings` refuses every setting after it.
+            return self._stream(reader_session, f"{sql}{_settings_clause({**_USER_READ_SETTINGS, **settings})}", cap)
         except StoreError:
             raise
         except Exception as exc:

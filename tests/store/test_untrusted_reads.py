@@ -128,3 +128,15 @@ def test_the_reader_refuses_more_concurrent_queries_than_its_limit(tmp_path) -> 
     finally:
         thread.join()
         store.close()
+
+
+def test_a_user_read_on_the_embedded_store_runs_at_the_lowest_os_priority(tmp_path) -> None:
+    store = open_store(f"embedded://{tmp_path / 'store'}")
+    try:
+        # With the reader's own settings, readonly=1 last, as POST /api/sql sends them.
+        answer = store.read_untrusted("SELECT getSetting('os_thread_priority') AS priority",
+                                      limit_settings(SqlLimits(max_rows=10)), CAP)
+        assert answer.result.rows == [(19,)]
+        assert store.execute("SELECT getSetting('os_thread_priority') AS priority").rows == [(0,)]  # the store's own
+    finally:
+        store.close()
