@@ -152,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "trace_id": {"type": "string"}, "start_ns": INTEGER, "end_ns": INTEGER,
-            "span_count": {**INTEGER, "description": "distinct spans, from the trace index"},
+            "span_count": {**INTEGER, "description": "distinct spans"},
             "series": {"type": "array", "items": {"type": "object", "properties": {
                 "service": {"type": "string"}, "name": {"type": "string"}, "kind": {"type": "string"},
                 "unit": {"type": "string"}, "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
