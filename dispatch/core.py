@@ -10,10 +10,6 @@ heartbeating reads as `lost`.
 A predictor belongs to the token that first registered it (its `owner`, a fingerprint of the
 token): only that token, or an admin's, heartbeats as it, reads the jobs sent to it (their
 requests hold the manifests) and moves them on. Another token is refused with `NotYours` (403).
-A predictor registered while auth was off has no owner (''); once auth is on, the first token
-that heartbeats for it from the same process (host, pid and start time as stored) claims it, so
-a predictor that already held its token keeps its id and its jobs across the switch; any other
-process is refused (`claimed_owner`).
 """
 
 from __future__ import annotations
@@ -60,9 +56,15 @@ class NotYours(PermissionError):
 def check_acts_as(predictor_id: str, owner: str | None, caller: Caller) -> None:
     """NotYours unless `caller` may act as the predictor whose owner is `owner` (None: none
     registered it, so no token but an admin's may)."""
-    if not (caller.admin or owner == caller.owner):
-        raise NotYours(f"predictor {predictor_id} was registered with another token; "
-                       f"each predictor acts with the token it registered with")
+    if caller.admin or owner == caller.owner:
+        return
+    if owner == "":
+        # Nothing a client sends can prove it is the process that registered it (its host, pid
+        # and start time are readable by any read token): it registers again, under a new id.
+        raise NotYours(f"predictor {predictor_id} was registered while auth was off, so no token owns it; start "
+                       f"mlscope predictor again with MLSCOPE_TOKEN set: it registers under a new id")
+    raise NotYours(f"predictor {predictor_id} was registered with another token; "
+                   f"each predictor acts with the token it registered with")
 
 
 # --- predictors -------------------------------------------------------------------------------
@@ -131,43 +133,11 @@ def heartbeat_columns(heartbeat: Heartbeat, seen_ns: int, owner: str = "") -> Co
     }
 
 
-@dataclass(frozen=True)
-class Registration:
-    """What the store says of a registered predictor: its owner and the process that beats as it."""
-
-    owner: str  # '' when it was registered while auth was off
-    host: str
-    pid: int
-    started_ns: int
-
-
-def claimed_owner(predictor_id: str, registered: Registration | None, heartbeat: Heartbeat, caller: Caller) -> str:
-    """The owner a heartbeat leaves the predictor with: the caller's for a new predictor, the
-    stored one otherwise (NotYours unless the caller may act as it), except that a predictor
-    registered while auth was off is claimed by the first token that heartbeats for it from the
-    process that registered it (the same host, pid and start time). Another process is refused:
-    knowing a predictor's id (it is in the resource of the spans it sends) must not be enough to
-    take over the jobs meant for it."""
-    if registered is None:
-        return caller.owner
-    if registered.owner or not caller.owner:
-        check_acts_as(predictor_id, registered.owner, caller)
-        return registered.owner
-    if (heartbeat.host, heartbeat.pid, heartbeat.started_ns) == (registered.host, registered.pid, registered.started_ns):
-        return caller.owner
-    if caller.admin:
-        return registered.owner
-    raise NotYours(f"predictor {predictor_id} was registered while auth was off, by another process ({registered.host}, "
-                   f"pid {registered.pid}); only that process can claim it with a token. Start mlscope predictor "
-                   f"again with MLSCOPE_TOKEN set: it registers under a new id")
-
-
 PREDICTORS_SQL = f"SELECT * FROM predictors ORDER BY seen_ns DESC LIMIT {MAX_ROWS}"
 
 
-def registration_sql(predictor_id: str) -> str:
-    """The columns of a `Registration`, in its order."""
-    return f"SELECT owner, host, pid, started_ns FROM predictors WHERE predictor_id = {sql_string(predictor_id)}"
+def owner_sql(predictor_id: str) -> str:
+    return f"SELECT owner FROM predictors WHERE predictor_id = {sql_string(predictor_id)}"
 
 
 def predictor_json(row: Mapping[str, Any], now_ns: int, timing: DispatchTiming) -> dict[str, Any]:

@@ -9,7 +9,6 @@ dispatch (the package docstring states the rule).
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import uuid
@@ -21,12 +20,10 @@ from mlscope.query.errors import BadRequest, Conflict, NotFound
 from mlscope.store import Store
 
 from .core import (
-    PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, Registration, StateChange, Submission, allows_builders,
-    check_acts_as, check_transition, claimed_owner, describe_predictors, heartbeat_columns, job_columns, job_json,
-    job_sql, jobs_sql, matches, predictor_json, registration_sql,
+    PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, allows_builders, check_acts_as,
+    check_transition, describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches,
+    owner_sql, predictor_json,
 )
-
-log = logging.getLogger(__name__)
 
 
 class Dispatcher:
@@ -39,25 +36,19 @@ class Dispatcher:
         # Each predictor's --allow-builder names, from its latest heartbeat. Kept in memory, not in the
         # store: the next heartbeat (every heartbeat_s) says it again after a restart.
         self._allowed_builders: dict[str, frozenset[str]] = {}
-        # Each predictor's registration, read from the store once, then kept as this process writes it
-        # (its owner changes only when a token claims a predictor registered while auth was off).
-        self._registrations: dict[str, Registration] = {}
+        # Each predictor's owner (the token that registered it), read from the store once: it never changes.
+        self._owners: dict[str, str] = {}
 
     def heartbeat(self, heartbeat: Heartbeat, caller: Caller) -> dict[str, Any]:
-        """Registers or refreshes a predictor; NotYours when another token registered it (core's
-        claimed_owner: who may, and when a token claims an ownerless one)."""
-        predictor_id = heartbeat.predictor_id
-        with self._lock:  # check, then write: two tokens racing to register or claim one id cannot both win
-            registered = self._registration(predictor_id)
-            owner = claimed_owner(predictor_id, registered, heartbeat, caller)
+        """Registers or refreshes a predictor; NotYours when another token registered it."""
+        with self._lock:  # check, then write: two tokens racing to register one id cannot both win
+            owner = self._owner(heartbeat.predictor_id)
+            owner = caller.owner if owner is None else owner
+            check_acts_as(heartbeat.predictor_id, owner, caller)
             self._store.insert("predictor_heartbeats", heartbeat_columns(heartbeat, self._clock_ns(), owner))
-            self._registrations[predictor_id] = Registration(owner, heartbeat.host, heartbeat.pid, heartbeat.started_ns)
-        if registered is not None and registered.owner != owner:
-            log.warning("predictor %s (%s on %s, pid %d), registered while auth was off, is now owned by token %s "
-                        "(fingerprint), which sent a heartbeat for it from that process", predictor_id, heartbeat.name,
-                        heartbeat.host, heartbeat.pid, owner[:8])
-        self._allowed_builders[predictor_id] = frozenset(heartbeat.allowed_builders)
-        return {"predictor_id": predictor_id, "heartbeat_s": self.timing.heartbeat_s}
+            self._owners[heartbeat.predictor_id] = owner
+        self._allowed_builders[heartbeat.predictor_id] = frozenset(heartbeat.allowed_builders)
+        return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
 
     def predictors(self) -> list[dict[str, Any]]:
         now_ns = self._clock_ns()
@@ -125,16 +116,12 @@ class Dispatcher:
 
     def _owner(self, predictor_id: str) -> str | None:
         """The owner of a registered predictor; None when none registered it."""
-        registered = self._registration(predictor_id)
-        return None if registered is None else registered.owner
-
-    def _registration(self, predictor_id: str) -> Registration | None:
-        if predictor_id not in self._registrations:
-            rows = self._store.execute(registration_sql(predictor_id)).rows
+        if predictor_id not in self._owners:
+            rows = self._store.execute(owner_sql(predictor_id)).rows
             if not rows:
                 return None
-            self._registrations[predictor_id] = Registration(*rows[0])
-        return self._registrations[predictor_id]
+            self._owners[predictor_id] = rows[0][0]
+        return self._owners[predictor_id]
 
     def _seen_ns(self) -> dict[str, int]:
         return {row[0]: row[1] for row in self._store.execute("SELECT predictor_id, seen_ns FROM predictors").rows}
