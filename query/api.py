@@ -105,11 +105,12 @@ class EncodedCache:
                 self._bytes -= len(dropped)
 
 
-# The compact form of a trace, gzipped (about a tenth of its JSON: ~0.75 MB for 100k spans), by
-# trace, its row count in span_rows and the query: a re-open of a trace that did not change since
-# is sent without reading or treeing it again. Rows only arrive, and the store's merges only drop
-# copies of a span, so new spans change the count, as they change the window cache's key
-# (query/settler.py); the exception is as many copies merged away as spans arrived between two reads.
+# The compact form of a whole trace, gzipped (about a tenth of its JSON: ~0.75 MB for 100k spans),
+# by trace and its row count in span_rows: a re-open of a trace that did not change since is sent
+# without reading or treeing it again. Kept only when the read found no copies a retry wrote (as
+# many distinct rows as the count): distinct rows only arrive and merges only drop copies, so the
+# count is that again only with the same rows. With copies not merged yet, as many copies merged
+# away as spans arrived would give the same count over other rows.
 COMPACT_CACHE = web.AppKey("compact_cache", EncodedCache)
 COMPACT_CACHE_BYTES = 128 * 2**20
 
@@ -117,16 +118,18 @@ COMPACT_CACHE_BYTES = 128 * 2**20
 def compact_answer(reader: TraceReader, cache: EncodedCache, cap: SpanCap, trace_id: str, query: TraceQuery,
                    row_count: int) -> bytes | None:
     """The compact form of `trace_id` under `query`, gzipped: from `cache`, else read and encoded
-    now and kept there; None for an unknown trace. `row_count`: its span_row_count, counted
-    before this call, so that a key is never newer than its body. Blocking."""
-    key = (trace_id, row_count, query)
-    body = cache.get(key)
+    now, and kept there when it is the whole trace and the read found `row_count` distinct rows
+    (COMPACT_CACHE says why); None for an unknown trace. `row_count`: its span_row_count,
+    counted before this call. Blocking."""
+    whole = query == TraceQuery()
+    body = cache.get((trace_id, row_count)) if whole else None
     if body is None:
         read = read_trace(reader, trace_id, query, COMPACT_COLUMNS, cap, compact=True, row_count=row_count)
         if read is None:
             return None
         body = gzip.compress(_json_text(compact_json(trace_id, read.columns, read.tree)).encode(), 1, mtime=0)
-        cache.put(key, body)
+        if whole and len(read.columns["span_id"]) == row_count:
+            cache.put((trace_id, row_count), body)
     return body
 
 
@@ -224,7 +227,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
     weights: dict[str, str] = {}
     for entry in accept_encoding.split(","):
         coding, *params = (part.strip() for part in entry.split(";"))
-        weights.setdefault(coding.lower(), next((param[2:] for param in params if param.startswith("q=")), "1"))
+        weights.setdefault(coding.lower(), next((param[2:] for param in params if param.lower().startswith("q=")), "1"))
     weight = weights.get("gzip", weights.get("*", "0"))
     try:
         return float(weight) > 0

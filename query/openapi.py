@@ -92,9 +92,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "?format=compact: the timeline as parallel arrays in pre-order (index i of every array is "
                        "span i); name, service and level are indexes into `strings`; start_ns is an offset from "
-                       "origin_ns, so every number stays below 2**53. The service keeps each answer (gzipped) "
-                       "by trace, query and the trace's stored row count: a re-read of an unchanged trace is "
-                       "not read from the store again, one that gained spans is",
+                       "origin_ns, so every number stays below 2**53. The service keeps the whole trace's answer "
+                       "(gzipped) by trace and stored row count, when no retried copy awaits a merge: a re-read "
+                       "of an unchanged trace is not read from the store again, one that gained spans is",
         "properties": {
             "trace_id": {"type": "string"}, "format": {"type": "string", "enum": ["compact"]},
             "origin_ns": {"type": "string", "description": "the first start, ns since the epoch, in decimal"},

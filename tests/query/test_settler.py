@@ -16,7 +16,6 @@ from mlscope.query import create_query_app
 from mlscope.query.api import COMPACT_CACHE
 from mlscope.query.reader import TraceReader
 from mlscope.query.settler import Seen, Settler, SettlerPolicy, settle, warms
-from mlscope.query.traces import TraceQuery
 from mlscope.store import Store
 from tests.query.query_server import serve
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
@@ -112,7 +111,7 @@ async def test_a_quiet_trace_is_opened_from_the_cache_the_settler_warmed(store: 
     app = create_query_app(store, fill_window_caches=POLICY)
     runner, base_url = await serve(app)
     try:
-        key, deadline = (TRACE, len(KNOWN), TraceQuery()), time.monotonic() + 60
+        key, deadline = (TRACE, len(KNOWN)), time.monotonic() + 60
         while (warmed := app[COMPACT_CACHE].get(key)) is None:
             assert time.monotonic() < deadline, "no compact answer warmed after 60 s"
             await asyncio.sleep(0.05)
