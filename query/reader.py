@@ -424,14 +424,21 @@ class TraceReader:
         return int(rows[0][0]) if rows else 0
 
     def span_depth_fill(self, trace_id: str, span_count: int) -> DepthFill | None:
-        """The fill of `trace_id` at `span_count` rows that reads use: of the complete ones, the
-        smallest id (so that processes that filled it at once all read the same one)."""
+        """The fill of `trace_id` at `span_count` rows that reads use: of the complete ones made
+        from the trace's content now, the smallest id (so that processes that filled it at once
+        all read the same one). One made from as many distinct rows as `span_count` holds that
+        content; one made over copies a retry wrote only while the trace's distinct rows are as
+        many as then (schema 013 says why)."""
         rows = self._store.execute(
-            f"SELECT fill, first_bucket_log2, last_bucket_log2 FROM {SPAN_DEPTH_FILLS.name} "
-            f"WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} ORDER BY fill LIMIT 1").rows
-        if not rows:
+            f"SELECT fill, first_bucket_log2, last_bucket_log2, distinct_rows FROM {SPAN_DEPTH_FILLS.name} "
+            f"WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} ORDER BY fill").rows
+        current = [row for row in rows if row[3] == span_count]
+        if rows and not current:
+            distinct_now = self.distinct_rows(trace_id)
+            current = [row for row in rows if row[3] == distinct_now]
+        if not current:
             return None
-        fill = int(rows[0][0])
+        fill, first_bucket_log2, last_bucket_log2, _ = (int(value) for value in current[0])
         classes = self._duration_classes.get(fill)
         if classes is None:
             classes = tuple(sorted(int(row[0]) for row in self._store.execute(
@@ -439,7 +446,13 @@ class TraceReader:
             if len(self._duration_classes) >= _CACHED_FILLS:
                 self._duration_classes.clear()
             self._duration_classes[fill] = classes
-        return DepthFill(fill, int(span_count), int(rows[0][1]), int(rows[0][2]), classes)
+        return DepthFill(fill, int(span_count), first_bucket_log2, last_bucket_log2, classes)
+
+    def distinct_rows(self, trace_id: str) -> int:
+        """How many distinct rows (span id and content) span_rows holds for `trace_id`: its rows
+        less the copies a retry wrote that the store has not merged yet."""
+        return int(self._store.execute(f"SELECT uniqExact(span_id, content_hash) FROM {SPAN_ROWS.name} "
+                                       f"WHERE trace_id = {sql_string(trace_id)}").rows[0][0])
 
     def unfilled_traces(self, min_rows: int) -> dict[str, int]:
         """Trace id -> row count in span_rows (span_row_count) of the traces with at least
@@ -465,12 +478,13 @@ class TraceReader:
             f"SELECT span_id, parent_span_id, service, name, {_stored_level_sql('level')} AS level, [{found}] AS found, "
             f"start_ns, end_ns, content_hash FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)}) {_TRACE_ORDER}")
 
-    def store_span_depths(self, trace_id: str, fill: DepthFill, rows: pa.Table) -> None:
-        """Writes one fill of a trace: its span rows (SPAN_DEPTHS' columns, store.arrow_rows), its
-        pyramid built from them by the store, then its row in span_depth_fills, which makes it
-        readable. The trace's earlier fills (smaller ids) of another row count are then deleted,
-        complete or not (in the background: a read names its fill, so it never sees them either
-        way); a fill of the same count made at the same time stays, unread, until the next."""
+    def store_span_depths(self, trace_id: str, fill: DepthFill, rows: pa.Table, distinct_rows: int) -> None:
+        """Writes one fill of a trace, made from `distinct_rows` distinct rows: its span rows
+        (SPAN_DEPTHS' columns, store.arrow_rows), its pyramid built from them by the store, then
+        its row in span_depth_fills, which makes it readable. The trace's earlier fills (smaller
+        ids) of another row count, complete or not, and those of the same count made from other
+        rows are then deleted (in the background: a read names its fill, so it never sees them
+        either way); a fill of the same rows made at the same time stays, unread, until the next."""
         self._store.insert_arrow(SPAN_DEPTHS.name, rows)
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
             self._store.execute(_bucket_sql(trace_id, fill, bucket_log2))
@@ -478,8 +492,13 @@ class TraceReader:
         self._store.insert(SPAN_DEPTH_FILLS.name, {
             "trace_id": [trace_id], "span_count": [fill.span_count], "fill": [fill.fill],
             "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
-            "filled_ns": [time.time_ns()]})
-        earlier = f"trace_id = {sql_string(trace_id)} AND fill < {int(fill.fill)} AND span_count != {int(fill.span_count)}"
+            "filled_ns": [time.time_ns()], "distinct_rows": [distinct_rows]})
+        trace = f"trace_id = {sql_string(trace_id)}"
+        outdated = [int(row[0]) for row in self._store.execute(
+            f"SELECT fill FROM {SPAN_DEPTH_FILLS.name} WHERE {trace} AND span_count = {int(fill.span_count)} "
+            f"AND distinct_rows != {int(distinct_rows)}").rows]
+        other_rows = f" OR fill IN ({', '.join(map(str, outdated))})" if outdated else ""
+        earlier = f"{trace} AND fill < {int(fill.fill)} AND (span_count != {int(fill.span_count)}{other_rows})"
         # A delete is a mutation, which rewrites parts of the table: only when there is something
         # to delete, never on a trace's first fill.
         if self._store.execute(f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE {earlier}").rows[0][0]:

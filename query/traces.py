@@ -269,7 +269,7 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
     copies = copy_rows(spans["span_id"], spans["content_hash"].to_pylist())
     first, last = pyramid_widths(np.delete(starts, copies) if copies else starts, spans_per_bucket)
     fill = DepthFill(fill_id, span_count, first, last)
-    reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans))
+    reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), spans.num_rows - len(copies))
     return fill
 
 

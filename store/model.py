@@ -206,6 +206,7 @@ SPAN_DEPTH_FILLS = _table(
     ("first_bucket_log2", "UInt64"),
     ("last_bucket_log2", "UInt64"),
     ("filled_ns", "UInt64"),
+    ("distinct_rows", "UInt64"),
 )
 
 # Not in the .sql files: Store.migrate() creates it from this declaration before applying them.

@@ -31,7 +31,7 @@ def _store_fill(reader: TraceReader, fill: DepthFill, tracks: list[str], depths:
         "span_id": [f"{index:016x}" for index in range(len(names))], "parent_span_id": [""] * len(names),
         "attr_keys": [[]] * len(names), "attr_values": [[]] * len(names), "service": tracks, "name": names,
         "level": levels or ["application"] * len(names), "depth": depths, "duration_bits": classes,
-        "start_ns": starts, "end_ns": ends}))
+        "start_ns": starts, "end_ns": ends}), distinct_rows=len(names))
     return fill
 
 
