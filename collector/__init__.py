@@ -56,7 +56,11 @@ class Collector:
             self.http_port = self._runner.addresses[0][1]
             if self.config.grpc_port != NO_GRPC:
                 self._grpc = create_grpc_server(self._pipeline, self.config, self._auth, self._decoder)
-                self.grpc_port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+                address = f"{self.config.host}:{self.config.grpc_port}"
+                try:
+                    self.grpc_port = self._grpc.add_insecure_port(address)
+                except RuntimeError as exc:  # grpc's word for a port in use: told as the HTTP port's would be
+                    raise OSError(f"cannot bind the OTLP/gRPC port {address}: {exc}") from exc
                 await self._grpc.start()
         except BaseException:
             # A port already taken: leave no pipeline task or bound port behind.

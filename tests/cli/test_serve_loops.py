@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -134,3 +136,17 @@ def test_the_serve_command_exits_0_on_a_signal(tmp_path: Path, signum: int) -> N
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_grpc_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = subprocess.run(
+            [sys.executable, "-m", "mlscope", "serve", "--store", f"embedded://{tmp_path / 'store'}",
+             "--port", "0", "--otlp-http-port", "0", "--otlp-grpc-port", str(port)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "MLSCOPE_DATA": str(tmp_path)})
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert f"cannot bind the OTLP/gRPC port {HOST}:{port}" in process.stderr
