@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
@@ -180,13 +181,17 @@ class DepthFill:
     last_bucket_log2: int
     # The duration classes its spans fall in (span_depths.duration_bits); every class when unknown.
     duration_classes: tuple[int, ...] = tuple(range(65))
+    # Whether its pyramid is complete (schema 014): until then reads take every window from its
+    # spans. `filled_ns`: when its spans were (0 when unknown).
+    pyramid_built: bool = True
+    filled_ns: int = 0
 
     def bucket_log2_at(self, resolution_ns: int) -> int | None:
         """The pyramid width read at `resolution_ns` a pixel: the widest held that is no wider
         than a pixel (so a bucket lies across at most two pixels); None when the pyramid holds
-        none that narrow (the window's spans are read themselves)."""
+        none that narrow, or is not built yet (the window's spans are read themselves)."""
         width = min(max(1, int(resolution_ns)).bit_length() - 1, self.last_bucket_log2)
-        return width if width >= self.first_bucket_log2 else None
+        return width if width >= self.first_bucket_log2 and self.pyramid_built else None
 
 
 # The viewer's attributes a fill keeps of each span: what a span drawn as itself carries.
@@ -337,13 +342,17 @@ _COPY_KEY = ("span_id", "content_hash")
 _TRACE_ORDER = "ORDER BY start_ns, span_id, end_ns, content_hash"
 
 
-def copy_rows(span_ids: Sequence[Any], hashes: Sequence[int]) -> list[int]:
+def copy_rows(span_ids: Sequence[Any], hashes: Sequence[int] | np.ndarray) -> list[int]:
     """The rows (ordered by _TRACE_ORDER, so that the rows of one _COPY_KEY are next to each
     other) that repeat the row before: the copies FINAL would have merged. Most reads have none,
-    and one C-speed pass over the hashes says so."""
-    if not any(map(operator.eq, hashes, hashes[1:])):
+    and one C-speed pass over the hashes (a list, or a numpy array of a whole column) says so."""
+    if isinstance(hashes, np.ndarray):
+        same_hash = (np.flatnonzero(hashes[1:] == hashes[:-1]) + 1).tolist()
+    elif any(map(operator.eq, hashes, hashes[1:])):
+        same_hash = [row for row in range(1, len(hashes)) if hashes[row] == hashes[row - 1]]
+    else:
         return []
-    return [row for row in range(1, len(hashes)) if hashes[row] == hashes[row - 1] and span_ids[row] == span_ids[row - 1]]
+    return [row for row in same_hash if span_ids[row] == span_ids[row - 1]]
 
 
 def _without_copies(columns: Columns) -> Columns:
@@ -424,21 +433,25 @@ class TraceReader:
         return int(rows[0][0]) if rows else 0
 
     def span_depth_fill(self, trace_id: str, span_count: int) -> DepthFill | None:
-        """The fill of `trace_id` at `span_count` rows that reads use: of the complete ones made
-        from the trace's content now, the smallest id (so that processes that filled it at once
-        all read the same one). One made from as many distinct rows as `span_count` holds that
-        content; one made over copies a retry wrote only while the trace's distinct rows are as
-        many as then (schema 013 says why)."""
+        """The fill of `trace_id` at `span_count` rows that reads use: of the readable ones made
+        from the trace's content now, those with their pyramid built first, then the smallest id
+        (so that processes that filled it at once all read the same one). One made from as many
+        distinct rows as `span_count` holds that content; one made over copies a retry wrote only
+        while the trace's distinct rows are as many as then (schema 013 says why). A fill is
+        readable once its spans are written (its first row in span_depth_fills), its pyramid once
+        a second row says so (schema 014)."""
         rows = self._store.execute(
-            f"SELECT fill, first_bucket_log2, last_bucket_log2, distinct_rows FROM {SPAN_DEPTH_FILLS.name} "
-            f"WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} ORDER BY fill").rows
+            f"SELECT fill, first_bucket_log2, last_bucket_log2, distinct_rows, min(pyramid_pending), min(filled_ns) "
+            f"FROM {SPAN_DEPTH_FILLS.name} WHERE trace_id = {sql_string(trace_id)} AND span_count = {int(span_count)} "
+            "GROUP BY fill, first_bucket_log2, last_bucket_log2, distinct_rows").rows
         current = [row for row in rows if row[3] == span_count]
         if rows and not current:
             distinct_now = self.distinct_rows(trace_id)
             current = [row for row in rows if row[3] == distinct_now]
         if not current:
             return None
-        fill, first_bucket_log2, last_bucket_log2, _ = (int(value) for value in current[0])
+        fill, first_bucket_log2, last_bucket_log2, _, pending, filled_ns = (
+            int(value) for value in min(current, key=lambda row: (row[4], row[0])))
         classes = self._duration_classes.get(fill)
         if classes is None:
             classes = tuple(sorted(int(row[0]) for row in self._store.execute(
@@ -446,7 +459,7 @@ class TraceReader:
             if len(self._duration_classes) >= _CACHED_FILLS:
                 self._duration_classes.clear()
             self._duration_classes[fill] = classes
-        return DepthFill(fill, int(span_count), first_bucket_log2, last_bucket_log2, classes)
+        return DepthFill(fill, int(span_count), first_bucket_log2, last_bucket_log2, classes, not pending, filled_ns)
 
     def distinct_rows(self, trace_id: str) -> int:
         """How many distinct rows (span id and content) span_rows holds for `trace_id`: its rows
@@ -454,15 +467,33 @@ class TraceReader:
         return int(self._store.execute(f"SELECT uniqExact(span_id, content_hash) FROM {SPAN_ROWS.name} "
                                        f"WHERE trace_id = {sql_string(trace_id)}").rows[0][0])
 
-    def unfilled_traces(self, min_rows: int) -> dict[str, int]:
+    def unfilled_traces(self, min_rows: int, pyramid_wait_ns: int) -> dict[str, int]:
         """Trace id -> row count in span_rows (span_row_count) of the traces with at least
-        `min_rows` rows and no complete fill for that count: the ones a windowed read would fill.
-        One pass over span_rows' trace ids (about 20 ms a million rows embedded)."""
+        `min_rows` rows and no fill for that count that reads use (span_depth_fill), or only one
+        whose pyramid is still missing `pyramid_wait_ns` after its spans were written (the process
+        building it ended first): the ones a windowed read would fill, or that read slower than
+        they should. One pass over span_rows' trace ids (about 20 ms a million rows embedded);
+        the few traces with a fill of that count that may not be current (made over copies a
+        retry wrote, since merged away; or without its pyramid) are then asked one by one."""
+        fills = SPAN_DEPTH_FILLS.name
         rows = self._store.execute(
             f"SELECT trace_id, rows FROM (SELECT trace_id, count() AS rows FROM span_rows GROUP BY trace_id "
-            f"HAVING rows >= {int(min_rows)}) "
-            f"WHERE (trace_id, rows) NOT IN (SELECT trace_id, span_count FROM {SPAN_DEPTH_FILLS.name})").rows
-        return {str(trace_id): int(count) for trace_id, count in rows}
+            f"HAVING rows >= {int(min_rows)}) WHERE (trace_id, rows) NOT IN "
+            f"(SELECT trace_id, span_count FROM {fills} WHERE distinct_rows = span_count AND pyramid_pending = 0)").rows
+        unfilled = {str(trace_id): int(count) for trace_id, count in rows}
+        if not unfilled:
+            return unfilled
+        doubtful = self._store.execute(
+            f"SELECT DISTINCT trace_id, span_count FROM {fills} "
+            f"WHERE trace_id IN ({', '.join(map(sql_string, sorted(unfilled)))})").rows
+        now_ns = time.time_ns()
+        for trace_id, span_count in doubtful:
+            if unfilled.get(str(trace_id)) != int(span_count):
+                continue
+            fill = self.span_depth_fill(str(trace_id), int(span_count))
+            if fill is not None and (fill.pyramid_built or now_ns - fill.filled_ns < pyramid_wait_ns):
+                del unfilled[str(trace_id)]
+        return unfilled
 
     def window_spans(self, trace_id: str) -> pa.Table:
         """What a fill of span_depths takes of every row of `trace_id`, in _TRACE_ORDER, copies
@@ -479,20 +510,23 @@ class TraceReader:
             f"start_ns, end_ns, content_hash FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)}) {_TRACE_ORDER}")
 
     def store_span_depths(self, trace_id: str, fill: DepthFill, rows: pa.Table, distinct_rows: int) -> None:
-        """Writes one fill of a trace, made from `distinct_rows` distinct rows: its span rows
-        (SPAN_DEPTHS' columns, store.arrow_rows), its pyramid built from them by the store, then
-        its row in span_depth_fills, which makes it readable. The trace's earlier fills (smaller
-        ids) of another row count, complete or not, and those of the same count made from other
-        rows are then deleted (in the background: a read names its fill, so it never sees them
-        either way); a fill of the same rows made at the same time stays, unread, until the next."""
+        """Writes the spans of one fill of a trace, made from `distinct_rows` distinct rows (SPAN_DEPTHS'
+        columns, store.arrow_rows), then its row in span_depth_fills, which makes it readable
+        without its pyramid (store_pyramid builds that)."""
         self._store.insert_arrow(SPAN_DEPTHS.name, rows)
+        self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=False)
+
+    def store_pyramid(self, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
+        """Builds the pyramid of a fill store_span_depths wrote (by the store, from its spans), then
+        a second row of the fill in span_depth_fills, which makes reads use it. The trace's earlier
+        fills (smaller ids) of another row count, complete or not, and those of the same count
+        made from other rows are then deleted (in the background: a read names its fill, so it
+        never sees them either way); a fill of the same rows made at the same time stays, unread,
+        until the next."""
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
             self._store.execute(_bucket_sql(trace_id, fill, bucket_log2))
             self._store.execute(_tile_sql(trace_id, fill, bucket_log2))
-        self._store.insert(SPAN_DEPTH_FILLS.name, {
-            "trace_id": [trace_id], "span_count": [fill.span_count], "fill": [fill.fill],
-            "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
-            "filled_ns": [time.time_ns()], "distinct_rows": [distinct_rows]})
+        self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=True)
         trace = f"trace_id = {sql_string(trace_id)}"
         outdated = [int(row[0]) for row in self._store.execute(
             f"SELECT fill FROM {SPAN_DEPTH_FILLS.name} WHERE {trace} AND span_count = {int(fill.span_count)} "
@@ -504,6 +538,12 @@ class TraceReader:
         if self._store.execute(f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE {earlier}").rows[0][0]:
             for table in (SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTH_BUCKETS, SPAN_DEPTHS):
                 self._store.execute(f"ALTER TABLE {table.name} DELETE WHERE {earlier}")
+
+    def _store_fill_row(self, trace_id: str, fill: DepthFill, distinct_rows: int, pyramid_built: bool) -> None:
+        self._store.insert(SPAN_DEPTH_FILLS.name, {
+            "trace_id": [trace_id], "span_count": [fill.span_count], "fill": [fill.fill],
+            "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
+            "filled_ns": [time.time_ns()], "distinct_rows": [distinct_rows], "pyramid_pending": [int(not pyramid_built)]})
 
     def window_entries(self, trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> Columns:
         """The level-of-detail entries of a window, merged by the store (_window_entries_sql), by

@@ -33,7 +33,7 @@ from aiohttp import web
 from mlscope.listener import RateLimitFilter
 
 from .reader import TraceReader
-from .traces import depth_fill
+from .traces import PYRAMID_WAIT_NS, depth_fill
 
 log = logging.getLogger(__name__)
 # A store that fails every poll would log a line every poll_s.
@@ -126,7 +126,7 @@ class Settler:
         started_s = self._clock()
         if stored_rows != self._stored_rows and started_s >= self._next_scan_s:
             # Rows only change with span_rows' count (an insert adds, a merge of copies removes).
-            self._unfilled = self._reader.unfilled_traces(self._policy.min_spans)
+            self._unfilled = self._reader.unfilled_traces(self._policy.min_spans, PYRAMID_WAIT_NS)
             self._stored_rows = stored_rows
             self._next_scan_s = started_s + (self._clock() - started_s) / self._policy.scan_share
             self._failed = {key: until for key, until in self._failed.items() if self._unfilled.get(key[0]) == key[1]}
@@ -141,7 +141,7 @@ class Settler:
             if self._reader.span_row_count(trace_id) != span_count:
                 self._stored_rows = None
                 return False
-            depth_fill(self._reader, trace_id, span_count)
+            depth_fill(self._reader, trace_id, span_count, whole=True)
         except Exception:
             self._failed[(trace_id, span_count)] = self._clock() + self._policy.retry_s
             raise

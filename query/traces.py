@@ -8,11 +8,13 @@ kept ancestors need every span), then every column of the kept spans only.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,8 @@ ORPHANED_COLUMN = ATTRIBUTE_COLUMN + PROCESS_ORPHANED
 # Up to this many kept spans are named to the store by id; more are read by level and window
 # and picked here (a longer IN list costs the store more than the rows it saves).
 MAX_IDS_IN_QUERY = 10_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -257,20 +261,50 @@ def new_fill_id() -> int:
 
 
 def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
-                     spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> DepthFill | None:
+                     spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET, pyramid_later: bool = False) -> DepthFill | None:
     """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
-    rows, with its pyramid (pyramid_widths); returns that fill, or None when the trace has no
-    span (any more)."""
+    rows, with its pyramid (pyramid_widths): at once, or with `pyramid_later` in this process's
+    pyramid worker (the fill is read from its spans until then: pyramids_built waits for it).
+    Returns that fill as it stands on return, or None when the trace has no span (any more)."""
     fill_id = new_fill_id()
     spans = reader.window_spans(trace_id).combine_chunks()
     if not spans.num_rows:
         return None
     starts = spans["start_ns"].to_numpy()
-    copies = copy_rows(spans["span_id"], spans["content_hash"].to_pylist())
+    copies = copy_rows(spans["span_id"], spans["content_hash"].to_numpy())
     first, last = pyramid_widths(np.delete(starts, copies) if copies else starts, spans_per_bucket)
-    fill = DepthFill(fill_id, span_count, first, last)
-    reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), spans.num_rows - len(copies))
-    return fill
+    fill = DepthFill(fill_id, span_count, first, last, pyramid_built=False)
+    distinct_rows = spans.num_rows - len(copies)
+    reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), distinct_rows)
+    del spans  # the pyramid is built from the stored spans, by the store
+    if pyramid_later:
+        _PYRAMIDS.submit(_build_pyramid, reader, trace_id, fill, distinct_rows)
+        return fill
+    reader.store_pyramid(trace_id, fill, distinct_rows)
+    return replace(fill, pyramid_built=True)
+
+
+# The pyramids of fills made for a read, built after the read is answered: one at a time, in
+# the order their fills were made (pyramids_built waits for those submitted so far).
+_PYRAMIDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-pyramid")
+
+
+def _build_pyramid(reader: TraceReader, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
+    try:
+        reader.store_pyramid(trace_id, fill, distinct_rows)
+    except Exception:
+        # Reads go on using the fill's spans; the settler remakes the fill once PYRAMID_WAIT_NS has passed.
+        log.exception("building the pyramid of trace %s (fill %d) failed", trace_id, fill.fill)
+
+
+def pyramids_built() -> None:
+    """Returns once the pyramids of the fills made so far in this process are built (or failed)."""
+    _PYRAMIDS.submit(lambda: None).result()
+
+
+# A fill whose pyramid is still missing this long after its spans were written was left so by a
+# process that ended first (a 1M-span trace's pyramid takes seconds): it is made again, whole.
+PYRAMID_WAIT_NS = 120 * 10**9
 
 
 def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> Columns | None:
@@ -289,19 +323,25 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
 
 
-def depth_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
+def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool = False) -> DepthFill | None:
     """The fill of `trace_id` at `span_count` rows that reads use, made now when there is none
-    (fill_span_depths, one fill at a time in this process); None when the trace's rows went since
-    they were counted."""
+    (fill_span_depths, one fill at a time in this process): with its pyramid built after the
+    caller is answered, or with `whole` (the settler), at once; `whole` also makes again a fill
+    whose pyramid is missing PYRAMID_WAIT_NS after its spans were written. None when the trace's
+    rows went since they were counted."""
+
+    def usable(fill: DepthFill | None) -> bool:
+        return fill is not None and (not whole or fill.pyramid_built or time.time_ns() - fill.filled_ns < PYRAMID_WAIT_NS)
+
     fill = reader.span_depth_fill(trace_id, span_count)
-    if fill is None:
+    if not usable(fill):
         with _DEPTH_FILL:
             fill = reader.span_depth_fill(trace_id, span_count)
-            if fill is None:
-                filled = fill_span_depths(reader, trace_id, span_count)
+            if not usable(fill):
+                filled = fill_span_depths(reader, trace_id, span_count, pyramid_later=not whole)
                 if filled is None:
                     return None
-                # Another process may have filled it at the same time: all read the smallest fill id.
+                # Another process may have filled it at the same time: all read the same fill.
                 fill = reader.span_depth_fill(trace_id, span_count) or filled
     return fill
 

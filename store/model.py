@@ -207,6 +207,7 @@ SPAN_DEPTH_FILLS = _table(
     ("last_bucket_log2", "UInt64"),
     ("filled_ns", "UInt64"),
     ("distinct_rows", "UInt64"),
+    ("pyramid_pending", "UInt64"),
 )
 
 # Not in the .sql files: Store.migrate() creates it from this declaration before applying them.

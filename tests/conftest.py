@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from deploy import clickhouse_local_server
 
+from mlscope.query.traces import pyramids_built
 from mlscope.store import Store, open_store
 
 BACKENDS = ("embedded", "server")
@@ -45,4 +46,5 @@ def store_url(request, tmp_path: Path) -> str:
 def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url)
     yield opened
+    pyramids_built()  # a windowed read's fill builds its pyramid after the read, on this store
     opened.close()

@@ -49,11 +49,11 @@ POLICY = SettlerPolicy(min_spans=len(KNOWN), quiet_s=0.3, poll_s=0.05)
 
 
 async def _fills(store: Store, span_count: int) -> list[tuple[str, int]]:
-    """(trace, fill id) of the complete fills for `span_count` rows, once there is one (polled)."""
+    """(trace, fill id) of the complete fills (pyramid built) for `span_count` rows, once there is one (polled)."""
     deadline = time.monotonic() + 60
     while True:
         rows = await asyncio.to_thread(store.execute, "SELECT trace_id, fill FROM span_depth_fills "
-                                       f"WHERE span_count = {span_count} ORDER BY trace_id, fill")
+                                       f"WHERE span_count = {span_count} AND pyramid_pending = 0 ORDER BY trace_id, fill")
         if rows.rows:
             return [(str(trace_id), int(fill)) for trace_id, fill in rows.rows]
         assert time.monotonic() < deadline, f"no fill for {span_count} rows after 60 s"

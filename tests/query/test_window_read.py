@@ -11,8 +11,11 @@ import numpy as np
 import pyarrow as pa
 
 from mlscope.query.reader import DepthFill, TraceReader
+from mlscope.query import traces
 from mlscope.query.timeline import VIEWER_ATTRIBUTES, span_tree, window_json
-from mlscope.query.traces import bit_lengths, fill_span_depths, pyramid_widths, read_window, tree_depths
+from mlscope.query.traces import (
+    bit_lengths, fill_span_depths, pyramid_widths, pyramids_built, read_window, tree_depths,
+)
 from mlscope.store import Store, arrow_rows
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
 
@@ -32,6 +35,7 @@ def _store_fill(reader: TraceReader, fill: DepthFill, tracks: list[str], depths:
         "attr_keys": [[]] * len(names), "attr_values": [[]] * len(names), "service": tracks, "name": names,
         "level": levels or ["application"] * len(names), "depth": depths, "duration_bits": classes,
         "start_ns": starts, "end_ns": ends}), distinct_rows=len(names))
+    reader.store_pyramid(TRACE, fill, distinct_rows=len(names))
     return fill
 
 
@@ -190,6 +194,7 @@ def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_c
     store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
     grown = read_window(reader, TRACE, window, 50 * MS)
     assert grown is not None and ("late", 2) in zip(grown["dominant_name"], grown["depth"])
+    pyramids_built()
     _wait_for_deletes(store)
     for table in ("span_depths", "span_depth_buckets", "span_depth_tiles", "span_depth_fills"):
         assert store.execute(f"SELECT DISTINCT span_count FROM {table}").rows == [(6,)], table
@@ -209,3 +214,43 @@ def test_two_processes_filling_a_trace_at_once_do_not_double_its_counts(store: S
         read = read_window(reader, TRACE, (T0, T0 + 100 * MS), resolution)
         assert read is not None and sum(read["span_total"]) == len(KNOWN), resolution
     assert store.execute("SELECT count() FROM span_depths").rows == [(2 * len(KNOWN),)]
+
+
+
+def test_a_first_read_is_answered_from_the_spans_and_the_pyramid_follows(store: Store) -> None:
+    # A fill made for a read is readable once its spans are written; its pyramid comes after.
+    root = f"{1:016x}"
+    store.insert("span_rows", columns_of([row(root, "", "root", 0, 1000)] + [
+        row(f"{index + 2:016x}", root, "xyz"[index % 3], index * 1.5, index * 1.5 + 0.5) for index in range(600)]))
+    reader = TraceReader(store)
+    span_count = reader.span_row_count(TRACE)
+    made = fill_span_depths(reader, TRACE, span_count, spans_per_bucket=1, pyramid_later=True)
+    assert made is not None and not made.pyramid_built and made.first_bucket_log2 <= made.last_bucket_log2
+    before = reader.span_depth_fill(TRACE, span_count)
+    assert before is not None and before.fill == made.fill and not before.pyramid_built
+    assert before.bucket_log2_at(1 << 40) is None  # every window from the spans until then
+    pyramids_built()
+    after = reader.span_depth_fill(TRACE, span_count)
+    assert after is not None and after.fill == made.fill and after.pyramid_built
+    assert after.bucket_log2_at(1 << 40) == after.last_bucket_log2
+    assert store.execute(f"SELECT count() FROM span_depth_tiles WHERE fill = {made.fill}").rows[0][0] > 0
+    window = (T0, T0 + 1000 * MS)
+    by_spans, by_pyramid = (_entries(reader, fill, window, 64 * MS) for fill in (before, after))
+    assert sum(entry[4] for entry in by_spans) == sum(entry[4] for entry in by_pyramid) == span_count
+
+
+def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monkeypatch) -> None:
+    # The process that wrote a fill's spans ended before its pyramid: the settler's scan lists the
+    # trace once PYRAMID_WAIT_NS has passed, and its fill (whole) replaces it with a complete one.
+    store.insert("span_rows", columns_of(KNOWN))
+    reader = TraceReader(store)
+    fill = DepthFill(traces.new_fill_id(), len(KNOWN), 0, 3, pyramid_built=False)
+    reader.store_span_depths(TRACE, fill, traces.span_depth_rows(TRACE, fill, reader.window_spans(TRACE)), len(KNOWN))
+    assert reader.unfilled_traces(1, pyramid_wait_ns=3600 * 10**9) == {}
+    assert reader.unfilled_traces(1, pyramid_wait_ns=0) == {TRACE: len(KNOWN)}
+    waited = traces.depth_fill(reader, TRACE, len(KNOWN), whole=True)
+    assert waited is not None and waited.fill == fill.fill  # not missing for long enough to remake
+    monkeypatch.setattr(traces, "PYRAMID_WAIT_NS", 0)
+    remade = traces.depth_fill(reader, TRACE, len(KNOWN), whole=True)
+    assert remade is not None and remade.fill != fill.fill and remade.pyramid_built
+    assert reader.unfilled_traces(1, pyramid_wait_ns=0) == {}
