@@ -198,6 +198,8 @@ class DepthFill:
 WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
 # Fills whose duration classes a reader remembers (a few numbers each); past that it starts over.
 _CACHED_FILLS = 4096
+# A pyramid's pause between its statements: long enough for a read waiting for the store to take it.
+_PYRAMID_PAUSE_S = 0.005
 _DURATION_SQL = "toUInt64(if(end_ns > start_ns, end_ns - start_ns, 0))"
 
 
@@ -522,10 +524,12 @@ class TraceReader:
         fills (smaller ids) of another row count, complete or not, and those of the same count
         made from other rows are then deleted (in the background: a read names its fill, so it
         never sees them either way); a fill of the same rows made at the same time stays, unread,
-        until the next."""
+        until the next. It pauses between its statements: the embedded store runs one at a
+        time, and a read waiting for it goes first."""
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
-            self._store.execute(_bucket_sql(trace_id, fill, bucket_log2))
-            self._store.execute(_tile_sql(trace_id, fill, bucket_log2))
+            for sql in (_bucket_sql(trace_id, fill, bucket_log2), _tile_sql(trace_id, fill, bucket_log2)):
+                self._store.execute(sql)
+                time.sleep(_PYRAMID_PAUSE_S)
         self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=True)
         trace = f"trace_id = {sql_string(trace_id)}"
         outdated = [int(row[0]) for row in self._store.execute(

@@ -22,7 +22,7 @@ from mlscope.store.model import SPAN_DEPTHS
 from .errors import BadRequest
 from .params import int_between
 from .reader import TraceReader
-from .traces import depth_fill
+from .traces import depth_fill, start_pyramids
 
 MAX_TEXT_CHARS = 200
 DEFAULT_LIMIT = 100
@@ -77,9 +77,12 @@ def search_json(trace_id: str, text: str, total: int, found: Columns) -> dict[st
 def search_trace(reader: TraceReader, trace_id: str, text: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
     """The spans of `trace_id` matching `text` (search_json); None for an unknown trace."""
     span_count = reader.span_row_count(trace_id)
-    fill = depth_fill(reader, trace_id, span_count) if span_count else None
-    if fill is None:
-        return None
-    total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
-    found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
+    try:
+        fill = depth_fill(reader, trace_id, span_count) if span_count else None
+        if fill is None:
+            return None
+        total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
+        found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
+    finally:
+        start_pyramids()
     return search_json(trace_id, text, total, found)

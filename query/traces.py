@@ -264,7 +264,7 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
                      spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET, pyramid_later: bool = False) -> DepthFill | None:
     """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
     rows, with its pyramid (pyramid_widths): at once, or with `pyramid_later` in this process's
-    pyramid worker (the fill is read from its spans until then: pyramids_built waits for it).
+    pyramid worker once start_pyramids is called (the fill is read from its spans until then).
     Returns that fill as it stands on return, or None when the trace has no span (any more)."""
     fill_id = new_fill_id()
     spans = reader.window_spans(trace_id).combine_chunks()
@@ -278,15 +278,28 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
     reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), distinct_rows)
     del spans  # the pyramid is built from the stored spans, by the store
     if pyramid_later:
-        _PYRAMIDS.submit(_build_pyramid, reader, trace_id, fill, distinct_rows)
+        with _UNSTARTED_LOCK:
+            _UNSTARTED.append((reader, trace_id, fill, distinct_rows))
         return fill
     reader.store_pyramid(trace_id, fill, distinct_rows)
     return replace(fill, pyramid_built=True)
 
 
-# The pyramids of fills made for a read, built after the read is answered: one at a time, in
-# the order their fills were made (pyramids_built waits for those submitted so far).
+# The pyramids of fills made for a read, built once the read is answered (start_pyramids): one
+# at a time, in the order their fills were made. Started before the read's own statements, they
+# would hold the embedded store (one statement at a time) until the last.
 _PYRAMIDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-pyramid")
+_UNSTARTED: list[tuple[TraceReader, str, DepthFill, int]] = []
+_UNSTARTED_LOCK = threading.Lock()
+
+
+def start_pyramids() -> None:
+    """Starts building the pyramids of the fills made so far in this process for reads."""
+    with _UNSTARTED_LOCK:
+        unstarted = _UNSTARTED[:]
+        _UNSTARTED.clear()
+    for job in unstarted:
+        _PYRAMIDS.submit(_build_pyramid, *job)
 
 
 def _build_pyramid(reader: TraceReader, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
@@ -299,6 +312,7 @@ def _build_pyramid(reader: TraceReader, trace_id: str, fill: DepthFill, distinct
 
 def pyramids_built() -> None:
     """Returns once the pyramids of the fills made so far in this process are built (or failed)."""
+    start_pyramids()
     _PYRAMIDS.submit(lambda: None).result()
 
 
@@ -312,21 +326,25 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     store (reader.window_entries), with the viewer's attributes as ATTRIBUTE_COLUMN columns; depth
     is the span's in the whole trace. The first windowed read of a trace (or of a trace changed
     since: its row count in span_rows differs) reads and trees every span once to fill
-    span_depths and its pyramid, unless the settler (query/settler.py) filled it once it went
-    quiet; later ones cost in proportion to the entries drawn. None for an unknown trace."""
+    span_depths (its pyramid is built after the answer), unless the settler (query/settler.py)
+    filled it once it went quiet; later ones cost in proportion to the entries drawn. None for an
+    unknown trace."""
     span_count = reader.span_row_count(trace_id)
     if not span_count:
         return None
-    fill = depth_fill(reader, trace_id, span_count)
-    if fill is None:
-        return None
-    return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+    try:
+        fill = depth_fill(reader, trace_id, span_count)
+        if fill is None:
+            return None
+        return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+    finally:
+        start_pyramids()
 
 
 def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool = False) -> DepthFill | None:
     """The fill of `trace_id` at `span_count` rows that reads use, made now when there is none
-    (fill_span_depths, one fill at a time in this process): with its pyramid built after the
-    caller is answered, or with `whole` (the settler), at once; `whole` also makes again a fill
+    (fill_span_depths, one fill at a time in this process): with its pyramid built once the
+    caller calls start_pyramids, or with `whole` (the settler), at once; `whole` also makes again a fill
     whose pyramid is missing PYRAMID_WAIT_NS after its spans were written. None when the trace's
     rows went since they were counted."""
 

@@ -693,11 +693,14 @@
   // ones (fetchWindow, else null); `counters` is GET {base}/counters (span count, sampled series).
   // The compact form is asked for beside the counters with max_spans=windowPast: past it the
   // server answers 413 from the trace index's count (the counters' span_count) before reading a
-  // span, so a big trace costs no compact form built for nothing.
+  // span, so a big trace costs no compact form built for nothing, and its first window is asked
+  // for then, not after the counters (which take longer).
   // `say(text)` tells the user what is being read while they wait.
   async function loadTrace(base, levelsQuery, windowPast, say = () => {}) {
     const compactRead = levelsQuery === null ? null
       : fetchWithToken(`${base}?format=compact&max_spans=${windowPast}${levelsQuery ? `&${levelsQuery}` : ""}`);
+    const windowRead = compactRead && compactRead.then((response) => response.status === 413 ? windowedTrace(base) : null);
+    if (windowRead) windowRead.catch(() => {}); // its failure is thrown where it is awaited
     const counters = await fetchJson(`${base}/counters`);
     const big = Number(counters.span_count) > windowPast;
     say(big
@@ -706,7 +709,7 @@
       : `Reading ${counters.span_count} spans…`);
     const compact = compactRead && await compactRead;
     // The trace may have grown past the cap between the two answers: either one says windows.
-    const windowed = big || (compact && compact.status === 413) ? await windowedTrace(base) : null;
+    const windowed = compact && compact.status === 413 ? await windowRead : big ? await windowedTrace(base) : null;
     const trace = windowed ? windowed.trace : compact ? await responseJson(compact, JSON.parse) : EMPTY_TRACE;
     return { counters, trace, fetchWindow: windowed ? windowed.fetchWindow : null };
   }
