@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mlscope.store import sql_string
 
-from .params import ParseParam, natural, parse_params, text
+from .params import ParseParam, natural, parse_params, text, zero_or_one
 
 TEXT_FILTERS = ("model", "framework", "scenario", "level", "system", "predictor", "run_id", "job_id", "span_id")
 NUMBER_FILTERS = ("batch_size", "conflict")
@@ -35,7 +35,8 @@ class EvaluationFilter:
     conflict: int | None = None  # 1: only the copies of evaluations stored with more than one content
 
 
-EVALUATION_PARAMS: dict[str, ParseParam] = {**dict.fromkeys(TEXT_FILTERS, text), **dict.fromkeys(NUMBER_FILTERS, natural)}
+EVALUATION_PARAMS: dict[str, ParseParam] = {**dict.fromkeys(TEXT_FILTERS, text), "batch_size": natural,
+                                            "conflict": zero_or_one}
 
 
 def parse_evaluation_filter(params: Mapping[str, str]) -> EvaluationFilter:

@@ -19,6 +19,8 @@ ParseParam = Callable[[str, str], Any]
 """(parameter name, its non-empty text) -> the field's value; BadRequest when the text is bad."""
 
 _SHOWN = 64  # characters of a bad value quoted back in the error
+# The largest number a filter compares with: the store's times, durations and counts are UInt64.
+MAX_NUMBER = 2**64 - 1
 
 
 def parse_params(params: Mapping[str, str], fields: Mapping[str, ParseParam]) -> dict[str, Any]:
@@ -39,11 +41,20 @@ def _integer(name: str, value: str) -> int:
 
 
 def natural(name: str, value: str) -> int:
-    """A non-negative integer."""
+    """A non-negative integer the store can compare with (at most MAX_NUMBER)."""
     number = _integer(name, value)
     if number < 0:
         raise BadRequest(f"{name} must not be negative")
+    if number > MAX_NUMBER:
+        raise BadRequest(f"{name} must be at most {MAX_NUMBER}, not {value[:_SHOWN]!r}")
     return number
+
+
+def zero_or_one(name: str, value: str) -> int:
+    """A yes/no filter: 0 or 1, nothing else."""
+    if value not in ("0", "1"):
+        raise BadRequest(f"{name} must be 0 or 1, not {value[:_SHOWN]!r}")
+    return int(value)
 
 
 def int_between(low: int, high: int) -> ParseParam:

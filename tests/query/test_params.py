@@ -8,7 +8,9 @@ import re
 import pytest
 
 from mlscope.query.errors import BadRequest
-from mlscope.query.params import int_between, matching, natural, one_of, parse_params, text
+from mlscope.query.params import (
+    MAX_NUMBER, int_between, matching, natural, one_of, parse_params, text, zero_or_one,
+)
 
 FIELDS = {"name": text, "count": natural, "limit": int_between(1, 10), "state": one_of(("on", "off")),
           "id": matching(re.compile(r"[0-9a-f]{4}"), "4 hex digits")}
@@ -33,3 +35,15 @@ def test_a_bad_value_names_the_parameter(params: dict[str, str], message: str) -
     with pytest.raises(BadRequest) as raised:
         parse_params(params, FIELDS)
     assert str(raised.value) == message
+
+
+def test_a_yes_no_filter_is_0_or_1_and_numbers_fit_the_store() -> None:
+    assert parse_params({"on": "0"}, {"on": zero_or_one}) == {"on": 0}
+    assert parse_params({"on": "1"}, {"on": zero_or_one}) == {"on": 1}
+    for bad in ("2", "-1", "01", "true", " 1"):
+        with pytest.raises(BadRequest, match=f"on must be 0 or 1, not {re.escape(repr(bad))}"):
+            parse_params({"on": bad}, {"on": zero_or_one})
+    assert parse_params({"count": str(MAX_NUMBER)}, FIELDS) == {"count": 2**64 - 1}
+    with pytest.raises(BadRequest, match=f"count must be at most {MAX_NUMBER}"):
+        parse_params({"count": str(MAX_NUMBER + 1)}, FIELDS)
+
