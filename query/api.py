@@ -36,7 +36,7 @@ from .openapi import conventions_document, openapi_document
 from .reader import SqlLimits, TraceReader
 from .search import DEFAULT_LIMIT, SEARCH_PARAMS, search_trace
 from .settler import SettlerPolicy, settler_context
-from .params import int_between, one_of, parse_params
+from .params import int_between, one_of, parse_params, single
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
 from .traces import SpanCap, TraceQuery, check_span_cap, read_trace, read_window
 
@@ -294,7 +294,7 @@ async def get_trace(request: web.Request) -> web.Response:
     trace_id = _trace_id(request)
     params = parse_params(request.query, TRACE_PARAMS)
     windowed = "start_ns" in params or "end_ns" in params
-    query = TraceQuery(levels=parse_levels(request.query.get("levels")), max_depth=params.get("max_depth"),
+    query = TraceQuery(levels=parse_levels(single(request.query, "levels") or None), max_depth=params.get("max_depth"),
                        window=_window(params) if windowed else None, raw=flag(request, "raw"))
     reader, cap = request.app[READER], request.app[SPAN_CAP]
     if params.get("format") == "compact":
@@ -384,7 +384,7 @@ async def search_spans(request: web.Request) -> web.Response:
 @requires(Scope.READ)
 async def export_trace(request: web.Request) -> web.Response:
     trace_id = _trace_id(request)
-    name = request.query.get("format", "")
+    name = single(request.query, "format")
     exporter = EXPORTERS.get(name)
     if exporter is None:
         raise BadRequest(f"format must be one of {', '.join(sorted(EXPORTERS))}, not {name[:32]!r}")
@@ -437,7 +437,7 @@ _EVALUATION_ID = re.compile(r"[0-9a-fA-F]{16}")
 async def _diff_side(request: web.Request, name: str) -> tuple[Timeline, str]:
     """`?a=` / `?b=`: a trace id (32 hex digits), or an evaluation id (16: the `span_id` of its
     `evaluations` row), which stands for its `mlscope.evaluation` span's subtree of its trace."""
-    value = request.query.get(name, "")
+    value = single(request.query, name)
     if _TRACE_ID.fullmatch(value):
         trace_id = value.lower()
         return await _timeline(request, trace_id), trace_id

@@ -20,6 +20,7 @@ from mlscope.conventions import UnknownLevel
 from mlscope.store import StoreUnavailable
 
 from .errors import BadRequest, Busy, Conflict, NotFound, TooLarge
+from .params import single
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ async def json_body(request: web.Request) -> Any:
 
 
 def flag(request: web.Request, name: str) -> bool:
-    """A 0/1 query parameter; absent is 0."""
-    text = request.query.get(name, "").lower()
+    """A 0/1 query parameter; absent is 0; BadRequest when given more than once."""
+    text = single(request.query, name).lower()
     if text not in _FLAGS:
         raise BadRequest(f"{name} must be 0 or 1, not {text[:16]!r}")
     return _FLAGS[text]

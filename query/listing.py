@@ -94,8 +94,8 @@ def parse_trace_filter(params: Mapping[str, str], attributes: Sequence[str] = ()
     ignored, BadRequest names a bad one); `attributes` are the repeated `attr` parameters."""
     if len(attributes) > MAX_ATTRIBUTE_FILTERS:
         raise BadRequest(f"at most {MAX_ATTRIBUTE_FILTERS} attr filters")
-    cursor = parse_params(params, {"cursor": _cursor})
-    return TraceFilter(**parse_params(params, TRACE_PARAMS), attributes=tuple(_attribute(a) for a in attributes),
+    cursor = parse_params(params, {"cursor": _cursor}, repeatable=("attr",))
+    return TraceFilter(**parse_params(params, TRACE_PARAMS, repeatable=("attr",)), attributes=tuple(_attribute(a) for a in attributes),
                        after=cursor.get("cursor"))
 
 

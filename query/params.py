@@ -1,6 +1,8 @@
 """Query-string parameters -> a filter's typed fields, by one rule for every listing route
 (traces, evaluations, jobs): an empty parameter counts as absent, an unknown one is ignored, and
-a bad one is a BadRequest that names it and says what it must be.
+a bad one is a BadRequest that names it and says what it must be. A parameter given more than
+once is a BadRequest too, known or not (which of its values was meant cannot be told), unless the
+route declares it repeatable (`attr`).
 
     TraceFilter(**parse_params(request.query, {"service": text, "limit": int_between(1, 1000)}))
 
@@ -10,7 +12,8 @@ Pure: no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from .errors import BadRequest
@@ -23,9 +26,29 @@ _SHOWN = 64  # characters of a bad value quoted back in the error
 MAX_NUMBER = 2**64 - 1
 
 
-def parse_params(params: Mapping[str, str], fields: Mapping[str, ParseParam]) -> dict[str, Any]:
-    """The fields present (non-empty) in `params`, each parsed by its function."""
+def parse_params(params: Mapping[str, str], fields: Mapping[str, ParseParam],
+                 repeatable: Collection[str] = ()) -> dict[str, Any]:
+    """The fields present (non-empty) in `params`, each parsed by its function; BadRequest when
+    any parameter but the `repeatable` ones is given more than once (`params` a MultiDict, as
+    aiohttp's request.query is, or a plain mapping, which cannot repeat one)."""
+    check_single(params, repeatable)
     return {name: parse(name, params[name]) for name, parse in fields.items() if params.get(name)}
+
+
+def check_single(params: Mapping[str, str], repeatable: Collection[str] = ()) -> None:
+    """BadRequest naming the first parameter of `params` given more than once, `repeatable` ones aside."""
+    for name, count in Counter(name for name, _ in params.items()).items():
+        if count > 1 and name not in repeatable:
+            raise BadRequest(f"parameter {name[:_SHOWN]!r} is given {count} times; give it once")
+
+
+def single(params: Mapping[str, str], name: str) -> str:
+    """The value of parameter `name` ('' when absent); BadRequest when it is given more than once."""
+    getall = getattr(params, "getall", None)
+    values = getall(name, []) if getall is not None else [params[name]] if name in params else []
+    if len(values) > 1:
+        raise BadRequest(f"parameter {name[:_SHOWN]!r} is given {len(values)} times; give it once")
+    return values[0] if values else ""
 
 
 def text(name: str, value: str) -> str:

@@ -1,6 +1,6 @@
-"""Query parameters a hostile client sends (issue 11): a value outside what a filter means is a
-400 naming the parameter, as JSON, on every route that parses parameters (the query API's,
-Jaeger's and dispatch's), never a 200 for a guess nor a 500."""
+"""Query parameters a hostile client sends (issue 11): a value outside what a filter means and a
+parameter given twice are a 400 naming the parameter, as JSON, on every route that parses
+parameters (the query API's, Jaeger's and dispatch's), never a 200 for a guess nor a 500."""
 
 from __future__ import annotations
 
@@ -58,3 +58,29 @@ async def test_a_yes_no_filter_takes_0_and_1(session: aiohttp.ClientSession) -> 
         async with session.get(f"/api/evaluations?conflict={value}") as response:
             assert response.status == 200
 
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/api/evaluations?model=a&model=b", "model"),
+    ("/api/evaluations?conflict=0&conflict=1", "conflict"),
+    ("/api/traces?service=a&service=b", "service"),
+    ("/api/traces?limit=5&limit=5", "limit"),
+    ("/api/traces?attr=k%3D1&cursor=x&cursor=y", "cursor"),
+    (f"/api/traces/{TRACE}?levels=model&levels=layer", "levels"),
+    (f"/api/traces/{TRACE}?raw=1&raw=0", "raw"),
+    (f"/api/traces/{TRACE}/window?pixels=10&pixels=20", "pixels"),
+    (f"/api/traces/{TRACE}/search?q=a&q=b", "q"),
+    (f"/api/traces/{TRACE}/export?format=perfetto&format=jaeger", "format"),
+    (f"/api/diff?a={TRACE}&a={TRACE}&b={TRACE}", "a"),
+    ("/jaeger/api/traces?service=a&service=b", "service"),
+    ("/api/jobs?state=queued&state=done", "state"),
+    ("/api/predictors?alive=1&alive=0", "alive"),
+])
+async def test_a_parameter_given_twice_is_a_400_naming_it(session: aiohttp.ClientSession, path: str,
+                                                            name: str) -> None:
+    status, message = await _error(session, path)
+    assert status == 400 and f"parameter {name!r} is given 2 times" in message
+
+
+async def test_attr_alone_may_repeat(session: aiohttp.ClientSession) -> None:
+    async with session.get("/api/traces?attr=k%3D1&attr=j%3D2") as response:
+        assert response.status == 200

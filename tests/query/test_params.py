@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from multidict import MultiDict, MultiDictProxy
 
 from mlscope.query.errors import BadRequest
 from mlscope.query.params import (
-    MAX_NUMBER, int_between, matching, natural, one_of, parse_params, text, zero_or_one,
+    MAX_NUMBER, int_between, matching, natural, one_of, parse_params, single, text, zero_or_one,
 )
 
 FIELDS = {"name": text, "count": natural, "limit": int_between(1, 10), "state": one_of(("on", "off")),
@@ -47,3 +48,15 @@ def test_a_yes_no_filter_is_0_or_1_and_numbers_fit_the_store() -> None:
     with pytest.raises(BadRequest, match=f"count must be at most {MAX_NUMBER}"):
         parse_params({"count": str(MAX_NUMBER + 1)}, FIELDS)
 
+
+def test_a_parameter_given_twice_is_refused_by_name_unless_repeatable() -> None:
+    twice = MultiDictProxy(MultiDict([("name", "a"), ("name", "b"), ("attr", "k=1"), ("attr", "k=2")]))
+    with pytest.raises(BadRequest, match="parameter 'name' is given 2 times; give it once"):
+        parse_params(twice, FIELDS, repeatable=("attr",))
+    with pytest.raises(BadRequest, match="parameter 'other' is given 2 times"):  # unknown ones too
+        parse_params(MultiDictProxy(MultiDict([("other", "x"), ("other", "y")])), FIELDS)
+    attrs = MultiDictProxy(MultiDict([("name", "a"), ("attr", "k=1"), ("attr", "k=2")]))
+    assert parse_params(attrs, FIELDS, repeatable=("attr",)) == {"name": "a"}
+    with pytest.raises(BadRequest, match="parameter 'format' is given 2 times"):
+        single(MultiDictProxy(MultiDict([("format", "a"), ("format", "a")])), "format")
+    assert single(attrs, "name") == "a" and single(attrs, "absent") == "" and single({"x": "1"}, "x") == "1"
