@@ -59,8 +59,8 @@ def check_acts_as(predictor_id: str, owner: str | None, caller: Caller) -> None:
     if caller.admin or owner == caller.owner:
         return
     if owner == "":
-        # Nothing a client sends can prove it is the process that registered it (its host, pid
-        # and start time are readable by any read token): it registers again, under a new id.
+        # Nothing a client sends can prove it is the process that registered it (its host and pid
+        # are in its spans' resource, which any read token reads): it registers again, under a new id.
         raise NotYours(f"predictor {predictor_id} was registered while auth was off, so no token owns it; start "
                        f"mlscope predictor again with MLSCOPE_TOKEN set: it registers under a new id")
     raise NotYours(f"predictor {predictor_id} was registered with another token; "
@@ -147,6 +147,18 @@ def predictor_json(row: Mapping[str, Any], now_ns: int, timing: DispatchTiming) 
     shown["frameworks"], shown["execution_providers"] = list(row["frameworks"]), list(row["execution_providers"])
     shown["alive"] = is_alive(row["seen_ns"], now_ns, timing)
     return shown
+
+
+# What a caller without `admin` sees of a predictor another token registered: what it can run and
+# whether it is alive. Not where it runs (host, pid, start time; system_name is the host's name and
+# name defaults to host-pid) nor whose token registered it (owner).
+SHARED_PREDICTOR_FIELDS = ("predictor_id", "system", "system_description", "frameworks", "execution_providers",
+                           "labels", "seen_ns", "alive")
+
+
+def shared_predictor(predictor: Mapping[str, Any]) -> dict[str, Any]:
+    """A predictor as `predictor_json` shows it, cut to SHARED_PREDICTOR_FIELDS."""
+    return {name: predictor[name] for name in SHARED_PREDICTOR_FIELDS}
 
 
 def is_alive(seen_ns: int, now_ns: int, timing: DispatchTiming) -> bool:

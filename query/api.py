@@ -33,9 +33,10 @@ from .http import Mount, authorize, error_response, errors_as_json, flag, json_b
 from .jaeger import jaeger_routes
 from .listing import parse_trace_filter, trace_page
 from .openapi import conventions_document, openapi_document
-from .reader import SqlLimits, TraceReader
+from .reader import INTERNAL_TABLES, SqlAnswer, SqlLimits, TraceReader
 from .search import DEFAULT_LIMIT, SEARCH_PARAMS, search_trace
 from .settler import SettlerPolicy, settler_context
+from .sqlguard import RefusedQuery, check_query
 from .params import int_between, one_of, parse_params, single
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
 from .traces import SpanCap, TraceQuery, check_span_cap, read_trace, read_window
@@ -44,6 +45,10 @@ CollectorStatus = Callable[[], dict[str, Any]]
 
 # SQL text and nothing else is posted here; a bigger body is a mistake or an attack.
 MAX_BODY_BYTES = 1 * 2**20
+# Dispatch's views: `predictors` holds where each predictor runs (host, pid) and its owner's token
+# fingerprint, `jobs` the requests sent to them (their manifests). Only `admin` reads them by SQL;
+# GET /api/predictors shows others what each predictor runs.
+ADMIN_VIEWS = frozenset({"predictors", "jobs"})
 
 
 def _routes() -> list[web.RouteDef]:
@@ -187,7 +192,7 @@ async def _timeline(request: web.Request, trace_id: str) -> Timeline:
     spans = await asyncio.to_thread(reader.trace_spans, trace_id)
     if not spans:
         raise NotFound(f"trace {trace_id} not found")
-    return build_timeline(trace_id, spans)
+    return await asyncio.to_thread(build_timeline, trace_id, spans)  # seconds for a big trace: never on the loop
 
 
 _NANOSECONDS = int_between(0, 2**64 - 1)
@@ -403,8 +408,27 @@ async def run_sql(request: web.Request) -> web.Response:
         raise BadRequest('the body must be {"query": "<SQL>"}')
     # The physical tables are the admin scope's (without --auth, everyone's: loopback only).
     admin = request.app[AUTH].check(request.headers.get("Authorization"), Scope.ADMIN) is Verdict.ALLOWED
-    answer = await asyncio.to_thread(request.app[READER].run_sql, query, admin)
+    reader = request.app[READER]
+
+    def run() -> SqlAnswer:  # the guard reads up to a MiB of text: off the loop too
+        if not admin:
+            refuse_admin_views(query)
+        return reader.run_sql(query, admin)
+
+    answer = await asyncio.to_thread(run)
     return json_response(answer.to_json())
+
+
+def refuse_admin_views(query: str) -> None:
+    """RefusedQuery when `query` names one of ADMIN_VIEWS; the guard's other refusals come first,
+    in its own words."""
+    check_query(query, hidden_tables=INTERNAL_TABLES)
+    try:
+        check_query(query, hidden_tables=INTERNAL_TABLES | ADMIN_VIEWS)
+    except RefusedQuery:
+        raise RefusedQuery(f"{' and '.join(sorted(ADMIN_VIEWS))} are the admin scope's views (where each predictor "
+                           f"runs, whose token it is, the jobs' manifests); GET /api/predictors lists what each "
+                           f"predictor runs") from None
 
 
 @requires(Scope.READ)
@@ -428,7 +452,7 @@ async def _samples_around(request: web.Request, timeline: Timeline) -> list[Metr
 async def analyze_trace(request: web.Request) -> web.Response:
     timeline = await _timeline(request, _trace_id(request))
     samples = await _samples_around(request, timeline)
-    return json_response(analysis_json(analyze(timeline, samples)))
+    return json_response(await asyncio.to_thread(lambda: analysis_json(analyze(timeline, samples))))
 
 
 _EVALUATION_ID = re.compile(r"[0-9a-fA-F]{16}")
@@ -457,4 +481,4 @@ async def _diff_side(request: web.Request, name: str) -> tuple[Timeline, str]:
 @requires(Scope.READ)
 async def diff_traces(request: web.Request) -> web.Response:
     (a, a_label), (b, b_label) = await _diff_side(request, "a"), await _diff_side(request, "b")
-    return json_response(diff_json(diff_timelines(a, b, a_label, b_label)))
+    return json_response(await asyncio.to_thread(lambda: diff_json(diff_timelines(a, b, a_label, b_label))))

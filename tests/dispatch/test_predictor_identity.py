@@ -108,7 +108,7 @@ def test_who_may_act_as_a_predictor() -> None:
 
 
 async def test_a_predictor_registered_while_auth_was_off_is_never_claimed_by_a_token(store: Store) -> None:
-    """Its host, pid and start time are readable by any read token (the predictors table), so
+    """Its host and pid are readable by any read token (its spans' resource), so
     the same heartbeat body proves nothing: every token but an admin's is refused, with how to
     go on, and the predictor registers again under a new id."""
     runner, base_url = await serve(create_query_app(store, mounts=[dispatch_mount(Dispatcher(store, TIMING))]))
