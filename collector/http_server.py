@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict
-from mlscope.listener import ListenerLimits, body_deadline
+from mlscope.listener import PROTOCOL_ERROR_BODY, ListenerLimits, body_deadline
 
 from .decoding import Decoder
 from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal, decode_body
@@ -54,6 +54,7 @@ def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, decoder: Deco
     app[MAX_BODY_KEY] = max_body_bytes
     app[AUTH_KEY] = auth
     app[DECODER_KEY] = decoder
+    app[PROTOCOL_ERROR_BODY] = _status_body
     app.cleanup_ctx.append(_pipeline_lifetime)
     app.router.add_post("/v1/traces", _handler(TRACES))
     app.router.add_post("/v1/metrics", _handler(METRICS))
@@ -133,6 +134,13 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     if not inflater.eof or inflater.unused_data:
         raise MalformedRequest("body is not one complete gzip stream")
     return inflated
+
+
+def _status_body(status: int, message: str) -> dict[str, object]:
+    """A request aiohttp could not parse, answered as a google.rpc.Status in JSON (its encoding
+    is unknown: the content type was not read)."""
+    code = code_pb2.INVALID_ARGUMENT if status < 500 else code_pb2.INTERNAL
+    return json_format.MessageToDict(status_pb2.Status(code=code, message=message))
 
 
 def _status_response(error: _HttpError, encoding: Encoding | None) -> web.Response:

@@ -15,6 +15,9 @@ slow and numerous clients, and the log-line budget that keeps an attack from fil
 - Connection limit: beyond `max_connections` open connections on one port, a new one is answered
   503 and closed at once, so that a flood cannot take the file descriptors the other ports, the
   store and the spool need.
+- Requests aiohttp cannot parse (a request line or header past its 8,190-byte limit, a bad method)
+  are answered before any middleware sees them; GuardedSite answers them as JSON, as the app's
+  other errors are (`PROTOCOL_ERROR_BODY` says how), quoting none of the input.
 
 Pure of mlscope: imports aiohttp only, so any component may use it.
 """
@@ -22,15 +25,18 @@ Pure of mlscope: imports aiohttp only, so any component may use it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 # A fixed answer for connections past the limit: no parsing, no handler, no log line.
 _TURNED_AWAY = (
@@ -61,6 +67,50 @@ def listener_runner(app: web.Application, limits: ListenerLimits, **runner_args:
     return web.AppRunner(app, keepalive_timeout=limits.header_timeout_s, **runner_args)
 
 
+ProtocolErrorBody = Callable[[int, str], dict[str, Any]]
+"""(HTTP status, what was wrong) -> the JSON body of an answer to a request that could not be parsed."""
+PROTOCOL_ERROR_BODY: web.AppKey[ProtocolErrorBody] = web.AppKey("protocol_error_body")
+"""Set on an app whose errors have another shape than `{"error": ...}` (OTLP's google.rpc.Status)."""
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": message}
+
+
+def _protocol_error_message(status: int, exc: BaseException | None) -> str:
+    """What was wrong, in words of ours: aiohttp's own message quotes the input."""
+    if isinstance(exc, LineTooLong):
+        return "a request line or header line is longer than this server reads"
+    if isinstance(exc, HttpProcessingError):
+        return "the request is not valid HTTP/1.1"
+    if status >= 500:
+        return "internal error"
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "bad request"
+
+
+class _JsonProtocolErrors(web.RequestHandler):
+    """aiohttp's connection handler, answering what it cannot hand to the app (a request it
+    cannot parse; a handler's uncaught error where the app has no middleware for it) as JSON in
+    the app's error shape, instead of plain text quoting up to 100 bytes of the input."""
+
+    __slots__ = ("_error_body",)
+
+    def __init__(self, manager: web.Server, error_body: ProtocolErrorBody, **handler_args: Any) -> None:
+        super().__init__(manager, **handler_args)
+        self._error_body = error_body
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; raises if an answer was begun
+        body = self._error_body(status, _protocol_error_message(status, exc))
+        response = web.Response(status=status, text=json.dumps(body), content_type="application/json")
+        response.force_close()
+        return response
+
+
 class _TurnAway(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -86,10 +136,14 @@ class GuardedSite(web.BaseSite):
         assert server is not None  # the runner is set up before a site starts
         if len(server.connections) >= self._max_connections:
             return _TurnAway()
-        return server()
+        # What server() makes, with its arguments (aiohttp keeps them in Server._kwargs; no public
+        # hook reaches the answer to a request that could not be parsed).
+        return _JsonProtocolErrors(server, self._error_body, loop=asyncio.get_running_loop(), **server._kwargs)
 
     async def start(self) -> None:
         await super().start()
+        app = self._runner.app if isinstance(self._runner, web.AppRunner) else None
+        self._error_body = app.get(PROTOCOL_ERROR_BODY, error_body) if app is not None else error_body
         self._server = await asyncio.get_running_loop().create_server(self._protocol, self._host, self._port)
 
 

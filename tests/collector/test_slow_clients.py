@@ -6,6 +6,7 @@ behaviour."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,5 +123,23 @@ async def test_a_grpc_connection_that_never_handshakes_is_closed(embedded_store:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{collector.grpc_port}") as channel:
             stub = trace_service_pb2_grpc.TraceServiceStub(channel)
             await stub.Export(span_request(2), timeout=30)
+    finally:
+        await collector.stop()
+
+
+async def test_a_line_past_aiohttps_limit_is_a_status_quoting_nothing(embedded_store: Store, tmp_path: Path) -> None:
+    """On the OTLP port the refusal aiohttp makes before any handler runs is a google.rpc.Status
+    in JSON, as the collector's other errors whose encoding is unknown; the port goes on serving."""
+    collector = await _start(embedded_store, tmp_path, ListenerLimits())
+    try:
+        reader, writer = await _open(collector.http_port)
+        writer.write(f"POST /v1/traces?{'hostile' * 2000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = await _closed_by_server(reader)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400" and b"Content-Type: application/json;" in head
+        assert json.loads(body) == {"code": 3, "message": "a request line or header line is longer than this server reads"}
+        assert b"hostile" not in answer
+        await _export_ok(collector.http_port)
     finally:
         await collector.stop()

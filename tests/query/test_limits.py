@@ -5,6 +5,7 @@ cut off at the body timeout."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -88,5 +89,44 @@ async def test_a_dripping_body_and_a_dripping_head_are_cut_off(store: Store) -> 
         assert time.monotonic() - started < CLOSED_WITHIN_S
         body_writer.close()
         head_writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _raw_answer(port: int, request: bytes) -> bytes:
+    """What the server answers to `request` sent as is, up to its closing the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), CLOSED_WITHIN_S)
+    finally:
+        writer.close()
+
+
+async def test_a_line_past_aiohttps_limit_is_a_json_400_quoting_nothing(store: Store) -> None:
+    """aiohttp refuses a request line or header line over 8,190 bytes before any middleware runs;
+    the answer is still JSON like the API's other errors, the input is not quoted back, and the
+    port goes on serving."""
+    limits = ListenerLimits(max_connections=20)
+    runner = listener_runner(create_query_app(store), limits, access_log=None)
+    await runner.setup()
+    try:
+        await GuardedSite(runner, "127.0.0.1", 0, limits.max_connections).start()
+        port = runner.addresses[0][1]
+        marker = "hostile" * 2000  # 14,000 bytes
+        for request in (f"GET /api/traces?service={marker} HTTP/1.1\r\nHost: x\r\n\r\n",
+                        f"GET /api/traces HTTP/1.1\r\nHost: x\r\nX-Long: {marker}\r\n\r\n",
+                        f"GET /healthz HTTP/1.1\r\nHost: x\r\n{marker}: 1\r\n\r\n"):
+            answer = await _raw_answer(port, request.encode())
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.split(b" ")[1] == b"400" and b"Content-Type: application/json;" in head
+            assert json.loads(body) == {"error": "a request line or header line is longer than this server reads"}
+            assert b"hostile" not in answer
+        answer = await _raw_answer(port, b"NOT HTTP AT ALL\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400" and json.loads(body) == {"error": "the request is not valid HTTP/1.1"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
     finally:
         await runner.cleanup()
