@@ -20,7 +20,7 @@ from aiohttp import web
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict, public, requires
 from mlscope.conventions import parse_levels
-from mlscope.listener import ListenerLimits, body_deadline
+from mlscope.listener import ListenerLimits, add_body_deadline
 from mlscope.store import Store
 from mlscope.ui import add_viewer
 
@@ -138,6 +138,40 @@ def compact_answer(reader: TraceReader, cache: EncodedCache, cap: SpanCap, trace
     return body
 
 
+# The analysis of a whole trace, gzipped, by trace, its row count in span_rows and how many metric
+# samples it covers: the page asks for it on every open, and making it reads and trees every span
+# (seconds on a big trace, with the embedded store held for the read). Kept on COMPACT_CACHE's
+# condition; samples are only ever added, so their count tells when new ones arrived.
+ANALYSIS_CACHE = web.AppKey("analysis_cache", EncodedCache)
+ANALYSIS_CACHE_BYTES = 16 * 2**20
+
+
+def analysis_answer(reader: TraceReader, cache: EncodedCache, cap: SpanCap, trace_id: str) -> bytes | None:
+    """GET /api/traces/{id}/analysis's body, gzipped: from `cache`, else made now and kept there
+    (ANALYSIS_CACHE says when); None for an unknown trace. Blocking."""
+    row_count = reader.span_row_count(trace_id)
+    bounds = reader.trace_bounds(trace_id) if row_count else None
+    if bounds is None:
+        return None
+    samples = trace_samples(reader, trace_id, bounds)
+    key = (trace_id, row_count, len(samples))
+    body = cache.get(key)
+    if body is None:
+        check_span_cap(reader, trace_id, cap, row_count=row_count)
+        spans = reader.trace_spans(trace_id)
+        if not spans:
+            return None
+        body = gzip.compress(_json_text(analysis_json(analyze(build_timeline(trace_id, spans), samples))).encode(), 1, mtime=0)
+        if len(spans) == row_count:
+            cache.put(key, body)
+    return body
+
+
+def trace_samples(reader: TraceReader, trace_id: str, bounds: tuple[int, int]) -> list[MetricSample]:
+    """The metric samples the services of `trace_id` took over `bounds` (its trace_bounds)."""
+    return reader.metric_samples(reader.trace_services(trace_id), *bounds)
+
+
 def create_query_app(
     store: Store, collector_status: CollectorStatus | None = None, *, sql_limits: SqlLimits = SqlLimits(),
     mounts: Sequence[Mount] = (), auth: AuthPolicy = NO_AUTH,
@@ -152,8 +186,8 @@ def create_query_app(
     read's cache filled in the background once quiet (query/settler.py), and those the viewer
     reads whole their compact form in this app's cache: only in the one process per store that
     writes."""
-    app = web.Application(middlewares=[errors_as_json, authorize(auth), body_deadline(body_timeout_s)],
-                          client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[errors_as_json, authorize(auth)], client_max_size=MAX_BODY_BYTES)
+    add_body_deadline(app, body_timeout_s)
     app[STORE] = store
     app[READER] = TraceReader(store, sql_limits)
     app[COLLECTOR_STATUS] = collector_status
@@ -161,15 +195,17 @@ def create_query_app(
     app[AUTH] = auth
     app[SPAN_CAP] = span_cap
     app[COMPACT_CACHE] = EncodedCache(COMPACT_CACHE_BYTES)
+    app[ANALYSIS_CACHE] = EncodedCache(ANALYSIS_CACHE_BYTES)
     app.add_routes([*_routes(), *jaeger_routes(app[READER], span_cap)])
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.app)
     add_viewer(app)
     if fill_window_caches is not None:
-        reader, cache = app[READER], app[COMPACT_CACHE]
+        reader, cache, analyses = app[READER], app[COMPACT_CACHE], app[ANALYSIS_CACHE]
 
         def warm(trace_id: str, row_count: int) -> None:  # the whole trace as the viewer asks for it
             compact_answer(reader, cache, span_cap, trace_id, TraceQuery(), row_count)
+            analysis_answer(reader, analyses, span_cap, trace_id)
 
         app.cleanup_ctx.append(settler_context(reader, fill_window_caches, warm))
     return app
@@ -366,8 +402,7 @@ async def trace_counters(request: web.Request) -> web.Response:
         bounds = reader.trace_bounds(trace_id)
         if bounds is None:
             return None
-        services = reader.trace_services(trace_id)
-        samples = reader.metric_samples(services, *bounds)
+        samples = trace_samples(reader, trace_id, bounds)
         return {"trace_id": trace_id, "start_ns": bounds[0], "end_ns": bounds[1],
                 "span_count": reader.span_count(trace_id), "series": counter_series(samples, bounds[0])}
 
@@ -394,7 +429,9 @@ async def export_trace(request: web.Request) -> web.Response:
     if exporter is None:
         raise BadRequest(f"format must be one of {', '.join(sorted(EXPORTERS))}, not {name[:32]!r}")
     timeline = await _timeline(request, trace_id)
-    samples = await _samples_around(request, timeline)
+    reader = request.app[READER]
+    bounds = await asyncio.to_thread(reader.trace_bounds, trace_id)
+    samples = await asyncio.to_thread(trace_samples, reader, trace_id, bounds) if bounds else []
     body = await asyncio.to_thread(exporter.render, timeline, samples)  # a big trace takes a while
     disposition = f'attachment; filename="trace-{timeline.trace_id}.{exporter.suffix}"'
     return web.Response(body=body, content_type=exporter.media_type, headers={"Content-Disposition": disposition})
@@ -438,21 +475,13 @@ async def list_evaluations(request: web.Request) -> web.Response:
     return json_response({"evaluations": rows})
 
 
-async def _samples_around(request: web.Request, timeline: Timeline) -> list[MetricSample]:
-    """The metric samples of the timeline's services over its time range."""
-    if not timeline.spans:
-        return []
-    spans = [item.span for item in timeline.spans]
-    services = {span.service for span in spans}
-    start_ns, end_ns = min(span.start_ns for span in spans), max(span.end_ns for span in spans)
-    return await asyncio.to_thread(request.app[READER].metric_samples, services, start_ns, end_ns)
-
-
 @requires(Scope.READ)
 async def analyze_trace(request: web.Request) -> web.Response:
-    timeline = await _timeline(request, _trace_id(request))
-    samples = await _samples_around(request, timeline)
-    return json_response(await asyncio.to_thread(lambda: analysis_json(analyze(timeline, samples))))
+    trace_id = _trace_id(request)
+    reader, cache, cap = request.app[READER], request.app[ANALYSIS_CACHE], request.app[SPAN_CAP]
+    body = await _trace_off_loop(trace_id, lambda: analysis_answer(reader, cache, cap, trace_id))
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    return _gzip_json_response(body if gzipped else gzip.decompress(body), gzipped)
 
 
 _EVALUATION_ID = re.compile(r"[0-9a-fA-F]{16}")
