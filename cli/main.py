@@ -106,12 +106,13 @@ async def _serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        try:
-            if query:
-                await query.stop()
-        finally:
-            if collector:
-                await collector.stop()
+        # Both at once: one side stopping must not leave the other accepting (and waiting for) new
+        # clients meanwhile, and their waits for running handlers overlap instead of adding up.
+        stopped = await asyncio.gather(*([query.stop()] if query else []), *([collector.stop()] if collector else []),
+                                       return_exceptions=True)
+        for outcome in stopped:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
 
 def _query_app(store: Store, collector: Collector | None, no_dispatch: bool, auth: AuthPolicy,

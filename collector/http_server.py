@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from mlscope.auth import NO_AUTH, AuthPolicy, Scope, Verdict
-from mlscope.listener import PROTOCOL_ERROR_BODY, ListenerLimits, body_deadline
+from mlscope.listener import PROTOCOL_ERROR_BODY, ListenerLimits, add_body_deadline
 
 from .decoding import Decoder
 from .otlp import METRICS, TRACES, Encoding, MalformedRequest, Signal, decode_body
@@ -49,7 +49,8 @@ def create_otlp_app(pipeline: IngestPipeline, max_body_bytes: int, decoder: Deco
     decides where a body is decoded (collector/decoding.py)."""
     # The raw body is held to the same limit as the decompressed one: gzip never makes an OTLP
     # request bigger, and anything larger must not even be buffered.
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[body_deadline(body_timeout_s)])
+    app = web.Application(client_max_size=max_body_bytes)
+    add_body_deadline(app, body_timeout_s)
     app[PIPELINE_KEY] = pipeline
     app[MAX_BODY_KEY] = max_body_bytes
     app[AUTH_KEY] = auth

@@ -4,7 +4,7 @@ slow and numerous clients, and the log-line budget that keeps an attack from fil
     runner = listener_runner(app, limits, access_log=None)
     await runner.setup()
     await GuardedSite(runner, host, port, limits.max_connections).start()
-    # and in the app: web.Application(middlewares=[..., body_deadline(limits.body_timeout_s)])
+    # and on the app, once its other middlewares are in: add_body_deadline(app, limits.body_timeout_s)
 
 - Header timeout: a connection must deliver a whole request head within `header_timeout_s` of
   being accepted or of its previous response. aiohttp has no header-read timeout; its keep-alive
@@ -12,6 +12,9 @@ slow and numerous clients, and the log-line budget that keeps an attack from fil
   connections are closed after the same time).
 - Body timeout: a request's body must have arrived `body_timeout_s` after the handler started,
   else the connection is closed and the handler sees `web.HTTPRequestTimeout`.
+- Shutdown: a connection whose body is still arriving is closed at once; a handler still running
+  `body_timeout_s` after the shutdown began is cancelled (aiohttp's shutdown_timeout), so that a
+  slow client holds a stopping server for at most that long.
 - Connection limit: beyond `max_connections` open connections on one port, a new one is answered
   503 and closed at once, so that a flood cannot take the file descriptors the other ports, the
   store and the spool need.
@@ -63,8 +66,10 @@ class ListenerLimits:
 
 
 def listener_runner(app: web.Application, limits: ListenerLimits, **runner_args: Any) -> web.AppRunner:
-    """An AppRunner whose connections time out waiting for a request head (module docstring)."""
-    return web.AppRunner(app, keepalive_timeout=limits.header_timeout_s, **runner_args)
+    """An AppRunner whose connections time out waiting for a request head, and whose cleanup
+    waits for running handlers at most `body_timeout_s` (module docstring)."""
+    return web.AppRunner(app, keepalive_timeout=limits.header_timeout_s, shutdown_timeout=limits.body_timeout_s,
+                         **runner_args)
 
 
 ProtocolErrorBody = Callable[[int, str], dict[str, Any]]
@@ -150,11 +155,23 @@ class GuardedSite(web.BaseSite):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def body_deadline(timeout_s: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """A middleware (put it last, nearest the handler) that closes a connection whose request body
-    is still arriving `timeout_s` after the handler started; the handler's read then raises, and
-    the request ends as `web.HTTPRequestTimeout` (the answer cannot reach the closed connection,
-    but the handler's error path and logs see a timeout, not a crash)."""
+def add_body_deadline(app: web.Application, timeout_s: float) -> None:
+    """Puts on `app`, as its last middleware (nearest the handler), a deadline for request bodies:
+    a connection whose body is still arriving `timeout_s` after its handler started is closed; the
+    handler's read then raises, and the request ends as `web.HTTPRequestTimeout` (the answer cannot
+    reach the closed connection, but the handler's error path and logs see a timeout, not a crash).
+    On the app's shutdown such connections are closed at once (503 for the handler): nothing of
+    their requests was acknowledged, and waiting for their bodies would hold the shutdown."""
+    # By id(request) (a Request is not hashable); both touched on the app's loop only.
+    receiving: dict[int, web.Request] = {}  # requests in their handlers
+    cut_at_shutdown: set[int] = set()  # of those, the ones whose bodies the shutdown cut
+
+    def cut(request: web.Request) -> bool:
+        """Closes the request's connection if its body is still arriving; whether it did."""
+        if request.content.is_eof() or request.transport is None:
+            return False
+        request.transport.close()
+        return True
 
     @web.middleware
     async def within_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -162,21 +179,28 @@ def body_deadline(timeout_s: float) -> Callable[[web.Request, Handler], Awaitabl
 
         def close_if_body_unfinished() -> None:
             nonlocal expired
-            if not request.content.is_eof() and request.transport is not None:
-                expired = True
-                request.transport.close()
+            expired = cut(request)
 
         timer = asyncio.get_running_loop().call_later(timeout_s, close_if_body_unfinished)
+        receiving[id(request)] = request
         try:
             return await handler(request)
         except Exception:
             if expired:
                 raise web.HTTPRequestTimeout(text=f"request body not received within {timeout_s:g} s") from None
+            if id(request) in cut_at_shutdown:
+                raise web.HTTPServiceUnavailable(text="the server is stopping") from None
             raise
         finally:
             timer.cancel()
+            del receiving[id(request)]
+            cut_at_shutdown.discard(id(request))
 
-    return within_deadline
+    async def cut_unfinished_bodies(app: web.Application) -> None:
+        cut_at_shutdown.update(key for key, request in list(receiving.items()) if cut(request))
+
+    app.middlewares.append(within_deadline)
+    app.on_shutdown.append(cut_unfinished_bodies)
 
 
 # --- log lines ----------------------------------------------------------------------------------
