@@ -194,6 +194,26 @@ class DepthFill:
         return width if width >= self.first_bucket_log2 and self.pyramid_built else None
 
 
+@dataclass(frozen=True)
+class FillRow:
+    """One fill of a trace as span_depth_fills lists it (TraceReader.trace_fills): what a read of
+    a trace that has grown since chooses from, and what says when to fill it again."""
+
+    fill: int
+    span_count: int
+    first_bucket_log2: int
+    last_bucket_log2: int
+    distinct_rows: int
+    pyramid_built: bool
+    filled_ns: int  # when its spans were written (it became readable)
+    built_ns: int  # when its pyramid was (0: not yet)
+
+    @property
+    def started_ns(self) -> int:
+        """When it was started: a fill's id is that time, its lowest 10 bits random (traces.new_fill_id)."""
+        return self.fill >> 10 << 10
+
+
 # The viewer's attributes a fill keeps of each span: what a span drawn as itself carries.
 WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
 # Fills whose duration classes a reader remembers (a few numbers each); past that it starts over.
@@ -454,6 +474,10 @@ class TraceReader:
             return None
         fill, first_bucket_log2, last_bucket_log2, _, pending, filled_ns = (
             int(value) for value in min(current, key=lambda row: (row[4], row[0])))
+        return DepthFill(fill, int(span_count), first_bucket_log2, last_bucket_log2,
+                         self._duration_classes_of(trace_id, fill), not pending, filled_ns)
+
+    def _duration_classes_of(self, trace_id: str, fill: int) -> tuple[int, ...]:
         classes = self._duration_classes.get(fill)
         if classes is None:
             classes = tuple(sorted(int(row[0]) for row in self._store.execute(
@@ -461,7 +485,23 @@ class TraceReader:
             if len(self._duration_classes) >= _CACHED_FILLS:
                 self._duration_classes.clear()
             self._duration_classes[fill] = classes
-        return DepthFill(fill, int(span_count), first_bucket_log2, last_bucket_log2, classes, not pending, filled_ns)
+        return classes
+
+    def trace_fills(self, trace_id: str) -> list[FillRow]:
+        """Every readable fill of `trace_id` (its spans written), of any row count, by id: a
+        trace's few, from span_depth_fills alone."""
+        rows = self._store.execute(
+            f"SELECT fill, span_count, first_bucket_log2, last_bucket_log2, distinct_rows, min(pyramid_pending), "
+            f"min(filled_ns), maxIf(filled_ns, pyramid_pending = 0) FROM {SPAN_DEPTH_FILLS.name} "
+            f"WHERE trace_id = {sql_string(trace_id)} "
+            "GROUP BY fill, span_count, first_bucket_log2, last_bucket_log2, distinct_rows ORDER BY fill").rows
+        return [FillRow(int(fill), int(count), int(first), int(last), int(distinct), not pending, int(filled), int(built))
+                for fill, count, first, last, distinct, pending, filled, built in rows]
+
+    def readable_fill(self, trace_id: str, row: FillRow) -> DepthFill:
+        """The fill `row` (trace_fills) as reads use it, with the duration classes of its spans."""
+        return DepthFill(row.fill, row.span_count, row.first_bucket_log2, row.last_bucket_log2,
+                         self._duration_classes_of(trace_id, row.fill), row.pyramid_built, row.filled_ns)
 
     def distinct_rows(self, trace_id: str) -> int:
         """How many distinct rows (span id and content) span_rows holds for `trace_id`: its rows
@@ -520,23 +560,29 @@ class TraceReader:
 
     def store_pyramid(self, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
         """Builds the pyramid of a fill store_span_depths wrote (by the store, from its spans), then
-        a second row of the fill in span_depth_fills, which makes reads use it. The trace's earlier
-        fills (smaller ids) of another row count, complete or not, and those of the same count
-        made from other rows are then deleted (in the background: a read names its fill, so it
-        never sees them either way); a fill of the same rows made at the same time stays, unread,
-        until the next. It pauses between its statements: the embedded store runs one at a
-        time, and a read waiting for it goes first."""
+        a second row of the fill in span_depth_fills, which makes reads use it (the fills it
+        replaces go with retire_fills). It pauses between its statements: the embedded store runs
+        one at a time, and a read waiting for it goes first."""
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
             for sql in (_bucket_sql(trace_id, fill, bucket_log2), _tile_sql(trace_id, fill, bucket_log2)):
                 self._store.execute(sql)
                 time.sleep(_PYRAMID_PAUSE_S)
         self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=True)
+
+    def retire_fills(self, trace_id: str, fill: DepthFill, distinct_rows: int, keep: Collection[int] = ()) -> None:
+        """Deletes what `fill` (made from `distinct_rows` distinct rows, its pyramid built)
+        replaces: the trace's earlier fills (smaller ids) of another row count, complete or not,
+        and those of the same count made from other rows, except the fills `keep` (being read).
+        The delete runs in the background, so a read of one of them may see it in part: it is
+        called well after reads stopped choosing them (query/traces.py RETIRE_AFTER_S); a fill
+        of the same rows made at the same time stays, unread, until the next."""
         trace = f"trace_id = {sql_string(trace_id)}"
         outdated = [int(row[0]) for row in self._store.execute(
             f"SELECT fill FROM {SPAN_DEPTH_FILLS.name} WHERE {trace} AND span_count = {int(fill.span_count)} "
             f"AND distinct_rows != {int(distinct_rows)}").rows]
         other_rows = f" OR fill IN ({', '.join(map(str, outdated))})" if outdated else ""
-        earlier = f"{trace} AND fill < {int(fill.fill)} AND (span_count != {int(fill.span_count)}{other_rows})"
+        kept = f" AND fill NOT IN ({', '.join(map(str, sorted(map(int, keep))))})" if keep else ""
+        earlier = f"{trace} AND fill < {int(fill.fill)} AND (span_count != {int(fill.span_count)}{other_rows}){kept}"
         # A delete is a mutation, which rewrites parts of the table: only when there is something
         # to delete, never on a trace's first fill.
         if self._store.execute(f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE {earlier}").rows[0][0]:

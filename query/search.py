@@ -4,7 +4,8 @@ mode, where the page holds one window of a big trace and cannot search the rest 
 A span matches when its name, or its layer label (module path and class, as the viewer labels a
 layer: `features.3 (Conv2d)`), contains the text, case-insensitively. Matches come from the
 trace's window cache (span_depths, the fill every window read draws from; made now when there is
-none, as by the first window read), so their depth and track are those the windows draw them at:
+none, as by the first window read; while the trace grows, its latest fill, which the answer's
+span_count tells), so their depth and track are those the windows draw them at:
 by start time, then depth, then span id; at most `limit`, with the count of all.
 
 The text reaches the store as the hex of its UTF-8 bytes (`unhex('...')`), so no character of it
@@ -22,7 +23,7 @@ from mlscope.store.model import SPAN_DEPTHS
 from .errors import BadRequest
 from .params import int_between
 from .reader import TraceReader
-from .traces import depth_fill, start_pyramids
+from .traces import fill_for_read
 
 MAX_TEXT_CHARS = 200
 DEFAULT_LIMIT = 100
@@ -64,10 +65,12 @@ def count_sql(trace_id: str, fill: int, text: str) -> str:
     return f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE {_condition_sql(trace_id, fill, text)}"
 
 
-def search_json(trace_id: str, text: str, total: int, found: Columns) -> dict[str, Any]:
-    """The answer: the count of all matches and the first ones, each with its track (service)."""
+def search_json(trace_id: str, text: str, total: int, found: Columns, span_count: int, spans_now: int) -> dict[str, Any]:
+    """The answer: the count of all matches and the first ones, each with its track (service),
+    among the trace's `span_count` rows the fill searched holds; `spans_now`: the trace's rows
+    now (more while a growing trace is filled again)."""
     return {
-        "trace_id": trace_id, "q": text, "total": total,
+        "trace_id": trace_id, "q": text, "total": total, "span_count": span_count, "spans_now": spans_now,
         "matches": [{"span_id": span_id, "name": name, "level": level, "track": track, "depth": int(depth),
                      "start_ns": int(start), "end_ns": int(end)}
                     for span_id, name, level, track, depth, start, end in zip(*(found[c] for c in _MATCH_COLUMNS))],
@@ -75,14 +78,14 @@ def search_json(trace_id: str, text: str, total: int, found: Columns) -> dict[st
 
 
 def search_trace(reader: TraceReader, trace_id: str, text: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
-    """The spans of `trace_id` matching `text` (search_json); None for an unknown trace."""
+    """The spans of `trace_id` matching `text` (search_json), from the fill a window read would
+    draw (traces.read_fill: while the trace grows, its latest); None for an unknown trace."""
     span_count = reader.span_row_count(trace_id)
-    try:
-        fill = depth_fill(reader, trace_id, span_count) if span_count else None
+    if not span_count:
+        return None
+    with fill_for_read(reader, trace_id, span_count) as fill:
         if fill is None:
             return None
         total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
         found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
-    finally:
-        start_pyramids()
-    return search_json(trace_id, text, total, found)
+    return search_json(trace_id, text, total, found, fill.span_count, span_count)

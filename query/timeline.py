@@ -439,11 +439,24 @@ def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, A
 # --- level of detail --------------------------------------------------------------------------
 
 
+class WindowColumns(dict[str, list[Any]]):
+    """A window read's columns (traces.read_window) and the trace's row counts they cover:
+    `span_count`, those of the fill they were read from, and `spans_now`, the trace's now (more
+    while a growing trace is being filled again)."""
+
+    def __init__(self, columns: Columns, span_count: int, spans_now: int) -> None:
+        super().__init__(columns)
+        self.span_count = span_count
+        self.spans_now = spans_now
+
+
 def window_json(trace_id: str, window: tuple[int, int], resolution_ns: int, entries: Columns) -> dict[str, Any]:
     """/window's answer from the store's merged entries (reader.window_entries): a span wide
     enough to draw (count 1, its span_id, level, parent and the viewer's attributes), or spans
     narrower than the resolution on one track and depth merged: their count, summed time and the
-    name and level holding most of it."""
+    name and level holding most of it. From a window read (WindowColumns), also the trace's rows
+    the entries cover (`span_count`) and its rows now (`spans_now`): fewer while a growing trace
+    is filled again."""
     keys = list(VIEWER_ATTRIBUTES.values())
 
     def entry(row: int) -> dict[str, Any]:
@@ -456,6 +469,7 @@ def window_json(trace_id: str, window: tuple[int, int], resolution_ns: int, entr
     return {
         "trace_id": trace_id,
         "start_ns": window[0], "end_ns": window[1], "resolution_ns": resolution_ns,
+        **({"span_count": entries.span_count, "spans_now": entries.spans_now} if isinstance(entries, WindowColumns) else {}),
         "entries": [entry(row) for row in range(len(entries["span_id"]))],
     }
 

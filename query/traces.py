@@ -12,7 +12,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -24,8 +26,8 @@ from mlscope.conventions import PROCESS_ORPHANED, stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
-from .reader import WINDOW_ATTRIBUTES, DepthFill, RowsOverLimit, TraceReader, copy_rows
-from .timeline import ATTRIBUTE_COLUMN, SpanTree, span_tree
+from .reader import WINDOW_ATTRIBUTES, DepthFill, FillRow, RowsOverLimit, TraceReader, copy_rows
+from .timeline import ATTRIBUTE_COLUMN, SpanTree, WindowColumns, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
 ORPHANED_COLUMN = ATTRIBUTE_COLUMN + PROCESS_ORPHANED
@@ -265,7 +267,25 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
     """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
     rows, with its pyramid (pyramid_widths): at once, or with `pyramid_later` in this process's
     pyramid worker once start_pyramids is called (the fill is read from its spans until then).
-    Returns that fill as it stands on return, or None when the trace has no span (any more)."""
+    Returns that fill as it stands on return, or None when the trace has no span (any more). The
+    fills it replaces are deleted RETIRE_AFTER_S after its pyramid is built."""
+    made = _fill_spans(reader, trace_id, span_count, spans_per_bucket)
+    if made is None:
+        return None
+    fill, distinct_rows = made
+    if pyramid_later:
+        with _UNSTARTED_LOCK:
+            _UNSTARTED.append((reader, trace_id, fill, distinct_rows))
+        return fill
+    reader.store_pyramid(trace_id, fill, distinct_rows)
+    _retire_later(reader, trace_id, fill, distinct_rows)
+    return replace(fill, pyramid_built=True)
+
+
+def _fill_spans(reader: TraceReader, trace_id: str, span_count: int,
+                spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> tuple[DepthFill, int] | None:
+    """A new fill's spans, stored (readable, its pyramid not built), and the distinct rows it was
+    made from; None when the trace has no span (any more)."""
     fill_id = new_fill_id()
     spans = reader.window_spans(trace_id).combine_chunks()
     if not spans.num_rows:
@@ -276,18 +296,13 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
     fill = DepthFill(fill_id, span_count, first, last, pyramid_built=False)
     distinct_rows = spans.num_rows - len(copies)
     reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), distinct_rows)
-    del spans  # the pyramid is built from the stored spans, by the store
-    if pyramid_later:
-        with _UNSTARTED_LOCK:
-            _UNSTARTED.append((reader, trace_id, fill, distinct_rows))
-        return fill
-    reader.store_pyramid(trace_id, fill, distinct_rows)
-    return replace(fill, pyramid_built=True)
+    return fill, distinct_rows
 
 
 # The pyramids of fills made for a read, built once the read is answered (start_pyramids): one
 # at a time, in the order their fills were made. Started before the read's own statements, they
-# would hold the embedded store (one statement at a time) until the last.
+# would hold the embedded store (one statement at a time) until the last. The same worker
+# deletes the fills a new one replaces (_retire).
 _PYRAMIDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-pyramid")
 _UNSTARTED: list[tuple[TraceReader, str, DepthFill, int]] = []
 _UNSTARTED_LOCK = threading.Lock()
@@ -308,11 +323,77 @@ def _build_pyramid(reader: TraceReader, trace_id: str, fill: DepthFill, distinct
     except Exception:
         # Reads go on using the fill's spans; the settler remakes the fill once PYRAMID_WAIT_NS has passed.
         log.exception("building the pyramid of trace %s (fill %d) failed", trace_id, fill.fill)
+        return
+    _retire_later(reader, trace_id, fill, distinct_rows)
+
+
+# A fill replaced by one whose pyramid is built is deleted this long after: a read that chose it
+# just before (in this process or another) has long finished with it. One still being read in
+# this process (_HELD) is deleted later.
+RETIRE_AFTER_S = 30.0
+_HELD: Counter[int] = Counter()  # fill id -> reads using it now, in this process
+_RETIRING: dict[int, tuple[threading.Timer, TraceReader, str, DepthFill, int]] = {}  # by the replacing fill's id
+_HELD_LOCK = threading.Lock()
+
+
+def _retire_later(reader: TraceReader, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
+    """Deletes the fills `fill` replaces (reader.retire_fills) RETIRE_AFTER_S from now, in the pyramid worker."""
+    timer = threading.Timer(RETIRE_AFTER_S, lambda: _submit_retire(fill.fill))
+    timer.daemon = True
+    with _HELD_LOCK:
+        _RETIRING[fill.fill] = (timer, reader, trace_id, fill, distinct_rows)
+    timer.start()
+
+
+def _submit_retire(fill_id: int) -> None:
+    with _HELD_LOCK:
+        job = _RETIRING.pop(fill_id, None)
+    if job is not None:
+        job[0].cancel()
+        try:
+            _PYRAMIDS.submit(_retire, *job[1:])
+        except RuntimeError:  # the process is ending: the trace's next fill deletes them
+            pass
+
+
+def _retire(reader: TraceReader, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
+    with _HELD_LOCK:
+        held = [fill_id for fill_id, reads in _HELD.items() if reads and fill_id < fill.fill]
+    try:
+        reader.retire_fills(trace_id, fill, distinct_rows, keep=held)
+    except Exception:
+        # The next fill of the trace deletes them (every earlier fill of another count).
+        log.exception("deleting the fills of trace %s that fill %d replaces failed", trace_id, fill.fill)
+        return
+    if held:
+        _retire_later(reader, trace_id, fill, distinct_rows)
+
+
+@contextmanager
+def _holding(fill: DepthFill) -> Iterator[DepthFill]:
+    """`fill`, not deleted in this process while the caller reads it."""
+    with _HELD_LOCK:
+        _HELD[fill.fill] += 1
+    try:
+        yield fill
+    finally:
+        with _HELD_LOCK:
+            _HELD[fill.fill] -= 1
+            if not _HELD[fill.fill]:
+                del _HELD[fill.fill]
 
 
 def pyramids_built() -> None:
-    """Returns once the pyramids of the fills made so far in this process are built (or failed)."""
+    """Returns once the refills started so far in this process are made, the pyramids of its
+    fills built (or failed) and the fills they replace deleted without waiting RETIRE_AFTER_S
+    (for tests: a read under way may lose its fill)."""
+    _REFILLS.submit(lambda: None).result()
     start_pyramids()
+    _PYRAMIDS.submit(lambda: None).result()
+    with _HELD_LOCK:
+        due = list(_RETIRING)
+    for fill_id in due:
+        _submit_retire(fill_id)
     _PYRAMIDS.submit(lambda: None).result()
 
 
@@ -321,24 +402,116 @@ def pyramids_built() -> None:
 PYRAMID_WAIT_NS = 120 * 10**9
 
 
-def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> Columns | None:
+@dataclass(frozen=True)
+class RefillPolicy:
+    """When a read of a trace that has grown since its latest fill (answered from that fill)
+    starts a fill of the trace as it is now, in the background: once the latest fill, pyramid
+    included, is `age_over_work` times as old as it took to make, and at least `min_age_s` old.
+    A live run's trace then spends at most 1 / (1 + age_over_work) of the time being filled."""
+
+    age_over_work: float = 2.0
+    min_age_s: float = 1.0
+
+    def due(self, latest: FillRow, now_ns: int) -> bool:
+        """Whether a read at `now_ns` starts a refill of the trace whose latest fill is `latest`."""
+        if not latest.pyramid_built:
+            # Its pyramid is under way, unless the process building it ended (the settler remakes those).
+            return now_ns - latest.filled_ns >= PYRAMID_WAIT_NS
+        work_ns = max(0, latest.built_ns - latest.started_ns)
+        return now_ns - latest.built_ns >= max(self.min_age_s * 1e9, self.age_over_work * work_ns)
+
+
+REFILL_POLICY = RefillPolicy()
+# Fills of traces that grew, made for reads answered from their earlier fill: one at a time.
+_REFILLS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-refill")
+_REFILLING: set[str] = set()  # traces with a refill submitted and not yet made, in this process
+_REFILLING_LOCK = threading.Lock()
+
+
+def _start_refill(reader: TraceReader, trace_id: str) -> bool:
+    """Submits a refill of `trace_id` unless one is under way in this process; whether it did."""
+    with _REFILLING_LOCK:
+        if trace_id in _REFILLING:
+            return False
+        _REFILLING.add(trace_id)
+    _REFILLS.submit(_refill_submitted, reader, trace_id)
+    return True
+
+
+def _refill_submitted(reader: TraceReader, trace_id: str) -> None:
+    try:
+        _refill(reader, trace_id)
+    except Exception:
+        log.exception("filling trace %s again as it grew failed", trace_id)
+    finally:
+        with _REFILLING_LOCK:
+            _REFILLING.discard(trace_id)
+
+
+def _refill(reader: TraceReader, trace_id: str) -> None:
+    """Fills `trace_id` at its row count now, unless that has a fill, then builds its pyramid."""
+    with _DEPTH_FILL:
+        span_count = reader.span_row_count(trace_id)
+        made = None
+        if span_count and reader.span_depth_fill(trace_id, span_count) is None:
+            made = _fill_spans(reader, trace_id, span_count)
+    if made is not None:
+        _PYRAMIDS.submit(_build_pyramid, reader, trace_id, *made)
+
+
+def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> WindowColumns | None:
     """The spans of `trace_id` overlapping `window` as drawn at `resolution_ns`, merged by the
     store (reader.window_entries), with the viewer's attributes as ATTRIBUTE_COLUMN columns; depth
-    is the span's in the whole trace. The first windowed read of a trace (or of a trace changed
-    since: its row count in span_rows differs) reads and trees every span once to fill
-    span_depths (its pyramid is built after the answer), unless the settler (query/settler.py)
-    filled it once it went quiet; later ones cost in proportion to the entries drawn. None for an
-    unknown trace."""
+    is the span's in the whole trace. Read from one fill of span_depths (read_fill): the first
+    windowed read of a trace reads and trees every span once to fill it (its pyramid is built
+    after the answer), unless the settler (query/settler.py) filled it once it went quiet; later
+    ones cost in proportion to the entries drawn, also while the trace grows (they read its
+    latest fill, filled again in the background). With the row counts the answer covers. None
+    for an unknown trace."""
     span_count = reader.span_row_count(trace_id)
     if not span_count:
         return None
-    try:
-        fill = depth_fill(reader, trace_id, span_count)
+    with fill_for_read(reader, trace_id, span_count) as fill:
         if fill is None:
             return None
-        return _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+        entries = _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+    return WindowColumns(entries, span_count=fill.span_count, spans_now=span_count)
+
+
+@contextmanager
+def fill_for_read(reader: TraceReader, trace_id: str, span_count: int) -> Iterator[DepthFill | None]:
+    """The fill a read of `trace_id`, now of `span_count` rows, answers from (read_fill; None
+    when the trace's rows went), kept from deletion in this process until the read is done; a
+    pyramid the read had to make starts then."""
+    try:
+        fill = read_fill(reader, trace_id, span_count)
+        if fill is None:
+            yield None
+        else:
+            with _holding(fill):
+                yield fill
     finally:
         start_pyramids()
+
+
+def read_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
+    """The fill a read of `trace_id`, now of `span_count` rows, answers from: the one of that
+    count (depth_fill); or, when there is none but the trace has another (it has grown since),
+    at once the latest of those, its pyramid built first (DepthFill.span_count says which),
+    starting a refill of the trace in the background when REFILL_POLICY says so (one at a time
+    per trace in this process). A trace with no fill at all is filled now, as depth_fill does.
+    None when the trace's rows went since they were counted."""
+    fill = reader.span_depth_fill(trace_id, span_count)
+    if fill is not None:
+        return fill
+    fills = reader.trace_fills(trace_id)
+    # One of the same count made over other rows (schema 013) is no earlier state of the trace to tell apart by its count.
+    earlier = [row for row in fills if row.span_count != span_count]
+    if not earlier:
+        return depth_fill(reader, trace_id, span_count)
+    if REFILL_POLICY.due(fills[-1], time.time_ns()):
+        _start_refill(reader, trace_id)
+    return reader.readable_fill(trace_id, max(earlier, key=lambda row: (row.pyramid_built, row.fill)))
 
 
 def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool = False) -> DepthFill | None:

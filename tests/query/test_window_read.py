@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 
-from mlscope.query.reader import DepthFill, TraceReader
+from mlscope.query.reader import DepthFill, FillRow, TraceReader
 from mlscope.query import traces
+from mlscope.query.search import search_trace
 from mlscope.query.timeline import VIEWER_ATTRIBUTES, span_tree, window_json
 from mlscope.query.traces import (
     bit_lengths, fill_span_depths, pyramid_widths, pyramids_built, read_window, tree_depths,
@@ -184,22 +186,101 @@ def _wait_for_deletes(store: Store) -> None:
         time.sleep(0.05)
 
 
-def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_count(store: Store) -> None:
+def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_count(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
     window = (T0, T0 + 100 * MS)
     first = read_window(reader, TRACE, window, 50 * MS)
     assert first is not None and first == read_window(reader, TRACE, window, 50 * MS)
+    assert (first.span_count, first.spans_now) == (5, 5)
     assert store.execute("SELECT count(), uniqExact(fill) FROM span_depths").rows == [(5, 1)]
+    pyramids_built()  # a fill is made again only once its pyramid is built
     store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
+    # The grown trace is answered from its earlier fill, as that says, and filled again meanwhile.
+    stale = read_window(reader, TRACE, window, 50 * MS)
+    assert stale == first and (stale.span_count, stale.spans_now) == (5, 6)
+    pyramids_built()
     grown = read_window(reader, TRACE, window, 50 * MS)
     assert grown is not None and ("late", 2) in zip(grown["dominant_name"], grown["depth"])
-    pyramids_built()
+    assert (grown.span_count, grown.spans_now) == (6, 6)
     _wait_for_deletes(store)
     for table in ("span_depths", "span_depth_buckets", "span_depth_tiles", "span_depth_fills"):
         assert store.execute(f"SELECT DISTINCT span_count FROM {table}").rows == [(6,)], table
     assert store.execute("SELECT count() FROM span_depths").rows == [(6,)]
     assert read_window(reader, "0" * 32, window, 50 * MS) is None
+
+
+def _grown_known(store: Store) -> TraceReader:
+    """KNOWN filled (5 rows), its pyramid built, then grown by one span: 6 rows."""
+    store.insert("span_rows", columns_of(KNOWN))
+    reader = TraceReader(store)
+    assert traces.depth_fill(reader, TRACE, len(KNOWN), whole=True) is not None
+    store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
+    return reader
+
+
+def test_reads_of_a_growing_trace_wait_for_no_fill_and_start_one_refill(store: Store, monkeypatch) -> None:
+    # The process's fill lock is held (a long fill under way) while a window read and a search of
+    # the grown trace come: both answer from the earlier fill, and one refill of the trace starts.
+    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    refills = []
+    refill = traces._refill
+    monkeypatch.setattr(traces, "_refill", lambda *args: (refills.append(args[1]), refill(*args)))
+    reader = _grown_known(store)
+    window = (T0, T0 + 100 * MS)
+    with ThreadPoolExecutor(max_workers=1) as reads, traces._DEPTH_FILL:
+        stale = reads.submit(read_window, reader, TRACE, window, 1).result(timeout=120)
+        found = reads.submit(search_trace, reader, TRACE, "late").result(timeout=120)
+    assert stale is not None and (stale.span_count, stale.spans_now) == (5, 6)
+    assert "late" not in stale["dominant_name"] and sum(stale["span_total"]) == 5
+    assert found is not None and (found["total"], found["span_count"], found["spans_now"]) == (0, 5, 6)
+    pyramids_built()
+    assert refills == [TRACE]
+    fresh = search_trace(reader, TRACE, "late")
+    assert fresh is not None and (fresh["total"], fresh["span_count"], fresh["spans_now"]) == (1, 6, 6)
+
+
+def test_a_grown_trace_is_filled_again_only_as_the_policy_says(store: Store, monkeypatch) -> None:
+    refills = []
+    monkeypatch.setattr(traces, "_refill", lambda *args: refills.append(args[1]))
+    reader = _grown_known(store)
+    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=3600))
+    read = read_window(reader, TRACE, (T0, T0 + 100 * MS), 1)
+    assert read is not None and (read.span_count, read.spans_now) == (5, 6)
+    traces._REFILLS.submit(lambda: None).result()
+    assert refills == []  # its fill is younger than an hour
+    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    assert read_window(reader, TRACE, (T0, T0 + 100 * MS), 1) == read
+    traces._REFILLS.submit(lambda: None).result()
+    assert refills == [TRACE]
+
+
+def test_the_refill_policy_waits_a_multiple_of_the_latest_fills_work() -> None:
+    started = 1_000 * 10**9
+    built = FillRow(started | 5, 10, 0, 3, 10, True, filled_ns=started + 2 * 10**9, built_ns=started + 4 * 10**9)
+    policy = traces.RefillPolicy(age_over_work=2, min_age_s=1)
+    assert not policy.due(built, built.built_ns + 7 * 10**9)
+    assert policy.due(built, built.built_ns + 8 * 10**9)
+    assert traces.RefillPolicy(age_over_work=0, min_age_s=1).due(built, built.built_ns + 10**9)
+    # Its pyramid under way: not before that is built, unless the process building it ended.
+    pending = FillRow(started | 5, 10, 0, 3, 10, False, filled_ns=started + 2 * 10**9, built_ns=0)
+    assert not policy.due(pending, pending.filled_ns + 60 * 10**9)
+    assert policy.due(pending, pending.filled_ns + traces.PYRAMID_WAIT_NS)
+
+
+def test_a_fill_being_read_is_not_deleted_under_its_reader(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    reader = _grown_known(store)
+    with traces.fill_for_read(reader, TRACE, 6) as held:
+        assert held is not None and held.span_count == 5
+        pyramids_built()  # the refill made, its pyramid built, what it replaces deleted
+        _wait_for_deletes(store)
+        assert reader.readable_fill(TRACE, next(f for f in reader.trace_fills(TRACE) if f.fill == held.fill)) == held
+        assert sum(reader.window_entries(TRACE, held, (T0, T0 + 100 * MS), 1)["span_total"]) == 5
+    pyramids_built()
+    _wait_for_deletes(store)
+    assert [(f.span_count, f.pyramid_built) for f in reader.trace_fills(TRACE)] == [(6, True)]
 
 
 def test_two_processes_filling_a_trace_at_once_do_not_double_its_counts(store: Store) -> None:

@@ -664,14 +664,35 @@
   }
 
   // The first window (the whole trace) and a reader of later ones for the timeline; times in ns
-  // after the trace's start.
+  // after the trace's start. `coverage` follows what the latest window was read from: the
+  // trace's rows then (span_count) and now (spans_now), fewer while a growing trace is filled
+  // again; `onCoverage(fn)` is told of each change.
   async function windowedTrace(base) {
     const first = await fetchJson(`${base}/window`);
     const origin = toBig(first.start_ns);
+    const coverageOf = (answer) => ({ span_count: Number(answer.span_count), spans_now: Number(answer.spans_now) });
+    let coverage = coverageOf(first);
+    let listener = () => {};
     const toColumns = (answer) => window.mlscopeTimelineLib.windowColumns(answer, origin, DEFAULT_LEVEL);
-    const fetchWindow = async (t0, t1, pixels) => toColumns(await fetchJson(
-      `${base}/window?start_ns=${origin + BigInt(Math.round(t0))}&end_ns=${origin + BigInt(Math.round(t1))}&pixels=${pixels}`));
-    return { trace: toColumns(first), fetchWindow };
+    const fetchWindow = async (t0, t1, pixels) => {
+      const answer = await fetchJson(
+        `${base}/window?start_ns=${origin + BigInt(Math.round(t0))}&end_ns=${origin + BigInt(Math.round(t1))}&pixels=${pixels}`);
+      const now = coverageOf(answer);
+      if (now.span_count !== coverage.span_count || now.spans_now !== coverage.spans_now) {
+        coverage = now;
+        listener(coverage);
+      }
+      return toColumns(answer);
+    };
+    return { trace: toColumns(first), fetchWindow, coverage: () => coverage, onCoverage: (fn) => { listener = fn; } };
+  }
+
+  // The trace page's span count in windowed mode: the counters' count, or while the trace grows
+  // faster than its windows are prepared, how many of its spans the windows show.
+  function windowedCountText(counters, coverage) {
+    return coverage && coverage.spans_now > coverage.span_count
+      ? `showing ${coverage.span_count} of ${coverage.spans_now} spans (the trace is growing)`
+      : `${counters.span_count} spans (read a window at a time)`;
   }
 
   // The timelines on the page: a page drawing new ones ends the old ones' listeners.
@@ -711,7 +732,7 @@
     // The trace may have grown past the cap between the two answers: either one says windows.
     const windowed = compact && compact.status === 413 ? await windowRead : big ? await windowedTrace(base) : null;
     const trace = windowed ? windowed.trace : compact ? await responseJson(compact, JSON.parse) : EMPTY_TRACE;
-    return { counters, trace, fetchWindow: windowed ? windowed.fetchWindow : null };
+    return { counters, trace, fetchWindow: windowed ? windowed.fetchWindow : null, windowed };
   }
 
   async function renderTrace(main, traceId) {
@@ -724,7 +745,7 @@
     const say = (text) => {
       if (!main.querySelector("[data-testid=timeline]")) main.replaceChildren(el("p", { class: "muted", "data-testid": "loading" }, text));
     };
-    const { counters, trace, fetchWindow } = await loadTrace(
+    const { counters, trace, fetchWindow, windowed: windowedRead } = await loadTrace(
       base, shown.size ? levelsQuery : null, windowedOver(location.search), say);
     const windowed = fetchWindow !== null;
     const detail = detailPanel(base, levelsQuery);
@@ -742,13 +763,16 @@
       renderTrace(main, traceId).catch((error) => showError(main, error));
     };
     const search = searchBox(timeline, windowed ? traceSearch(base, timeline.model.origin) : null);
+    const spanCount = el("span", { "data-testid": "span-count" },
+      windowed ? windowedCountText(counters, windowedRead.coverage()) : `${count} spans`);
+    if (windowed) windowedRead.onCoverage((coverage) => { spanCount.textContent = windowedCountText(counters, coverage); });
     const parts = [
       el("h1", null, count ? trace.strings[trace.name[0]] : "(no spans at these levels)"),
       el("div", { class: "meta" },
         el("span", null, `trace ${traceId}`),
         count ? el("span", null, formatTime(timeline.model.origin)) : null,
         el("span", { class: "total" }, formatDuration(timeline.model.totalNs)),
-        el("span", null, windowed ? `${counters.span_count} spans (read a window at a time)` : `${count} spans`),
+        spanCount,
         downloadLink(`${base}/export?format=perfetto`, `trace-${traceId}.perfetto.json`, "Perfetto JSON"),
         downloadLink(`${base}/export?format=perfetto-proto`, `trace-${traceId}.pftrace`, "Perfetto trace (protobuf)"),
         downloadLink(`${base}/export?format=jaeger`, `trace-${traceId}.jaeger.json`, "Jaeger JSON")),
