@@ -53,6 +53,12 @@ def query_param(name: str, schema: dict[str, Any], description: str) -> dict[str
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+# What a window or search answer says of the rows it covers (query/traces.py read_fill).
+_COVERED_ROWS = {
+    "span_count": {**INTEGER, "description": "the trace's rows (in span_rows) the answer was made from"},
+    "spans_now": {**INTEGER, "description": "the trace's rows now: more than span_count while it grows (the answer "
+                                            "comes from its latest window cache, made again in the background)"},
+}
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "TraceSummary": {
@@ -120,6 +126,7 @@ SCHEMAS: dict[str, Any] = {
                        "depth and resolution-wide slot (span_id '')",
         "properties": {
             "trace_id": {"type": "string"}, "start_ns": INTEGER, "end_ns": INTEGER, "resolution_ns": INTEGER,
+            **_COVERED_ROWS,
             "entries": {"type": "array", "items": {"type": "object", "properties": {
                 "track": {"type": "string"}, "depth": INTEGER, "start_ns": INTEGER, "end_ns": INTEGER,
                 "count": INTEGER, "total_ns": {**INTEGER, "description": "summed duration of the merged spans"},
@@ -138,7 +145,7 @@ SCHEMAS: dict[str, Any] = {
     "TraceSearch": {
         "type": "object",
         "properties": {
-            "trace_id": {"type": "string"}, "q": {"type": "string"},
+            "trace_id": {"type": "string"}, "q": {"type": "string"}, **_COVERED_ROWS,
             "total": {**INTEGER, "description": "how many spans match, listed or not"},
             "matches": {"type": "array", "description": "the first `limit`, by start_ns, depth, span_id",
                         "items": {"type": "object", "properties": {
