@@ -90,6 +90,31 @@ class EncodedCache:
         self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._making: dict[Hashable, tuple[threading.Lock, list[int]]] = {}  # key -> (its lock, [callers])
+
+    def get_or_make(self, key: Hashable, make: Callable[[], tuple[bytes, bool] | None]) -> bytes | None:
+        """The answer kept under `key`, else the one `make` returns (None, or the answer and whether
+        to keep it), made by one caller at a time: the others asking meanwhile wait for it rather
+        than make it again (a page opened twice, the settler warming what a page asks for)."""
+        with self._lock:
+            making, callers = self._making.setdefault(key, (threading.Lock(), [0]))
+            callers[0] += 1
+        try:
+            with making:
+                body = self.get(key)
+                if body is None:
+                    made = make()
+                    if made is None:
+                        return None
+                    body, keep = made
+                    if keep:
+                        self.put(key, body)
+                return body
+        finally:
+            with self._lock:
+                callers[0] -= 1
+                if not callers[0]:
+                    del self._making[key]
 
     def get(self, key: Hashable) -> bytes | None:
         with self._lock:
@@ -154,17 +179,16 @@ def analysis_answer(reader: TraceReader, cache: EncodedCache, cap: SpanCap, trac
     if bounds is None:
         return None
     samples = trace_samples(reader, trace_id, bounds)
-    key = (trace_id, row_count, len(samples))
-    body = cache.get(key)
-    if body is None:
+
+    def make() -> tuple[bytes, bool] | None:
         check_span_cap(reader, trace_id, cap, row_count=row_count)
         spans = reader.trace_spans(trace_id)
         if not spans:
             return None
         body = gzip.compress(_json_text(analysis_json(analyze(build_timeline(trace_id, spans), samples))).encode(), 1, mtime=0)
-        if len(spans) == row_count:
-            cache.put(key, body)
-    return body
+        return body, len(spans) == row_count
+
+    return cache.get_or_make((trace_id, row_count, len(samples)), make)
 
 
 def trace_samples(reader: TraceReader, trace_id: str, bounds: tuple[int, int]) -> list[MetricSample]:

@@ -4,6 +4,7 @@ it covers) and kept by the app; the settler's app makes it before anyone asks. B
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import aiohttp
@@ -74,3 +75,23 @@ async def test_the_settlers_app_analyses_a_quiet_trace_before_it_is_asked(store:
         assert made == [TRACE]
     finally:
         await runner.cleanup()
+
+
+async def test_pages_asking_at_once_wait_for_one_analysis(served: Served, monkeypatch) -> None:
+    insert(served.store, KNOWN)
+    made, entered, release = [], threading.Event(), threading.Event()
+    real = query_api.analyze
+
+    def analyze(timeline: Any, *args: Any) -> Any:
+        made.append(timeline.trace_id)
+        entered.set()
+        release.wait(30)
+        return real(timeline, *args)
+
+    monkeypatch.setattr(query_api, "analyze", analyze)
+    asking = [asyncio.create_task(served.get(ANALYSIS)) for _ in range(3)]
+    assert await asyncio.to_thread(entered.wait, 30)
+    await asyncio.sleep(0.3)  # the other two reach the cache meanwhile (else they find it filled)
+    release.set()
+    answers = await asyncio.gather(*asking)
+    assert made == [TRACE] and answers[0][0] == 200 and answers.count(answers[0]) == 3
