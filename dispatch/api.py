@@ -3,9 +3,7 @@ route table first, thin handlers (parse with core, call the Dispatcher in a work
 render). Errors answer as the query API's do (query/http.py), and so does auth: the query app's
 middleware checks the scope each route declares here. A predictor's token (`predictor` scope)
 beats, pulls its jobs and changes their state, for the predictors it registered only (core's
-NotYours, 403); submitting jobs is `admin`'s. Listing predictors is `read`'s, in full only for an
-admin and for each predictor's own token: others see what each runs, not where (its host and pid)
-nor whose token it is.
+NotYours, 403); submitting jobs and listing predictors is `admin`'s.
 """
 
 from __future__ import annotations
@@ -80,10 +78,10 @@ async def predictor_heartbeat(request: web.Request) -> web.Response:
     return json_response({**answer, **({"otlp_http_port": port} if port else {})})
 
 
-@requires(Scope.READ)
+@requires(Scope.ADMIN)
 async def list_predictors(request: web.Request) -> web.Response:
     alive_only = flag(request, "alive")
-    predictors = await asyncio.to_thread(request.app[DISPATCHER].predictors, _caller(request))
+    predictors = await asyncio.to_thread(request.app[DISPATCHER].predictors)
     return json_response({"predictors": [predictor for predictor in predictors if predictor["alive"] or not alive_only]})
 
 

@@ -149,18 +149,6 @@ def predictor_json(row: Mapping[str, Any], now_ns: int, timing: DispatchTiming) 
     return shown
 
 
-# What a caller without `admin` sees of a predictor another token registered: what it can run and
-# whether it is alive. Not where it runs (host, pid, start time; system_name is the host's name and
-# name defaults to host-pid) nor whose token registered it (owner).
-SHARED_PREDICTOR_FIELDS = ("predictor_id", "system", "system_description", "frameworks", "execution_providers",
-                           "labels", "seen_ns", "alive")
-
-
-def shared_predictor(predictor: Mapping[str, Any]) -> dict[str, Any]:
-    """A predictor as `predictor_json` shows it, cut to SHARED_PREDICTOR_FIELDS."""
-    return {name: predictor[name] for name in SHARED_PREDICTOR_FIELDS}
-
-
 def is_alive(seen_ns: int, now_ns: int, timing: DispatchTiming) -> bool:
     return now_ns - seen_ns <= timing.alive_s * 1e9
 

@@ -22,7 +22,7 @@ from mlscope.store import Store
 from .core import (
     PREDICTORS_SQL, DispatchTiming, Heartbeat, JobFilter, StateChange, Submission, allows_builders, check_acts_as,
     check_transition, describe_predictors, heartbeat_columns, job_columns, job_json, job_sql, jobs_sql, matches,
-    owner_sql, predictor_json, shared_predictor,
+    owner_sql, predictor_json,
 )
 
 
@@ -50,17 +50,9 @@ class Dispatcher:
         self._allowed_builders[heartbeat.predictor_id] = frozenset(heartbeat.allowed_builders)
         return {"predictor_id": heartbeat.predictor_id, "heartbeat_s": self.timing.heartbeat_s}
 
-    def predictors(self, caller: Caller | None = None) -> list[dict[str, Any]]:
-        """Every predictor, the most recently heard first: in full for an admin, for the token
-        that registered it and for dispatch itself (no `caller`); to anyone else only what it can
-        run and whether it is alive (core.SHARED_PREDICTOR_FIELDS)."""
+    def predictors(self) -> list[dict[str, Any]]:
         now_ns = self._clock_ns()
-        shown = []
-        for row in self._rows(PREDICTORS_SQL):
-            predictor = predictor_json(row, now_ns, self.timing)
-            full = caller is None or caller.admin or (row["owner"] != "" and row["owner"] == caller.owner)
-            shown.append(predictor if full else shared_predictor(predictor))
-        return shown
+        return [predictor_json(row, now_ns, self.timing) for row in self._rows(PREDICTORS_SQL)]
 
     def submit(self, submission: Submission) -> dict[str, Any]:
         """Queues one job per live predictor matching the submission's `where` that runs every

@@ -63,9 +63,7 @@ PATHS: dict[str, Any] = {
                  "responses": {"200": json_content({"type": "object", "properties": {
                      "heartbeat_s": {"type": "number"}, "otlp_http_port": INTEGER}}, "when to beat again"),
                      "400": ERROR}},
-        "get": {"summary": "predictors by their latest heartbeat; without admin, another token's predictor shows "
-                           "only predictor_id, system, system_description, frameworks, execution_providers, labels, "
-                           "seen_ns and alive",
+        "get": {"summary": "predictors by their latest heartbeat",
                 "parameters": [query_param("alive", {"type": "string", "enum": ["0", "1"]}, "1: alive ones only")],
                 "responses": {"200": json_content({"type": "object", "properties": {
                     "predictors": {"type": "array", "items": ref("Predictor")}}}, "predictors")}}},

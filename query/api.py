@@ -46,8 +46,8 @@ CollectorStatus = Callable[[], dict[str, Any]]
 # SQL text and nothing else is posted here; a bigger body is a mistake or an attack.
 MAX_BODY_BYTES = 1 * 2**20
 # Dispatch's views: `predictors` holds where each predictor runs (host, pid) and its owner's token
-# fingerprint, `jobs` the requests sent to them (their manifests). Only `admin` reads them by SQL;
-# GET /api/predictors shows others what each predictor runs.
+# fingerprint, `jobs` the requests sent to them (their manifests). Only `admin` reads them, by SQL
+# as by GET /api/predictors and /api/jobs (CONTRACT.md: predictors and jobs are admin's).
 ADMIN_VIEWS = frozenset({"predictors", "jobs"})
 
 
@@ -488,8 +488,8 @@ def refuse_admin_views(query: str) -> None:
         check_query(query, hidden_tables=INTERNAL_TABLES | ADMIN_VIEWS)
     except RefusedQuery:
         raise RefusedQuery(f"{' and '.join(sorted(ADMIN_VIEWS))} are the admin scope's views (where each predictor "
-                           f"runs, whose token it is, the jobs' manifests); GET /api/predictors lists what each "
-                           f"predictor runs") from None
+                           f"runs, whose token it is, the jobs' manifests), as GET /api/predictors and /api/jobs "
+                           f"are") from None
 
 
 @requires(Scope.READ)

@@ -90,7 +90,7 @@ ROUTES = [
     ("POST", "/api/predictors", {}, PREDICTOR, READ),
     ("GET", "/api/jobs", None, PREDICTOR, READ),
     ("POST", f"/api/jobs/{'b' * 32}/state", {}, PREDICTOR, INGEST),
-    ("GET", "/api/predictors", None, READ, PREDICTOR),
+    ("GET", "/api/predictors", None, ADMIN, PREDICTOR),
     ("POST", "/api/jobs", {}, ADMIN, PREDICTOR),
 ]
 
