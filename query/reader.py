@@ -14,7 +14,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,8 +218,6 @@ class FillRow:
 WINDOW_ATTRIBUTES = tuple(VIEWER_ATTRIBUTES.values())
 # Fills whose duration classes a reader remembers (a few numbers each); past that it starts over.
 _CACHED_FILLS = 4096
-# A pyramid's pause between its statements: long enough for a read waiting for the store to take it.
-_PYRAMID_PAUSE_S = 0.005
 _DURATION_SQL = "toUInt64(if(end_ns > start_ns, end_ns - start_ns, 0))"
 
 
@@ -558,15 +556,16 @@ class TraceReader:
         self._store.insert_arrow(SPAN_DEPTHS.name, rows)
         self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=False)
 
-    def store_pyramid(self, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
+    def store_pyramid(self, trace_id: str, fill: DepthFill, distinct_rows: int,
+                      give_way: Callable[[], None] = lambda: None) -> None:
         """Builds the pyramid of a fill store_span_depths wrote (by the store, from its spans), then
         a second row of the fill in span_depth_fills, which makes reads use it (the fills it
-        replaces go with retire_fills). It pauses between its statements: the embedded store runs
-        one at a time, and a read waiting for it goes first."""
+        replaces go with retire_fills). It calls `give_way` between its statements (seconds in
+        all for a big trace): the embedded store runs one at a time, and reads come first."""
         for bucket_log2 in range(fill.first_bucket_log2, fill.last_bucket_log2 + 1):
             for sql in (_bucket_sql(trace_id, fill, bucket_log2), _tile_sql(trace_id, fill, bucket_log2)):
+                give_way()
                 self._store.execute(sql)
-                time.sleep(_PYRAMID_PAUSE_S)
         self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=True)
 
     def retire_fills(self, trace_id: str, fill: DepthFill, distinct_rows: int, keep: Collection[int] = ()) -> None:

@@ -277,7 +277,7 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
         with _UNSTARTED_LOCK:
             _UNSTARTED.append((reader, trace_id, fill, distinct_rows))
         return fill
-    reader.store_pyramid(trace_id, fill, distinct_rows)
+    reader.store_pyramid(trace_id, fill, distinct_rows, READS.give_way)
     _retire_later(reader, trace_id, fill, distinct_rows)
     return replace(fill, pyramid_built=True)
 
@@ -297,6 +297,42 @@ def _fill_spans(reader: TraceReader, trace_id: str, span_count: int,
     distinct_rows = spans.num_rows - len(copies)
     reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), distinct_rows)
     return fill, distinct_rows
+
+
+class ReadsUnderWay:
+    """The window reads and searches under way in this process. A pyramid being built gives way
+    to them between its statements (give_way): the embedded store runs one statement at a time,
+    and a read's few statements then run back to back instead of each waiting for one of the
+    pyramid's (hundreds of ms each on a 1M-span trace)."""
+
+    # Reads that keep coming (a user panning) still let the pyramid on at this pace.
+    MAX_WAIT_S = 2.0
+    # Even with no read under way: one waiting for the store (not counted yet) takes it meanwhile.
+    PAUSE_S = 0.005
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._changed:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def give_way(self) -> None:
+        """Returns once no read is under way, or after MAX_WAIT_S."""
+        time.sleep(self.PAUSE_S)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._count, timeout=self.MAX_WAIT_S)
+
+
+READS = ReadsUnderWay()
 
 
 # The pyramids of fills made for a read, built once the read is answered (start_pyramids): one
@@ -319,7 +355,7 @@ def start_pyramids() -> None:
 
 def _build_pyramid(reader: TraceReader, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
     try:
-        reader.store_pyramid(trace_id, fill, distinct_rows)
+        reader.store_pyramid(trace_id, fill, distinct_rows, READS.give_way)
     except Exception:
         # Reads go on using the fill's spans; the settler remakes the fill once PYRAMID_WAIT_NS has passed.
         log.exception("building the pyramid of trace %s (fill %d) failed", trace_id, fill.fill)
@@ -467,14 +503,15 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     after the answer), unless the settler (query/settler.py) filled it once it went quiet; later
     ones cost in proportion to the entries drawn, also while the trace grows (they read its
     latest fill, filled again in the background). With the row counts the answer covers. None
-    for an unknown trace."""
-    span_count = reader.span_row_count(trace_id)
-    if not span_count:
-        return None
-    with fill_for_read(reader, trace_id, span_count) as fill:
-        if fill is None:
+    for an unknown trace. Pyramids being built wait for it (ReadsUnderWay)."""
+    with READS.reading():
+        span_count = reader.span_row_count(trace_id)
+        if not span_count:
             return None
-        entries = _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+        with fill_for_read(reader, trace_id, span_count) as fill:
+            if fill is None:
+                return None
+            entries = _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
     return WindowColumns(entries, span_count=fill.span_count, spans_now=span_count)
 
 

@@ -5,6 +5,7 @@ buckets, one fill read however many processes filled the trace, on both backends
 from __future__ import annotations
 
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -335,3 +336,40 @@ def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monke
     remade = traces.depth_fill(reader, TRACE, len(KNOWN), whole=True)
     assert remade is not None and remade.fill != fill.fill and remade.pyramid_built
     assert reader.unfilled_traces(1, pyramid_wait_ns=0) == {}
+
+
+def test_a_pyramid_gives_way_to_reads_between_its_statements(store: Store) -> None:
+    reader = TraceReader(store)
+    fill = _pyramid_trace(reader, NO_PYRAMID)
+    built = DepthFill(traces.new_fill_id(), fill.span_count, 1, 4, fill.duration_classes)
+    reader.store_span_depths(TRACE, built, arrow_rows("span_depths", {
+        **store.execute_columns(f"SELECT * FROM span_depths WHERE fill = {fill.fill}"),
+        "fill": [built.fill] * fill.span_count}), distinct_rows=fill.span_count)
+    turns: list[int] = []
+    reader.store_pyramid(TRACE, built, fill.span_count, give_way=lambda: turns.append(len(turns)))
+    assert len(turns) == 2 * 4  # before each width's buckets and tiles
+    assert reader.span_depth_fill(TRACE, fill.span_count).pyramid_built
+
+
+def test_a_pyramid_waits_while_a_read_is_under_way() -> None:
+    reads = traces.ReadsUnderWay()
+    reads.MAX_WAIT_S = 60.0  # longer than the test: only the read's end lets the pyramid on
+    in_read, end_read = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with reads.reading():
+            in_read.set()
+            end_read.wait(60)
+
+    reader_thread = threading.Thread(target=read)
+    reader_thread.start()
+    assert in_read.wait(10)
+    pyramid = threading.Thread(target=reads.give_way)
+    pyramid.start()
+    pyramid.join(0.5)
+    assert pyramid.is_alive()  # waiting for the read
+    end_read.set()
+    pyramid.join(10)
+    reader_thread.join(10)
+    assert not pyramid.is_alive()
+    reads.give_way()  # no read: returns at once
