@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the trace builder lives with t
 
 from mlscope.query import create_query_app  # noqa: E402
 from mlscope.query import SettlerPolicy  # noqa: E402
+from mlscope.query.traces import pyramids_built  # noqa: E402
 from mlscope.store import Store, open_store  # noqa: E402
 from tests.query.query_server import serve  # noqa: E402
 from tests.query.trace_fixtures import insert  # noqa: E402
@@ -164,10 +165,10 @@ SETTLED_OPEN_DELAY_S = 3.0
 
 
 async def settled(store: Store, timeout_s: float = 600.0) -> None:
-    """Until span_depth_fills holds a fill of the trace for its current row count."""
+    """Until span_depth_fills holds a fill of the trace for its current row count, its pyramid built."""
     deadline = time.monotonic() + timeout_s
-    statement = (f"SELECT count() FROM span_depth_fills WHERE trace_id = '{DEEP_TRACE}' AND span_count = "
-                 f"(SELECT count() FROM span_rows WHERE trace_id = '{DEEP_TRACE}')")
+    statement = (f"SELECT count() FROM span_depth_fills WHERE trace_id = '{DEEP_TRACE}' AND pyramid_pending = 0 "
+                 f"AND span_count = (SELECT count() FROM span_rows WHERE trace_id = '{DEEP_TRACE}')")
     while (await asyncio.to_thread(store.execute, statement)).rows[0][0] == 0:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the settler did not fill the trace in {timeout_s:.0f} s")
@@ -188,6 +189,8 @@ async def bench(url: str, spans: int, seconds: float, runs: int) -> None:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             cold = []
             for run in range(runs):  # a new app each time: its compact-form cache starts empty
+                # The last run's pyramid, still being built, would mark its fill readable again.
+                await asyncio.to_thread(pyramids_built)
                 for table in WINDOW_CACHE_TABLES:
                     store.execute(f"TRUNCATE TABLE {table}")
                 runner, base = await serve(create_query_app(store))
@@ -196,6 +199,7 @@ async def bench(url: str, spans: int, seconds: float, runs: int) -> None:
                     cold.append(await first_draw(browser, base, None))
                 finally:
                     await runner.cleanup()
+            await asyncio.to_thread(pyramids_built)
             for table in WINDOW_CACHE_TABLES:
                 store.execute(f"TRUNCATE TABLE {table}")
             runner, base = await serve(create_query_app(store, fill_window_caches=SettlerPolicy()))
