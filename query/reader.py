@@ -566,7 +566,10 @@ class TraceReader:
             for sql in (_bucket_sql(trace_id, fill, bucket_log2), _tile_sql(trace_id, fill, bucket_log2)):
                 give_way()
                 self._store.execute(sql)
-        self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=True)
+        # A fill deleted meanwhile (replaced, or its tables emptied) must not be made readable again.
+        if self._store.execute(f"SELECT count() FROM {SPAN_DEPTH_FILLS.name} WHERE trace_id = {sql_string(trace_id)} "
+                               f"AND fill = {int(fill.fill)}").rows[0][0]:
+            self._store_fill_row(trace_id, fill, distinct_rows, pyramid_built=True)
 
     def retire_fills(self, trace_id: str, fill: DepthFill, distinct_rows: int, keep: Collection[int] = ()) -> None:
         """Deletes what `fill` (made from `distinct_rows` distinct rows, its pyramid built)

@@ -373,3 +373,15 @@ def test_a_pyramid_waits_while_a_read_is_under_way() -> None:
     reader_thread.join(10)
     assert not pyramid.is_alive()
     reads.give_way()  # no read: returns at once
+
+
+def test_a_fill_deleted_while_its_pyramid_is_built_stays_deleted(store: Store) -> None:
+    store.insert("span_rows", columns_of(KNOWN))
+    reader = TraceReader(store)
+    made = fill_span_depths(reader, TRACE, len(KNOWN), spans_per_bucket=1, pyramid_later=True)
+    assert made is not None and made.first_bucket_log2 <= made.last_bucket_log2
+    for table in ("span_depth_fills", "span_depths"):  # as retire_fills or an emptied cache leaves them
+        store.execute(f"TRUNCATE TABLE {table}")
+    pyramids_built()
+    assert store.execute("SELECT count() FROM span_depth_fills").rows == [(0,)]
+    assert reader.span_depth_fill(TRACE, len(KNOWN)) is None
