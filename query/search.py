@@ -23,7 +23,7 @@ from mlscope.store.model import SPAN_DEPTHS
 from .errors import BadRequest
 from .params import int_between
 from .reader import TraceReader
-from .traces import READS, fill_for_read
+from .traces import fill_for_read
 
 MAX_TEXT_CHARS = 200
 DEFAULT_LIMIT = 100
@@ -79,15 +79,11 @@ def search_json(trace_id: str, text: str, total: int, found: Columns, span_count
 
 def search_trace(reader: TraceReader, trace_id: str, text: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
     """The spans of `trace_id` matching `text` (search_json), from the fill a window read would
-    draw (traces.read_fill: while the trace grows, its latest); None for an unknown trace.
-    Pyramids being built wait for it (traces.ReadsUnderWay)."""
-    with READS.reading():
-        span_count = reader.span_row_count(trace_id)
-        if not span_count:
+    draw (traces.fill_for_read: while the trace grows, its latest); None for an unknown trace."""
+    with fill_for_read(reader, trace_id) as read:
+        if read is None:
             return None
-        with fill_for_read(reader, trace_id, span_count) as fill:
-            if fill is None:
-                return None
-            total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
-            found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
-    return search_json(trace_id, text, total, found, fill.span_count, span_count)
+        fill, spans_now = read
+        total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
+        found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
+    return search_json(trace_id, text, total, found, fill.span_count, spans_now)

@@ -503,30 +503,30 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     after the answer), unless the settler (query/settler.py) filled it once it went quiet; later
     ones cost in proportion to the entries drawn, also while the trace grows (they read its
     latest fill, filled again in the background). With the row counts the answer covers. None
-    for an unknown trace. Pyramids being built wait for it (ReadsUnderWay)."""
-    with READS.reading():
-        span_count = reader.span_row_count(trace_id)
-        if not span_count:
+    for an unknown trace."""
+    with fill_for_read(reader, trace_id) as read:
+        if read is None:
             return None
-        with fill_for_read(reader, trace_id, span_count) as fill:
-            if fill is None:
-                return None
-            entries = _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
-    return WindowColumns(entries, span_count=fill.span_count, spans_now=span_count)
+        fill, spans_now = read
+        entries = _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
+    return WindowColumns(entries, span_count=fill.span_count, spans_now=spans_now)
 
 
 @contextmanager
-def fill_for_read(reader: TraceReader, trace_id: str, span_count: int) -> Iterator[DepthFill | None]:
-    """The fill a read of `trace_id`, now of `span_count` rows, answers from (read_fill; None
-    when the trace's rows went), kept from deletion in this process until the read is done; a
-    pyramid the read had to make starts then."""
+def fill_for_read(reader: TraceReader, trace_id: str) -> Iterator[tuple[DepthFill, int] | None]:
+    """The fill a read of `trace_id` answers from (read_fill) and the trace's row count now;
+    None for an unknown trace (or one whose rows went). The fill is kept from deletion in this
+    process until the read is done, pyramids being built wait for the read (ReadsUnderWay), and
+    a pyramid the read had to make starts once it is done."""
     try:
-        fill = read_fill(reader, trace_id, span_count)
-        if fill is None:
-            yield None
-        else:
-            with _holding(fill):
-                yield fill
+        with READS.reading():
+            span_count = reader.span_row_count(trace_id)
+            fill = read_fill(reader, trace_id, span_count) if span_count else None
+            if fill is None:
+                yield None
+            else:
+                with _holding(fill):
+                    yield fill, span_count
     finally:
         start_pyramids()
 

@@ -273,8 +273,10 @@ def test_the_refill_policy_waits_a_multiple_of_the_latest_fills_work() -> None:
 def test_a_fill_being_read_is_not_deleted_under_its_reader(store: Store, monkeypatch) -> None:
     monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
     reader = _grown_known(store)
-    with traces.fill_for_read(reader, TRACE, 6) as held:
-        assert held is not None and held.span_count == 5
+    with traces.fill_for_read(reader, TRACE) as read:
+        assert read is not None
+        held, spans_now = read
+        assert (held.span_count, spans_now) == (5, 6)
         pyramids_built()  # the refill made, its pyramid built, what it replaces deleted
         _wait_for_deletes(store)
         assert reader.readable_fill(TRACE, next(f for f in reader.trace_fills(TRACE) if f.fill == held.fill)) == held
