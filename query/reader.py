@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,15 @@ class QueryFailed(BadRequest):
     """ClickHouse refused or failed a user's SQL (syntax, unknown column, a limit hit...)."""
 
 
-# The tables writers insert into, behind the deduplicating views: only `admin` reads them.
-INTERNAL_TABLES = frozenset(TABLES)
+# What a user's SQL without the admin scope may not name, and what each is (the refusal says so):
+# the tables writers insert into, behind the deduplicating views, and dispatch's views, which hold
+# where each predictor runs (host, pid), its owner's token fingerprint and the jobs' manifests
+# (CONTRACT.md: predictors and jobs are admin's, as GET /api/predictors and /api/jobs are).
+_INTERNAL_TABLE = "an internal table (read the views spans, metrics, evaluations; the admin scope may read it)"
+_ADMIN_VIEW = ("the admin scope's view (where each predictor runs, whose token it holds, the jobs' manifests), "
+               "as GET /api/predictors and /api/jobs are")
+HIDDEN_FROM_READERS = MappingProxyType({**{name: _INTERNAL_TABLE for name in TABLES},
+                                        "predictors": _ADMIN_VIEW, "jobs": _ADMIN_VIEW})
 # A user's query gets a quarter of the cores (at least one), so ingest keeps the rest.
 _USER_SQL_THREADS = max(1, (os.cpu_count() or 1) // 4)
 
@@ -697,7 +705,7 @@ class TraceReader:
         physical tables only with `internal_tables`, the admin scope's), apart from the insert
         path and under the limits; Busy when `max_concurrent` queries are running, QueryFailed
         when ClickHouse rejects it, StoreUnavailable passes through."""
-        statement = check_query(query, hidden_tables=frozenset() if internal_tables else INTERNAL_TABLES)
+        statement = check_query(query, hidden_tables={} if internal_tables else HIDDEN_FROM_READERS)
         limits = self._sql_limits
         if not self._sql_slots.acquire(blocking=False):
             raise Busy(f"{limits.max_concurrent} SQL queries are running; retry when one has finished")

@@ -16,15 +16,18 @@ calls of functions that reach files, URLs, processes, other servers or dictionar
 `url(...)`, `remote(...)`, chdb's `Python(...)`, ...), whatever their case or quoting; functions
 that tell about the machine rather than the data (`hostName()`, `version()`, `getSetting(...)`,
 `filesystemAvailable()`, ...); table functions that generate rows of unbounded size
-(`generateRandom`); and the tables the caller may not read (`hidden_tables`: the physical tables
-behind the views, for callers without the admin scope).
+(`generateRandom`); and the tables and views the caller may not read (`hidden_tables`, each with
+why: for callers without the admin scope, the physical tables behind the views and dispatch's
+views).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from .errors import BadRequest
 
@@ -245,7 +248,7 @@ def _statement_prefix(tokens: list[Token]) -> int:
 
 
 def _check_token(
-    token: Token, following: Token | None, previous: Token | None, hidden_tables: frozenset[str]
+    token: Token, following: Token | None, previous: Token | None, hidden_tables: Mapping[str, str]
 ) -> None:
     called = following is not None and following.kind is Kind.PUNCT and following.value == "("
     if token.kind is Kind.WORD:
@@ -266,20 +269,16 @@ def _check_token(
     if called and token.value.lower() in ENVIRONMENT_FUNCTIONS:
         raise _refuse(f"function {token.value}() is not allowed: it tells about the server, not the data", token.start)
     if token.value.lower() in hidden_tables and not called:
-        raise _refuse(
-            f"{token.value} is an internal table (read the views spans, metrics, evaluations, "
-            "predictors, jobs; the admin scope may read it)",
-            token.start,
-        )
+        raise _refuse(f"{token.value} is {hidden_tables[token.value.lower()]}", token.start)
 
 
-def check_query(text: str, hidden_tables: frozenset[str] = frozenset()) -> str:
+def check_query(text: str, hidden_tables: Mapping[str, str] = MappingProxyType({})) -> str:
     """Returns the statement to run (the text from its first to its last token: no trailing
     comment or `;`, so settings appended after it cannot end up inside a comment), or raises
-    RefusedQuery saying why it is not allowed. A name in `hidden_tables` (lower case) is refused
-    wherever it stands, in any case or quoting (a column of that name too: the guard does not
-    resolve names, and no view has such a column)."""
-    hidden_tables = frozenset(name.lower() for name in hidden_tables)
+    RefusedQuery saying why it is not allowed. A name in `hidden_tables` (name -> what it is, for
+    the refusal: "<name> is <that>") is refused wherever it stands, in any case or quoting (a
+    column of that name too: the guard does not resolve names, and no view has such a column)."""
+    hidden_tables = {name.lower(): why for name, why in hidden_tables.items()}
     tokens = tokenize(text)
     if not tokens:
         raise RefusedQuery("the query is empty")

@@ -68,7 +68,7 @@ async def test_dispatchs_views_are_the_admins_by_sql(session: aiohttp.ClientSess
         return await Client(session, token).post("/api/sql", {"query": query})
 
     status, body = await sql("reader-1")
-    assert status == 400 and "admin scope's views" in body["error"]
+    assert status == 400 and "admin scope's view" in body["error"]
     assert (await sql("admin-1"))[0] == 200
 
 

@@ -176,7 +176,7 @@ def test_safe_and_refused_table_functions_do_not_overlap() -> None:
     assert not [name for name in SAFE_TABLE_FUNCTIONS if is_refused_function(name)]
 
 
-HIDDEN = frozenset({"span_rows", "job_states"})
+HIDDEN = {"span_rows": "an internal table", "job_states": "an internal table"}
 
 
 @pytest.mark.parametrize(
