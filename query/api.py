@@ -38,7 +38,7 @@ from .search import DEFAULT_LIMIT, SEARCH_PARAMS, search_trace
 from .settler import SettlerPolicy, settler_context
 from .params import int_between, one_of, parse_params, single
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
-from .traces import SpanCap, TraceQuery, check_span_cap, read_trace, read_window
+from .traces import SpanCap, TraceQuery, check_span_cap, read_trace, read_window, start_fill
 
 CollectorStatus = Callable[[], dict[str, Any]]
 
@@ -363,6 +363,10 @@ async def get_trace(request: web.Request) -> web.Response:
 
         def read_compact() -> bytes | None:  # a big trace takes a while to read and encode: off the loop
             row_count = reader.span_row_count(trace_id)
+            if query == TraceQuery() and row_count > params.get("max_spans", cap.compact):
+                # Likely answered 413 (rows may be copies): the viewer reads it by windows next,
+                # whose first one fills the trace's window cache. Its fill starts now.
+                start_fill(reader, trace_id, first=True)
             if "max_spans" in params:
                 check_span_cap(reader, trace_id, SpanCap(compact=params["max_spans"]), compact=True, row_count=row_count)
             body = compact_answer(reader, cache, cap, trace_id, query, row_count)

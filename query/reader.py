@@ -25,7 +25,8 @@ import pyarrow as pa
 from mlscope.conventions import DEFAULT_LEVEL, LEVELS
 from mlscope.store.model import SPAN_DEPTH_BUCKETS, SPAN_DEPTH_FILLS, SPAN_DEPTH_TILES, SPAN_DEPTHS
 from mlscope.store import (
-    SPAN_ROWS, TABLES, Columns, OutputCap, Span, Store, StoreError, StoreUnavailable, span_from_row, sql_string,
+    ARROW_ROWS, SPAN_ROWS, TABLES, Columns, OutputCap, Span, Store, StoreError, StoreUnavailable, span_from_row,
+    sql_string,
 )
 
 from .analysis import MetricSample, metric_sample, metric_samples_sql
@@ -255,7 +256,14 @@ def _span_rows_condition(fill: DepthFill, window: tuple[int, int], narrow_log2: 
     return f"end_ns >= {start} AND ({' OR '.join(ranges) or '0'})"
 
 
-def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> str:
+def depths_source(unwritten: pa.Table | None) -> str:
+    """Where a query reads a fill's span_depths rows: the table, or `unwritten`, the fill's rows
+    before they are written (ARROW_ROWS, run by Store.execute_columns_over)."""
+    return SPAN_DEPTHS.name if unwritten is None else ARROW_ROWS
+
+
+def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int,
+                        source: str) -> str:
     """The rows of `fill` overlapping `window`, as drawn at `resolution_ns` per pixel from the
     window's start: a span at least a pixel wide is an entry of its own; narrower ones are merged
     per (service, depth, pixel), named after the name holding most of their time (ties: the
@@ -269,7 +277,7 @@ def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int],
     fall in the pixel of their own start. The innermost query lists both as (count, summed time)
     rows, the next one sums each name's time and each level's beside it, the outer one picks the
     name and the level. A group of one span (one row, then) keeps its id, parent and the viewer's
-    attributes (attr_keys/attr_values)."""
+    attributes (attr_keys/attr_values). `source`: where the fill's span_depths rows are (depths_source)."""
     start, end, resolution = int(window[0]), int(window[1]), max(1, int(resolution_ns))
 
     def pixel(time_ns: str) -> str:
@@ -291,7 +299,7 @@ def _window_entries_sql(trace_id: str, fill: DepthFill, window: tuple[int, int],
         f"SELECT service AS track, depth, name, level, if({wide}, span_id, '') AS wide_span_id, "
         f"if({wide}, toInt64(0), {pixel('start_ns')}) AS pixel, start_ns AS first_ns, end_ns AS last_ns, "
         f"toUInt64(1) AS spans, {_DURATION_SQL} AS time_ns, time_ns AS name_ns, time_ns AS level_ns, "
-        f"span_id AS one_span_id FROM {SPAN_DEPTHS.name} "
+        f"span_id AS one_span_id FROM {source} "
         f"WHERE {_fill_condition(trace_id, fill.fill)} AND {_span_rows_condition(fill, (start, end), narrow_log2, skipped)}"]
     if bucket_log2 is not None:
         rows.append(
@@ -367,7 +375,8 @@ def _tile_sql(trace_id: str, fill: DepthFill, bucket_log2: int) -> str:
 _COPY_KEY = ("span_id", "content_hash")
 # Reads of a trace's rows order them so (content_hash last: copies of a span re-sent with other
 # content, of which span_tree keeps one, come out in the same order on every read).
-_TRACE_ORDER = "ORDER BY start_ns, span_id, end_ns, content_hash"
+TRACE_ORDER_COLUMNS = ("start_ns", "span_id", "end_ns", "content_hash")
+_TRACE_ORDER = f"ORDER BY {', '.join(TRACE_ORDER_COLUMNS)}"
 
 
 def copy_rows(span_ids: Sequence[Any], hashes: Sequence[int] | np.ndarray) -> list[int]:
@@ -543,19 +552,27 @@ class TraceReader:
                 del unfilled[str(trace_id)]
         return unfilled
 
+    @property
+    def reads_unwritten(self) -> bool:
+        """Whether reads of the window cache can be answered from a fill's rows before they are
+        written (the store reads Arrow rows of this process: depths_source)."""
+        return self._store.reads_arrow_rows
+
     def window_spans(self, trace_id: str) -> pa.Table:
-        """What a fill of span_depths takes of every row of `trace_id`, in _TRACE_ORDER, copies
-        included (copy_rows): span_id, parent_span_id, service, name, level (stored_level's, by
-        the store), attr_keys and attr_values (the viewer's attributes the span has, else its
-        resource's: WINDOW_ATTRIBUTES, in that order), start_ns, end_ns and content_hash. As
-        Arrow: a fill works on whole columns, never one Python object per value."""
+        """What a fill of span_depths takes of every row of `trace_id`, copies included
+        (copy_rows), in no order (sorting a big trace's rows costs the store more than the fill
+        spends putting in order the few it needs: traces.tree_spans): span_id, parent_span_id,
+        service, name, level (stored_level's, by the store), attr_keys and attr_values (the
+        viewer's attributes the span has, else its resource's: WINDOW_ATTRIBUTES, in that order),
+        start_ns, end_ns and content_hash. As Arrow: a fill works on whole columns, never one
+        Python object per value."""
         found = ", ".join(_attribute_sql(key) for key in WINDOW_ATTRIBUTES)
         return self._store.execute_arrow(
             f"SELECT span_id, parent_span_id, service, name, level, "
             f"arrayFilter((key, value) -> value != '', [{', '.join(map(sql_string, WINDOW_ATTRIBUTES))}], found) AS attr_keys, "
             "arrayFilter(value -> value != '', found) AS attr_values, start_ns, end_ns, content_hash FROM ("
             f"SELECT span_id, parent_span_id, service, name, {_stored_level_sql('level')} AS level, [{found}] AS found, "
-            f"start_ns, end_ns, content_hash FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)}) {_TRACE_ORDER}")
+            f"start_ns, end_ns, content_hash FROM {SPAN_ROWS.name} WHERE trace_id = {sql_string(trace_id)})")
 
     def store_span_depths(self, trace_id: str, fill: DepthFill, rows: pa.Table, distinct_rows: int) -> None:
         """Writes the spans of one fill of a trace, made from `distinct_rows` distinct rows (SPAN_DEPTHS'
@@ -605,25 +622,29 @@ class TraceReader:
             "first_bucket_log2": [fill.first_bucket_log2], "last_bucket_log2": [fill.last_bucket_log2],
             "filled_ns": [time.time_ns()], "distinct_rows": [distinct_rows], "pyramid_pending": [int(not pyramid_built)]})
 
-    def window_entries(self, trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int) -> Columns:
+    def window_entries(self, trace_id: str, fill: DepthFill, window: tuple[int, int], resolution_ns: int,
+                       unwritten: pa.Table | None = None) -> Columns:
         """The level-of-detail entries of a window, merged by the store (_window_entries_sql), by
         track, depth, then start: track, depth, start_ns, end_ns, span_total, total_ns,
-        dominant_name, dominant_level, span_id ('' for merged entries)."""
-        return self._store.execute_columns(_window_entries_sql(trace_id, fill, window, resolution_ns))
+        dominant_name, dominant_level, span_id ('' for merged entries). `unwritten`: the fill's
+        rows, when they are not written yet (depths_source)."""
+        return self.columns_of(_window_entries_sql(trace_id, fill, window, resolution_ns, depths_source(unwritten)), unwritten)
 
-    def span_details(self, trace_id: str, fill: DepthFill, spans: Sequence[tuple[str, int, int]]) -> Columns:
+    def span_details(self, trace_id: str, fill: DepthFill, spans: Sequence[tuple[str, int, int]],
+                     unwritten: pa.Table | None = None) -> Columns:
         """span_id, parent_span_id, attr_keys, attr_values (the viewer's attributes a span has) of
-        `spans`, each (span id, start_ns, end_ns), from `fill`'s span_depths: found by start, in
-        its key, not by id (which would read every row of the fill); other spans starting at the
-        same time come too."""
+        `spans`, each (span id, start_ns, end_ns), from `fill`'s span_depths (or `unwritten`, its
+        rows not written yet): found by start, in its key, not by id (which would read every row
+        of the fill); other spans starting at the same time come too."""
         if not spans:
             return {name: [] for name in ("span_id", "parent_span_id", "attr_keys", "attr_values")}
         starts = sorted({int(start) for _, start, _ in spans})
-        # PREWHERE: the other columns are read only where a start matches.
-        return self._store.execute_columns(
-            f"SELECT span_id, parent_span_id, attr_keys, attr_values FROM {SPAN_DEPTHS.name} "
-            f"PREWHERE start_ns IN ({', '.join(map(str, starts))}) "
-            f"WHERE {_fill_condition(trace_id, fill.fill)} AND start_ns BETWEEN {starts[0]} AND {starts[-1]}")
+        starts_in = f"start_ns IN ({', '.join(map(str, starts))})"
+        condition = f"{_fill_condition(trace_id, fill.fill)} AND start_ns BETWEEN {starts[0]} AND {starts[-1]}"
+        # PREWHERE (a table's only): the other columns are read only where a start matches.
+        where = f"PREWHERE {starts_in} WHERE {condition}" if unwritten is None else f"WHERE {starts_in} AND {condition}"
+        return self.columns_of(
+            f"SELECT span_id, parent_span_id, attr_keys, attr_values FROM {depths_source(unwritten)} {where}", unwritten)
 
     def trace_columns(self, trace_id: str, names: Sequence[str] = _SPAN_COLUMN_NAMES,
                       levels: frozenset[str] | None = None, window: tuple[int, int] | None = None,
@@ -688,10 +709,12 @@ class TraceReader:
         """The first column of a statement this package built (jaeger.py's lookups), never a user's SQL."""
         return [row[0] for row in self._store.execute(statement).rows]
 
-    def columns_of(self, statement: str) -> Columns:
+    def columns_of(self, statement: str, unwritten: pa.Table | None = None) -> Columns:
         """Every column of a statement this package built (search.py's matches), by name, never a
-        user's SQL."""
-        return self._store.execute_columns(statement)
+        user's SQL; one that reads ARROW_ROWS reads `unwritten` (depths_source)."""
+        if unwritten is None:
+            return self._store.execute_columns(statement)
+        return self._store.execute_columns_over(statement, unwritten)
 
     def evaluations(self, evaluation_filter: EvaluationFilter) -> list[dict[str, Any]]:
         """Evaluation rows as {column: value} (NaN, a value not measured, as None); an empty list

@@ -18,11 +18,10 @@ from typing import Any
 
 from mlscope.conventions import LAYER_PATH, LAYER_TYPE
 from mlscope.store import Columns, sql_string
-from mlscope.store.model import SPAN_DEPTHS
 
 from .errors import BadRequest
 from .params import int_between
-from .reader import TraceReader
+from .reader import TraceReader, depths_source
 from .traces import fill_for_read
 
 MAX_TEXT_CHARS = 200
@@ -55,14 +54,15 @@ def _condition_sql(trace_id: str, fill: int, text: str) -> str:
             f"(positionCaseInsensitiveUTF8(name, {needle}) > 0 OR positionCaseInsensitiveUTF8({label}, {needle}) > 0)")
 
 
-def matches_sql(trace_id: str, fill: int, text: str, limit: int) -> str:
-    """The first `limit` matching spans of fill `fill` of `trace_id`, by start, depth, span id."""
-    return (f"SELECT {', '.join(_MATCH_COLUMNS)} FROM {SPAN_DEPTHS.name} WHERE {_condition_sql(trace_id, fill, text)} "
+def matches_sql(trace_id: str, fill: int, text: str, limit: int, source: str) -> str:
+    """The first `limit` matching spans of fill `fill` of `trace_id`, by start, depth, span id,
+    from `source` (reader.depths_source)."""
+    return (f"SELECT {', '.join(_MATCH_COLUMNS)} FROM {source} WHERE {_condition_sql(trace_id, fill, text)} "
             f"ORDER BY start_ns, depth, span_id LIMIT {int(limit)}")
 
 
-def count_sql(trace_id: str, fill: int, text: str) -> str:
-    return f"SELECT count() FROM {SPAN_DEPTHS.name} WHERE {_condition_sql(trace_id, fill, text)}"
+def count_sql(trace_id: str, fill: int, text: str, source: str) -> str:
+    return f"SELECT count() AS total FROM {source} WHERE {_condition_sql(trace_id, fill, text)}"
 
 
 def search_json(trace_id: str, text: str, total: int, found: Columns, span_count: int, spans_now: int) -> dict[str, Any]:
@@ -83,7 +83,8 @@ def search_trace(reader: TraceReader, trace_id: str, text: str, limit: int = DEF
     with fill_for_read(reader, trace_id) as read:
         if read is None:
             return None
-        fill, spans_now = read
-        total = int(reader.first_column(count_sql(trace_id, fill.fill, text))[0])
-        found = reader.columns_of(matches_sql(trace_id, fill.fill, text, limit)) if total else {c: [] for c in _MATCH_COLUMNS}
-    return search_json(trace_id, text, total, found, fill.span_count, spans_now)
+        source, fill = depths_source(read.unwritten), read.fill.fill
+        total = int(reader.columns_of(count_sql(trace_id, fill, text, source), read.unwritten)["total"][0])
+        found = (reader.columns_of(matches_sql(trace_id, fill, text, limit, source), read.unwritten) if total
+                 else {c: [] for c in _MATCH_COLUMNS})
+    return search_json(trace_id, text, total, found, read.fill.span_count, read.spans_now)

@@ -8,12 +8,13 @@ kept ancestors need every span), then every column of the kept spans only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from mlscope.conventions import PROCESS_ORPHANED, stored_level
 from mlscope.store import SPAN_ROWS, Columns
 
 from .errors import TooLarge
-from .reader import WINDOW_ATTRIBUTES, DepthFill, FillRow, RowsOverLimit, TraceReader, copy_rows
+from .reader import TRACE_ORDER_COLUMNS, WINDOW_ATTRIBUTES, DepthFill, FillRow, RowsOverLimit, TraceReader, copy_rows
 from .timeline import ATTRIBUTE_COLUMN, SpanTree, WindowColumns, span_tree
 
 TREE_COLUMNS = ("span_id", "parent_span_id", "start_ns", "end_ns", "level")
@@ -207,41 +208,143 @@ def bit_lengths(values: np.ndarray) -> np.ndarray:
     return (exponents - ((exponents > 0) & below)).astype(np.uint64)
 
 
-def tree_depths(span_ids: pa.Array, parent_ids: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
-    """(kept, depth), by row, for a trace's rows in the reader's order (by start, span id, end):
-    `kept` marks each id's first row, the copy span_tree keeps; `depth` is the row's depth in
-    span_tree's tree (its parent: the kept row of its parent id; none when that is '' or not in
-    the trace). None when parents loop, which span_tree breaks at a chosen span: such a trace
-    is treed by span_tree. Whole-column operations (Arrow's hash lookups, then the parents
-    followed by doubling, log2(depth) steps), not a Python step per span."""
-    rows = len(span_ids)
-    kept = pc.index_in(span_ids, value_set=span_ids).to_numpy() == np.arange(rows)
+# The value of each byte of a lowercase hex digit; HEX_INVALID for every other byte.
+HEX_INVALID = 255
+_HEX_DIGITS = np.full(256, HEX_INVALID, np.uint8)
+_HEX_DIGITS[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def hex_ids(ids: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(value, present) of string ids that are each '' or 16 lowercase hex digits, as the
+    collector writes the 8 bytes of OTLP span ids: the id as an integer (0 for '') and whether
+    it is there. Two ids are equal exactly when their integers are (and both are there), and
+    order alike. None when any id has another form (the store may hold others): whole-buffer
+    work, no Python object per id."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if ids.type != pa.string():
+        return None
+    # A string array's buffers: validity, int32 offsets, bytes.
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset:ids.offset + len(ids) + 1]
+    lengths = np.diff(offsets)
+    present = lengths != 0
+    if ids.null_count or not np.all(lengths[present] == 16):
+        return None
+    data = ids.buffers()[2]  # None when every id is ''
+    digits = _HEX_DIGITS[np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)]
+    if np.any(digits == HEX_INVALID):
+        return None
+    digits = digits.reshape(-1, 16)
+    big_endian = np.ascontiguousarray(digits[:, 0::2] << 4 | digits[:, 1::2]).view(">u8").ravel()
+    values = np.zeros(len(ids), np.uint64)
+    values[present] = big_endian
+    return values, present
+
+
+@dataclass(frozen=True)
+class TreedSpans:
+    """A trace's rows (the reader's window_spans) with what span_tree makes of them."""
+
+    spans: pa.Table  # the rows, in the order of the arrays below
+    kept: np.ndarray  # bool by row: the copy of its span id span_tree keeps (the first in _READER_ORDER)
+    depth: np.ndarray  # uint64 by row: its depth in span_tree's tree
+    copies: np.ndarray  # the rows repeating another's span id and content (copy_rows: FINAL would merge them)
+
+
+# The order in which span_tree is given a trace's rows (as the reader's reads have them): it keeps
+# the first copy of a span id and breaks a loop of parents at the first span it meets of it.
+_READER_ORDER = [(name, "ascending") for name in TRACE_ORDER_COLUMNS]
+
+
+def tree_spans(spans: pa.Table) -> TreedSpans:
+    """The depths of a trace's rows (span_id, parent_span_id, start_ns, end_ns, content_hash, in
+    any order) as span_tree makes them of the rows in _READER_ORDER: each span id's kept row is
+    its first there, a row's parent the kept row of its parent id (none when that is '' or not in
+    the trace). Whole-column work: the ids matched (as integers by a sort when they are the
+    collector's hex ids, hex_ids, else by Arrow's hash of the strings of the rows in order), then
+    the parents followed by doubling, log2(depth) steps. Parents that loop are left to span_tree
+    itself (it breaks a loop at a chosen span), one Python step per span."""
+    matched = _matched_hex_ids(spans)
+    if matched is None:
+        spans = spans.sort_by(_READER_ORDER)
+        matched = _matched_in_order(spans)
+    kept, up, copies = matched
+    depth = _depths(up)
+    if depth is None:
+        spans = spans.sort_by(_READER_ORDER)
+        _, _, copies = _matched_in_order(spans)
+        kept = np.zeros(spans.num_rows, dtype=bool)
+        depth = np.zeros(spans.num_rows, dtype=np.uint64)
+        tree = span_tree(*(spans[name].to_pylist() for name in ("span_id", "parent_span_id", "start_ns", "end_ns")))
+        kept[tree.order] = True
+        depth[tree.order] = tree.depths
+    return TreedSpans(spans, kept, depth, copies)
+
+
+def _matched_in_order(spans: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept, up, copies) of rows in _READER_ORDER: each id's first row; the row of each row's
+    parent (-1 for none); the rows repeating the one before (copy_rows)."""
+    span_ids, parent_ids = spans["span_id"].combine_chunks(), spans["parent_span_id"].combine_chunks()
+    kept = pc.index_in(span_ids, value_set=span_ids).to_numpy() == np.arange(len(span_ids))
     up = pc.index_in(parent_ids, value_set=span_ids).fill_null(-1).to_numpy().astype(np.int64)
     up[pc.equal(parent_ids, "").to_numpy(zero_copy_only=False)] = -1
+    copies = np.array(copy_rows(span_ids, spans["content_hash"].to_numpy()), dtype=np.int64)
+    return kept, up, copies
+
+
+def _matched_hex_ids(spans: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """_matched_in_order's (kept, up, copies) of rows in any order whose ids are hex_ids, found by
+    sorting the ids as integers; None for other ids. Only the rows of ids with copies (rare) are
+    put in _READER_ORDER among themselves, to pick the kept one and tell the copies."""
+    found, parents = hex_ids(spans["span_id"]), hex_ids(spans["parent_span_id"])
+    if found is None or parents is None or not found[1].all():
+        return None
+    ids, (parent_values, has_parent) = found[0], parents
+    rows = len(ids)
+    by_id = np.argsort(ids, kind="stable")
+    sorted_ids = ids[by_id]
+    repeats = sorted_ids[1:] == sorted_ids[:-1]
+    kept = np.ones(rows, dtype=bool)
+    copies = np.zeros(0, dtype=np.int64)
+    if repeats.any():
+        in_repeat = np.zeros(rows, dtype=bool)
+        in_repeat[1:] |= repeats
+        in_repeat[:-1] |= repeats
+        repeated = by_id[in_repeat]
+        hashes = spans["content_hash"].to_numpy()
+        # By id, then as in _READER_ORDER (start, end, content hash: the id is the same).
+        ordered = repeated[np.lexsort(tuple(column[repeated] for column in (
+            hashes, spans["end_ns"].to_numpy(), spans["start_ns"].to_numpy(), ids)))]
+        same_id = ids[ordered[1:]] == ids[ordered[:-1]]
+        kept[ordered[1:][same_id]] = False
+        # content_hash covers start and end: rows alike in id and hash are next to each other in both orders.
+        copies = ordered[1:][same_id & (hashes[ordered[1:]] == hashes[ordered[:-1]])]
+    # The kept rows by id, each id once: where a parent id is found.
+    kept_by_id = by_id[kept[by_id]]
+    kept_ids = ids[kept_by_id]
+    at = np.minimum(np.searchsorted(kept_ids, parent_values), len(kept_ids) - 1)
+    up = np.where(has_parent & (kept_ids[at] == parent_values), kept_by_id[at], -1).astype(np.int64)
+    return kept, up, copies
+
+
+def _depths(up: np.ndarray) -> np.ndarray | None:
+    """The depth of each row whose parent row is `up` (-1: none), by doubling; None when parents loop."""
+    up = up.copy()
     depth = (up >= 0).astype(np.uint64)  # the hops from each row to `up`, its farthest ancestor known so far
-    for _ in range(rows.bit_length() + 2):  # a chain of `rows` spans is walked in bit_length + 1 doublings
+    for _ in range(len(up).bit_length() + 2):  # a chain of len(up) rows is walked in bit_length + 1 doublings
         below = np.flatnonzero(up >= 0)
         if not len(below):
-            return kept, depth
+            return depth
         ancestors = up[below]
         depth[below] += depth[ancestors]
         up[below] = up[ancestors]
     return None  # still not at a root after more hops than rows: a loop
 
 
-def span_depth_rows(trace_id: str, fill: DepthFill, spans: pa.Table) -> pa.Table:
-    """span_depths rows of `fill` from the reader's window_spans of a trace: each span once (the
-    copy span_tree keeps), with its depth and duration class."""
-    found = tree_depths(spans["span_id"].combine_chunks(), spans["parent_span_id"].combine_chunks())
-    if found is None:
-        kept = np.zeros(spans.num_rows, dtype=bool)
-        depth = np.zeros(spans.num_rows, dtype=np.uint64)
-        tree = span_tree(*(spans[name].to_pylist() for name in ("span_id", "parent_span_id", "start_ns", "end_ns")))
-        kept[tree.order] = True
-        depth[tree.order] = tree.depths
-    else:
-        kept, depth = found
-    spans = spans.filter(pa.array(kept))
+def span_depth_rows(trace_id: str, fill: DepthFill, treed: TreedSpans) -> pa.Table:
+    """span_depths rows of `fill` from a trace's treed rows: each span once (the copy span_tree
+    keeps), with its depth and duration class."""
+    # Mostly every row is kept: a filter would copy every column for nothing.
+    spans = treed.spans if treed.kept.all() else treed.spans.filter(pa.array(treed.kept))
     starts, ends = spans["start_ns"].to_numpy(), spans["end_ns"].to_numpy()
     size = spans.num_rows
     return pa.table({
@@ -249,7 +352,7 @@ def span_depth_rows(trace_id: str, fill: DepthFill, spans: pa.Table) -> pa.Table
         "span_count": np.full(size, fill.span_count, np.uint64),
         "fill": np.full(size, fill.fill, np.uint64),
         **{name: spans[name] for name in ("span_id", "parent_span_id", "attr_keys", "attr_values", "service", "name", "level")},
-        "depth": depth[kept],
+        "depth": treed.depth if treed.kept.all() else treed.depth[treed.kept],
         "duration_bits": bit_lengths(np.where(ends > starts, ends - starts, 0)),
         "start_ns": starts,
         "end_ns": ends,
@@ -264,39 +367,73 @@ def new_fill_id() -> int:
 
 def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
                      spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET, pyramid_later: bool = False) -> DepthFill | None:
-    """Reads and trees every span of `trace_id` and stores them as a new fill for `span_count`
-    rows, with its pyramid (pyramid_widths): at once, or with `pyramid_later` in this process's
-    pyramid worker once start_pyramids is called (the fill is read from its spans until then).
-    Returns that fill as it stands on return, or None when the trace has no span (any more). The
-    fills it replaces are deleted RETIRE_AFTER_S after its pyramid is built."""
-    made = _fill_spans(reader, trace_id, span_count, spans_per_bucket)
+    """Reads and trees every span of `trace_id` and makes them a new fill for `span_count` rows,
+    with its pyramid (pyramid_widths): stored at once, or with `pyramid_later`, the pyramid built
+    in this process's pyramid worker once start_pyramids is called (the fill is read from its
+    spans until then), and on a store that reads Arrow rows in-process (TraceReader.reads_unwritten)
+    its spans written by that worker too, the fill read from its rows in memory until then
+    (unwritten_rows). Returns that fill as it stands on return, or None when the trace has no
+    span (any more). The fills it replaces are deleted RETIRE_AFTER_S after its pyramid is built."""
+    made = _make_fill(reader, trace_id, span_count, spans_per_bucket)
     if made is None:
         return None
-    fill, distinct_rows = made
+    if pyramid_later and reader.reads_unwritten:
+        with _UNSTARTED_LOCK:
+            _UNWRITTEN[trace_id, span_count] = made
+            _UNSTARTED.append(functools.partial(_write_and_build, reader, trace_id, made))
+        return made.fill
+    fill = _write(reader, trace_id, made)
     if pyramid_later:
         with _UNSTARTED_LOCK:
-            _UNSTARTED.append((reader, trace_id, fill, distinct_rows))
+            _UNSTARTED.append(functools.partial(_build_pyramid, reader, trace_id, fill, made.distinct_rows))
         return fill
-    reader.store_pyramid(trace_id, fill, distinct_rows, READS.give_way)
-    _retire_later(reader, trace_id, fill, distinct_rows)
+    reader.store_pyramid(trace_id, fill, made.distinct_rows, READS.give_way)
+    _retire_later(reader, trace_id, fill, made.distinct_rows)
     return replace(fill, pyramid_built=True)
 
 
-def _fill_spans(reader: TraceReader, trace_id: str, span_count: int,
-                spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> tuple[DepthFill, int] | None:
-    """A new fill's spans, stored (readable, its pyramid not built), and the distinct rows it was
-    made from; None when the trace has no span (any more)."""
+@dataclass(frozen=True)
+class MadeFill:
+    """A new fill of a trace, not written yet (_make_fill)."""
+
+    # Readable from `rows` (its pyramid not built): without pyramid widths, chosen as it is written.
+    fill: DepthFill
+    rows: pa.Table  # its span_depths rows
+    distinct_starts: np.ndarray  # the starts of the distinct rows it is made of (copies left out), in no order
+    spans_per_bucket: int
+
+    @property
+    def distinct_rows(self) -> int:
+        return len(self.distinct_starts)
+
+    def with_widths(self) -> DepthFill:
+        """`fill` with its pyramid's widths (pyramid_widths), as it is written."""
+        first, last = pyramid_widths(np.sort(self.distinct_starts), self.spans_per_bucket)
+        return replace(self.fill, first_bucket_log2=first, last_bucket_log2=last)
+
+
+def _make_fill(reader: TraceReader, trace_id: str, span_count: int,
+               spans_per_bucket: int = PYRAMID_SPANS_PER_BUCKET) -> MadeFill | None:
+    """A new fill of `trace_id` from its rows now, its pyramid not built, not written; None when
+    the trace has no span (any more)."""
     fill_id = new_fill_id()
-    spans = reader.window_spans(trace_id).combine_chunks()
+    spans = reader.window_spans(trace_id)
     if not spans.num_rows:
         return None
-    starts = spans["start_ns"].to_numpy()
-    copies = copy_rows(spans["span_id"], spans["content_hash"].to_numpy())
-    first, last = pyramid_widths(np.delete(starts, copies) if copies else starts, spans_per_bucket)
-    fill = DepthFill(fill_id, span_count, first, last, pyramid_built=False)
-    distinct_rows = spans.num_rows - len(copies)
-    reader.store_span_depths(trace_id, fill, span_depth_rows(trace_id, fill, spans), distinct_rows)
-    return fill, distinct_rows
+    treed = tree_spans(spans)
+    # No pyramid widths yet (first > last); the duration classes its reads ask for, as the store would list them.
+    fill = DepthFill(fill_id, span_count, 1, 0, pyramid_built=False, filled_ns=time.time_ns())
+    rows = span_depth_rows(trace_id, fill, treed)
+    classes = np.flatnonzero(np.bincount(rows["duration_bits"].to_numpy(), minlength=1))
+    return MadeFill(replace(fill, duration_classes=tuple(map(int, classes))), rows,
+                    np.delete(treed.spans["start_ns"].to_numpy(), treed.copies), spans_per_bucket)
+
+
+def _write(reader: TraceReader, trace_id: str, made: MadeFill) -> DepthFill:
+    """Writes `made` (readable, its pyramid not built); the fill written."""
+    fill = made.with_widths()
+    reader.store_span_depths(trace_id, fill, made.rows, made.distinct_rows)
+    return fill
 
 
 class ReadsUnderWay:
@@ -340,17 +477,48 @@ READS = ReadsUnderWay()
 # would hold the embedded store (one statement at a time) until the last. The same worker
 # deletes the fills a new one replaces (_retire).
 _PYRAMIDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-pyramid")
-_UNSTARTED: list[tuple[TraceReader, str, DepthFill, int]] = []
+_UNSTARTED: list[Callable[[], None]] = []
+# Fills made for a read and not written yet (fill_span_depths), by trace and row count: that read
+# and those meanwhile are answered from their rows in memory. The embedded store takes about as
+# long to write a big fill (sorting and compressing it) as to answer the read.
+_UNWRITTEN: dict[tuple[str, int], MadeFill] = {}
 _UNSTARTED_LOCK = threading.Lock()
 
 
 def start_pyramids() -> None:
-    """Starts building the pyramids of the fills made so far in this process for reads."""
+    """Starts writing the fills made so far in this process for reads and building their pyramids."""
     with _UNSTARTED_LOCK:
         unstarted = _UNSTARTED[:]
         _UNSTARTED.clear()
     for job in unstarted:
-        _PYRAMIDS.submit(_build_pyramid, *job)
+        _PYRAMIDS.submit(job)
+
+
+def unwritten_rows(trace_id: str, fill: DepthFill) -> pa.Table | None:
+    """The span_depths rows of `fill` while they are not written yet (fill_span_depths), else None."""
+    with _UNSTARTED_LOCK:
+        made = _UNWRITTEN.get((trace_id, fill.span_count))
+    return made.rows if made is not None and made.fill.fill == fill.fill else None
+
+
+def _unwritten_fill(trace_id: str, span_count: int) -> DepthFill | None:
+    with _UNSTARTED_LOCK:
+        made = _UNWRITTEN.get((trace_id, span_count))
+    return None if made is None else made.fill
+
+
+def _write_and_build(reader: TraceReader, trace_id: str, made: MadeFill) -> None:
+    """Writes a fill made for a read, then builds its pyramid."""
+    try:
+        READS.give_way()
+        fill = _write(reader, trace_id, made)
+    except Exception:
+        log.exception("writing trace %s's fill %d failed", trace_id, made.fill.fill)  # the next read fills it again
+        return
+    finally:
+        with _UNSTARTED_LOCK:
+            del _UNWRITTEN[trace_id, made.fill.span_count]
+    _build_pyramid(reader, trace_id, fill, made.distinct_rows)
 
 
 def _build_pyramid(reader: TraceReader, trace_id: str, fill: DepthFill, distinct_rows: int) -> None:
@@ -458,45 +626,48 @@ class RefillPolicy:
 
 
 REFILL_POLICY = RefillPolicy()
-# Fills of traces that grew, made for reads answered from their earlier fill: one at a time.
+# Fills started ahead of the reads that will want them (start_fill): one at a time.
 _REFILLS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlscope-refill")
-_REFILLING: set[str] = set()  # traces with a refill submitted and not yet made, in this process
+_REFILLING: set[str] = set()  # traces with a fill submitted and not yet made, in this process
 _REFILLING_LOCK = threading.Lock()
 
 
-def _start_refill(reader: TraceReader, trace_id: str) -> bool:
-    """Submits a refill of `trace_id` unless one is under way in this process; whether it did."""
+def start_fill(reader: TraceReader, trace_id: str, first: bool = False) -> bool:
+    """Submits a fill of `trace_id` at its row count then, unless that has a fill (or one is under
+    way in this process), made as a window read makes one (depth_fill): for a trace that grew
+    since the fill its reads are answered from (read_fill, when REFILL_POLICY says), and with
+    `first` for a trace about to be read by windows that has no fill yet (a whole read of it was
+    answered 413); a trace with a fill is filled again only by the reads' policy, however often
+    it is read whole. Whether it submitted one."""
     with _REFILLING_LOCK:
         if trace_id in _REFILLING:
             return False
         _REFILLING.add(trace_id)
-    _REFILLS.submit(_refill_submitted, reader, trace_id)
+    _REFILLS.submit(_refill_submitted, reader, trace_id, first)
     return True
 
 
-def _refill_submitted(reader: TraceReader, trace_id: str) -> None:
+def _refill_submitted(reader: TraceReader, trace_id: str, first: bool) -> None:
     try:
-        _refill(reader, trace_id)
+        if not (first and reader.trace_fills(trace_id)):
+            _refill(reader, trace_id)
     except Exception:
-        log.exception("filling trace %s again as it grew failed", trace_id)
+        log.exception("filling trace %s ahead of its reads failed", trace_id)
     finally:
         with _REFILLING_LOCK:
             _REFILLING.discard(trace_id)
 
 
 def _refill(reader: TraceReader, trace_id: str) -> None:
-    """Fills `trace_id` at its row count now, unless that has a fill, then builds its pyramid."""
-    with _DEPTH_FILL:
-        span_count = reader.span_row_count(trace_id)
-        made = None
-        if span_count and reader.span_depth_fill(trace_id, span_count) is None:
-            made = _fill_spans(reader, trace_id, span_count)
-    if made is not None:
-        _PYRAMIDS.submit(_build_pyramid, reader, trace_id, *made)
+    """Fills `trace_id` at its row count now, unless that has a fill, then writes it (when it was
+    not) and builds its pyramid."""
+    span_count = reader.span_row_count(trace_id)
+    if span_count and depth_fill(reader, trace_id, span_count) is not None:
+        start_pyramids()
 
 
 def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], resolution_ns: int) -> WindowColumns | None:
-    """The spans of `trace_id` overlapping `window` as drawn at `resolution_ns`, merged by the
+    """The spans of `trace_id` overlapping `window` as drawn at `resolution_ns` a pixel, merged by the
     store (reader.window_entries), with the viewer's attributes as ATTRIBUTE_COLUMN columns; depth
     is the span's in the whole trace. Read from one fill of span_depths (read_fill): the first
     windowed read of a trace reads and trees every span once to fill it (its pyramid is built
@@ -507,17 +678,27 @@ def read_window(reader: TraceReader, trace_id: str, window: tuple[int, int], res
     with fill_for_read(reader, trace_id) as read:
         if read is None:
             return None
-        fill, spans_now = read
-        entries = _with_span_details(reader, trace_id, fill, reader.window_entries(trace_id, fill, window, resolution_ns))
-    return WindowColumns(entries, span_count=fill.span_count, spans_now=spans_now)
+        entries = reader.window_entries(trace_id, read.fill, window, resolution_ns, read.unwritten)
+        entries = _with_span_details(reader, trace_id, read, entries)
+    return WindowColumns(entries, span_count=read.fill.span_count, spans_now=read.spans_now)
+
+
+@dataclass(frozen=True)
+class FillRead:
+    """What a read of a trace answers from (fill_for_read)."""
+
+    fill: DepthFill
+    spans_now: int  # the trace's rows now (more than fill.span_count while it grows)
+    unwritten: pa.Table | None  # the fill's rows while they are not written yet (unwritten_rows)
 
 
 @contextmanager
-def fill_for_read(reader: TraceReader, trace_id: str) -> Iterator[tuple[DepthFill, int] | None]:
-    """The fill a read of `trace_id` answers from (read_fill) and the trace's row count now;
-    None for an unknown trace (or one whose rows went). The fill is kept from deletion in this
-    process until the read is done, pyramids being built wait for the read (ReadsUnderWay), and
-    a pyramid the read had to make starts once it is done."""
+def fill_for_read(reader: TraceReader, trace_id: str) -> Iterator[FillRead | None]:
+    """The fill a read of `trace_id` answers from (read_fill), the trace's row count now and the
+    fill's rows if they are not written yet; None for an unknown trace (or one whose rows went).
+    The fill is kept from deletion in this process until the read is done, pyramids being built
+    wait for the read (ReadsUnderWay), and a fill the read had to make is written and its pyramid
+    built once the read is done."""
     try:
         with READS.reading():
             span_count = reader.span_row_count(trace_id)
@@ -526,19 +707,19 @@ def fill_for_read(reader: TraceReader, trace_id: str) -> Iterator[tuple[DepthFil
                 yield None
             else:
                 with _holding(fill):
-                    yield fill, span_count
+                    yield FillRead(fill, span_count, unwritten_rows(trace_id, fill))
     finally:
         start_pyramids()
 
 
 def read_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
     """The fill a read of `trace_id`, now of `span_count` rows, answers from: the one of that
-    count (depth_fill); or, when there is none but the trace has another (it has grown since),
+    count (_fill_of); or, when there is none but the trace has another (it has grown since),
     at once the latest of those, its pyramid built first (DepthFill.span_count says which),
     starting a refill of the trace in the background when REFILL_POLICY says so (one at a time
     per trace in this process). A trace with no fill at all is filled now, as depth_fill does.
     None when the trace's rows went since they were counted."""
-    fill = reader.span_depth_fill(trace_id, span_count)
+    fill = _fill_of(reader, trace_id, span_count)
     if fill is not None:
         return fill
     fills = reader.trace_fills(trace_id)
@@ -547,8 +728,14 @@ def read_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill 
     if not earlier:
         return depth_fill(reader, trace_id, span_count)
     if REFILL_POLICY.due(fills[-1], time.time_ns()):
-        _start_refill(reader, trace_id)
+        start_fill(reader, trace_id)
     return reader.readable_fill(trace_id, max(earlier, key=lambda row: (row.pyramid_built, row.fill)))
+
+
+def _fill_of(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
+    """The fill of `trace_id` at `span_count` rows reads use (reader.span_depth_fill), or one this
+    process made and has not written yet."""
+    return reader.span_depth_fill(trace_id, span_count) or _unwritten_fill(trace_id, span_count)
 
 
 def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool = False) -> DepthFill | None:
@@ -561,10 +748,10 @@ def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool 
     def usable(fill: DepthFill | None) -> bool:
         return fill is not None and (not whole or fill.pyramid_built or time.time_ns() - fill.filled_ns < PYRAMID_WAIT_NS)
 
-    fill = reader.span_depth_fill(trace_id, span_count)
+    fill = _fill_of(reader, trace_id, span_count)
     if not usable(fill):
         with _DEPTH_FILL:
-            fill = reader.span_depth_fill(trace_id, span_count)
+            fill = _fill_of(reader, trace_id, span_count)
             if not usable(fill):
                 filled = fill_span_depths(reader, trace_id, span_count, pyramid_later=not whole)
                 if filled is None:
@@ -574,14 +761,15 @@ def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool 
     return fill
 
 
-def _with_span_details(reader: TraceReader, trace_id: str, fill: DepthFill, entries: Columns) -> Columns:
+def _with_span_details(reader: TraceReader, trace_id: str, read: FillRead, entries: Columns) -> Columns:
     """`entries` with the parent and the viewer's attributes (ATTRIBUTE_COLUMN columns) of each
     single span, '' for merged entries, read from the fill for the spans drawn as themselves only."""
     singles = [(span_id, start, end) for span_id, start, end in zip(entries["span_id"], entries["start_ns"], entries["end_ns"])
                if span_id]
-    read = reader.span_details(trace_id, fill, singles)
+    found_rows = reader.span_details(trace_id, read.fill, singles, read.unwritten)
     found = {span_id: (parent, dict(zip(keys, values)))
-             for span_id, parent, keys, values in zip(read["span_id"], read["parent_span_id"], read["attr_keys"], read["attr_values"])}
+             for span_id, parent, keys, values in zip(
+                 found_rows["span_id"], found_rows["parent_span_id"], found_rows["attr_keys"], found_rows["attr_values"])}
     details = [found.get(span_id, ("", {})) for span_id in entries["span_id"]]
     return {**entries, "parent_span_id": [parent for parent, _ in details],
             **{ATTRIBUTE_COLUMN + key: [attributes.get(key, "") for _, attributes in details] for key in WINDOW_ATTRIBUTES}}

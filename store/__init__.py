@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .base import CappedResult, OutputCap, Store, arrow_rows, sql_string
+from .base import ARROW_ROWS, CappedResult, OutputCap, Store, arrow_rows, sql_string
 from .errors import SchemaError, StoreError, StoreUnavailable
 from .model import (
     METRIC_POINTS,
@@ -43,6 +43,7 @@ def open_store(url: str, migrate: bool = True) -> Store:
 
 
 __all__ = [
+    "ARROW_ROWS",
     "BadStoreUrl",
     "CappedResult",
     "Column",

@@ -91,6 +91,11 @@ def split_statements(sql_text: str) -> tuple[str, ...]:
     return tuple(statements)
 
 
+# What a query run by Store.execute_columns_over names its Arrow rows (chdb's Python() table
+# function, which finds `arrow_rows` among the locals of the calling frames).
+ARROW_ROWS = "Python(arrow_rows)"
+
+
 def sql_string(value: str) -> str:
     """A ClickHouse string literal for `value` (backslash and quote escaped)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -125,6 +130,16 @@ class Store(ABC):
         """execute_columns' answer as an Arrow table, for readers that work on whole columns (the
         windowed read's fill): the embedded engine hands its own over, with no Python object per
         value; a column of a type ARROW_TYPES lacks is typed by Arrow from its values."""
+
+    # Whether execute_columns_over can run (an engine in this process, which reads Arrow tables
+    # of the process in place).
+    reads_arrow_rows: bool = False
+
+    def execute_columns_over(self, sql: str, rows: pa.Table) -> Columns:
+        """execute_columns of a query that reads `rows`, an Arrow table of this process, as the
+        table ARROW_ROWS names: the windowed read's fill answered before it is written. Only
+        where reads_arrow_rows (a server cannot see the process's memory)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read Arrow tables of this process")
 
     def insert_arrow(self, table: str, rows: pa.Table) -> None:
         """Inserts an Arrow table of `table`'s columns (arrow_rows' schema) in one block: the bulk

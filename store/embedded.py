@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from .base import ARROW_SCHEMAS, CappedResult, OutputCap, Settings, Store, check_columns, setting_literal
+from .base import ARROW_ROWS, ARROW_SCHEMAS, CappedResult, OutputCap, Settings, Store, check_columns, setting_literal
 from .errors import StoreError, StoreUnavailable
 from .model import Column, Columns, QueryResult
 
@@ -177,13 +177,19 @@ class EmbeddedStore(Store):
     def _insert_block(self, table: str, names: list[str], columns: Columns) -> None:
         self._insert_arrow_block(table, names, pa.Table.from_pydict(columns, schema=ARROW_SCHEMAS[table]))
 
+    reads_arrow_rows = True
+
+    def execute_columns_over(self, sql: str, rows: pa.Table) -> Columns:
+        arrow_rows = rows  # noqa: F841 (ARROW_ROWS: chdb's Python() finds it in this frame's locals)
+        return self.execute_columns(sql)
+
     def insert_arrow(self, table: str, rows: pa.Table) -> None:
         names = check_columns(table, dict(zip(rows.column_names, rows.columns)))
         self._insert_arrow_block(table, names, rows.cast(ARROW_SCHEMAS[table]))
 
-    def _insert_arrow_block(self, table: str, names: list[str], arrow_table: pa.Table) -> None:
-        # chdb's Python() table function finds `arrow_table` in this frame's locals.
-        self._run(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM Python(arrow_table)")
+    def _insert_arrow_block(self, table: str, names: list[str], arrow_rows: pa.Table) -> None:
+        # ARROW_ROWS: chdb's Python() table function finds `arrow_rows` in this frame's locals.
+        self._run(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {ARROW_ROWS}")
 
     def close(self) -> None:
         with self._lock:

@@ -5,12 +5,15 @@ span is read. Both backends."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 
 import pytest
 
 from mlscope.query.api import EncodedCache, accepts_gzip
+from mlscope.query.reader import TraceReader
+from mlscope.query.traces import pyramids_built
 from tests.query.query_server import Served
 from tests.query.trace_fixtures import KNOWN, TRACE, insert, row
 
@@ -54,6 +57,27 @@ async def test_max_spans_is_a_413_past_it(served: Served) -> None:
     status, body = await served.get(f"/api/traces/{TRACE}?max_spans=5")
     assert (status, body["error"]) == (400, "max_spans is for format=compact")
     assert (await served.get(f"/api/traces/{'0' * 32}?format=compact&max_spans=5"))[0] == 404
+
+
+async def test_a_413_for_size_starts_the_first_fill_of_the_windows_the_viewer_reads_next(served: Served) -> None:
+    insert(served.store, KNOWN)
+    reader = TraceReader(served.store)
+    assert (await served.get(f"{COMPACT}&max_spans=5"))[0] == 200  # it fits: no fill
+    await asyncio.to_thread(pyramids_built)
+    assert reader.trace_fills(TRACE) == []
+    assert (await served.get(f"{COMPACT}&levels=model&max_spans=4"))[0] == 413  # not the viewer's whole read
+    await asyncio.to_thread(pyramids_built)
+    assert reader.trace_fills(TRACE) == []
+    assert (await served.get(f"{COMPACT}&max_spans=4"))[0] == 413
+    await asyncio.to_thread(pyramids_built)
+    first = reader.span_depth_fill(TRACE, len(KNOWN))
+    assert first is not None and first.pyramid_built  # made, written and its pyramid built, with no window read
+    # Grown, it is filled again only as window reads' policy says, however often it is read whole.
+    insert(served.store, [LATE])
+    for _ in range(3):
+        assert (await served.get(f"{COMPACT}&max_spans=4"))[0] == 413
+    await asyncio.to_thread(pyramids_built)
+    assert [fill.fill for fill in reader.trace_fills(TRACE)] == [first.fill]
 
 
 async def test_a_span_arriving_as_a_retried_copy_is_merged_away_is_never_hidden(served: Served) -> None:

@@ -7,19 +7,22 @@ from __future__ import annotations
 import random
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
-from mlscope.query.reader import DepthFill, FillRow, TraceReader
+from mlscope.query.reader import DepthFill, FillRow, TraceReader, copy_rows
 from mlscope.query import traces
 from mlscope.query.search import search_trace
-from mlscope.query.timeline import VIEWER_ATTRIBUTES, span_tree, window_json
+from mlscope.query.timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, span_tree, window_json
 from mlscope.query.traces import (
-    bit_lengths, fill_span_depths, pyramid_widths, pyramids_built, read_window, tree_depths,
+    bit_lengths, fill_span_depths, hex_ids, pyramid_widths, pyramids_built, read_window, tree_spans,
 )
-from mlscope.store import Store, arrow_rows
+from mlscope.store import Store, StoreError, arrow_rows
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
 
 NO_PYRAMID = DepthFill(fill=1, span_count=0, first_bucket_log2=1, last_bucket_log2=0)
@@ -148,23 +151,67 @@ def test_bit_lengths_are_exact_where_floats_round() -> None:
     assert bit_lengths(np.array(values, dtype=np.uint64)).tolist() == [value.bit_length() for value in values]
 
 
-def test_tree_depths_are_span_trees_for_copies_orphans_and_any_shape() -> None:
+def _trace_rows(span_ids: list[str], parents: list[str], starts: list[int], ends: list[int]) -> list[tuple]:
+    """(span_id, parent, start, end, content_hash) rows: the hash covers the content, as the store's."""
+    return [(span_id, parent, start, end, zlib.crc32(f"{parent} {start} {end}".encode()))
+            for span_id, parent, start, end in zip(span_ids, parents, starts, ends)]
+
+
+def _expected_tree(rows: list[tuple]) -> tuple[dict[tuple, int], list[tuple]]:
+    """span_tree's depth of each kept row, and the copies (copy_rows), of `rows` in the reader's order."""
+    ordered = sorted(rows, key=lambda r: (r[2], r[0], r[3], r[4]))
+    tree = span_tree(*([r[column] for r in ordered] for column in range(4)))
+    copies = copy_rows([r[0] for r in ordered], [r[4] for r in ordered])
+    return ({ordered[row]: depth for row, depth in zip(tree.order, tree.depths)}, sorted(ordered[row] for row in copies))
+
+
+def _treed(rows: list[tuple]) -> tuple[dict[tuple, int], list[tuple]]:
+    treed = tree_spans(pa.table({name: pa.array([r[column] for r in rows], type) for column, (name, type) in enumerate((
+        ("span_id", pa.string()), ("parent_span_id", pa.string()), ("start_ns", pa.uint64()), ("end_ns", pa.uint64()),
+        ("content_hash", pa.uint64())))}))
+    found = list(zip(*(treed.spans[name].to_pylist() for name in ("span_id", "parent_span_id", "start_ns", "end_ns", "content_hash"))))
+    return ({found[row]: int(treed.depth[row]) for row in np.flatnonzero(treed.kept)},
+            sorted(found[row] for row in treed.copies))
+
+
+@pytest.mark.parametrize("id_digits", [4, 16], ids=["other ids", "collector's hex ids"])
+def test_tree_spans_are_span_trees_of_rows_in_any_order(id_digits: int) -> None:
     generator = random.Random(12)
     for size in (1, 2, 5, 40, 300):
-        span_ids = [f"{generator.randrange(size * 2):04x}" for _ in range(size)]  # some ids twice
-        parents = [generator.choice(["", "ffff", *span_ids[:row]]) for row in range(size)]  # roots, orphans
+        # Some ids twice (other content), some rows sent twice (copies); the collector's ids are random.
+        span_ids = [f"{generator.randrange(size * 2) * 7919 % 2**(4 * id_digits):0{id_digits}x}" for _ in range(size)]
+        parents = [generator.choice(["", "f" * id_digits, *span_ids[:row]]) for row in range(size)]  # roots, orphans
         starts = sorted(generator.randrange(1000) for _ in range(size))
-        tree = span_tree(span_ids, parents, starts, [start + 5 for start in starts])
-        found = tree_depths(pa.array(span_ids), pa.array(parents))
-        assert found is not None
-        kept, depths = found
-        assert np.flatnonzero(kept).tolist() == sorted(tree.order)
-        assert [int(depths[row]) for row in tree.order] == tree.depths
+        rows = _trace_rows(span_ids, parents, starts, [start + generator.choice((5, 6)) for start in starts])
+        rows += generator.sample(rows, size // 4)
+        generator.shuffle(rows)
+        expected_depths, expected_copies = _expected_tree(rows)
+        depths, copies = _treed(rows)
+        assert depths == expected_depths and copies == expected_copies, size
+    # A span sent again with another parent, that copy first in the rows: its child hangs under the kept one.
+    root, span, other_parent, child = (f"{number * 7919:0{id_digits}x}" for number in (1, 2, 3, 4))
+    rows = _trace_rows([span, root, other_parent, span, child], [other_parent, "", root, root, span], [5, 0, 2, 1, 6],
+                       [9, 20, 8, 9, 7])
+    assert _treed(rows) == _expected_tree(rows)
+    assert _treed(rows)[0][rows[4]] == 2  # root -> span (its first copy, at 1) -> child
 
 
-def test_tree_depths_leave_loops_to_span_tree() -> None:
-    assert tree_depths(pa.array(["a", "b", "c"]), pa.array(["", "c", "b"])) is None
-    assert tree_depths(pa.array(["a"]), pa.array(["a"])) is None
+def test_hex_ids_are_the_collectors_ids_as_integers_and_nothing_else() -> None:
+    values, present = hex_ids(pa.array(["", "00000000000000ff", "ffffffffffffffff", "8000000000000000"]))
+    assert values.tolist() == [0, 255, 2**64 - 1, 2**63] and present.tolist() == [False, True, True, True]
+    sliced = hex_ids(pa.array(["not hex", "0000000000000001", ""]).slice(1))
+    assert sliced is not None and sliced[0].tolist() == [1, 0] and sliced[1].tolist() == [True, False]
+    # Another form anywhere: upper case (its integer would equal a lowercase id's), other lengths, non-hex, nulls.
+    for other in (["00000000000000FF"], ["00ff"], ["0000000000000001", "000000000000000g"], ["0000000000000001", None]):
+        assert hex_ids(pa.array(other, pa.string())) is None
+
+
+@pytest.mark.parametrize("id_digits", [1, 16], ids=["other ids", "collector's hex ids"])
+def test_tree_spans_leave_loops_to_span_tree(id_digits: int) -> None:
+    a, b, c, d = (f"{number:0{id_digits}x}" for number in (10, 11, 12, 13))
+    for rows in (_trace_rows([d, b, c, a], [c, c, b, ""], [31, 10, 30, 0], [32, 20, 40, 100]),
+                 _trace_rows([a], [a], [0], [10])):
+        assert _treed(rows) == _expected_tree(rows)
 
 
 def test_a_fill_of_a_looping_trace_stores_span_trees_depths(store: Store) -> None:
@@ -195,8 +242,8 @@ def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_c
     first = read_window(reader, TRACE, window, 50 * MS)
     assert first is not None and first == read_window(reader, TRACE, window, 50 * MS)
     assert (first.span_count, first.spans_now) == (5, 5)
-    assert store.execute("SELECT count(), uniqExact(fill) FROM span_depths").rows == [(5, 1)]
-    pyramids_built()  # a fill is made again only once its pyramid is built
+    pyramids_built()  # its rows written (after the answer, on the embedded store) and its pyramid built
+    assert store.execute("SELECT count(), uniqExact(fill) FROM span_depths").rows == [(5, 1)]  # one fill for both reads
     store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
     # The grown trace is answered from its earlier fill, as that says, and filled again meanwhile.
     stale = read_window(reader, TRACE, window, 50 * MS)
@@ -275,8 +322,8 @@ def test_a_fill_being_read_is_not_deleted_under_its_reader(store: Store, monkeyp
     reader = _grown_known(store)
     with traces.fill_for_read(reader, TRACE) as read:
         assert read is not None
-        held, spans_now = read
-        assert (held.span_count, spans_now) == (5, 6)
+        held = read.fill
+        assert (held.span_count, read.spans_now) == (5, 6)
         pyramids_built()  # the refill made, its pyramid built, what it replaces deleted
         _wait_for_deletes(store)
         assert reader.readable_fill(TRACE, next(f for f in reader.trace_fills(TRACE) if f.fill == held.fill)) == held
@@ -301,26 +348,96 @@ def test_two_processes_filling_a_trace_at_once_do_not_double_its_counts(store: S
 
 
 
-def test_a_first_read_is_answered_from_the_spans_and_the_pyramid_follows(store: Store) -> None:
-    # A fill made for a read is readable once its spans are written; its pyramid comes after.
+def _wide_trace(store: Store) -> None:
     root = f"{1:016x}"
     store.insert("span_rows", columns_of([row(root, "", "root", 0, 1000)] + [
-        row(f"{index + 2:016x}", root, "xyz"[index % 3], index * 1.5, index * 1.5 + 0.5) for index in range(600)]))
+        row(f"{index + 2:016x}", root, "xyz"[index % 3], index * 1.5, index * 1.5 + 0.5,
+            attributes={"mlscope.layer.path": f"features.{index}", "mlscope.layer.type": "Conv2d"})
+        for index in range(600)]))
+
+
+def test_a_first_read_is_answered_from_the_spans_and_the_pyramid_follows(store: Store) -> None:
+    # A fill made for a read is readable before its pyramid: stored at once on a server, and on
+    # the embedded store answered from its rows in memory until the pyramid worker writes them.
+    _wide_trace(store)
     reader = TraceReader(store)
     span_count = reader.span_row_count(TRACE)
     made = fill_span_depths(reader, TRACE, span_count, spans_per_bucket=1, pyramid_later=True)
-    assert made is not None and not made.pyramid_built and made.first_bucket_log2 <= made.last_bucket_log2
-    before = reader.span_depth_fill(TRACE, span_count)
-    assert before is not None and before.fill == made.fill and not before.pyramid_built
+    assert made is not None and not made.pyramid_built
+    with traces.fill_for_read(reader, TRACE) as read:
+        assert read is not None and read.fill.fill == made.fill and not read.fill.pyramid_built
+        assert (read.unwritten is not None) == reader.reads_unwritten
+        stored = store.execute(f"SELECT count() FROM span_depths WHERE fill = {made.fill}").rows[0][0]
+        assert stored == (0 if reader.reads_unwritten else span_count)
+        before = read.fill
     assert before.bucket_log2_at(1 << 40) is None  # every window from the spans until then
     pyramids_built()
     after = reader.span_depth_fill(TRACE, span_count)
     assert after is not None and after.fill == made.fill and after.pyramid_built
+    assert after.first_bucket_log2 <= after.last_bucket_log2 and after.duration_classes == read.fill.duration_classes
+    assert traces.unwritten_rows(TRACE, made) is None
     assert after.bucket_log2_at(1 << 40) == after.last_bucket_log2
     assert store.execute(f"SELECT count() FROM span_depth_tiles WHERE fill = {made.fill}").rows[0][0] > 0
     window = (T0, T0 + 1000 * MS)
-    by_spans, by_pyramid = (_entries(reader, fill, window, 64 * MS) for fill in (before, after))
-    assert sum(entry[4] for entry in by_spans) == sum(entry[4] for entry in by_pyramid) == span_count
+    by_pyramid = _entries(reader, after, window, 64 * MS)
+    assert sum(entry[4] for entry in by_pyramid) == span_count
+
+
+def test_reads_of_an_unwritten_fill_answer_as_once_it_is_written(store: Store) -> None:
+    # Answers from the fill's rows in memory (the embedded store, before the pyramid worker writes
+    # them) are those its stored rows give, search included; the reads meanwhile make no other fill.
+    _wide_trace(store)
+    reader = TraceReader(store)
+    window, narrow = (T0, T0 + 1000 * MS), (T0 + 100 * MS, T0 + 130 * MS)
+    worker_free = threading.Event()
+    traces._PYRAMIDS.submit(worker_free.wait, 60)  # nothing is written until the reads are answered
+    try:
+        early = [read_window(reader, TRACE, window, 64 * MS), read_window(reader, TRACE, narrow, MS // 4),
+                 search_trace(reader, TRACE, "FEATURES.599")]
+        with traces.fill_for_read(reader, TRACE) as read:
+            assert read is not None and (read.unwritten is not None) == reader.reads_unwritten
+    finally:
+        worker_free.set()
+    pyramids_built()
+    assert store.execute("SELECT count(), uniqExact(fill) FROM span_depths").rows == [(601, 1)]
+    written = reader.span_depth_fill(TRACE, 601)
+    assert written is not None and written.fill == read.fill.fill and traces.unwritten_rows(TRACE, written) is None
+    # The same reads from the stored rows as they stood before the pyramid (every window from the spans).
+    stored = traces.FillRead(replace(written, pyramid_built=False), 601, None)
+    later = [traces._with_span_details(reader, TRACE, stored, reader.window_entries(TRACE, stored.fill, bounds, resolution))
+             for bounds, resolution in ((window, 64 * MS), (narrow, MS // 4))]
+    assert [dict(answer) for answer in early[:2]] == later
+    assert any(early[1]["span_id"]) and "features.70" in early[1][ATTRIBUTE_COLUMN + "mlscope.layer.path"]
+    assert early[2] is not None and early[2]["total"] == 1 and early[2]["matches"][0]["name"] == "z"
+    assert early[2] == search_trace(reader, TRACE, "FEATURES.599")
+
+
+def test_a_fill_that_fails_to_be_written_is_made_again_by_the_next_read(store: Store, monkeypatch, caplog) -> None:
+    # The embedded store answers the first read from the fill's rows and writes them after: a
+    # failed write is logged and forgotten, and the next read fills the trace again. On a
+    # server the rows are written before the answer, so the read itself fails.
+    store.insert("span_rows", columns_of(KNOWN))
+    reader = TraceReader(store)
+    written = reader.store_span_depths
+
+    def failing_once(*args: object) -> None:
+        monkeypatch.setattr(reader, "store_span_depths", written)
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(reader, "store_span_depths", failing_once)
+    window = (T0, T0 + 100 * MS)
+    if not reader.reads_unwritten:
+        with pytest.raises(StoreError):
+            read_window(reader, TRACE, window, 50 * MS)
+    else:
+        first = read_window(reader, TRACE, window, 50 * MS)
+        assert first is not None and sum(first["span_total"]) == len(KNOWN)
+        pyramids_built()
+        assert "failed" in caplog.text and traces._fill_of(reader, TRACE, len(KNOWN)) is None
+    again = read_window(reader, TRACE, window, 50 * MS)
+    assert again is not None and sum(again["span_total"]) == len(KNOWN)
+    pyramids_built()
+    assert reader.span_depth_fill(TRACE, len(KNOWN)).pyramid_built
 
 
 def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monkeypatch) -> None:
@@ -329,7 +446,7 @@ def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monke
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
     fill = DepthFill(traces.new_fill_id(), len(KNOWN), 0, 3, pyramid_built=False)
-    reader.store_span_depths(TRACE, fill, traces.span_depth_rows(TRACE, fill, reader.window_spans(TRACE)), len(KNOWN))
+    reader.store_span_depths(TRACE, fill, traces.span_depth_rows(TRACE, fill, traces.tree_spans(reader.window_spans(TRACE))), len(KNOWN))
     assert reader.unfilled_traces(1, pyramid_wait_ns=3600 * 10**9) == {}
     assert reader.unfilled_traces(1, pyramid_wait_ns=0) == {TRACE: len(KNOWN)}
     waited = traces.depth_fill(reader, TRACE, len(KNOWN), whole=True)
@@ -377,9 +494,10 @@ def test_a_pyramid_waits_while_a_read_is_under_way() -> None:
     reads.give_way()  # no read: returns at once
 
 
-def test_a_fill_deleted_while_its_pyramid_is_built_stays_deleted(store: Store) -> None:
+def test_a_fill_deleted_while_its_pyramid_is_built_stays_deleted(store: Store, monkeypatch) -> None:
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
+    monkeypatch.setattr(TraceReader, "reads_unwritten", False)  # its rows written first, then deleted
     made = fill_span_depths(reader, TRACE, len(KNOWN), spans_per_bucket=1, pyramid_later=True)
     assert made is not None and made.first_bucket_log2 <= made.last_bucket_log2
     for table in ("span_depth_fills", "span_depths"):  # as retire_fills or an emptied cache leaves them
