@@ -1,4 +1,5 @@
-"""GPU check: run on a machine with an NVIDIA GPU and a CUDA build of torch (about 30 s).
+"""GPU check: run on a machine with an NVIDIA GPU and a CUDA build of torch (about 10 s, and
+about 30 s more the first time, building the native op recorder).
 
     .venv/bin/python bench/gpu_check.py
 
