@@ -288,7 +288,8 @@ def openapi_document(mounts: Sequence[Mount] = ()) -> dict[str, Any]:
                                 "compact: the CompactTimeline schema, gzip-encoded when Accept-Encoding allows"),
                     query_param("max_spans", {"type": "integer", "minimum": 0},
                                 "format=compact only: 413 when the trace index counts more spans than this, "
-                                "answered before any span is read (a viewer's cue to read windows instead)"),
+                                "answered before any span is read (a viewer's cue to read windows instead); "
+                                "a trace past it with no window cache yet starts filling one for those reads"),
                 ],
                 "responses": {"200": {"description": "the timeline", "content": {"application/json": {"schema": {
                     "oneOf": [ref("Timeline"), ref("CompactTimeline")]}}}}, "400": ERROR, "404": ERROR,
