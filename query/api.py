@@ -363,9 +363,10 @@ async def get_trace(request: web.Request) -> web.Response:
 
         def read_compact() -> bytes | None:  # a big trace takes a while to read and encode: off the loop
             row_count = reader.span_row_count(trace_id)
-            if query == TraceQuery() and row_count > params.get("max_spans", cap.compact):
+            if query == TraceQuery() and row_count > max(params.get("max_spans", cap.compact), SettlerPolicy.min_spans):
                 # Likely answered 413 (rows may be copies): the viewer reads it by windows next,
-                # whose first one fills the trace's window cache. Its fill starts now.
+                # whose first one fills the trace's window cache. Its fill starts now: one the
+                # settler would make once the trace is quiet (so, at most once per trace).
                 start_fill(reader, trace_id, first=True)
             if "max_spans" in params:
                 check_span_cap(reader, trace_id, SpanCap(compact=params["max_spans"]), compact=True, row_count=row_count)

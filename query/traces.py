@@ -501,10 +501,21 @@ def unwritten_rows(trace_id: str, fill: DepthFill) -> pa.Table | None:
     return made.rows if made is not None and made.fill.fill == fill.fill else None
 
 
-def _unwritten_fill(trace_id: str, span_count: int) -> DepthFill | None:
+def _unwritten_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
+    """The fill of `trace_id` at `span_count` rows this process made and has not written yet, on
+    reader.span_depth_fill's terms: one made over copies a retry wrote only while the trace's
+    distinct rows are as many as then."""
     with _UNSTARTED_LOCK:
         made = _UNWRITTEN.get((trace_id, span_count))
-    return None if made is None else made.fill
+    if made is None or (made.distinct_rows != span_count and reader.distinct_rows(trace_id) != made.distinct_rows):
+        return None
+    return made.fill
+
+
+def _unwritten_fills(trace_id: str) -> list[DepthFill]:
+    """The fills of `trace_id`, of any row count, this process made and has not written yet."""
+    with _UNSTARTED_LOCK:
+        return [made.fill for (trace, _), made in _UNWRITTEN.items() if trace == trace_id]
 
 
 def _write_and_build(reader: TraceReader, trace_id: str, made: MadeFill) -> None:
@@ -517,7 +528,9 @@ def _write_and_build(reader: TraceReader, trace_id: str, made: MadeFill) -> None
         return
     finally:
         with _UNSTARTED_LOCK:
-            del _UNWRITTEN[trace_id, made.fill.span_count]
+            # Unless a fill of the same count replaced it (made once the trace's copies were merged).
+            if _UNWRITTEN.get((trace_id, made.fill.span_count)) is made:
+                del _UNWRITTEN[trace_id, made.fill.span_count]
     _build_pyramid(reader, trace_id, fill, made.distinct_rows)
 
 
@@ -647,9 +660,17 @@ def start_fill(reader: TraceReader, trace_id: str, first: bool = False) -> bool:
     return True
 
 
+# Fills made ahead of reads wait while this many fills made here are not written yet: each holds
+# its rows in memory (~150 bytes a span), and the reads that come make their own if need be.
+MAX_UNWRITTEN = 2
+
+
 def _refill_submitted(reader: TraceReader, trace_id: str, first: bool) -> None:
     try:
-        if not (first and reader.trace_fills(trace_id)):
+        READS.give_way()  # work ahead of reads comes after the reads under way
+        with _UNSTARTED_LOCK:
+            busy = len(_UNWRITTEN) >= MAX_UNWRITTEN
+        if not busy and not (first and (reader.trace_fills(trace_id) or _unwritten_fills(trace_id))):
             _refill(reader, trace_id)
     except Exception:
         log.exception("filling trace %s ahead of its reads failed", trace_id)
@@ -717,25 +738,30 @@ def read_fill(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill 
     count (_fill_of); or, when there is none but the trace has another (it has grown since),
     at once the latest of those, its pyramid built first (DepthFill.span_count says which),
     starting a refill of the trace in the background when REFILL_POLICY says so (one at a time
-    per trace in this process). A trace with no fill at all is filled now, as depth_fill does.
-    None when the trace's rows went since they were counted."""
+    per trace in this process; never while a fill of it made here is not written yet: that one
+    is its latest, and its pyramid still to come). A trace with no fill at all is filled now, as
+    depth_fill does. None when the trace's rows went since they were counted."""
     fill = _fill_of(reader, trace_id, span_count)
     if fill is not None:
         return fill
     fills = reader.trace_fills(trace_id)
     # One of the same count made over other rows (schema 013) is no earlier state of the trace to tell apart by its count.
     earlier = [row for row in fills if row.span_count != span_count]
-    if not earlier:
+    unwritten = [made for made in _unwritten_fills(trace_id) if made.span_count != span_count]
+    if not earlier and not unwritten:
         return depth_fill(reader, trace_id, span_count)
-    if REFILL_POLICY.due(fills[-1], time.time_ns()):
+    if not unwritten and REFILL_POLICY.due(fills[-1], time.time_ns()):
         start_fill(reader, trace_id)
-    return reader.readable_fill(trace_id, max(earlier, key=lambda row: (row.pyramid_built, row.fill)))
+    best = max(earlier, key=lambda row: (row.pyramid_built, row.fill)) if earlier else None
+    if best is not None and (best.pyramid_built or not unwritten):
+        return reader.readable_fill(trace_id, best)
+    return max(unwritten, key=lambda made: made.fill)
 
 
 def _fill_of(reader: TraceReader, trace_id: str, span_count: int) -> DepthFill | None:
     """The fill of `trace_id` at `span_count` rows reads use (reader.span_depth_fill), or one this
     process made and has not written yet."""
-    return reader.span_depth_fill(trace_id, span_count) or _unwritten_fill(trace_id, span_count)
+    return reader.span_depth_fill(trace_id, span_count) or _unwritten_fill(reader, trace_id, span_count)
 
 
 def depth_fill(reader: TraceReader, trace_id: str, span_count: int, whole: bool = False) -> DepthFill | None:

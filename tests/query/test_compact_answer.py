@@ -13,6 +13,7 @@ import pytest
 
 from mlscope.query.api import EncodedCache, accepts_gzip
 from mlscope.query.reader import TraceReader
+from mlscope.query.settler import SettlerPolicy
 from mlscope.query.traces import pyramids_built
 from tests.query.query_server import Served
 from tests.query.trace_fixtures import KNOWN, TRACE, insert, row
@@ -59,9 +60,14 @@ async def test_max_spans_is_a_413_past_it(served: Served) -> None:
     assert (await served.get(f"/api/traces/{'0' * 32}?format=compact&max_spans=5"))[0] == 404
 
 
-async def test_a_413_for_size_starts_the_first_fill_of_the_windows_the_viewer_reads_next(served: Served) -> None:
+async def test_a_413_for_size_starts_the_first_fill_of_the_windows_the_viewer_reads_next(served: Served, monkeypatch) -> None:
     insert(served.store, KNOWN)
     reader = TraceReader(served.store)
+    # Never a trace the settler would not fill, whatever max_spans a client sends.
+    assert (await served.get(f"{COMPACT}&max_spans=0"))[0] == 413
+    await asyncio.to_thread(pyramids_built)
+    assert reader.trace_fills(TRACE) == []
+    monkeypatch.setattr(SettlerPolicy, "min_spans", 0)  # KNOWN's 5 spans count as big from here
     assert (await served.get(f"{COMPACT}&max_spans=5"))[0] == 200  # it fits: no fill
     await asyncio.to_thread(pyramids_built)
     assert reader.trace_fills(TRACE) == []

@@ -440,6 +440,54 @@ def test_a_fill_that_fails_to_be_written_is_made_again_by_the_next_read(store: S
     assert reader.span_depth_fill(TRACE, len(KNOWN)).pyramid_built
 
 
+def test_a_trace_growing_while_its_first_fill_is_unwritten_is_answered_from_that_fill(store: Store) -> None:
+    # Until the pyramid worker writes it, the trace's fill made here is its latest: reads of the
+    # grown trace answer from it (as from a stored one) and make no other, nor does start_fill.
+    store.insert("span_rows", columns_of(KNOWN))
+    reader = TraceReader(store)
+    window = (T0, T0 + 100 * MS)
+    worker_free = threading.Event()
+    traces._PYRAMIDS.submit(worker_free.wait, 60)
+    try:
+        assert read_window(reader, TRACE, window, 50 * MS) is not None
+        for number, start in enumerate((91, 92, 93)):
+            store.insert("span_rows", columns_of([row(f"00000000000000f{number}", "00000000000000d5", "late", start, start + 1)]))
+            grown = read_window(reader, TRACE, window, 50 * MS)
+            assert grown is not None and (grown.span_count, grown.spans_now) == (5, 6 + number)
+            assert traces.start_fill(reader, TRACE, first=True)
+            traces._REFILLS.submit(lambda: None).result()
+        assert [fill.span_count for fill in traces._unwritten_fills(TRACE)] == [5] * reader.reads_unwritten
+    finally:
+        worker_free.set()
+    pyramids_built()
+    assert [fill.span_count for fill in reader.trace_fills(TRACE)] == [5]
+
+
+def test_an_unwritten_fill_made_over_a_retrys_copies_is_not_read_once_they_are_merged(store: Store) -> None:
+    # As for stored fills (schema 013): the copy merged away and a new span make the same row
+    # count of other content; the fill made over the copy no longer answers for it.
+    store.insert("span_rows", columns_of(KNOWN))
+    store.insert("span_rows", columns_of(KNOWN[:1]))  # a client's retry: a copy, not merged yet
+    reader = TraceReader(store)
+    window = (T0, T0 + 200 * MS)
+    worker_free = threading.Event()
+    traces._PYRAMIDS.submit(worker_free.wait, 60)
+    try:
+        first = read_window(reader, TRACE, window, 50 * MS)
+        assert first is not None and sum(first["span_total"]) == len(KNOWN)
+        store.execute("OPTIMIZE TABLE span_rows FINAL")  # the copy merged away
+        store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
+        assert (reader.span_row_count(TRACE), reader.distinct_rows(TRACE)) == (6, 6)
+        later = read_window(reader, TRACE, window, 50 * MS)
+        assert later is not None and "late" in later["dominant_name"] and sum(later["span_total"]) == 6
+        found = search_trace(reader, TRACE, "late")
+        assert found is not None and found["total"] == 1
+    finally:
+        worker_free.set()
+    pyramids_built()
+    assert traces._unwritten_fills(TRACE) == []
+
+
 def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monkeypatch) -> None:
     # The process that wrote a fill's spans ended before its pyramid: the settler's scan lists the
     # trace once PYRAMID_WAIT_NS has passed, and its fill (whole) replaces it with a complete one.
