@@ -11,9 +11,9 @@ of the whole trace at 2,000 pixels and a search, one after the other, as a page 
 each kind's latency (p50, p90, max), how many answers were made from a fill older than the
 trace (span_count < spans_now) and by how many rows at most, and the fills made.
 
-`--mode stale` is the read as it is (query/traces.py read_fill: a grown trace is answered from
+`--mode stale` is the read as it is (query/windows.py read_fill: a grown trace is answered from
 its latest fill and filled again in the background); `--mode refill` reads as before that: every
-read of a grown trace fills it first (traces.depth_fill).
+read of a grown trace fills it first (windows.depth_fill).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: bench/ is a folder of the repository
 
 from bench.query_traces import CALL_NS, trace_columns, trace_id_of  # noqa: E402
-from mlscope.query import traces  # noqa: E402
+from mlscope.query import windows  # noqa: E402
 from mlscope.query.reader import TraceReader  # noqa: E402
 from mlscope.query.search import search_trace  # noqa: E402
 from mlscope.query.timeline import window_json  # noqa: E402
@@ -73,13 +73,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=("stale", "refill"), default="stale")
     args = parser.parse_args()
     if args.mode == "refill":
-        traces.read_fill = traces.depth_fill  # every read of a grown trace fills it first
+        windows.read_fill = windows.depth_fill  # every read of a grown trace fills it first
     with tempfile.TemporaryDirectory() as directory:
         store = open_store(f"embedded://{directory}/store")
         try:
             run(store, args)
         finally:
-            traces.pyramids_built()
+            windows.pyramids_built()
             store.close()
 
 
@@ -94,9 +94,9 @@ def run(store: Store, args: argparse.Namespace) -> None:
     loaded_s = time.perf_counter() - started
     started = time.perf_counter()
     bounds = reader.trace_bounds(trace_id)
-    assert bounds is not None and traces.read_window(reader, trace_id, bounds, max(1, (bounds[1] - bounds[0]) // PIXELS))
+    assert bounds is not None and windows.read_window(reader, trace_id, bounds, max(1, (bounds[1] - bounds[0]) // PIXELS))
     first_read_s = time.perf_counter() - started
-    traces.pyramids_built()
+    windows.pyramids_built()
     print(f"mode {args.mode}: {reader.span_row_count(trace_id):,} spans loaded in {loaded_s:.1f} s, first window "
           f"{first_read_s:.2f} s, its pyramid {time.perf_counter() - started - first_read_s:.2f} s", flush=True)
 
@@ -116,7 +116,7 @@ def run(store: Store, args: argparse.Namespace) -> None:
     writer.start()
     fills_before = {row.fill for row in reader.trace_fills(trace_id)}
     made: set[int] = set()
-    windows: list[float] = []
+    window_reads: list[float] = []
     searches: list[float] = []
     stale_answers, behind_most, answers = 0, 0, 0
     until = time.monotonic() + args.seconds
@@ -126,10 +126,10 @@ def run(store: Store, args: argparse.Namespace) -> None:
             assert bounds is not None
             resolution = max(1, (bounds[1] - bounds[0]) // PIXELS)
             began = time.perf_counter()
-            read = traces.read_window(reader, trace_id, bounds, resolution)
+            read = windows.read_window(reader, trace_id, bounds, resolution)
             assert read is not None
             answer = window_json(trace_id, bounds, resolution, read)
-            windows.append(time.perf_counter() - began)
+            window_reads.append(time.perf_counter() - began)
             began = time.perf_counter()
             found = search_trace(reader, trace_id, "layer1.2")
             assert found is not None
@@ -145,7 +145,7 @@ def run(store: Store, args: argparse.Namespace) -> None:
         writer.join()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"  {args.seconds:.0f} s, {appended[0]:,} spans appended ({args.batch:,} every {args.every:g} s); uptime: {uptime}")
-    print(f"  window, whole trace at {PIXELS} px: {stats(windows)}")
+    print(f"  window, whole trace at {PIXELS} px: {stats(window_reads)}")
     print(f"  search 'layer1.2':                {stats(searches)}")
     print(f"  answers from an earlier fill: {stale_answers} of {answers} (at most {behind_most:,} rows behind); "
           f"fills made: {len(made)}", flush=True)

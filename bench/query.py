@@ -33,7 +33,8 @@ from mlscope.query.reader import TraceReader  # noqa: E402
 from mlscope.query.timeline import (  # noqa: E402
     COMPACT_COLUMNS, TIMELINE_COLUMNS, build_timeline, compact_json, timeline_json, window_json,
 )  # noqa: E402
-from mlscope.query.traces import TraceQuery, read_trace, read_window  # noqa: E402
+from mlscope.query.traces import TraceQuery, read_trace  # noqa: E402
+from mlscope.query.windows import read_window  # noqa: E402
 
 T0 = 1_764_000_000_000_000_000
 MID_SPANS = 100_000

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the trace builder lives with t
 
 from mlscope.query import create_query_app  # noqa: E402
 from mlscope.query import SettlerPolicy  # noqa: E402
-from mlscope.query.traces import pyramids_built  # noqa: E402
+from mlscope.query.windows import pyramids_built  # noqa: E402
 from mlscope.store import Store, open_store  # noqa: E402
 from tests.query.query_server import serve  # noqa: E402
 from tests.query.trace_fixtures import insert  # noqa: E402

@@ -12,9 +12,10 @@ write is derived: the windowed read's cache (span_depths and its pyramid), fille
 first window read and, in the process that owns writes, by `settler` once a big trace goes quiet
 (`create_query_app(..., fill_window_caches=SettlerPolicy())`).
 
-Inside: `timeline`, `listing`, `evaluations`, `params`, `export` and `sqlguard` are pure; `reader`
-is the one place that talks to the store; `api` maps HTTP to them; `http` is how every route
-answers (shared with what is mounted beside it).
+Inside: `timeline`, `depths`, `listing`, `evaluations`, `params`, `export` and `sqlguard` are
+pure; `reader` is the one place that talks to the store; `traces` reads one trace for a request,
+`windows` keeps the windowed read's cache (fills, pyramids, their worker threads) and reads it;
+`api` maps HTTP to them; `http` is how every route answers (shared with what is mounted beside it).
 """
 
 from __future__ import annotations

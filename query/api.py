@@ -38,7 +38,8 @@ from .search import DEFAULT_LIMIT, SEARCH_PARAMS, search_trace
 from .settler import SettlerPolicy, settler_context
 from .params import int_between, one_of, parse_params, single
 from .timeline import COMPACT_COLUMNS, TIMELINE_COLUMNS, Timeline, build_timeline, compact_json, timeline_json, window_json
-from .traces import SpanCap, TraceQuery, check_span_cap, read_trace, read_window, start_fill
+from .traces import SpanCap, TraceQuery, check_span_cap, read_trace
+from .windows import read_window, start_fill
 
 CollectorStatus = Callable[[], dict[str, Any]]
 

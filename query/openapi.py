@@ -53,7 +53,7 @@ def query_param(name: str, schema: dict[str, Any], description: str) -> dict[str
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-# What a window or search answer says of the rows it covers (query/traces.py read_fill).
+# What a window or search answer says of the rows it covers (query/windows.py read_fill).
 _COVERED_ROWS = {
     "span_count": {**INTEGER, "description": "the trace's rows (in span_rows) the answer was made from"},
     "spans_now": {**INTEGER, "description": "the trace's rows now: more than span_count while it grows (the answer "

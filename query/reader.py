@@ -561,7 +561,7 @@ class TraceReader:
     def window_spans(self, trace_id: str) -> pa.Table:
         """What a fill of span_depths takes of every row of `trace_id`, copies included
         (copy_rows), in no order (sorting a big trace's rows costs the store more than the fill
-        spends putting in order the few it needs: traces.tree_spans): span_id, parent_span_id,
+        spends putting in order the few it needs: depths.tree_spans): span_id, parent_span_id,
         service, name, level (stored_level's, by the store), attr_keys and attr_values (the
         viewer's attributes the span has, else its resource's: WINDOW_ATTRIBUTES, in that order),
         start_ns, end_ns and content_hash. As Arrow: a fill works on whole columns, never one
@@ -601,7 +601,7 @@ class TraceReader:
         replaces: the trace's earlier fills (smaller ids) of another row count, complete or not,
         and those of the same count made from other rows, except the fills `keep` (being read).
         The delete runs in the background, so a read of one of them may see it in part: it is
-        called well after reads stopped choosing them (query/traces.py RETIRE_AFTER_S); a fill
+        called well after reads stopped choosing them (query/windows.py RETIRE_AFTER_S); a fill
         of the same rows made at the same time stays, unread, until the next."""
         trace = f"trace_id = {sql_string(trace_id)}"
         outdated = [int(row[0]) for row in self._store.execute(

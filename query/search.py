@@ -22,7 +22,7 @@ from mlscope.store import Columns, sql_string
 from .errors import BadRequest
 from .params import int_between
 from .reader import TraceReader, depths_source
-from .traces import fill_for_read
+from .windows import fill_for_read
 
 MAX_TEXT_CHARS = 200
 DEFAULT_LIMIT = 100
@@ -79,7 +79,7 @@ def search_json(trace_id: str, text: str, total: int, found: Columns, span_count
 
 def search_trace(reader: TraceReader, trace_id: str, text: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
     """The spans of `trace_id` matching `text` (search_json), from the fill a window read would
-    draw (traces.fill_for_read: while the trace grows, its latest); None for an unknown trace."""
+    draw (windows.fill_for_read: while the trace grows, its latest); None for an unknown trace."""
     with fill_for_read(reader, trace_id) as read:
         if read is None:
             return None

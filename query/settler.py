@@ -1,4 +1,4 @@
-"""The settler: fills the windowed read's cache (span_depths and its pyramid, traces.depth_fill)
+"""The settler: fills the windowed read's cache (span_depths and its pyramid, windows.depth_fill)
 of big traces in the background once they have gone quiet, so that the viewer's first windowed
 read of a finished run finds it ready instead of treeing every span (seconds on a 1M-span trace).
 
@@ -33,7 +33,7 @@ from aiohttp import web
 from mlscope.listener import RateLimitFilter
 
 from .reader import TraceReader
-from .traces import PYRAMID_WAIT_NS, depth_fill
+from .windows import PYRAMID_WAIT_NS, depth_fill
 
 log = logging.getLogger(__name__)
 # A store that fails every poll would log a line every poll_s.

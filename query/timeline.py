@@ -440,7 +440,7 @@ def compact_json(trace_id: str, columns: Columns, tree: SpanTree) -> dict[str, A
 
 
 class WindowColumns(dict[str, list[Any]]):
-    """A window read's columns (traces.read_window) and the trace's row counts they cover:
+    """A window read's columns (windows.read_window) and the trace's row counts they cover:
     `span_count`, those of the fill they were read from, and `spans_now`, the trace's now (more
     while a growing trace is being filled again)."""
 

@@ -144,7 +144,7 @@ JOB_STATES = _table(
 )
 
 # schema/010_span_depth_pyramid.sql: the windowed read's cache, filled by the query service
-# (query/traces.py read_window): each span's depth, the pyramid of merged buckets, the fills.
+# (query/windows.py read_window): each span's depth, the pyramid of merged buckets, the fills.
 SPAN_DEPTHS = _table(
     "span_depths",
     ("trace_id", "String"),

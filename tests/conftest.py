@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from deploy import clickhouse_local_server
 
-from mlscope.query.traces import pyramids_built
+from mlscope.query.windows import pyramids_built
 from mlscope.store import Store, open_store
 
 BACKENDS = ("embedded", "server")

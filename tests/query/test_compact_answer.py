@@ -14,7 +14,7 @@ import pytest
 from mlscope.query.api import EncodedCache, accepts_gzip
 from mlscope.query.reader import TraceReader
 from mlscope.query.settler import SettlerPolicy
-from mlscope.query.traces import pyramids_built
+from mlscope.query.windows import pyramids_built
 from tests.query.query_server import Served
 from tests.query.trace_fixtures import KNOWN, TRACE, insert, row
 

@@ -16,12 +16,11 @@ import pyarrow as pa
 import pytest
 
 from mlscope.query.reader import DepthFill, FillRow, TraceReader, copy_rows
-from mlscope.query import traces
+from mlscope.query import depths, windows
 from mlscope.query.search import search_trace
 from mlscope.query.timeline import ATTRIBUTE_COLUMN, VIEWER_ATTRIBUTES, span_tree, window_json
-from mlscope.query.traces import (
-    bit_lengths, fill_span_depths, hex_ids, pyramid_widths, pyramids_built, read_window, tree_spans,
-)
+from mlscope.query.depths import bit_lengths, hex_ids, pyramid_widths, tree_spans
+from mlscope.query.windows import fill_span_depths, pyramids_built, read_window
 from mlscope.store import Store, StoreError, arrow_rows
 from tests.query.trace_fixtures import KNOWN, MS, T0, TRACE, columns_of, row
 
@@ -235,7 +234,7 @@ def _wait_for_deletes(store: Store) -> None:
 
 
 def test_a_trace_is_treed_once_and_again_when_it_grows_keeping_only_its_latest_count(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    monkeypatch.setattr(windows, "REFILL_POLICY", windows.RefillPolicy(age_over_work=0, min_age_s=0))
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
     window = (T0, T0 + 100 * MS)
@@ -263,7 +262,7 @@ def _grown_known(store: Store) -> TraceReader:
     """KNOWN filled (5 rows), its pyramid built, then grown by one span: 6 rows."""
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
-    assert traces.depth_fill(reader, TRACE, len(KNOWN), whole=True) is not None
+    assert windows.depth_fill(reader, TRACE, len(KNOWN), whole=True) is not None
     store.insert("span_rows", columns_of([row("00000000000000e6", "00000000000000d5", "late", 91, 94)]))
     return reader
 
@@ -271,13 +270,13 @@ def _grown_known(store: Store) -> TraceReader:
 def test_reads_of_a_growing_trace_wait_for_no_fill_and_start_one_refill(store: Store, monkeypatch) -> None:
     # The process's fill lock is held (a long fill under way) while a window read and a search of
     # the grown trace come: both answer from the earlier fill, and one refill of the trace starts.
-    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    monkeypatch.setattr(windows, "REFILL_POLICY", windows.RefillPolicy(age_over_work=0, min_age_s=0))
     refills = []
-    refill = traces._refill
-    monkeypatch.setattr(traces, "_refill", lambda *args: (refills.append(args[1]), refill(*args)))
+    refill = windows._refill
+    monkeypatch.setattr(windows, "_refill", lambda *args: (refills.append(args[1]), refill(*args)))
     reader = _grown_known(store)
     window = (T0, T0 + 100 * MS)
-    with ThreadPoolExecutor(max_workers=1) as reads, traces._DEPTH_FILL:
+    with ThreadPoolExecutor(max_workers=1) as reads, windows._DEPTH_FILL:
         stale = reads.submit(read_window, reader, TRACE, window, 1).result(timeout=120)
         found = reads.submit(search_trace, reader, TRACE, "late").result(timeout=120)
     assert stale is not None and (stale.span_count, stale.spans_now) == (5, 6)
@@ -291,36 +290,36 @@ def test_reads_of_a_growing_trace_wait_for_no_fill_and_start_one_refill(store: S
 
 def test_a_grown_trace_is_filled_again_only_as_the_policy_says(store: Store, monkeypatch) -> None:
     refills = []
-    monkeypatch.setattr(traces, "_refill", lambda *args: refills.append(args[1]))
+    monkeypatch.setattr(windows, "_refill", lambda *args: refills.append(args[1]))
     reader = _grown_known(store)
-    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=3600))
+    monkeypatch.setattr(windows, "REFILL_POLICY", windows.RefillPolicy(age_over_work=0, min_age_s=3600))
     read = read_window(reader, TRACE, (T0, T0 + 100 * MS), 1)
     assert read is not None and (read.span_count, read.spans_now) == (5, 6)
-    traces._REFILLS.submit(lambda: None).result()
+    windows._REFILLS.submit(lambda: None).result()
     assert refills == []  # its fill is younger than an hour
-    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    monkeypatch.setattr(windows, "REFILL_POLICY", windows.RefillPolicy(age_over_work=0, min_age_s=0))
     assert read_window(reader, TRACE, (T0, T0 + 100 * MS), 1) == read
-    traces._REFILLS.submit(lambda: None).result()
+    windows._REFILLS.submit(lambda: None).result()
     assert refills == [TRACE]
 
 
 def test_the_refill_policy_waits_a_multiple_of_the_latest_fills_work() -> None:
     started = 1_000 * 10**9
     built = FillRow(started | 5, 10, 0, 3, 10, True, filled_ns=started + 2 * 10**9, built_ns=started + 4 * 10**9)
-    policy = traces.RefillPolicy(age_over_work=2, min_age_s=1)
+    policy = windows.RefillPolicy(age_over_work=2, min_age_s=1)
     assert not policy.due(built, built.built_ns + 7 * 10**9)
     assert policy.due(built, built.built_ns + 8 * 10**9)
-    assert traces.RefillPolicy(age_over_work=0, min_age_s=1).due(built, built.built_ns + 10**9)
+    assert windows.RefillPolicy(age_over_work=0, min_age_s=1).due(built, built.built_ns + 10**9)
     # Its pyramid under way: not before that is built, unless the process building it ended.
     pending = FillRow(started | 5, 10, 0, 3, 10, False, filled_ns=started + 2 * 10**9, built_ns=0)
     assert not policy.due(pending, pending.filled_ns + 60 * 10**9)
-    assert policy.due(pending, pending.filled_ns + traces.PYRAMID_WAIT_NS)
+    assert policy.due(pending, pending.filled_ns + windows.PYRAMID_WAIT_NS)
 
 
 def test_a_fill_being_read_is_not_deleted_under_its_reader(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    monkeypatch.setattr(windows, "REFILL_POLICY", windows.RefillPolicy(age_over_work=0, min_age_s=0))
     reader = _grown_known(store)
-    with traces.fill_for_read(reader, TRACE) as read:
+    with windows.fill_for_read(reader, TRACE) as read:
         assert read is not None
         held = read.fill
         assert (held.span_count, read.spans_now) == (5, 6)
@@ -364,7 +363,7 @@ def test_a_first_read_is_answered_from_the_spans_and_the_pyramid_follows(store: 
     span_count = reader.span_row_count(TRACE)
     made = fill_span_depths(reader, TRACE, span_count, spans_per_bucket=1, pyramid_later=True)
     assert made is not None and not made.pyramid_built
-    with traces.fill_for_read(reader, TRACE) as read:
+    with windows.fill_for_read(reader, TRACE) as read:
         assert read is not None and read.fill.fill == made.fill and not read.fill.pyramid_built
         assert (read.unwritten is not None) == reader.reads_unwritten
         stored = store.execute(f"SELECT count() FROM span_depths WHERE fill = {made.fill}").rows[0][0]
@@ -375,7 +374,7 @@ def test_a_first_read_is_answered_from_the_spans_and_the_pyramid_follows(store: 
     after = reader.span_depth_fill(TRACE, span_count)
     assert after is not None and after.fill == made.fill and after.pyramid_built
     assert after.first_bucket_log2 <= after.last_bucket_log2 and after.duration_classes == read.fill.duration_classes
-    assert traces.unwritten_rows(TRACE, made) is None
+    assert windows.unwritten_rows(TRACE, made) is None
     assert after.bucket_log2_at(1 << 40) == after.last_bucket_log2
     assert store.execute(f"SELECT count() FROM span_depth_tiles WHERE fill = {made.fill}").rows[0][0] > 0
     window = (T0, T0 + 1000 * MS)
@@ -390,21 +389,21 @@ def test_reads_of_an_unwritten_fill_answer_as_once_it_is_written(store: Store) -
     reader = TraceReader(store)
     window, narrow = (T0, T0 + 1000 * MS), (T0 + 100 * MS, T0 + 130 * MS)
     worker_free = threading.Event()
-    traces._PYRAMIDS.submit(worker_free.wait, 60)  # nothing is written until the reads are answered
+    windows._PYRAMIDS.submit(worker_free.wait, 60)  # nothing is written until the reads are answered
     try:
         early = [read_window(reader, TRACE, window, 64 * MS), read_window(reader, TRACE, narrow, MS // 4),
                  search_trace(reader, TRACE, "FEATURES.599")]
-        with traces.fill_for_read(reader, TRACE) as read:
+        with windows.fill_for_read(reader, TRACE) as read:
             assert read is not None and (read.unwritten is not None) == reader.reads_unwritten
     finally:
         worker_free.set()
     pyramids_built()
     assert store.execute("SELECT count(), uniqExact(fill) FROM span_depths").rows == [(601, 1)]
     written = reader.span_depth_fill(TRACE, 601)
-    assert written is not None and written.fill == read.fill.fill and traces.unwritten_rows(TRACE, written) is None
+    assert written is not None and written.fill == read.fill.fill and windows.unwritten_rows(TRACE, written) is None
     # The same reads from the stored rows as they stood before the pyramid (every window from the spans).
-    stored = traces.FillRead(replace(written, pyramid_built=False), 601, None)
-    later = [traces._with_span_details(reader, TRACE, stored, reader.window_entries(TRACE, stored.fill, bounds, resolution))
+    stored = windows.FillRead(replace(written, pyramid_built=False), 601, None)
+    later = [windows._with_span_details(reader, TRACE, stored, reader.window_entries(TRACE, stored.fill, bounds, resolution))
              for bounds, resolution in ((window, 64 * MS), (narrow, MS // 4))]
     assert [dict(answer) for answer in early[:2]] == later
     assert any(early[1]["span_id"]) and "features.70" in early[1][ATTRIBUTE_COLUMN + "mlscope.layer.path"]
@@ -433,7 +432,7 @@ def test_a_fill_that_fails_to_be_written_is_made_again_by_the_next_read(store: S
         first = read_window(reader, TRACE, window, 50 * MS)
         assert first is not None and sum(first["span_total"]) == len(KNOWN)
         pyramids_built()
-        assert "failed" in caplog.text and traces._fill_of(reader, TRACE, len(KNOWN)) is None
+        assert "failed" in caplog.text and windows._fill_of(reader, TRACE, len(KNOWN)) is None
     again = read_window(reader, TRACE, window, 50 * MS)
     assert again is not None and sum(again["span_total"]) == len(KNOWN)
     pyramids_built()
@@ -447,16 +446,16 @@ def test_a_trace_growing_while_its_first_fill_is_unwritten_is_answered_from_that
     reader = TraceReader(store)
     window = (T0, T0 + 100 * MS)
     worker_free = threading.Event()
-    traces._PYRAMIDS.submit(worker_free.wait, 60)
+    windows._PYRAMIDS.submit(worker_free.wait, 60)
     try:
         assert read_window(reader, TRACE, window, 50 * MS) is not None
         for number, start in enumerate((91, 92, 93)):
             store.insert("span_rows", columns_of([row(f"00000000000000f{number}", "00000000000000d5", "late", start, start + 1)]))
             grown = read_window(reader, TRACE, window, 50 * MS)
             assert grown is not None and (grown.span_count, grown.spans_now) == (5, 6 + number)
-            assert traces.start_fill(reader, TRACE, first=True)
-            traces._REFILLS.submit(lambda: None).result()
-        assert [fill.span_count for fill in traces._unwritten_fills(TRACE)] == [5] * reader.reads_unwritten
+            assert windows.start_fill(reader, TRACE, first=True)
+            windows._REFILLS.submit(lambda: None).result()
+        assert [fill.span_count for fill in windows._unwritten_fills(TRACE)] == [5] * reader.reads_unwritten
     finally:
         worker_free.set()
     pyramids_built()
@@ -471,7 +470,7 @@ def test_an_unwritten_fill_made_over_a_retrys_copies_is_not_read_once_they_are_m
     reader = TraceReader(store)
     window = (T0, T0 + 200 * MS)
     worker_free = threading.Event()
-    traces._PYRAMIDS.submit(worker_free.wait, 60)
+    windows._PYRAMIDS.submit(worker_free.wait, 60)
     try:
         first = read_window(reader, TRACE, window, 50 * MS)
         assert first is not None and sum(first["span_total"]) == len(KNOWN)
@@ -485,7 +484,7 @@ def test_an_unwritten_fill_made_over_a_retrys_copies_is_not_read_once_they_are_m
     finally:
         worker_free.set()
     pyramids_built()
-    assert traces._unwritten_fills(TRACE) == []
+    assert windows._unwritten_fills(TRACE) == []
 
 
 def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monkeypatch) -> None:
@@ -493,14 +492,14 @@ def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monke
     # trace once PYRAMID_WAIT_NS has passed, and its fill (whole) replaces it with a complete one.
     store.insert("span_rows", columns_of(KNOWN))
     reader = TraceReader(store)
-    fill = DepthFill(traces.new_fill_id(), len(KNOWN), 0, 3, pyramid_built=False)
-    reader.store_span_depths(TRACE, fill, traces.span_depth_rows(TRACE, fill, traces.tree_spans(reader.window_spans(TRACE))), len(KNOWN))
+    fill = DepthFill(windows.new_fill_id(), len(KNOWN), 0, 3, pyramid_built=False)
+    reader.store_span_depths(TRACE, fill, depths.span_depth_rows(TRACE, fill, depths.tree_spans(reader.window_spans(TRACE))), len(KNOWN))
     assert reader.unfilled_traces(1, pyramid_wait_ns=3600 * 10**9) == {}
     assert reader.unfilled_traces(1, pyramid_wait_ns=0) == {TRACE: len(KNOWN)}
-    waited = traces.depth_fill(reader, TRACE, len(KNOWN), whole=True)
+    waited = windows.depth_fill(reader, TRACE, len(KNOWN), whole=True)
     assert waited is not None and waited.fill == fill.fill  # not missing for long enough to remake
-    monkeypatch.setattr(traces, "PYRAMID_WAIT_NS", 0)
-    remade = traces.depth_fill(reader, TRACE, len(KNOWN), whole=True)
+    monkeypatch.setattr(windows, "PYRAMID_WAIT_NS", 0)
+    remade = windows.depth_fill(reader, TRACE, len(KNOWN), whole=True)
     assert remade is not None and remade.fill != fill.fill and remade.pyramid_built
     assert reader.unfilled_traces(1, pyramid_wait_ns=0) == {}
 
@@ -508,7 +507,7 @@ def test_a_fill_left_without_its_pyramid_is_made_again_whole(store: Store, monke
 def test_a_pyramid_gives_way_to_reads_between_its_statements(store: Store) -> None:
     reader = TraceReader(store)
     fill = _pyramid_trace(reader, NO_PYRAMID)
-    built = DepthFill(traces.new_fill_id(), fill.span_count, 1, 4, fill.duration_classes)
+    built = DepthFill(windows.new_fill_id(), fill.span_count, 1, 4, fill.duration_classes)
     reader.store_span_depths(TRACE, built, arrow_rows("span_depths", {
         **store.execute_columns(f"SELECT * FROM span_depths WHERE fill = {fill.fill}"),
         "fill": [built.fill] * fill.span_count}), distinct_rows=fill.span_count)
@@ -519,7 +518,7 @@ def test_a_pyramid_gives_way_to_reads_between_its_statements(store: Store) -> No
 
 
 def test_a_pyramid_waits_while_a_read_is_under_way() -> None:
-    reads = traces.ReadsUnderWay()
+    reads = windows.ReadsUnderWay()
     reads.MAX_WAIT_S = 60.0  # longer than the test: only the read's end lets the pyramid on
     in_read, end_read = threading.Event(), threading.Event()
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, Route
 
-from mlscope.query import create_query_app, traces
+from mlscope.query import create_query_app, windows
 from mlscope.store import Store
 from tests.query.query_server import serve
 from tests.query.test_counters import insert_samples
@@ -429,17 +429,17 @@ async def test_a_growing_trace_says_how_many_of_its_spans_the_windows_show(
         base_url: str, browser: Browser, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trace that grew since its windows were prepared is drawn from them at once, the page
     saying how many of its spans that shows, until it has been prepared again."""
-    monkeypatch.setattr(traces, "REFILL_POLICY", traces.RefillPolicy(age_over_work=0, min_age_s=0))
+    monkeypatch.setattr(windows, "REFILL_POLICY", windows.RefillPolicy(age_over_work=0, min_age_s=0))
     problems: list[str] = []
     page = await open_trace(browser, f"{base_url}/traces/{DEEP_TRACE}?window_over=10", problems)
     shown = page.locator("[data-testid=span-count]")
     assert await shown.inner_text() == "127 spans (read a window at a time)"
-    await asyncio.to_thread(traces.pyramids_built)  # a fill is made again only once its pyramid is built
+    await asyncio.to_thread(windows.pyramids_built)  # a fill is made again only once its pyramid is built
     insert(store, [row(span_id(4000), PROCESS, "late", 990, 995, trace_id=DEEP_TRACE)])
     await page.reload()
     await page.locator(READY).wait_for()
     assert await shown.inner_text() == "showing 127 of 128 spans (the trace is growing)"
-    await asyncio.to_thread(traces.pyramids_built)  # the refill the read started
+    await asyncio.to_thread(windows.pyramids_built)  # the refill the read started
     await page.reload()
     await page.locator(READY).wait_for()
     assert await shown.inner_text() == "128 spans (read a window at a time)"
