@@ -111,7 +111,7 @@ def tree_spans(spans: pa.Table) -> TreedSpans:
     depth = _depths(up)
     if depth is None:
         spans = spans.sort_by(_READER_ORDER)
-        _, _, copies = _matched_in_order(spans)
+        copies = np.array(copy_rows(spans["span_id"], spans["content_hash"].to_numpy()), dtype=np.int64)
         kept = np.zeros(spans.num_rows, dtype=bool)
         depth = np.zeros(spans.num_rows, dtype=np.uint64)
         tree = span_tree(*(spans[name].to_pylist() for name in ("span_id", "parent_span_id", "start_ns", "end_ns")))
@@ -140,7 +140,7 @@ def _matched_hex_ids(spans: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarra
         return None
     ids, (parent_values, has_parent) = found[0], parents
     rows = len(ids)
-    by_id = np.argsort(ids, kind="stable")
+    by_id = np.argsort(ids)  # any order among an id's rows: those of ids with copies are ordered below
     sorted_ids = ids[by_id]
     repeats = sorted_ids[1:] == sorted_ids[:-1]
     kept = np.ones(rows, dtype=bool)

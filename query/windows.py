@@ -58,13 +58,13 @@ def fill_span_depths(reader: TraceReader, trace_id: str, span_count: int,
     if made is None:
         return None
     if pyramid_later and reader.reads_unwritten:
-        with _UNSTARTED_LOCK:
+        with _PENDING_LOCK:
             _UNWRITTEN[trace_id, span_count] = made
             _UNSTARTED.append(functools.partial(_write_and_build, reader, trace_id, made))
         return made.fill
     fill = _write(reader, trace_id, made)
     if pyramid_later:
-        with _UNSTARTED_LOCK:
+        with _PENDING_LOCK:
             _UNSTARTED.append(functools.partial(_build_pyramid, reader, trace_id, fill, made.distinct_rows))
         return fill
     reader.store_pyramid(trace_id, fill, made.distinct_rows, READS.give_way)
@@ -162,12 +162,12 @@ _UNSTARTED: list[Callable[[], None]] = []
 # and those meanwhile are answered from their rows in memory. The embedded store takes about as
 # long to write a big fill (sorting and compressing it) as to answer the read.
 _UNWRITTEN: dict[tuple[str, int], MadeFill] = {}
-_UNSTARTED_LOCK = threading.Lock()
+_PENDING_LOCK = threading.Lock()  # _UNSTARTED and _UNWRITTEN
 
 
 def start_pyramids() -> None:
     """Starts writing the fills made so far in this process for reads and building their pyramids."""
-    with _UNSTARTED_LOCK:
+    with _PENDING_LOCK:
         unstarted = _UNSTARTED[:]
         _UNSTARTED.clear()
     for job in unstarted:
@@ -176,7 +176,7 @@ def start_pyramids() -> None:
 
 def unwritten_rows(trace_id: str, fill: DepthFill) -> pa.Table | None:
     """The span_depths rows of `fill` while they are not written yet (fill_span_depths), else None."""
-    with _UNSTARTED_LOCK:
+    with _PENDING_LOCK:
         made = _UNWRITTEN.get((trace_id, fill.span_count))
     return made.rows if made is not None and made.fill.fill == fill.fill else None
 
@@ -185,7 +185,7 @@ def _unwritten_fill(reader: TraceReader, trace_id: str, span_count: int) -> Dept
     """The fill of `trace_id` at `span_count` rows this process made and has not written yet, on
     reader.span_depth_fill's terms: one made over copies a retry wrote only while the trace's
     distinct rows are as many as then."""
-    with _UNSTARTED_LOCK:
+    with _PENDING_LOCK:
         made = _UNWRITTEN.get((trace_id, span_count))
     if made is None or (made.distinct_rows != span_count and reader.distinct_rows(trace_id) != made.distinct_rows):
         return None
@@ -194,7 +194,7 @@ def _unwritten_fill(reader: TraceReader, trace_id: str, span_count: int) -> Dept
 
 def _unwritten_fills(trace_id: str) -> list[DepthFill]:
     """The fills of `trace_id`, of any row count, this process made and has not written yet."""
-    with _UNSTARTED_LOCK:
+    with _PENDING_LOCK:
         return [made.fill for (trace, _), made in _UNWRITTEN.items() if trace == trace_id]
 
 
@@ -207,7 +207,7 @@ def _write_and_build(reader: TraceReader, trace_id: str, made: MadeFill) -> None
         log.exception("writing trace %s's fill %d failed", trace_id, made.fill.fill)  # the next read fills it again
         return
     finally:
-        with _UNSTARTED_LOCK:
+        with _PENDING_LOCK:
             # Unless a fill of the same count replaced it (made once the trace's copies were merged).
             if _UNWRITTEN.get((trace_id, made.fill.span_count)) is made:
                 del _UNWRITTEN[trace_id, made.fill.span_count]
@@ -348,7 +348,7 @@ MAX_UNWRITTEN = 2
 def _refill_submitted(reader: TraceReader, trace_id: str, first: bool) -> None:
     try:
         READS.give_way()  # work ahead of reads comes after the reads under way
-        with _UNSTARTED_LOCK:
+        with _PENDING_LOCK:
             busy = len(_UNWRITTEN) >= MAX_UNWRITTEN
         if not busy and not (first and (reader.trace_fills(trace_id) or _unwritten_fills(trace_id))):
             _refill(reader, trace_id)
